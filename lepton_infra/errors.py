@@ -1,0 +1,54 @@
+"""The project's error types. Each maps to one CLI exit code, so scripts can tell bad input
+(fix your command) from a broken node (fix or retry the infrastructure) from a failed job."""
+
+from __future__ import annotations
+
+
+class LeptonError(Exception):
+    """Base class. `exit_code` is what the CLI exits with when this error reaches it."""
+
+    exit_code: int = 3
+
+
+class ConfigError(LeptonError, ValueError):
+    """Bad input: a config key, CLI argument, inventory field or workload layout.
+
+    Messages name the key, the bad value and what is allowed."""
+
+    exit_code = 2
+
+
+class NodeError(LeptonError):
+    """A node could not be reached, refused us, or failed an infrastructure-level command."""
+
+    exit_code = 3
+
+    def __init__(self, node: str, message: str, *, command: str | None = None, exit_status: int | None = None):
+        self.node = node
+        self.command = command
+        self.exit_status = exit_status
+        detail = f"node {node!r}: {message}"
+        if command is not None:
+            detail += f" (command: {command!r}"
+            detail += f", exit status {exit_status})" if exit_status is not None else ")"
+        super().__init__(detail)
+
+
+class HostKeyMismatch(NodeError):
+    """The node presented a host key other than the one pinned in the inventory."""
+
+    def __init__(self, node: str, expected_fingerprint: str, actual_fingerprint: str):
+        self.expected_fingerprint = expected_fingerprint
+        self.actual_fingerprint = actual_fingerprint
+        super().__init__(
+            node,
+            "host key mismatch: the inventory pins "
+            f"{expected_fingerprint} but the node presented {actual_fingerprint}. "
+            "Nothing was run. If the node was rebuilt, regenerate the inventory; otherwise treat this as an attack.",
+        )
+
+
+class JobFailed(LeptonError):
+    """The job ran but at least one node's process exited non-zero (or was lost)."""
+
+    exit_code = 1

@@ -1,0 +1,164 @@
+"""The inventory: the versioned JSON contract between the infrastructure layer (Pulumi stacks,
+the local pool) and the workload layer. It imports nothing else of ours on purpose."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lepton_infra.errors import ConfigError
+
+INVENTORY_VERSION = 1
+Cloud = Literal["aws", "gcp", "azure", "local"]
+_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Node(_Strict):
+    """One machine. `host` is what the controller dials; `private_ip` is what peers use (NCCL/gloo)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    private_ip: str
+    host_key: str = Field(description="OpenSSH public host key line, 'ssh-ed25519 AAAA...'; pinned by clients")
+    accelerator: str | None = None
+    gpus: int = Field(default=0, ge=0)
+
+    @field_validator("private_ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"not an IP address: {value!r}") from exc
+        return value
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str) -> str:
+        parts = value.split()
+        if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
+            raise ValueError(
+                f"must be an OpenSSH public key line like 'ssh-ed25519 AAAA...', got {value[:40]!r}; "
+                "host keys are pinned, so every node needs one"
+            )
+        return " ".join(parts[:2])
+
+
+class Jump(_Strict):
+    """Reserved for bastion (ProxyJump) access to private-only nodes; not used by the workload layer yet."""
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str
+    host_key: str
+
+
+class Inventory(_Strict):
+    version: Literal[1]
+    cluster: str = Field(min_length=1)
+    cloud: Cloud
+    user: str = Field(min_length=1)
+    private_key_path: str | None = None
+    python: str = "python3"
+    nodes: list[Node] = Field(min_length=1)
+    store: str | None = None
+    queue: str | None = None
+    jump: Jump | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Inventory:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise ValueError(f"duplicate node name {node.name!r} in nodes; every node needs a unique name")
+            seen.add(node.name)
+        return self
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("s3://", "gs://", "az://", "file://")):
+            raise ValueError(f"must start with s3://, gs://, az:// or file://, got {value!r}")
+        return value
+
+    @property
+    def master(self) -> Node:
+        """Node 0 is the rendezvous master."""
+        return self.nodes[0]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"no node named {name!r} in inventory; nodes are {', '.join(n.name for n in self.nodes)}")
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "inventory") -> Inventory:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "inventory") -> Inventory:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("version")
+        if version != INVENTORY_VERSION:
+            raise ConfigError(
+                f"{source}: field 'version' is {version!r}; this lepton-infra reads inventory version "
+                f"{INVENTORY_VERSION} only"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: invalid inventory:\n{_describe(exc)}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> Inventory:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"inventory file {str(path)!r} does not exist; create one with `lepton-infra local up` "
+                "or `lepton-infra inventory --stack NAME`"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"inventory file {str(path)!r} cannot be read: {exc.strerror}") from exc
+        return cls.from_json(text, source=str(path))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (so a reader never sees half a file), readable by the owner only."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, each naming the field by its JSON path (nodes[1].port)."""
+    lines = []
+    for err in exc.errors():
+        path = ""
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  - {path or '<root>'}: {err['msg']}{shown}")
+    return "\n".join(lines)
