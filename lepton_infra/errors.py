@@ -23,7 +23,9 @@ class NodeError(LeptonError):
 
     exit_code = 3
 
-    def __init__(self, node: str, message: str, *, command: str | None = None, exit_status: int | None = None):
+    def __init__(
+        self, node: str, message: str, *, command: str | None = None, exit_status: int | None = None
+    ):
         self.node = node
         self.command = command
         self.exit_status = exit_status

@@ -14,7 +14,13 @@ from lepton_infra.errors import ConfigError
 
 INVENTORY_VERSION = 1
 Cloud = Literal["aws", "gcp", "azure", "local"]
-_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
 
 
 class _Strict(BaseModel):
@@ -28,7 +34,9 @@ class Node(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=22, ge=1, le=65535)
     private_ip: str
-    host_key: str = Field(description="OpenSSH public host key line, 'ssh-ed25519 AAAA...'; pinned by clients")
+    host_key: str = Field(
+        description="OpenSSH public host key line, 'ssh-ed25519 AAAA...'; pinned by clients"
+    )
     accelerator: str | None = None
     gpus: int = Field(default=0, ge=0)
 
@@ -79,7 +87,9 @@ class Inventory(_Strict):
         seen: set[str] = set()
         for node in self.nodes:
             if node.name in seen:
-                raise ValueError(f"duplicate node name {node.name!r} in nodes; every node needs a unique name")
+                raise ValueError(
+                    f"duplicate node name {node.name!r} in nodes; every node needs a unique name"
+                )
             seen.add(node.name)
         return self
 
@@ -99,14 +109,18 @@ class Inventory(_Strict):
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise ConfigError(f"no node named {name!r} in inventory; nodes are {', '.join(n.name for n in self.nodes)}")
+        raise ConfigError(
+            f"no node named {name!r} in inventory; nodes are {', '.join(n.name for n in self.nodes)}"
+        )
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "inventory") -> Inventory:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+            raise ConfigError(
+                f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from exc
         return cls.from_dict(data, source=source)
 
     @classmethod

@@ -1,0 +1,627 @@
+"""The `lepton-infra` command line: parse, call the library, render. Behaviour lives in the library
+(`lepton_infra.workload`, `lepton_infra.local`, `lepton_infra.catalog`), so everything here also
+works from Python. Heavy modules are imported inside the command that needs them.
+
+Exit codes: 0 ok, 1 job failed, 2 bad input, 3 infrastructure/connection failure."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lepton_infra.errors import ConfigError, JobFailed, LeptonError
+
+if TYPE_CHECKING:
+    from lepton_infra.inventory import Inventory
+    from lepton_infra.workload import RunResult
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
+DEFAULT_INVENTORY = Path(".lepton/local/inventory.json")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="lepton-infra",
+    help="GPU training clusters as Pulumi components, and the SSH workload layer that runs jobs on them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+local_app = typer.Typer(help="The embedded local pool: real sshd nodes on loopback.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handles_errors(func: F) -> F:
+    """Turn library errors into a one-line message and the documented exit code (not a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LeptonError as exc:
+            kind = {
+                EXIT_BAD_INPUT: "bad input",
+                EXIT_INFRA: "infrastructure error",
+                EXIT_JOB_FAILED: "job failed",
+            }
+            err_console.print(f"[bold red]error[/] ({kind.get(exc.exit_code, 'error')}): {exc}")
+            raise typer.Exit(exc.exit_code) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+InventoryOpt = Annotated[
+    Path,
+    typer.Option(
+        "--inventory",
+        "-i",
+        envvar="LEPTON_INVENTORY",
+        help="Inventory JSON (from `local up` or `inventory --stack`).",
+        show_default=True,
+    ),
+]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run results are collected.")]
+TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="Seconds to wait for each node's SSH.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _load_inventory(path: Path) -> Inventory:
+    from lepton_infra.inventory import Inventory
+
+    return Inventory.load(path)
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+@app.command()
+@_handles_errors
+def catalog(
+    accelerator: Annotated[str | None, typer.Option(help="T4, L4, A10G, A100-40GB, A100-80GB, H100.")] = None,
+    cloud: Annotated[str | None, typer.Option(help="aws, gcp or azure.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per node.")] = None,
+    region: Annotated[str | None, typer.Option(help="Only entries offered in this region.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the vendored accelerator catalog (instance types, GPUs, dated prices)."""
+    from lepton_infra import catalog as cat
+
+    rows = cat.choices(cloud=cloud, accelerator=accelerator, gpus=gpus, region=region)
+    if as_json:
+        print(cat.to_json(rows))
+        return
+    if not rows:
+        raise ConfigError("no catalog entry matches those filters; run `lepton-infra catalog` to see all")
+    table = Table(title="Accelerator catalog (prices are dated reference data, USD/hour)")
+    for column in (
+        "cloud",
+        "accelerator",
+        "gpus",
+        "instance type",
+        "vCPUs",
+        "memory GiB",
+        "on-demand",
+        "spot",
+    ):
+        table.add_column(column, justify="right" if column in ("gpus", "vCPUs", "memory GiB") else "left")
+    table.add_column("regions")
+    table.add_column("price read on")
+    for e in rows:
+        table.add_row(
+            e.cloud,
+            e.accelerator,
+            str(e.gpus),
+            e.instance_type,
+            str(e.vcpus),
+            f"{e.memory_gib:g}",
+            _usd(e.on_demand_usd),
+            _usd(e.spot_usd),
+            ", ".join(e.regions),
+            str(e.price_read_on),
+        )
+    console.print(table)
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.3f}"
+
+
+# --------------------------------------------------------------------------- local pool
+
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", help="Where the pool keeps keys, configs and logs.")
+]
+
+
+@local_app.command("up")
+@_handles_errors
+def local_up(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of sshd nodes (1-64).")] = 2,
+    state_dir: StateDirOpt = Path(".lepton/local"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Start N real OpenSSH sshd nodes on 127.0.0.x and write <state-dir>/inventory.json."""
+    from lepton_infra import local
+
+    inventory = local.up(nodes, state_dir)
+    if as_json:
+        print(inventory.to_json())
+        return
+    console.print(
+        f"[green]started {len(inventory.nodes)} node(s)[/]; inventory: {state_dir / 'inventory.json'}"
+    )
+    _render_pool(local.status(state_dir))
+
+
+@local_app.command("down")
+@_handles_errors
+def local_down(state_dir: StateDirOpt = Path(".lepton/local")) -> None:
+    """Stop exactly the sshd processes (and their jobs) that `local up` started in STATE_DIR."""
+    from lepton_infra import local
+
+    stopped = local.down(state_dir)
+    console.print(f"stopped {len(stopped)} node(s) in {state_dir}")
+
+
+@local_app.command("status")
+@_handles_errors
+def local_status(state_dir: StateDirOpt = Path(".lepton/local"), as_json: JsonOpt = False) -> None:
+    """Show the local pool's nodes and whether each sshd is alive."""
+    from lepton_infra import local
+
+    rows = local.status(state_dir)
+    if as_json:
+        print(json.dumps([_as_dict(r) for r in rows], indent=2, default=str))
+        return
+    if not rows:
+        console.print(f"no local pool in {state_dir}")
+        return
+    _render_pool(rows)
+
+
+def _render_pool(rows: list[Any]) -> None:
+    table = Table()
+    for column in ("node", "address", "pid", "alive"):
+        table.add_column(column)
+    for r in rows:
+        d = _as_dict(r)
+        alive = "[green]yes[/]" if d.get("alive") else "[red]no[/]"
+        table.add_row(str(d.get("name")), f"{d.get('host')}:{d.get('port')}", str(d.get("pid")), alive)
+    console.print(table)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump"):
+        return dict(obj.model_dump())
+    return dict(vars(obj))
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+class _RichEvents:
+    """Live view of a run: phases, log lines prefixed by node, one progress bar per run."""
+
+    _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
+
+    def __init__(self, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=err_console if quiet else console,
+            transient=True,
+        )
+        self._task: Any = None
+        self._colours: dict[str, str] = {}
+
+    def _colour(self, node: str) -> str:
+        if node not in self._colours:
+            self._colours[node] = self._COLOURS[len(self._colours) % len(self._COLOURS)]
+        return self._colours[node]
+
+    def on_phase(self, phase: str, detail: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[bold blue]==>[/] {phase}: {detail}")
+
+    def on_log(self, node: str, line: str) -> None:
+        if not self.quiet:
+            colour = self._colour(node)
+            self.progress.console.print(f"[{colour}]{node:>8} |[/] {line}", markup=True, soft_wrap=True)
+
+    def on_progress(self, node: str, progress: dict[str, Any]) -> None:
+        epochs, epoch = progress.get("epochs"), progress.get("epoch")
+        steps, step = progress.get("steps"), progress.get("step")
+        if not (isinstance(epochs, int) and isinstance(steps, int) and epoch and steps):
+            return
+        total = epochs * steps
+        done = (int(epoch) - 1) * steps + int(step or 0)
+        loss = progress.get("loss")
+        detail = f"epoch {epoch}/{epochs}" + (f" loss {loss:.3f}" if isinstance(loss, int | float) else "")
+        if self._task is None:
+            self.progress.start()
+            self._task = self.progress.add_task("training", total=total, detail=detail)
+        self.progress.update(self._task, completed=min(done, total), total=total, detail=detail)
+
+    def on_node_done(self, node: str, status: Any) -> None:
+        if not self.quiet:
+            state = getattr(status, "state", status)
+            colour = "green" if state == "succeeded" else "red"
+            self.progress.console.print(f"[{colour}]{node:>8} | finished: {state}[/]")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@contextmanager
+def _live(quiet: bool) -> Iterator[_RichEvents]:
+    events = _RichEvents(quiet=quiet)
+    try:
+        yield events
+    finally:
+        events.close()
+
+
+def _render_result(result: RunResult, as_json: bool) -> None:
+    run_json = Path(result.run_dir) / "run.json"
+    if as_json:
+        print(run_json.read_text() if run_json.exists() else json.dumps({"run_id": result.run_id}))
+        return
+    table = Table(title=f"run {result.run_id}: {result.status}")
+    for column in ("node", "state", "exit", "shipped", "collected", "results"):
+        table.add_column(column)
+    for n in result.nodes:
+        colour = "green" if n.state == "succeeded" else "red"
+        table.add_row(
+            n.name,
+            f"[{colour}]{n.state}[/]",
+            "-" if n.exit_code is None else str(n.exit_code),
+            _bytes(n.bytes_shipped),
+            _bytes(n.bytes_collected),
+            str(n.output_dir) if n.output_dir else "-",
+        )
+    console.print(table)
+    console.print(f"results: {result.run_dir}/  (run.json has per-node status, timings, bytes moved)")
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _finish(result: RunResult, as_json: bool) -> None:
+    _render_result(result, as_json)
+    if result.status != "succeeded":
+        failed = [n.name for n in result.nodes if n.state != "succeeded"]
+        raise JobFailed(f"run {result.run_id} {result.status}; failed nodes: {', '.join(failed) or '-'}")
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_run_id(run_id: str | None) -> None:
+    if run_id is not None and not _RUN_ID.match(run_id):
+        raise ConfigError(
+            f"--run-id {run_id!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@_handles_errors
+def run(
+    workload_dir: Annotated[
+        Path, typer.Argument(help="Workload folder; its train.py (or lepton.toml entrypoint) runs.")
+    ],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the entrypoint (after --).")] = None,
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Processes per node (GPUs).")] = 1,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Default: timestamp + random suffix.")
+    ] = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ship WORKLOAD_DIR to every node, run it with torchrun, stream logs, collect results."""
+    from lepton_infra.workload import run_job
+
+    if nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
+    _positive("--connect-timeout", connect_timeout)
+    _check_run_id(run_id)
+    inv = _load_inventory(inventory)
+    with _live(quiet=as_json) as events:
+        result = run_job(
+            inv,
+            workload_dir,
+            list(args or []),
+            nproc_per_node=nproc_per_node,
+            run_id=run_id,
+            runs_dir=runs_dir,
+            connect_timeout=connect_timeout,
+            events=events,
+        )
+    _finish(result, as_json)
+
+
+@app.command()
+@_handles_errors
+def attach(
+    run_id: Annotated[str, typer.Argument(help="The run to reattach to.")],
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    runs_dir: RunsDirOpt = Path("runs"),
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reconnect to a run (e.g. after the controller died), stream the rest of its logs, collect."""
+    from lepton_infra.workload import attach as attach_run
+
+    _check_run_id(run_id)
+    _positive("--connect-timeout", connect_timeout)
+    inv = _load_inventory(inventory)
+    with _live(quiet=as_json) as events:
+        result = attach_run(inv, run_id, runs_dir=runs_dir, connect_timeout=connect_timeout, events=events)
+    _finish(result, as_json)
+
+
+@app.command()
+@_handles_errors
+def status(
+    run_id: Annotated[str, typer.Argument(help="The run to inspect.")],
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each node's state of a run, read from the nodes themselves."""
+    from lepton_infra.workload import run_status
+
+    _check_run_id(run_id)
+    rows = run_status(_load_inventory(inventory), run_id, connect_timeout=connect_timeout)
+    _render_node_statuses(run_id, rows, as_json)
+
+
+@app.command()
+@_handles_errors
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to stop on every node.")],
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a run's processes on every node (whole process groups, no orphans)."""
+    from lepton_infra.workload import cancel as cancel_run
+
+    _check_run_id(run_id)
+    rows = cancel_run(_load_inventory(inventory), run_id, connect_timeout=connect_timeout)
+    _render_node_statuses(run_id, rows, as_json)
+
+
+def _render_node_statuses(run_id: str, rows: list[Any], as_json: bool) -> None:
+    dicts = [_as_dict(r) for r in rows]
+    if as_json:
+        print(json.dumps(dicts, indent=2, default=str))
+        return
+    table = Table(title=f"run {run_id}")
+    columns = [
+        c
+        for c in ("node", "name", "state", "exit_code", "pid", "started", "ended", "heartbeat")
+        if dicts and c in dicts[0]
+    ]
+    for column in columns:
+        table.add_column(column)
+    for d in dicts:
+        table.add_row(*("-" if d.get(c) is None else str(d.get(c)) for c in columns))
+    console.print(table)
+
+
+@app.command()
+@_handles_errors
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run whose logs to show.")],
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming until the run ends.")
+    ] = False,
+    connect_timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Print a run's logs, prefixed by node, straight from the nodes."""
+    from lepton_infra.workload import read_logs
+
+    _check_run_id(run_id)
+    inv = _load_inventory(inventory)
+    if node is not None:
+        inv.node(node)  # a clear ConfigError for an unknown node name
+    with _live(quiet=False) as events:
+        read_logs(inv, run_id, node=node, follow=follow, events=events, connect_timeout=connect_timeout)
+
+
+@app.command()
+@_handles_errors
+def collect(
+    run_id: Annotated[str, typer.Argument(help="The run whose results to bring home.")],
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    runs_dir: RunsDirOpt = Path("runs"),
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """(Re)collect every node's outputs and logs into RUNS_DIR/RUN_ID/ and write run.json."""
+    from lepton_infra.workload import collect as collect_run
+
+    _check_run_id(run_id)
+    result = collect_run(
+        _load_inventory(inventory), run_id, runs_dir=runs_dir, connect_timeout=connect_timeout
+    )
+    _render_result(result, as_json)
+
+
+# --------------------------------------------------------------------------- Pulumi stacks
+
+
+@app.command("inventory")
+@_handles_errors
+def inventory_cmd(
+    stack: Annotated[str, typer.Option("--stack", "-s", help="Pulumi stack name, e.g. dev-aws.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Inventory file to write.")] = Path(
+        ".lepton/inventory.json"
+    ),
+    cwd: Annotated[Path, typer.Option("--cwd", help="Folder with Pulumi.yaml.")] = Path("."),
+) -> None:
+    """Turn a deployed stack's `inventory` output into an inventory file (private key saved beside it, 0600)."""
+    from lepton_infra.components.stack_inventory import inventory_from_stack_output
+
+    if not re.match(r"^[A-Za-z0-9_.\-/]+$", stack):
+        raise ConfigError(f"--stack {stack!r} is not a valid Pulumi stack name")
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
+        raise ConfigError("the Pulumi CLI is not on PATH; install it from pulumi.com, log in, then retry")
+    cmd = [
+        pulumi,
+        "stack",
+        "output",
+        "inventory",
+        "--show-secrets",
+        "--json",
+        "--stack",
+        stack,
+        "--cwd",
+        str(cwd),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ConfigError(f"`pulumi stack output` failed for stack {stack!r}: {proc.stderr.strip()}")
+    inv = inventory_from_stack_output(proc.stdout, out.parent)
+    inv.save(out)
+    console.print(
+        f"wrote {out} ({len(inv.nodes)} node(s), cloud {inv.cloud}); use it with `--inventory {out}`"
+    )
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+@_handles_errors
+def demo(
+    nodes: Annotated[int, typer.Option("--nodes", help="Local nodes to train across (DDP).")] = 2,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Per-process batch size.")] = 32,
+    state_dir: StateDirOpt = Path(".lepton/demo"),
+    runs_dir: RunsDirOpt = Path("runs"),
+) -> None:
+    """Start a local pool, train the CIFAR-10 LeNet across it on synthetic data, collect, tear down."""
+    from lepton_infra import local
+    from lepton_infra.workload import run_job
+
+    if nodes < 1 or nodes > 8:
+        raise ConfigError(f"--nodes must be between 1 and 8 for the demo, got {nodes}")
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    workload = _cifar10_workload()
+    console.rule("[bold]lepton-infra demo")
+    console.print(f"1. starting {nodes} local sshd node(s) in {state_dir}")
+    if (state_dir / "pool.json").exists():
+        local.down(state_dir)  # a previous demo that was interrupted
+    inv = local.up(nodes, state_dir)
+    try:
+        console.print(f"2. training CIFAR-10 LeNet ({workload}) across {nodes} node(s), {epochs} epoch(s)")
+        args = [
+            "--data",
+            "synthetic",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            str(batch_size),
+            "--log-every",
+            "200",
+        ]
+        with _live(quiet=False) as events:
+            result = run_job(inv, workload, args, runs_dir=runs_dir, events=events)
+        _render_result(result, as_json=False)
+    finally:
+        console.print("3. tearing the local pool down")
+        local.down(state_dir)
+    if result.status != "succeeded":
+        raise JobFailed(f"demo run {result.run_id} {result.status}; see {result.run_dir}")
+    _render_metrics(Path(result.run_dir))
+
+
+def _cifar10_workload() -> Path:
+    for candidate in (Path("workloads/cifar10"), REPO_ROOT / "workloads" / "cifar10"):
+        if (candidate / "train.py").is_file():
+            return candidate
+    raise ConfigError("workloads/cifar10/train.py not found; run the demo from the lepton-infra repository")
+
+
+def _render_metrics(run_dir: Path) -> None:
+    metrics_files = sorted(run_dir.glob("*/**/metrics.json"))
+    if not metrics_files:
+        console.print(f"[yellow]no metrics.json collected under {run_dir}[/]")
+        return
+    metrics = json.loads(metrics_files[0].read_text())
+    table = Table(title="CIFAR-10 LeNet, synthetic data")
+    for column in ("epoch", "train loss", "test accuracy", "samples/s", "wall time"):
+        table.add_column(column, justify="right")
+    for e in metrics.get("epochs", []):
+        table.add_row(
+            str(e.get("epoch")),
+            _fmt(e.get("train_loss"), ".3f"),
+            _fmt(e.get("test_accuracy", e.get("test_acc")), ".3f"),
+            _fmt(e.get("samples_per_s", e.get("samples_per_sec")), ",.0f"),
+            _fmt(e.get("wall_time_s", e.get("time_s")), ".1f", "s"),
+        )
+    console.print(table)
+    folder = metrics_files[0].parent
+    console.print(f"world size {metrics.get('world_size')}; results: {folder}/")
+    for name in ("metrics.json", "model.pt", "loss_curve.png"):
+        if (folder / name).exists():
+            console.print(f"  {folder / name}")
+
+
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:{spec}}{suffix}"
+
+
+def main() -> None:
+    app(prog_name="lepton-infra")
+
+
+if __name__ == "__main__":
+    main()
