@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +31,10 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
 DEFAULT_INVENTORY = Path(".lepton/local/inventory.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (CI logs, `| less`) gets a wide fixed width instead of rich's 80 columns, so tables
+# are not cut to ellipses.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 app = typer.Typer(
     name="lepton-infra",
@@ -341,7 +344,7 @@ def _check_run_id(run_id: str | None) -> None:
         )
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command()
 @_handles_errors
 def run(
     workload_dir: Annotated[
@@ -358,13 +361,13 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Ship WORKLOAD_DIR to every node, run it with torchrun, stream logs, collect results."""
-    from lepton_infra.workload import run_job
-
     if nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
     _positive("--connect-timeout", connect_timeout)
     _check_run_id(run_id)
     inv = _load_inventory(inventory)
+    from lepton_infra.workload import run_job
+
     with _live(quiet=as_json) as events:
         result = run_job(
             inv,
@@ -503,8 +506,6 @@ def inventory_cmd(
     cwd: Annotated[Path, typer.Option("--cwd", help="Folder with Pulumi.yaml.")] = Path("."),
 ) -> None:
     """Turn a deployed stack's `inventory` output into an inventory file (private key saved beside it, 0600)."""
-    from lepton_infra.components.stack_inventory import inventory_from_stack_output
-
     if not re.match(r"^[A-Za-z0-9_.\-/]+$", stack):
         raise ConfigError(f"--stack {stack!r} is not a valid Pulumi stack name")
     pulumi = shutil.which("pulumi")
@@ -525,6 +526,8 @@ def inventory_cmd(
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ConfigError(f"`pulumi stack output` failed for stack {stack!r}: {proc.stderr.strip()}")
+    from lepton_infra.components.stack_inventory import inventory_from_stack_output
+
     inv = inventory_from_stack_output(proc.stdout, out.parent)
     inv.save(out)
     console.print(

@@ -1,0 +1,109 @@
+"""The CLI as a user meets it: a real `lepton-infra` process, its exit code and its message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "lepton_infra.cli"]
+
+
+def lepton(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
+
+
+def _workload(tmp_path: Path) -> Path:
+    workload = tmp_path / "job"
+    workload.mkdir()
+    (workload / "train.py").write_text("print('hi')\n")
+    return workload
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "does not exist"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({"version": 7, "nodes": []}), "field 'version' is 7"),
+        (
+            json.dumps(
+                {
+                    "version": 1,
+                    "cluster": "c",
+                    "cloud": "local",
+                    "user": "u",
+                    "nodes": [
+                        {
+                            "name": "n",
+                            "host": "127.0.0.2",
+                            "private_ip": "127.0.0.2",
+                            "host_key": "ssh-ed25519 AAAA",
+                        },
+                        {
+                            "name": "n",
+                            "host": "127.0.0.3",
+                            "private_ip": "127.0.0.3",
+                            "host_key": "ssh-ed25519 AAAA",
+                        },
+                    ],
+                }
+            ),
+            "duplicate node name 'n'",
+        ),
+    ],
+    ids=["missing", "not-json", "unknown-version", "duplicate-names"],
+)
+def test_bad_inventory_exits_2_naming_the_problem(tmp_path: Path, content: str | None, expected: str) -> None:
+    inventory = tmp_path / "inventory.json"
+    if content is not None:
+        inventory.write_text(content)
+    result = lepton("run", str(_workload(tmp_path)), "--inventory", str(inventory))
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_exit_2_before_anything_is_contacted(tmp_path: Path) -> None:
+    workload = _workload(tmp_path)
+    bad_run_id = lepton("run", str(workload), "--inventory", "x.json", "--run-id", "../escape")
+    assert bad_run_id.returncode == 2
+    assert "--run-id '../escape'" in bad_run_id.stderr
+    bad_nproc = lepton("run", str(workload), "--inventory", "x.json", "--nproc-per-node", "0")
+    assert bad_nproc.returncode == 2
+    assert "--nproc-per-node" in bad_nproc.stderr
+    not_a_number = lepton("run", str(workload), "--connect-timeout", "soon")
+    assert not_a_number.returncode == 2
+    assert "connect-timeout" in not_a_number.stderr
+
+
+def test_catalog_lists_every_cloud_and_filters_as_json() -> None:
+    table = lepton("catalog")
+    assert table.returncode == 0, table.stderr
+    for word in ("aws", "gcp", "azure", "g4dn.xlarge", "H100"):
+        assert word in table.stdout
+    filtered = lepton("catalog", "--accelerator", "T4", "--cloud", "gcp", "--json")
+    rows = json.loads(filtered.stdout)
+    assert rows and all(r["cloud"] == "gcp" and r["accelerator"] == "T4" for r in rows)
+
+
+def test_catalog_unknown_accelerator_exits_2_listing_choices() -> None:
+    result = lepton("catalog", "--accelerator", "V100")
+    assert result.returncode == 2
+    assert "V100" in result.stderr and "H100" in result.stderr
+
+
+def test_inventory_without_pulumi_cli_says_what_to_install(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CLI, "inventory", "--stack", "dev-aws"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/nonexistent", "HOME": str(tmp_path)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Pulumi CLI is not on PATH" in result.stderr
