@@ -1,0 +1,1 @@
+"""lepton-infra's Pulumi policy rules; `rules.POLICIES` is what the pack serves."""
