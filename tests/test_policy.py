@@ -507,3 +507,72 @@ def test_gpu_budget_counts_gpus_across_clouds_against_max_gpus() -> None:
     assert stack_violations(rules.max_gpus, resources) == []  # default 64
     [(msg, urn)] = stack_violations(rules.max_gpus, resources, {"maxGpus": 16})
     assert msg.startswith("stack runs 23 GPUs, more than maxGpus=16") and "a0=8" in msg and urn is None
+
+
+# --------------------------------------------------------------------------- the real pack server
+
+
+def _struct(props: Mapping[str, Any]) -> Any:
+    from google.protobuf import struct_pb2
+
+    s = struct_pb2.Struct()
+    s.update(dict(props))
+    return s
+
+
+def test_pack_server_lists_every_rule_and_reports_over_grpc_like_the_engine_sees_it() -> None:
+    """Start `policy/__main__.py` as the Pulumi CLI does and talk to it over the analyzer protocol."""
+    import subprocess
+
+    import grpc
+    from google.protobuf import empty_pb2
+    from pulumi.runtime import proto
+    from pulumi.runtime.proto import analyzer_pb2_grpc
+
+    server = subprocess.Popen(
+        [sys.executable, "__main__.py"],
+        cwd=ROOT / "policy",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()  # the analyzer prints its port, then serves
+        assert port.isdigit(), server.stderr.read() if server.stderr else port
+        stub = analyzer_pb2_grpc.AnalyzerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+        info = stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
+        assert info.name == "lepton-infra"
+        assert [p.name for p in info.policies] == [p.name for p in rules.POLICIES]
+
+        sg = {
+            "ingress": [{"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidrBlocks": ["0.0.0.0/0"]}],
+            "tags": TAGS,
+        }
+        urn = _urn(rules.AWS_SG, "sg")
+        response = stub.Analyze(
+            proto.AnalyzeRequest(type=rules.AWS_SG, properties=_struct(sg), urn=urn, name="sg"), timeout=30
+        )
+        [diag] = response.diagnostics
+        assert diag.policyName == "lepton-no-world-admin-ports"
+        assert diag.enforcementLevel == proto.MANDATORY
+        assert "opens SSH (22) to 0.0.0.0/0" in diag.message
+
+        # The stack rule reads maxGpus from the policy config the CLI sends.
+        config = proto.ConfigureAnalyzerRequest()
+        config.policyConfig["lepton-max-gpus"].properties.update({"maxGpus": 8})
+        config.policyConfig["lepton-max-gpus"].enforcementLevel = proto.MANDATORY
+        stub.Configure(config, timeout=30)
+        gpu = proto.AnalyzerResource(
+            type=rules.AWS_INSTANCE,
+            properties=_struct({"instanceType": "p5.48xlarge"}),
+            urn=_urn(rules.AWS_INSTANCE, "n0"),
+            name="n0",
+        )
+        stack = stub.AnalyzeStack(proto.AnalyzeStackRequest(resources=[gpu, gpu]), timeout=30)
+        messages = [d.message for d in stack.diagnostics if d.policyName == "lepton-max-gpus"]
+        assert len(messages) == 1 and "stack runs 16 GPUs, more than maxGpus=8" in messages[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
