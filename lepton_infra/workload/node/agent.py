@@ -1,0 +1,305 @@
+"""Node-side agent: starts a run's job detached from SSH, supervises it, reports and stops it.
+
+Standard library only; shipped with every run to `~/.lepton/runs/<run-id>/.agent/agent.py` and
+run as `python agent.py COMMAND RUN_DIR`. Commands:
+
+    launch RUN_DIR     (spec JSON on stdin) start the supervisor detached, print the state
+    status RUN_DIR     print the state; a run whose supervisor vanished is reported "lost"
+    cancel RUN_DIR     stop the job's process group (TERM, then KILL), print the final state
+    pack RUN_DIR       write a tar of output/, logs/ and state.json to stdout (collection)
+    supervise RUN_DIR  internal: the supervisor process itself
+
+The supervisor (own session, stdio redirected, so it survives the SSH session and the controller)
+starts the job in a new session (its own process group), writes `state.json` atomically with a
+heartbeat every few seconds, records the exit code, and when the job ends kills whatever the job
+left behind. Nothing here depends on the controller staying alive: state lives in RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+HEARTBEAT_S = 2.0
+TERMINAL = ("succeeded", "failed", "cancelled", "lost")
+ACTIVE = ("starting", "running")
+
+
+def _path(run_dir: str, *parts: str) -> str:
+    return os.path.join(run_dir, *parts)
+
+
+def read_state(run_dir: str) -> dict | None:
+    try:
+        with open(_path(run_dir, "state.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(run_dir: str, state: dict) -> None:
+    # tmp + rename: a reader (the controller over SFTP) sees the old or the new file, never half.
+    tmp = _path(run_dir, f".state.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(tmp, _path(run_dir, "state.json"))
+
+
+def _pid_alive(pid: int | None, needle: str | None = None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return False
+        if needle is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                # Guards against PID reuse: the supervisor's command line names its run dir.
+                return needle.encode() in f.read()
+    except OSError:
+        pass
+    return True
+
+
+def _group_alive(pgid: int | None) -> bool:
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _marker(run_dir: str) -> bytes | None:
+    """The environment entry every process of this run carries (unique per node and run)."""
+    try:
+        with open(_path(run_dir, "spec.json"), encoding="utf-8") as f:
+            env = json.load(f).get("env", {})
+    except (OSError, ValueError):
+        return None
+    out = env.get("LEPTON_OUTPUT_DIR")
+    return f"LEPTON_OUTPUT_DIR={out}".encode() if out else None
+
+
+def run_processes(run_dir: str) -> list[int]:
+    """PIDs (not zombies) whose environment marks them as this run's: catches workers that torchrun
+    started in sessions of their own, which a process-group kill would miss."""
+    marker = _marker(run_dir)
+    if marker is None or not os.path.isdir("/proc"):
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            if not _pid_alive(int(entry)):
+                continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+def _kill_group(pgid: int | None, sig: int) -> None:
+    if pgid:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _kill_leftovers(run_dir: str, pgid: int | None) -> None:
+    _kill_group(pgid, signal.SIGKILL)
+    for pid in run_processes(run_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def supervise(run_dir: str) -> int:
+    with open(_path(run_dir, "spec.json"), encoding="utf-8") as f:
+        spec = json.load(f)
+    env = dict(os.environ)
+    env.update(spec["env"])
+    state = {
+        "run_id": spec.get("run_id"),
+        "node": spec.get("node"),
+        "state": "starting",
+        "supervisor_pid": os.getpid(),
+        "pid": None,
+        "pgid": None,
+        "exit_code": None,
+        "signal": None,
+        "started": time.time(),
+        "ended": None,
+        "heartbeat": time.time(),
+        "detail": "",
+    }
+    write_state(run_dir, state)
+    os.makedirs(_path(run_dir, "logs"), exist_ok=True)
+    with open(_path(run_dir, "logs", "node.log"), "ab", buffering=0) as log:
+        try:
+            proc = subprocess.Popen(
+                spec["argv"],
+                cwd=spec["cwd"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: cancel stops the whole gang
+            )
+        except OSError as exc:
+            log.write(f"lepton: cannot start {spec['argv'][0]!r}: {exc}\n".encode())
+            state.update(state="failed", exit_code=127, ended=time.time(), detail=f"cannot start: {exc}")
+            write_state(run_dir, state)
+            return 1
+        state.update(state="running", pid=proc.pid, pgid=proc.pid, heartbeat=time.time())
+        write_state(run_dir, state)
+        while True:
+            try:
+                code = proc.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                state["heartbeat"] = time.time()
+                write_state(run_dir, state)
+    # The job is over; nothing of it may outlive it (torchrun's workers run in their own sessions).
+    _kill_leftovers(run_dir, proc.pid)
+    cancelled = os.path.exists(_path(run_dir, "cancel"))
+    state.update(
+        exit_code=code if code >= 0 else 128 - code,
+        signal=-code if code < 0 else None,
+        ended=time.time(),
+        heartbeat=time.time(),
+        state="cancelled" if cancelled else ("succeeded" if code == 0 else "failed"),
+        detail="cancelled" if cancelled else (f"killed by signal {-code}" if code < 0 else f"exit {code}"),
+    )
+    write_state(run_dir, state)
+    return 0
+
+
+def status(run_dir: str) -> dict:
+    if not os.path.isdir(run_dir):
+        return {"state": "unknown", "detail": "no such run on this node", "run_dir": run_dir}
+    state = read_state(run_dir)
+    if state is None:
+        return {"state": "unknown", "detail": "run was shipped but not launched", "run_dir": run_dir}
+    if state["state"] in ACTIVE and not _pid_alive(state.get("supervisor_pid"), run_dir):
+        # The supervisor died without recording an end (killed, or the node rebooted).
+        alive = _group_alive(state.get("pgid")) or bool(run_processes(run_dir))
+        state["state"] = "lost"
+        state["detail"] = "supervisor gone" + ("; job processes still running" if alive else "")
+    state["run_dir"] = run_dir
+    state["now"] = time.time()
+    try:
+        state["log_bytes"] = os.path.getsize(_path(run_dir, "logs", "node.log"))
+    except OSError:
+        state["log_bytes"] = 0
+    return state
+
+
+def launch(run_dir: str, spec: dict) -> dict:
+    if os.path.exists(_path(run_dir, "spec.json")):
+        raise SystemExit(f"run in {run_dir} was already launched")
+    for sub in ("logs", "output"):
+        os.makedirs(_path(run_dir, sub), exist_ok=True)
+    tmp = _path(run_dir, ".spec.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+    os.replace(tmp, _path(run_dir, "spec.json"))
+    with open(_path(run_dir, "logs", "agent.log"), "ab") as agent_log:
+        # All three stdio redirected + a new session: the SSH exec channel closes at once and the
+        # supervisor survives the SSH session and the controller.
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "supervise", run_dir],
+            stdin=subprocess.DEVNULL,
+            stdout=agent_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.time() + 30.0
+    while time.time() < deadline:
+        state = read_state(run_dir)
+        if state is not None and state["state"] != "starting":
+            return status(run_dir)
+        time.sleep(0.02)
+    return status(run_dir)
+
+
+def cancel(run_dir: str, grace: float = 5.0) -> dict:
+    state = read_state(run_dir)
+    if state is None or state["state"] in TERMINAL:
+        return status(run_dir)
+    with open(_path(run_dir, "cancel"), "w", encoding="utf-8") as f:
+        f.write(str(time.time()))
+    pgid = state.get("pgid")
+    # TERM first: torchrun forwards it to its workers and they may flush logs/checkpoints.
+    _kill_group(pgid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and (_group_alive(pgid) or run_processes(run_dir)):
+        time.sleep(0.1)
+    _kill_leftovers(run_dir, pgid)
+    deadline = time.time() + 5.0
+    while time.time() < deadline:
+        current = read_state(run_dir)
+        if current is not None and current["state"] in TERMINAL:
+            return status(run_dir)
+        if not _pid_alive(current.get("supervisor_pid") if current else None, run_dir):
+            break
+        time.sleep(0.05)
+    # No supervisor left to record the end: record it here.
+    current = read_state(run_dir) or state
+    if current["state"] not in TERMINAL:
+        current.update(state="cancelled", ended=time.time(), detail="cancelled (no supervisor)")
+        write_state(run_dir, current)
+    return status(run_dir)
+
+
+def pack(run_dir: str, out) -> None:  # type: ignore[no-untyped-def]
+    with tarfile.open(fileobj=out, mode="w|") as tar:
+        for name in ("output", "logs", "state.json", "spec.json"):
+            path = _path(run_dir, name)
+            if os.path.exists(path):
+                tar.add(path, arcname=name)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[1] not in ("launch", "status", "cancel", "pack", "supervise"):
+        print("usage: agent.py launch|status|cancel|pack|supervise RUN_DIR", file=sys.stderr)
+        return 2
+    command, run_dir = argv[1], os.path.abspath(argv[2])
+    if command == "supervise":
+        return supervise(run_dir)
+    if command == "pack":
+        pack(run_dir, sys.stdout.buffer)
+        return 0
+    if command == "launch":
+        result = launch(run_dir, json.loads(sys.stdin.read()))
+    elif command == "cancel":
+        result = cancel(run_dir)
+    else:
+        result = status(run_dir)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
