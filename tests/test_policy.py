@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "policy"))
 
 from lepton_policy import rules  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+
 LIFE = {rules.TAG_MAX_LIFETIME_HOURS: "24", rules.TAG_IDLE_SHUTDOWN_MINUTES: "30"}
 TAGS = {rules.TAG_CLUSTER: "dev", rules.TAG_ENV: "dev"}
 LABELS = {rules.LABEL_CLUSTER: "dev", rules.LABEL_ENV: "dev"}
@@ -576,3 +578,32 @@ def test_pack_server_lists_every_rule_and_reports_over_grpc_like_the_engine_sees
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- whole programs under mocks
+
+
+def test_insecure_fixture_stack_reports_each_planted_violation() -> None:
+    from policy_harness import analyze, mandatory, run_program
+
+    resources = run_program(ROOT / "tests" / "fixtures" / "insecure_stack.py", {"aws:region": "us-east-1"})
+    assert {r.type for r in resources} >= {
+        rules.AWS_SG,
+        rules.AWS_BUCKET,
+        rules.AWS_BUCKET_PAB,
+        rules.AWS_INSTANCE,
+    }
+    found = {(f.policy, f.resource) for f in mandatory(analyze(resources))}
+    assert found == {
+        ("lepton-no-world-admin-ports", "ssh-world"),
+        ("lepton-storage-not-public", "public-bucket-pab"),
+        ("lepton-imdsv2-required", "imdsv1-gpu"),
+        ("lepton-gpu-from-catalog", "imdsv1-gpu"),
+        ("lepton-lifetime-limit", "imdsv1-gpu"),
+        ("lepton-required-tags", "untagged-vpc"),
+        ("lepton-aws-buckets-guarded", "public-bucket"),
+    }
+    [guard] = [f for f in analyze(resources) if f.policy == "lepton-aws-buckets-guarded"]
+    # The public access block exists (it is just wrong); encryption and the TLS policy are missing.
+    assert "BucketPublicAccessBlock" not in guard.message
+    assert "BucketServerSideEncryptionConfiguration" in guard.message and "TLS-only" in guard.message

@@ -225,14 +225,14 @@ def _provider_default_tags(args: ResourceValidationArgs) -> dict[str, Any]:
     if provider is None:
         return {}
     props = provider.props or {}
-    tags = get(props, "defaultTags", "tags") or get(props, "defaultLabels") or {}
-    if isinstance(tags, str):  # provider config may arrive JSON-encoded
+    tags = get(props, "defaultTags") or get(props, "defaultLabels") or {}
+    if isinstance(tags, str):  # provider inputs arrive JSON-encoded
         try:
             tags = json.loads(tags)
         except ValueError:
             return {}
-    if isinstance(tags, Mapping) and "tags" in tags and isinstance(tags["tags"], Mapping):
-        tags = tags["tags"]
+    if isinstance(tags, Mapping) and isinstance(tags.get("tags"), Mapping):
+        tags = tags["tags"]  # AWS nests them: defaultTags: {tags: {...}}
     return dict(tags) if isinstance(tags, Mapping) else {}
 
 
