@@ -607,3 +607,23 @@ def test_insecure_fixture_stack_reports_each_planted_violation() -> None:
     # The public access block exists (it is just wrong); encryption and the TLS policy are missing.
     assert "BucketPublicAccessBlock" not in guard.message
     assert "BucketServerSideEncryptionConfiguration" in guard.message and "TLS-only" in guard.message
+
+
+STACK_FILES = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+@pytest.mark.skipif(
+    not (ROOT / "__main__.py").exists() or not STACK_FILES, reason="no Pulumi program or stack files yet"
+)
+@pytest.mark.parametrize(
+    "stack_file", STACK_FILES, ids=lambda p: p.name.removeprefix("Pulumi.").removesuffix(".yaml")
+)
+def test_every_stack_passes_every_mandatory_rule(stack_file: Path) -> None:
+    from policy_harness import analyze, mandatory, run_program, stack_config
+
+    stack = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    config = stack_config(stack_file)
+    region = str(config.get("lepton:region") or config.get("aws:region") or "us-east-1")
+    resources = run_program(ROOT / "__main__.py", config, stack=stack, region=region)
+    assert any(rules.vm_shape(r.type, r.inputs) for r in resources), "the stack created no VM"
+    assert mandatory(analyze(resources)) == []
