@@ -4,7 +4,8 @@ The data is a vendored CSV (`accelerators.csv`, shipped as package data) with th
 price was read from the cloud's public pricing page. It is dated reference data, not a live price
 feed: prices are per node and hour (for GCP N1 rows the VM plus its attached GPUs), in USD, for the
 first region listed; spot prices are approximate snapshots and move daily. An empty cell means the
-price is unknown (or spot capacity is not generally offered), never zero.
+price is unknown (or spot capacity is not generally offered), never zero. `regions` is a curated
+subset (a few common regions per cloud where the type is offered), not every region that has it.
 
 Azure's NVadsA10_v5 family carries an NVIDIA A10, which is not AWS's A10G (different memory and
 clocks); we do not file it under `A10G`, so `A10G` exists on AWS only.

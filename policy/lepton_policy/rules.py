@@ -198,10 +198,13 @@ def _port_spec_hits(spec: Any) -> list[int]:
     s = str(spec).strip()
     if s in ("*", "", "all", "any"):
         return list(ADMIN_PORTS)
-    if "-" in s:
-        lo, _, hi = s.partition("-")
-        return _ports_in_range(int(lo), int(hi))
-    return _ports_in_range(int(s), int(s))
+    try:
+        if "-" in s:
+            lo, _, hi = s.partition("-")
+            return _ports_in_range(int(lo), int(hi))
+        return _ports_in_range(int(float(s)), int(float(s)))
+    except ValueError:
+        return []  # not a port spec the cloud would accept either
 
 
 def _names(ports: Iterable[int]) -> str:
@@ -399,16 +402,16 @@ def check_world_admin_ports(resource_type: str, props: Mapping[str, Any]) -> lis
             world = [r for r in ranges if _is_world(r)]
         if not world:
             return out
-        hits: set[int] = set()
+        allowed: set[int] = set()
         for allow in as_list(get(props, "allows")):
             proto = str(get(allow, "protocol", default="")).lower()
             if proto not in ("tcp", "all", "6"):
                 continue
             ports = as_list(get(allow, "ports"))
             for spec in ports or [None]:
-                hits.update(_port_spec_hits(spec))
-        if hits:
-            out.append(f"firewall allows {_names(hits)} from {', '.join(world)}")
+                allowed.update(_port_spec_hits(spec))
+        if allowed:
+            out.append(f"firewall allows {_names(allowed)} from {', '.join(world)}")
     elif resource_type in (AZ_NSG, AZ_SECURITY_RULE):
         rules = as_list(get(props, "securityRules")) if resource_type == AZ_NSG else [props]
         for rule in rules:
