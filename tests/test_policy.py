@@ -478,13 +478,32 @@ def test_s3_bucket_with_all_three_guards_passes_linked_by_dependency_or_name() -
     assert stack_violations(rules.aws_buckets_guarded, by_dep) == []
 
 
+def test_s3_bucket_guards_linked_only_by_dependency_pass_during_preview() -> None:
+    """In a real preview the bucket name and the policy document (built from the ARN) are unknown;
+    the engine still passes dependencies, which is enough to see the guards are there."""
+    bucket = stack_resource(rules.AWS_BUCKET, "store", {"bucket": UNKNOWN_STRING_VALUE})
+    guards = [
+        stack_resource(rules.AWS_BUCKET_PAB, "pab", {**PAB_ALL, "bucket": UNKNOWN_STRING_VALUE}, [bucket]),
+        stack_resource(rules.AWS_BUCKET_SSE, "sse", {**SSE, "bucket": UNKNOWN_STRING_VALUE}, [bucket]),
+        stack_resource(
+            rules.AWS_BUCKET_POLICY,
+            "tls",
+            {"bucket": UNKNOWN_STRING_VALUE, "policy": UNKNOWN_STRING_VALUE},
+            [bucket],
+        ),
+    ]
+    assert stack_violations(rules.aws_buckets_guarded, [bucket, *guards]) == []
+    [(msg, _)] = stack_violations(rules.aws_buckets_guarded, [bucket, *guards[:2]])
+    assert msg == "S3 bucket 'store' is missing: TLS-only BucketPolicy"
+
+
 def test_s3_bucket_alone_is_reported_with_what_it_lacks() -> None:
     bucket = stack_resource(rules.AWS_BUCKET, "store", {"bucket": "lepton-store-1"})
     other = stack_resource(rules.AWS_BUCKET_PAB, "pab", {**PAB_ALL, "bucket": "someone-else"})
     assert stack_violations(rules.aws_buckets_guarded, [bucket, other]) == [
         (
-            "S3 bucket 'store' has no BucketPublicAccessBlock, BucketServerSideEncryptionConfiguration, "
-            "a TLS-only BucketPolicy",
+            "S3 bucket 'store' is missing: BucketPublicAccessBlock, BucketServerSideEncryptionConfiguration, "
+            "TLS-only BucketPolicy",
             bucket.urn,
         )
     ]

@@ -24,6 +24,7 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 from lepton_infra.catalog import CatalogEntry, entries
 
@@ -662,6 +663,15 @@ def _points_at(resource: Any, refs: set[str]) -> bool:
     return isinstance(target, str) and target in refs
 
 
+def _tls_only_or_unknown(props: Mapping[str, Any]) -> bool:
+    """A policy document that denies plain HTTP, or one not known yet (during preview it is usually
+    built from the bucket's ARN; `lepton-storage-tls-only` checks its content once it is known)."""
+    try:
+        return denies_insecure_transport(get(props, "policy"))
+    except UnknownValueError:
+        return True
+
+
 def check_aws_buckets_guarded(resources: Sequence[Any]) -> list[tuple[str, str]]:
     """(message, bucket urn) for S3 buckets lacking a public-access block, encryption or TLS policy."""
     out: list[tuple[str, str]] = []
@@ -677,14 +687,11 @@ def check_aws_buckets_guarded(resources: Sequence[Any]) -> list[tuple[str, str]]
         inline_sse = get(bucket.props, "serverSideEncryptionConfiguration") is not None
         if not inline_sse and not kinds & {AWS_BUCKET_SSE, AWS_BUCKET_SSE_V2}:
             missing.append("BucketServerSideEncryptionConfiguration")
-        policies = [r for r in attached if r.resource_type == AWS_BUCKET_POLICY]
-        inline_policy = get(bucket.props, "policy")
-        if not any(denies_insecure_transport(get(p.props, "policy")) for p in policies) and not (
-            inline_policy and denies_insecure_transport(inline_policy)
-        ):
-            missing.append("a TLS-only BucketPolicy")
+        policies = [r.props for r in attached if r.resource_type == AWS_BUCKET_POLICY] + [bucket.props]
+        if not any(_tls_only_or_unknown(p) for p in policies):
+            missing.append("TLS-only BucketPolicy")
         if missing:
-            out.append((f"S3 bucket {bucket.name!r} has no {', '.join(missing)}", bucket.urn))
+            out.append((f"S3 bucket {bucket.name!r} is missing: {', '.join(missing)}", bucket.urn))
     return out
 
 
