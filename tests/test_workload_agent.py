@@ -1,0 +1,130 @@
+"""The node-side agent run for real on this machine (no SSH): a launched job is detached and
+supervised, its exit code recorded, cancel stops everything it started (also processes in
+sessions of their own, as torchrun's workers are), and a vanished supervisor reads as "lost"."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lepton_infra.workload.node import agent
+
+AGENT = Path(agent.__file__)
+
+
+def _agent(verb: str, run_dir: Path, spec: dict | None = None) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(AGENT), verb, str(run_dir)],
+        input=json.dumps(spec) if spec is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def _launch(tmp_path: Path, code: str) -> Path:
+    run_dir = tmp_path / "run"
+    (run_dir / "workload").mkdir(parents=True)
+    spec = {
+        "run_id": "t",
+        "node": "n0",
+        "argv": [sys.executable, "-c", code],
+        "env": {"LEPTON_OUTPUT_DIR": str(run_dir / "output"), "LEPTON_RUN_ID": "t", "PYTHONUNBUFFERED": "1"},
+        "cwd": str(run_dir / "workload"),
+    }
+    state = _agent("launch", run_dir, spec)
+    assert state["state"] in ("running", "succeeded", "failed"), state
+    return run_dir
+
+
+def _wait_terminal(run_dir: Path, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = _agent("status", run_dir)
+        if state["state"] in agent.TERMINAL:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"still {state}")
+
+
+def _wait_gone(run_dir: Path, timeout: float = 10) -> list[int]:
+    deadline = time.time() + timeout
+    while (left := agent.run_processes(str(run_dir))) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_launched_job_runs_detached_and_its_exit_code_and_log_are_recorded(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "import sys, time; print('hello'); time.sleep(0.5); sys.exit(3)")
+    state = _agent("status", run_dir)
+    assert state["state"] == "running" and state["pid"] and state["pgid"] == state["pid"]
+    final = _wait_terminal(run_dir)
+    assert final["state"] == "failed" and final["exit_code"] == 3
+    assert final["started"] <= final["ended"]
+    assert (run_dir / "logs" / "node.log").read_text() == "hello\n"
+
+
+def test_job_gets_the_spec_environment_and_cwd_and_writes_outputs(tmp_path: Path) -> None:
+    code = "import os; open(os.path.join(os.environ['LEPTON_OUTPUT_DIR'], 'cwd.txt'), 'w').write(os.getcwd())"
+    run_dir = _launch(tmp_path, code)
+    assert _wait_terminal(run_dir)["state"] == "succeeded"
+    assert (run_dir / "output" / "cwd.txt").read_text() == str(run_dir / "workload")
+
+
+def test_launching_the_same_run_twice_is_refused(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "pass")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _agent("launch", run_dir, {"argv": ["true"], "env": {}, "cwd": "/"})
+    assert "already launched" in err.value.stderr
+
+
+# A job that leaves a grandchild in a session of its own, as torchrun does with its workers.
+_ESCAPER = (
+    "import subprocess, sys, time;"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True);"
+    "print('started', flush=True);"
+    "time.sleep({sleep})"
+)
+
+
+def test_cancel_stops_the_job_and_workers_in_other_sessions(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, _ESCAPER.format(sleep=120))
+    deadline = time.time() + 10
+    while len(agent.run_processes(str(run_dir))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(agent.run_processes(str(run_dir))) == 2
+    state = _agent("cancel", run_dir)
+    assert state["state"] == "cancelled"
+    assert _wait_gone(run_dir) == []
+
+
+def test_processes_a_finished_job_left_behind_are_killed(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, _ESCAPER.format(sleep=0.2))
+    assert _wait_terminal(run_dir)["state"] == "succeeded"
+    assert _wait_gone(run_dir) == []
+
+
+def test_a_killed_supervisor_reads_as_lost_and_cancel_still_cleans_up(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "import time; time.sleep(120)")
+    state = _agent("status", run_dir)
+    os.kill(state["supervisor_pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    lost = _agent("status", run_dir)
+    assert lost["state"] == "lost" and "job processes still running" in lost["detail"]
+    assert _agent("cancel", run_dir)["state"] in ("cancelled", "lost")
+    assert _wait_gone(run_dir) == []
+
+
+def test_status_of_a_run_that_was_never_launched(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    assert _agent("status", tmp_path / "r")["state"] == "unknown"
+    assert _agent("status", tmp_path / "absent")["detail"] == "no such run on this node"
