@@ -1,0 +1,797 @@
+"""Google Cloud implementations of the lepton components (SPEC §5): a VPC with its firewall, a
+dedicated node service account, a GCS bucket, a Pub/Sub queue with a dead-letter topic, and a pool
+of GPU Compute Engine instances that boot with the neutral layer's cloud-init.
+
+Naming, tags, validation, host keys, cloud-init and the `extra` merge come from the neutral layer
+(`args.py`, `common.py`, `cloudinit.py`); this module only maps them onto `pulumi_gcp` resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
+
+from lepton_infra.catalog import CatalogEntry, lookup
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
+from lepton_infra.components.cloudinit import cloud_init
+from lepton_infra.components.common import (
+    TAG_IDLE,
+    TAG_LIFETIME,
+    PoolNode,
+    child,
+    gcp_labels,
+    merge_extra,
+    node_host_keys,
+    tags_for,
+)
+from lepton_infra.errors import ConfigError
+
+# Deep Learning VM image with PyTorch and a preinstalled NVIDIA driver. Ubuntu on purpose: GCE's
+# Ubuntu images run cloud-init, which reads the `user-data` metadata key; the Debian-based DLVM
+# families do not run cloud-init, so our user, pinned host key and watchdog would never be installed.
+DEFAULT_IMAGE_PROJECT = "deeplearning-platform-release"
+DEFAULT_IMAGE_FAMILY = "pytorch-2-9-cu129-ubuntu-2204-nvidia-580"
+DEFAULT_IMAGE = f"projects/{DEFAULT_IMAGE_PROJECT}/global/images/family/{DEFAULT_IMAGE_FAMILY}"
+
+DEFAULT_REGION = "us-central1"
+DEFAULT_SUBNET_CIDR = "10.42.0.0/20"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+BOOT_DISK_TYPE = "pd-balanced"
+
+# Pub/Sub's own limits (API reference): ack deadline 10..600 s, max delivery attempts 5..100.
+ACK_DEADLINE_RANGE = (10, 600)
+DELIVERY_ATTEMPTS_RANGE = (5, 100)
+# Seven days, Pub/Sub's maximum retention for unacknowledged messages.
+MESSAGE_RETENTION = "604800s"
+
+# Zones do not all end in "-a": these regions have no zone a. Other regions default to "<region>-a".
+_ZONE_OVERRIDES = {"us-east1": "us-east1-c", "europe-west1": "europe-west1-b"}
+
+_REGION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")
+_ZONE_RE = re.compile(r"^(?P<region>[a-z]+(?:-[a-z]+)+[0-9]+)-[a-z]$")
+_PROJECT_ENV_VARS = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
+_PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$|^[a-z0-9.-]+:[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+
+_NETWORK_KEYS = frozenset({"network", "subnetwork"})
+_IDENTITY_KEYS = frozenset({"service_account_email"})
+
+
+# --------------------------------------------------------------------------- validation and names
+
+
+def resolve_project(extra: Mapping[str, Any] | None = None) -> str:
+    """The GCP project every resource goes into: `extra["project"]`, else the `gcp:project` stack
+    config, else the environment variables the provider itself reads. Required, because the queue's
+    URL and the Pub/Sub service agent's grants need it spelled out."""
+    candidates: list[tuple[str, str | None]] = [
+        ("extra['project']", (extra or {}).get("project")),
+        ("gcp:project config", pulumi.Config("gcp").get("project")),
+    ]
+    candidates += [(f"${var}", os.environ.get(var)) for var in _PROJECT_ENV_VARS]
+    for source, value in candidates:
+        if value:
+            if not isinstance(value, str) or not _PROJECT_RE.match(value):
+                raise ConfigError(
+                    f"GCP project from {source} is {value!r}: a project ID is 6-30 characters of "
+                    "lowercase letters, digits and hyphens, starting with a letter"
+                )
+            return value
+    raise ConfigError(
+        "no GCP project: set it with `pulumi config set gcp:project <project-id>`, pass "
+        "extra={'project': '<project-id>'}, or export GOOGLE_PROJECT"
+    )
+
+
+def resolve_region(region: str | None, zone: str | None = None) -> str:
+    """The region to use: `region`, else the zone's region, else `gcp:region` config, else
+    us-central1. ConfigError when the format is wrong or the zone lies in another region."""
+    if zone is not None:
+        zone_region = zone_region_of(zone)
+        if region is not None and check_region(region) != zone_region:
+            raise ConfigError(
+                f"zone {zone!r} is not in region {region!r}: use a zone named {region}-<letter>"
+            )
+        return zone_region
+    if region is not None:
+        return check_region(region)
+    configured = pulumi.Config("gcp").get("region")
+    return check_region(configured) if configured else DEFAULT_REGION
+
+
+def check_region(region: str) -> str:
+    """`region` unchanged if it looks like a GCP region (`us-central1`), else ConfigError."""
+    if not isinstance(region, str) or not _REGION_RE.match(region):
+        raise ConfigError(
+            f"region {region!r} is not a GCP region name: expected lowercase words and a number, "
+            "like 'us-central1' or 'europe-west4' (a zone such as 'us-central1-a' goes in `zone`)"
+        )
+    return region
+
+
+def zone_region_of(zone: str) -> str:
+    """`"us-central1-a"` -> `"us-central1"`; ConfigError for anything not shaped like a zone."""
+    match = _ZONE_RE.match(zone) if isinstance(zone, str) else None
+    if match is None:
+        raise ConfigError(
+            f"zone {zone!r} is not a GCP zone name: expected '<region>-<letter>', like 'us-central1-a'"
+        )
+    return match.group("region")
+
+
+def default_zone(region: str) -> str:
+    """A zone of `region` that exists: `<region>-a`, except for regions that have no zone a."""
+    return _ZONE_OVERRIDES.get(region, f"{region}-a")
+
+
+def gcp_slug(name: str, max_len: int = 40) -> str:
+    """`name` as a GCP resource-name stem: lowercase letters, digits and hyphens, starting with a
+    letter. Child logical names use it, so Pulumi's auto-names (stem + random suffix) are valid."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower())
+    slug = re.sub(r"-{2,}", "-", slug).strip("-")
+    if not slug or not slug[0].isalpha():
+        slug = f"l-{slug}".rstrip("-")
+    return slug[:max_len].rstrip("-")
+
+
+def _stable_suffix(name: str, project: str) -> str:
+    # Deterministic per (GCP project, Pulumi project, stack, component name): two stacks in one GCP
+    # project never share a service account ID or network tag, and re-running keeps the same names.
+    key = f"{project}/{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
+    return hashlib.sha256(key.encode()).hexdigest()[:6]
+
+
+def service_account_id(name: str, project: str) -> str:
+    """An `account_id` (6-30 chars, `[a-z][-a-z0-9]*[a-z0-9]`) unique to this component and stack."""
+    return f"{gcp_slug(name, 23)}-{_stable_suffix(name, project)}"
+
+
+def node_tag(name: str, project: str) -> str:
+    """The network tag on the pool's instances; the firewall rules target exactly this tag."""
+    return f"{gcp_slug(name, 45)}-node-{_stable_suffix(name, project)}"
+
+
+def check_queue_limits(visibility_timeout_s: int, max_receive_count: int) -> None:
+    """ConfigError unless both fit Pub/Sub's ranges (ack deadline 10-600 s, 5-100 deliveries)."""
+    lo, hi = ACK_DEADLINE_RANGE
+    if isinstance(visibility_timeout_s, bool) or not isinstance(visibility_timeout_s, int):
+        raise ConfigError(
+            f"visibility_timeout_s must be a whole number of seconds, got {visibility_timeout_s!r}"
+        )
+    if not lo <= visibility_timeout_s <= hi:
+        raise ConfigError(
+            f"visibility_timeout_s={visibility_timeout_s} is outside what Pub/Sub allows for a "
+            f"subscription's ack deadline: {lo} to {hi} seconds"
+        )
+    lo, hi = DELIVERY_ATTEMPTS_RANGE
+    if isinstance(max_receive_count, bool) or not isinstance(max_receive_count, int):
+        raise ConfigError(f"max_receive_count must be a whole number, got {max_receive_count!r}")
+    if not lo <= max_receive_count <= hi:
+        raise ConfigError(
+            f"max_receive_count={max_receive_count} is outside what Pub/Sub allows for a dead-letter "
+            f"policy's max_delivery_attempts: {lo} to {hi}"
+        )
+
+
+def check_network_mapping(network: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """Validate `network={"network": ..., "subnetwork": ...}` (names or self links of an existing
+    VPC and subnet in the pool's region)."""
+    if network is None:
+        return None
+    if not isinstance(network, Mapping):
+        raise ConfigError(f"network must be a mapping with keys network, subnetwork on gcp, got {network!r}")
+    unknown = sorted(set(network) - _NETWORK_KEYS)
+    missing = sorted(_NETWORK_KEYS - set(network))
+    if unknown or missing:
+        raise ConfigError(
+            f"network on gcp takes exactly the keys network, subnetwork (an existing VPC and its subnet); "
+            f"got {sorted(network)}"
+            + (f", unknown: {unknown}" if unknown else "")
+            + (f", missing: {missing}" if missing else "")
+        )
+    for key in sorted(_NETWORK_KEYS):
+        if not isinstance(network[key], str) or not network[key]:
+            raise ConfigError(f"network[{key!r}] must be a non-empty name or self link, got {network[key]!r}")
+    return {k: str(network[k]) for k in _NETWORK_KEYS}
+
+
+def check_identity_mapping(identity: Mapping[str, Any] | None) -> str | None:
+    """Validate `identity={"service_account_email": ...}`; returns the email or None."""
+    if identity is None:
+        return None
+    if not isinstance(identity, Mapping) or set(identity) != _IDENTITY_KEYS:
+        raise ConfigError(
+            f"identity on gcp takes exactly the key service_account_email (an existing service account); got {identity!r}"
+        )
+    email = identity["service_account_email"]
+    if not isinstance(email, str) or not re.match(r"^[^@\s]+@[a-z0-9.-]+\.gserviceaccount\.com$", email):
+        raise ConfigError(
+            f"identity['service_account_email'] is {email!r}: expected a service account email like "
+            "'name@project.iam.gserviceaccount.com'"
+        )
+    return email
+
+
+def split_ssh_cidrs(cidrs: Sequence[str]) -> list[str]:
+    """The IPv4 CIDRs of `allowed_ssh_cidrs`. The pool's subnet and external IPs are IPv4-only, so
+    IPv6 sources could never reach a node; they are dropped with a warning (and a list of only IPv6
+    sources is an error, since nobody could then log in)."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for cidr in cidrs:
+        net = ipaddress.ip_network(str(cidr), strict=False)
+        (v4 if net.version == 4 else v6).append(str(net))
+    if v6 and not v4:
+        raise ConfigError(
+            f"allowed_ssh_cidrs={list(cidrs)!r} has only IPv6 ranges, but GCP pool nodes have IPv4 "
+            "addresses only: add the IPv4 range(s) you connect from"
+        )
+    if v6:
+        pulumi.log.warn(f"gcp: ignoring IPv6 SSH sources {v6}: the pool's nodes are IPv4-only")
+    return v4
+
+
+# --------------------------------------------------------------------------- typed args from dicts
+
+
+def _typed(cls: type, value: Any) -> Any:
+    """`cls(**value)` for a dict (a misspelled key raises TypeError here, not silently at deploy);
+    an already-typed value or an Output passes through."""
+    if isinstance(value, Mapping):
+        return cls(**value)
+    return value
+
+
+def _instance_args(spec: dict[str, Any]) -> dict[str, Any]:
+    """Turn the merged (base + extra) instance spec into `compute.Instance` kwargs with the provider's
+    typed `*Args` classes for every nested block we or a user may set as a dict."""
+    out = dict(spec)
+    if isinstance(out.get("boot_disk"), Mapping):
+        disk = dict(out["boot_disk"])
+        disk["initialize_params"] = _typed(
+            compute.InstanceBootDiskInitializeParamsArgs, disk.get("initialize_params")
+        )
+        out["boot_disk"] = compute.InstanceBootDiskArgs(**disk)
+    if isinstance(out.get("scheduling"), Mapping):
+        out["scheduling"] = compute.InstanceSchedulingArgs(**out["scheduling"])
+    out["shielded_instance_config"] = _typed(
+        compute.InstanceShieldedInstanceConfigArgs, out.get("shielded_instance_config")
+    )
+    out["service_account"] = _typed(compute.InstanceServiceAccountArgs, out.get("service_account"))
+    if out.get("guest_accelerators") is not None:
+        out["guest_accelerators"] = [
+            _typed(compute.InstanceGuestAcceleratorArgs, g) for g in out["guest_accelerators"]
+        ]
+    nics = []
+    for nic in out.get("network_interfaces") or []:
+        if isinstance(nic, Mapping):
+            nic = dict(nic)
+            nic["access_configs"] = [
+                _typed(compute.InstanceNetworkInterfaceAccessConfigArgs, a)
+                for a in nic.get("access_configs") or []
+            ]
+            nic = compute.InstanceNetworkInterfaceArgs(**nic)
+        nics.append(nic)
+    out["network_interfaces"] = nics
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _unwrap(component: Any) -> Any:
+    """The GCP component behind a neutral wrapper (which keeps it as `.impl`), or the thing itself."""
+    return getattr(component, "impl", component)
+
+
+# --------------------------------------------------------------------------- components
+
+
+class GcpNetwork(pulumi.ComponentResource):
+    """A custom-mode VPC (no auto subnets) with one regional subnet, or an existing VPC and subnet,
+    plus the pool's firewall: SSH (tcp:22) only from `allowed_ssh_cidrs` to the pool's network tag,
+    everything between instances carrying that tag, and nothing else (GCP denies other ingress)."""
+
+    vpc: compute.Network | None
+    subnet: compute.Subnetwork | None
+    ssh_firewall: compute.Firewall | None
+    internal_firewall: compute.Firewall
+    tag: str
+    network_link: pulumi.Input[str]
+    subnetwork_link: pulumi.Input[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        region: str,
+        project: str,
+        allowed_ssh_cidrs: Sequence[str],
+        tag: str,
+        existing: Mapping[str, str] | None = None,
+        cidr: str = DEFAULT_SUBNET_CIDR,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:gcp:Network", name, None, opts)
+        stem = gcp_slug(name)
+        self.tag = tag
+        sources = split_ssh_cidrs(allowed_ssh_cidrs)
+        if existing is None:
+            self.vpc = compute.Network(
+                f"{stem}-vpc",
+                compute.NetworkArgs(
+                    project=project,
+                    auto_create_subnetworks=False,
+                    routing_mode="REGIONAL",
+                    description=f"lepton cluster network for {name}",
+                ),
+                opts=child(self),
+            )
+            self.subnet = compute.Subnetwork(
+                f"{stem}-subnet",
+                compute.SubnetworkArgs(
+                    project=project,
+                    network=self.vpc.id,
+                    region=region,
+                    ip_cidr_range=cidr,
+                    # Nodes reach GCS and Pub/Sub over Google's network even without an external IP.
+                    private_ip_google_access=True,
+                ),
+                opts=child(self),
+            )
+            self.network_link = self.vpc.self_link
+            self.subnetwork_link = self.subnet.self_link
+        else:
+            self.vpc = None
+            self.subnet = None
+            self.network_link = existing["network"]
+            self.subnetwork_link = existing["subnetwork"]
+        self.internal_firewall = compute.Firewall(
+            f"{stem}-internal",
+            compute.FirewallArgs(
+                project=project,
+                network=self.network_link,
+                direction="INGRESS",
+                description="lepton: all traffic between pool nodes (NCCL/gloo rendezvous and data)",
+                allows=[compute.FirewallAllowArgs(protocol="all")],
+                source_tags=[tag],
+                target_tags=[tag],
+            ),
+            opts=child(self),
+        )
+        self.ssh_firewall = None
+        if sources:
+            self.ssh_firewall = compute.Firewall(
+                f"{stem}-ssh",
+                compute.FirewallArgs(
+                    project=project,
+                    network=self.network_link,
+                    direction="INGRESS",
+                    description="lepton: SSH from allowed_ssh_cidrs only",
+                    allows=[compute.FirewallAllowArgs(protocol="tcp", ports=["22"])],
+                    source_ranges=sources,
+                    target_tags=[tag],
+                ),
+                opts=child(self),
+            )
+        self.register_outputs({"network": self.network_link, "subnetwork": self.subnetwork_link, "tag": tag})
+
+
+class GcpNodeIdentity(pulumi.ComponentResource):
+    """The nodes' service account (a dedicated one unless an existing email is given), granted
+    exactly the cluster's bucket (objectAdmin) and queue (subscriber on the subscription, publisher
+    on the topic), each as a resource-level IAM member. No project-level role is granted."""
+
+    account: serviceaccount.Account | None
+    email: pulumi.Output[str]
+    bucket_member: storage.BucketIAMMember | None
+    subscriber_member: pubsub.SubscriptionIAMMember | None
+    publisher_member: pubsub.TopicIAMMember | None
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        project: str,
+        store: Any = None,
+        queue: Any = None,
+        service_account_email: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:gcp:NodeIdentity", name, None, opts)
+        stem = gcp_slug(name)
+        store, queue = _unwrap(store), _unwrap(queue)
+        if service_account_email is None:
+            self.account = serviceaccount.Account(
+                f"{stem}-sa",
+                serviceaccount.AccountArgs(
+                    project=project,
+                    account_id=service_account_id(name, project),
+                    display_name=f"lepton nodes of {name}"[:100],
+                    description="Dedicated identity of lepton GPU nodes: only its cluster's bucket and queue.",
+                ),
+                opts=child(self),
+            )
+            self.email = self.account.email
+        else:
+            self.account = None
+            self.email = pulumi.Output.from_input(service_account_email)
+        member = self.email.apply(lambda e: f"serviceAccount:{e}")
+        self.bucket_member = None
+        if store is not None:
+            self.bucket_member = storage.BucketIAMMember(
+                f"{stem}-bucket-rw",
+                storage.BucketIAMMemberArgs(
+                    bucket=store.bucket.name, role="roles/storage.objectAdmin", member=member
+                ),
+                opts=child(self),
+            )
+        self.subscriber_member = None
+        self.publisher_member = None
+        if queue is not None:
+            self.subscriber_member = pubsub.SubscriptionIAMMember(
+                f"{stem}-queue-sub",
+                pubsub.SubscriptionIAMMemberArgs(
+                    project=project,
+                    subscription=queue.subscription.name,
+                    role="roles/pubsub.subscriber",
+                    member=member,
+                ),
+                opts=child(self),
+            )
+            self.publisher_member = pubsub.TopicIAMMember(
+                f"{stem}-queue-pub",
+                pubsub.TopicIAMMemberArgs(
+                    project=project, topic=queue.topic.name, role="roles/pubsub.publisher", member=member
+                ),
+                opts=child(self),
+            )
+        self.register_outputs({"email": self.email})
+
+
+class GcpObjectStore(pulumi.ComponentResource):
+    """A GCS bucket: uniform bucket-level access, public access prevention enforced, versioning,
+    optional expiry after `retention_days`, labels. Encrypted at rest with Google-managed keys by
+    default; a CMEK via `extra={"encryption": {"default_kms_key_name": ...}}`. Output `url` is
+    `gs://<bucket>`."""
+
+    bucket: storage.Bucket
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("lepton:gcp:ObjectStore", name, None, opts)
+        extra = dict(args.extra or {})
+        project = resolve_project(extra)
+        region = resolve_region(args.region)
+        retention = args.retention_days
+        if retention is not None and (
+            isinstance(retention, bool) or not isinstance(retention, int) or retention < 1
+        ):
+            raise ConfigError(
+                f"retention_days must be a whole number of days >= 1 or None, got {retention!r}"
+            )
+        labels = gcp_labels(tags_for(args.cluster or name, args.env or pulumi.get_stack(), args.tags))
+        rules: list[dict[str, Any]] = []
+        if retention is not None:
+            rules.append({"action": {"type": "Delete"}, "condition": {"age": retention}})
+            if args.versioning:
+                # Deleting a live object in a versioned bucket only makes it noncurrent: expire those too.
+                rules.append(
+                    {
+                        "action": {"type": "Delete"},
+                        "condition": {"days_since_noncurrent_time": retention, "with_state": "ARCHIVED"},
+                    }
+                )
+        base: dict[str, Any] = {
+            "project": project,
+            "location": region.upper(),
+            "uniform_bucket_level_access": True,
+            "public_access_prevention": "enforced",
+            "versioning": {"enabled": bool(args.versioning)},
+            "lifecycle_rules": rules or None,
+            "labels": labels,
+            "force_destroy": bool(args.force_destroy),
+        }
+        spec = merge_extra(base, extra)
+        spec["versioning"] = _typed(storage.BucketVersioningArgs, spec.get("versioning"))
+        spec["encryption"] = _typed(storage.BucketEncryptionArgs, spec.get("encryption"))
+        if spec.get("lifecycle_rules") is not None:
+            spec["lifecycle_rules"] = [
+                storage.BucketLifecycleRuleArgs(
+                    action=_typed(storage.BucketLifecycleRuleActionArgs, r["action"]),
+                    condition=_typed(storage.BucketLifecycleRuleConditionArgs, r["condition"]),
+                )
+                if isinstance(r, Mapping)
+                else r
+                for r in spec["lifecycle_rules"]
+            ]
+        spec = {k: v for k, v in spec.items() if v is not None}
+        self.bucket = storage.Bucket(f"{gcp_slug(name)}-bucket", storage.BucketArgs(**spec), opts=child(self))
+        self.url = self.bucket.name.apply(lambda n: f"gs://{n}")
+        self.register_outputs({"url": self.url, "bucket": self.bucket.name})
+
+
+class GcpJobQueue(pulumi.ComponentResource):
+    """A Pub/Sub topic and pull subscription (ack deadline = `visibility_timeout_s`) with a dead-letter
+    topic after `max_receive_count` deliveries, and a subscription on that topic so dead letters are
+    kept (Pub/Sub drops messages published to a topic nobody subscribes to). Pub/Sub encrypts at rest
+    with Google-managed keys by default; a CMEK via `extra={"kms_key_name": ...}` (applied to both
+    topics). Other `extra` keys go to the main subscription.
+
+    Outputs: `url` (`projects/<p>/subscriptions/<name>`, what consumers pull from), `topic_url`
+    (`projects/<p>/topics/<name>`, where producers publish) and `dead_letter_url` (the dead-letter
+    subscription's path)."""
+
+    topic: pubsub.Topic
+    subscription: pubsub.Subscription
+    dead_letter_topic: pubsub.Topic
+    dead_letter_subscription: pubsub.Subscription
+    url: pulumi.Output[str]
+    topic_url: pulumi.Output[str]
+    dead_letter_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("lepton:gcp:JobQueue", name, None, opts)
+        extra = dict(args.extra or {})
+        project = resolve_project(extra)
+        check_queue_limits(args.visibility_timeout_s, args.max_receive_count)
+        kms_key_name = extra.pop("kms_key_name", None)
+        labels = gcp_labels(tags_for(args.cluster or name, args.env or pulumi.get_stack(), args.tags))
+        stem = gcp_slug(name)
+        never_expire = pubsub.SubscriptionExpirationPolicyArgs(ttl="")
+
+        self.topic = pubsub.Topic(
+            f"{stem}-jobs",
+            pubsub.TopicArgs(project=project, labels=labels, kms_key_name=kms_key_name),
+            opts=child(self),
+        )
+        self.dead_letter_topic = pubsub.Topic(
+            f"{stem}-dead",
+            pubsub.TopicArgs(project=project, labels=labels, kms_key_name=kms_key_name),
+            opts=child(self),
+        )
+        self.dead_letter_subscription = pubsub.Subscription(
+            f"{stem}-dead",
+            pubsub.SubscriptionArgs(
+                project=project,
+                topic=self.dead_letter_topic.id,
+                labels=labels,
+                ack_deadline_seconds=args.visibility_timeout_s,
+                message_retention_duration=MESSAGE_RETENTION,
+                expiration_policy=never_expire,
+            ),
+            opts=child(self),
+        )
+        base: dict[str, Any] = {
+            "project": project,
+            "topic": self.topic.id,
+            "labels": labels,
+            "ack_deadline_seconds": args.visibility_timeout_s,
+            "message_retention_duration": MESSAGE_RETENTION,
+            # Pub/Sub deletes a subscription after 31 idle days by default; a job queue must not vanish.
+            "expiration_policy": {"ttl": ""},
+            "dead_letter_policy": {
+                "dead_letter_topic": self.dead_letter_topic.id,
+                "max_delivery_attempts": args.max_receive_count,
+            },
+            # Back off between redeliveries so a poison message does not spin until it dead-letters.
+            "retry_policy": {"minimum_backoff": "10s", "maximum_backoff": "600s"},
+        }
+        spec = merge_extra(base, extra)
+        spec["expiration_policy"] = _typed(
+            pubsub.SubscriptionExpirationPolicyArgs, spec.get("expiration_policy")
+        )
+        spec["dead_letter_policy"] = _typed(
+            pubsub.SubscriptionDeadLetterPolicyArgs, spec.get("dead_letter_policy")
+        )
+        spec["retry_policy"] = _typed(pubsub.SubscriptionRetryPolicyArgs, spec.get("retry_policy"))
+        spec = {k: v for k, v in spec.items() if v is not None}
+        self.subscription = pubsub.Subscription(
+            f"{stem}-jobs", pubsub.SubscriptionArgs(**spec), opts=child(self)
+        )
+
+        # Dead-lettering is done by the project's Pub/Sub service agent: it must be allowed to publish
+        # to the dead-letter topic and to ack on the source subscription, or messages never move.
+        project_number = organizations.get_project_output(project_id=project).number
+        agent = project_number.apply(
+            lambda n: f"serviceAccount:service-{n}@gcp-sa-pubsub.iam.gserviceaccount.com"
+        )
+        self.agent_publisher = pubsub.TopicIAMMember(
+            f"{stem}-dead-pub",
+            pubsub.TopicIAMMemberArgs(
+                project=project,
+                topic=self.dead_letter_topic.name,
+                role="roles/pubsub.publisher",
+                member=agent,
+            ),
+            opts=child(self),
+        )
+        self.agent_subscriber = pubsub.SubscriptionIAMMember(
+            f"{stem}-jobs-agent",
+            pubsub.SubscriptionIAMMemberArgs(
+                project=project,
+                subscription=self.subscription.name,
+                role="roles/pubsub.subscriber",
+                member=agent,
+            ),
+            opts=child(self),
+        )
+
+        self.url = self.subscription.name.apply(lambda n: f"projects/{project}/subscriptions/{n}")
+        self.topic_url = self.topic.name.apply(lambda n: f"projects/{project}/topics/{n}")
+        self.dead_letter_url = self.dead_letter_subscription.name.apply(
+            lambda n: f"projects/{project}/subscriptions/{n}"
+        )
+        self.register_outputs(
+            {"url": self.url, "topic_url": self.topic_url, "dead_letter_url": self.dead_letter_url}
+        )
+
+
+class GcpGpuVmPool(pulumi.ComponentResource):
+    """`nodes` Compute Engine instances with `gpus_per_node` x `accelerator` each (machine type from
+    the catalog; N1 rows get the GPUs attached as guest accelerators, g2/a2/a3 bundle them), in their
+    own network unless one is given, running as a dedicated service account allowed exactly `store`
+    and `queue`, booting with cloud-init that installs the `lepton` user, the node's pinned host key
+    and the idle/lifetime watchdog.
+
+    Secure defaults: GPUs force `on_host_maintenance=TERMINATE` (and no automatic restart), shielded
+    VM (secure boot, vTPM, integrity monitoring), OS Login off and project-wide SSH keys blocked (the
+    only key is the one cloud-init installs), an external IP only when SSH is allowed from outside.
+    `extra` is merged into every instance's arguments (e.g. `{"shielded_instance_config":
+    {"enable_secure_boot": False}}` for an image whose GPU driver is not signed)."""
+
+    network: GcpNetwork
+    identity: GcpNodeIdentity
+    instances: list[compute.Instance]
+    host_keys: list[Any]
+    nodes: list[PoolNode]
+    entry: CatalogEntry
+    zone: str
+
+    def __init__(
+        self,
+        name: str,
+        args: GpuVmPoolArgs,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        store: Any = None,
+        queue: Any = None,
+    ) -> None:
+        super().__init__("lepton:gcp:GpuVmPool", name, None, opts)
+        args.validate()
+        extra = dict(args.extra or {})
+        project = resolve_project(extra)
+        region = resolve_region(args.region, args.zone)
+        zone = args.zone or default_zone(region)
+        existing_network = check_network_mapping(args.network)
+        sa_email = check_identity_mapping(args.identity)
+        self.entry = entry = lookup("gcp", args.accelerator, args.gpus_per_node, region)
+        self.zone = zone
+        cluster = args.cluster or name
+        env = args.env or pulumi.get_stack()
+        stem = gcp_slug(name)
+
+        self.network = GcpNetwork(
+            f"{name}-net",
+            region=region,
+            project=project,
+            allowed_ssh_cidrs=list(args.allowed_ssh_cidrs),
+            tag=node_tag(name, project),
+            existing=existing_network,
+            opts=child(self),
+        )
+        self.identity = GcpNodeIdentity(
+            f"{name}-identity",
+            project=project,
+            store=store,
+            queue=queue,
+            service_account_email=sa_email,
+            opts=child(self),
+        )
+        self.host_keys = node_host_keys(name, args.nodes, self)
+        labels = gcp_labels(
+            tags_for(
+                cluster,
+                env,
+                args.tags,
+                **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
+            )
+        )
+        public = self.network.ssh_firewall is not None
+
+        self.instances = []
+        self.nodes = []
+        for i, host_key in enumerate(self.host_keys):
+            user_data = cloud_init(
+                user=args.user,
+                authorized_key=args.ssh_public_key,
+                host_private_key=host_key.private_key_openssh,
+                host_public_key=host_key.public_key_openssh,
+                idle_shutdown_minutes=args.idle_shutdown_minutes,
+                max_lifetime_hours=args.max_lifetime_hours,
+                cluster=cluster,
+            )
+            base: dict[str, Any] = {
+                "project": project,
+                "zone": zone,
+                "machine_type": entry.instance_type,
+                "guest_accelerators": (
+                    [{"type": entry.gcp_accelerator_type, "count": entry.gpus}]
+                    if entry.gcp_accelerator_type
+                    else None
+                ),
+                "scheduling": self._scheduling(args.spot),
+                "shielded_instance_config": {
+                    "enable_secure_boot": True,
+                    "enable_vtpm": True,
+                    "enable_integrity_monitoring": True,
+                },
+                "metadata": {
+                    # Keys come only from cloud-init (with the pinned host key): no OS Login, no
+                    # project-wide keys, no `ssh-keys` metadata the guest agent would turn into users.
+                    "enable-oslogin": "FALSE",
+                    "block-project-ssh-keys": "TRUE",
+                    "user-data": user_data,
+                    # Deep Learning VM images install the NVIDIA driver on first boot when asked,
+                    # if the image does not already carry one.
+                    "install-nvidia-driver": "True",
+                },
+                "boot_disk": {
+                    "auto_delete": True,
+                    "initialize_params": {
+                        "image": args.image or DEFAULT_IMAGE,
+                        "size": args.disk_gb,
+                        "type": BOOT_DISK_TYPE,
+                        "labels": labels,
+                    },
+                },
+                "network_interfaces": [
+                    {
+                        "subnetwork": self.network.subnetwork_link,
+                        # An ephemeral external IP only when someone outside may SSH in.
+                        "access_configs": [{"network_tier": "PREMIUM"}] if public else [],
+                    }
+                ],
+                "service_account": {"email": self.identity.email, "scopes": [CLOUD_PLATFORM_SCOPE]},
+                "tags": [self.network.tag],
+                "labels": labels,
+                "allow_stopping_for_update": True,
+                "description": f"lepton node {i} of {cluster}",
+            }
+            kwargs = _instance_args(merge_extra(base, extra))
+            instance = compute.Instance(f"{stem}-{i}", compute.InstanceArgs(**kwargs), opts=child(self))
+            self.instances.append(instance)
+            nic = instance.network_interfaces.apply(lambda nics: nics[0])
+            private_ip = nic.apply(lambda n: n.network_ip)
+            host = (
+                nic.apply(lambda n: n.access_configs[0].nat_ip if n.access_configs else n.network_ip)
+                if public
+                else private_ip
+            )
+            self.nodes.append(
+                PoolNode(
+                    name=f"node-{i}", host=host, private_ip=private_ip, host_key=host_key.public_key_openssh
+                )
+            )
+        self.register_outputs(
+            {
+                "hosts": [n.host for n in self.nodes],
+                "private_ips": [n.private_ip for n in self.nodes],
+                "machine_type": entry.instance_type,
+                "zone": zone,
+            }
+        )
+
+    @staticmethod
+    def _scheduling(spot: bool) -> dict[str, Any]:
+        # GPU VMs cannot live-migrate: host maintenance must stop them (FACTS.md), and a restarted
+        # node would have lost its job anyway, so no automatic restart either.
+        sched: dict[str, Any] = {"on_host_maintenance": "TERMINATE", "automatic_restart": False}
+        if spot:
+            sched.update(provisioning_model="SPOT", preemptible=True, instance_termination_action="DELETE")
+        else:
+            sched.update(provisioning_model="STANDARD", preemptible=False)
+        return sched
