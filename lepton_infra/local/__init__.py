@@ -1,0 +1,47 @@
+"""The embedded local pool (SPEC §4): real OpenSSH sshd "nodes" on loopback, each with its own host
+key, config, home and log, described by an ordinary inventory so the workload layer cannot tell
+them from cloud VMs.
+
+    inv = up(3, Path(".lepton/local"))   # writes .lepton/local/inventory.json
+    status(Path(".lepton/local"))        # [NodeStatus(name, host, port, pid, alive), ...]
+    down(Path(".lepton/local"))          # stops exactly what `up` started, and the nodes' jobs
+"""
+
+from lepton_infra.local.keys import fingerprint, random_host_key_line
+from lepton_infra.local.pool import (
+    DEFAULT_STATE_DIR,
+    INVENTORY_FILE,
+    MAX_NODES,
+    POOL_FILE,
+    LocalPool,
+    NodeStatus,
+    down,
+    node_address,
+    node_home,
+    pool_processes,
+    status,
+    stop_node,
+    up,
+)
+from lepton_infra.local.procs import ProcessInfo
+from lepton_infra.local.testing import with_foreign_host_key
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "INVENTORY_FILE",
+    "MAX_NODES",
+    "POOL_FILE",
+    "LocalPool",
+    "NodeStatus",
+    "ProcessInfo",
+    "down",
+    "fingerprint",
+    "node_address",
+    "node_home",
+    "pool_processes",
+    "random_host_key_line",
+    "status",
+    "stop_node",
+    "up",
+    "with_foreign_host_key",
+]

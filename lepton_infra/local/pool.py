@@ -1,0 +1,538 @@
+"""The embedded local pool (SPEC §4): N real OpenSSH sshd "nodes" on 127.0.0.<k+2>.
+
+Each node gets its own directory `<state-dir>/nodes/node-<k>/` holding its host key, sshd_config,
+home, PID file and log. `up` starts the sshds detached (they outlive the calling process) and writes
+`<state-dir>/inventory.json`; `<state-dir>/pool.json` records what was started so `down` stops
+exactly those processes, plus anything still running as one of the nodes (detached jobs).
+
+Host keys are regenerated on every `up`: a restarted node is a rebuilt node, so an inventory from
+an earlier `up` no longer matches and the workload layer refuses it, as it would in the cloud. The
+pool's client key (`<state-dir>/id_ed25519`) is kept across `up`s."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pwd
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import NamedTuple
+
+from lepton_infra.errors import ConfigError, NodeError
+from lepton_infra.inventory import INVENTORY_VERSION, Inventory, Node
+from lepton_infra.local import procs
+from lepton_infra.local.keys import read_public_line, write_ed25519_key
+from lepton_infra.local.sshd_config import NodeConfig, find_sshd, render
+
+DEFAULT_STATE_DIR = Path(".lepton/local")
+MAX_NODES = 64
+POOL_FILE = "pool.json"
+INVENTORY_FILE = "inventory.json"
+CLIENT_KEY_FILE = "id_ed25519"
+STARTUP_TIMEOUT_S = 30.0
+_POOL_FILE_VERSION = 1
+# Listening ports are drawn from below Linux's ephemeral range (32768-60999), so an outgoing
+# connection can never take a port between our probe and sshd's bind; the draw is random so pools
+# started at the same time (tests beside a demo) rarely pick the same one, and a clash is retried.
+_PORT_RANGE = (20000, 32767)
+_BIND_ATTEMPTS = 8
+_random = random.SystemRandom()
+# sshd processes started by this Python process, kept so `down` can reap them (no zombies) and
+# Python does not warn about a "still running" subprocess it lost track of.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One row of `local status`: the node, where it listens, its sshd PID, and whether that sshd runs."""
+
+    name: str
+    host: str
+    port: int
+    pid: int
+    alive: bool
+
+
+@dataclass
+class _NodeRecord:
+    """What pool.json remembers about one node's sshd."""
+
+    name: str
+    host: str
+    port: int
+    pid: int
+    start_time: int | None
+    cmdline: list[str]
+    node_dir: str
+    home: str
+    config: str
+    log: str
+    host_key: str = ""
+    log_offset: int = field(default=0, repr=False)
+
+    def alive(self) -> bool:
+        return procs.is_expected(self.pid, self.cmdline, self.start_time)
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(self.name, self.host, self.port, self.pid, self.alive())
+
+
+def node_address(index: int) -> str:
+    """Node k listens on 127.0.0.<k+2> (127.0.0.1 stays free for everything else on the machine)."""
+    return f"127.0.0.{index + 2}"
+
+
+def node_dir(state_dir: Path, name: str) -> Path:
+    return Path(state_dir).resolve() / "nodes" / name
+
+
+def node_home(state_dir: Path, name: str) -> Path:
+    """The node's HOME (`~` in its remote commands): `<state-dir>/nodes/<name>/home`."""
+    return node_dir(state_dir, name) / "home"
+
+
+def _current_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _validate_nodes(nodes: object) -> int:
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
+        raise ConfigError(
+            f"nodes must be a whole number from 1 to {MAX_NODES} (one sshd on 127.0.0.<k+2> per node), "
+            f"got {nodes!r}"
+        )
+    return nodes
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Serialise up/down on one state dir (two `up`s at once would both see 'no pool')."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_pool(state_dir: Path) -> list[_NodeRecord] | None:
+    path = state_dir / POOL_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [_NodeRecord(**node) for node in data["nodes"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable local pool state ({exc}); stop stray sshd processes by hand and delete the file"
+        ) from exc
+
+
+def _write_pool(state_dir: Path, records: list[_NodeRecord], sshd: Path) -> None:
+    data = {
+        "version": _POOL_FILE_VERSION,
+        "state_dir": str(state_dir),
+        "sshd": str(sshd),
+        "user": _current_user(),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nodes": [asdict(r) for r in records],
+    }
+    tmp = state_dir / (POOL_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(state_dir / POOL_FILE)
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # sshd sets SO_REUSEADDR too, so a port in TIME_WAIT is usable and should count as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_port(host: str) -> int:
+    for _ in range(200):
+        port = _random.randint(*_PORT_RANGE)
+        if _port_is_free(host, port):
+            return port
+    raise NodeError(host, f"no free TCP port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} on {host}")
+
+
+def _log_tail(path: Path, offset: int = 0, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = text.strip().splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
+
+
+def _spawn(record: _NodeRecord, cfg: NodeConfig, sshd: Path) -> None:
+    """Write the node's config for `record.port` and start its sshd detached; updates `record`."""
+    config = Path(record.config)
+    config.write_text(render(cfg), encoding="utf-8")
+    log = Path(record.log)
+    record.cmdline = [str(sshd), "-D", "-e", "-f", str(config)]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": record.home,
+        "LEPTON_LOCAL_NODE": record.node_dir,
+    }
+    with open(log, "ab") as out:
+        out.write(
+            f"--- lepton-infra: starting sshd on {record.host}:{record.port} at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode()
+        )
+        out.flush()
+        record.log_offset = out.tell()
+        # New session: Ctrl-C in the terminal that ran `local up` must not reach the nodes, and
+        # the nodes keep running after that process exits.
+        proc = subprocess.Popen(
+            record.cmdline,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=record.node_dir,
+            env=env,
+        )
+    _children[proc.pid] = proc
+    record.pid = proc.pid
+    record.start_time = procs.start_time(proc.pid)
+
+
+def _answers_ssh(host: str, port: int) -> bool:
+    """True once something at host:port accepts TCP and sends an SSH identification line."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.settimeout(2.0)
+            banner = b""
+            while b"\n" not in banner and len(banner) < 512:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                banner += chunk
+            return banner.startswith(b"SSH-2.0-")
+    except OSError:
+        return False
+
+
+def _exited(record: _NodeRecord) -> bool:
+    proc = _children.get(record.pid)
+    if proc is not None:
+        return proc.poll() is not None
+    return not procs.is_running(record.pid)
+
+
+def _bind_failed(record: _NodeRecord) -> bool:
+    tail = _log_tail(Path(record.log), record.log_offset, lines=40)
+    return "Address already in use" in tail or "Cannot bind any address" in tail
+
+
+def _wait_ready(
+    records: list[_NodeRecord], configs: dict[str, NodeConfig], sshd: Path, timeout_s: float
+) -> None:
+    """Wait for every node's sshd to show an SSH banner; re-spawn on a port clash, raise on anything else."""
+    pending = {r.name: r for r in records}
+    attempts = dict.fromkeys(pending, 1)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for name, record in list(pending.items()):
+            if _exited(record):
+                if _bind_failed(record) and attempts[name] < _BIND_ATTEMPTS:
+                    # Another process (maybe another pool starting right now) took the port.
+                    attempts[name] += 1
+                    record.port = _pick_port(record.host)
+                    cfg = configs[name] = _replace_port(configs[name], record.port)
+                    _spawn(record, cfg, sshd)
+                    continue
+                raise NodeError(
+                    name,
+                    f"sshd exited while starting on {record.host}:{record.port}; "
+                    f"last lines of {record.log}:\n{_log_tail(Path(record.log), record.log_offset)}",
+                )
+            if _answers_ssh(record.host, record.port):
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            name, record = next(iter(pending.items()))
+            raise NodeError(
+                name,
+                f"sshd did not answer on {record.host}:{record.port} within {timeout_s:.0f} s "
+                f"({len(pending)} node(s) not ready); last lines of {record.log}:\n"
+                f"{_log_tail(Path(record.log), record.log_offset)}",
+            )
+        time.sleep(0.05)
+
+
+def _replace_port(cfg: NodeConfig, port: int) -> NodeConfig:
+    return NodeConfig(**{**asdict(cfg), "port": port})
+
+
+def _client_key(state_dir: Path) -> str:
+    """The pool's client key: reused if present (the user may have copied it), else generated."""
+    path = state_dir / CLIENT_KEY_FILE
+    if path.is_file() and path.with_name(path.name + ".pub").is_file():
+        path.chmod(0o600)
+        return read_public_line(path)
+    return write_ed25519_key(path, f"lepton-local-client@{state_dir.name}").public_line
+
+
+def _ensure_privsep_dir() -> None:
+    # Root sshd refuses to start without its privilege-separation directory; Debian creates it
+    # only from the service unit, which never ran in a container.
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = None) -> Inventory:
+    """Start `nodes` sshd nodes, write `<state_dir>/inventory.json`, and return the inventory.
+
+    Refuses (ConfigError) while a pool started from the same state dir is still running. A dead
+    pool left behind (machine rebooted, processes killed) is cleaned up and replaced."""
+    nodes = _validate_nodes(nodes)
+    sshd = find_sshd()
+    state_dir = Path(state_dir).resolve()
+    fresh_dir = not state_dir.exists()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if fresh_dir:
+        state_dir.chmod(0o700)  # holds the pool's private client key
+    with _locked(state_dir):
+        previous = _read_pool(state_dir)
+        if previous is not None:
+            running = [r for r in previous if r.alive()]
+            if running:
+                listed = ", ".join(f"{r.name} (pid {r.pid}, {r.host}:{r.port})" for r in running)
+                raise ConfigError(
+                    f"--state-dir {state_dir}: a local pool is already running there ({listed}); "
+                    f"stop it first with `lepton-infra local down --state-dir {state_dir}` "
+                    "or use another --state-dir"
+                )
+            _stop(previous, set(_node_dirs(state_dir)))
+        _ensure_privsep_dir()
+        user = _current_user()
+        client_public = _client_key(state_dir)
+        authorized_keys = state_dir / "authorized_keys"
+        authorized_keys.write_text(client_public + "\n", encoding="ascii")
+        authorized_keys.chmod(0o600)
+
+        records: list[_NodeRecord] = []
+        configs: dict[str, NodeConfig] = {}
+        try:
+            for k in range(nodes):
+                name = f"node-{k}"
+                ndir = state_dir / "nodes" / name
+                home = ndir / "home"
+                home.mkdir(parents=True, exist_ok=True)
+                host = node_address(k)
+                host_key = write_ed25519_key(ndir / "ssh_host_ed25519_key", f"{name}@lepton-local")
+                port = _pick_port(host)
+                cfg = NodeConfig(
+                    name=name,
+                    listen_address=host,
+                    port=port,
+                    host_key=host_key.path,
+                    pid_file=ndir / "sshd.pid",
+                    authorized_keys=authorized_keys,
+                    home=home,
+                    node_dir=ndir,
+                    user=user,
+                )
+                record = _NodeRecord(
+                    name=name,
+                    host=host,
+                    port=port,
+                    pid=0,
+                    start_time=None,
+                    cmdline=[],
+                    node_dir=str(ndir),
+                    home=str(home),
+                    config=str(ndir / "sshd_config"),
+                    log=str(ndir / "sshd.log"),
+                    host_key=" ".join(host_key.public_line.split()[:2]),
+                )
+                _spawn(record, cfg, sshd)
+                records.append(record)
+                configs[name] = cfg
+            # Recorded before waiting: if this process dies now, `down` still finds the sshds.
+            _write_pool(state_dir, records, sshd)
+            _wait_ready(records, configs, sshd, STARTUP_TIMEOUT_S)
+            _write_pool(state_dir, records, sshd)  # ports may have changed on a clash
+        except BaseException:
+            _stop(records, set())
+            raise
+
+        inventory = Inventory(
+            version=INVENTORY_VERSION,
+            cluster=state_dir.name or "local",
+            cloud="local",
+            user=user,
+            private_key_path=str(state_dir / CLIENT_KEY_FILE),
+            python=python or sys.executable,
+            nodes=[
+                Node(
+                    name=r.name,
+                    host=r.host,
+                    port=r.port,
+                    private_ip=r.host,
+                    host_key=r.host_key,
+                    accelerator=None,
+                    gpus=0,
+                )
+                for r in records
+            ],
+        )
+        inventory.save(state_dir / INVENTORY_FILE)
+        return inventory
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[NodeStatus]:
+    """One row per node of the pool in `state_dir`; empty when no pool was started there."""
+    records = _read_pool(Path(state_dir).resolve())
+    return [r.status() for r in records or []]
+
+
+def _node_dirs(state_dir: Path) -> list[Path]:
+    nodes = state_dir / "nodes"
+    return sorted(p for p in nodes.iterdir() if p.is_dir()) if nodes.is_dir() else []
+
+
+def _stop(records: list[_NodeRecord], dirs: set[Path]) -> list[NodeStatus]:
+    """Stop the recorded sshds (only if still ours) and every process of the node dirs `dirs`."""
+    stopped: list[NodeStatus] = []
+    ours = [r for r in records if r.pid and r.alive()]
+    # The listeners first, so no new session starts while we sweep; their session children are
+    # found through the process tree before the listener is gone.
+    sessions: set[int] = procs.descendants(r.pid for r in ours)
+    procs.terminate([r.pid for r in ours])
+    procs.terminate(sessions)
+    for r in ours:
+        stopped.append(NodeStatus(r.name, r.host, r.port, r.pid, alive=False))
+    for r in records:
+        proc = _children.pop(r.pid, None)
+        if proc is not None:
+            proc.poll()
+    # Detached jobs (setsid + nohup) outlive their session and may start children while we stop
+    # them (torchrun restarting workers): sweep until a pass finds nothing.
+    dirs = dirs | {Path(r.node_dir) for r in records}
+    for _ in range(5):
+        leftovers = [p.pid for d in sorted(dirs) for p in procs.node_processes(d, d / "home")]
+        if not leftovers:
+            break
+        procs.terminate(leftovers)
+    return stopped
+
+
+def down(state_dir: Path = DEFAULT_STATE_DIR) -> list[NodeStatus]:
+    """Stop the pool in `state_dir`; returns the nodes whose sshd was running (now stopped).
+
+    Only processes proven to be this pool's are signalled: its recorded sshds (cmdline and start
+    time checked, so a reused PID is never hit) and processes running as one of its nodes.
+    Idempotent. Removes pool.json and inventory.json; keeps keys, homes and logs."""
+    state_dir = Path(state_dir).resolve()
+    if not state_dir.is_dir():
+        return []
+    with _locked(state_dir):
+        records = _read_pool(state_dir) or []
+        stopped = _stop(records, set(_node_dirs(state_dir)))
+        (state_dir / POOL_FILE).unlink(missing_ok=True)
+        (state_dir / INVENTORY_FILE).unlink(missing_ok=True)
+        return stopped
+
+
+def stop_node(state_dir: Path, name: str) -> NodeStatus:
+    """Stop one node (its sshd and its processes) and leave the rest running: a node failure, for tests."""
+    state_dir = Path(state_dir).resolve()
+    with _locked(state_dir):
+        records = _read_pool(state_dir) or []
+        for r in records:
+            if r.name == name:
+                _stop([r], set())
+                return r.status()
+    raise ConfigError(
+        f"no node named {name!r} in the local pool at {state_dir}; nodes are "
+        f"{', '.join(r.name for r in records) or '(none: no pool running)'}"
+    )
+
+
+def pool_processes(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, list[procs.ProcessInfo]]:
+    """Every live process of each node in `state_dir` (sshd, sessions, jobs), by node name.
+
+    After `down` this is empty for every node; tests use it to prove no orphans are left."""
+    state_dir = Path(state_dir).resolve()
+    records = {r.name: r for r in _read_pool(state_dir) or []}
+    result: dict[str, list[procs.ProcessInfo]] = {}
+    for d in _node_dirs(state_dir):
+        r = records.get(d.name)
+        sshd_pids = [r.pid] if r is not None and r.alive() else []
+        result[d.name] = procs.node_processes(d, d / "home", sshd_pids)
+    return result
+
+
+class LocalPool(NamedTuple):
+    """A running local pool: a tuple `(inventory, state_dir)` with the pool's operations attached.
+
+    `with LocalPool.start(3, tmp) as pool:` stops it on exit."""
+
+    inventory: Inventory
+    state_dir: Path
+
+    @classmethod
+    def start(
+        cls, nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = None
+    ) -> LocalPool:
+        inventory = up(nodes, state_dir, python=python)
+        return cls(inventory, Path(state_dir).resolve())
+
+    @classmethod
+    def open(cls, state_dir: Path = DEFAULT_STATE_DIR) -> LocalPool:
+        """The pool already running in `state_dir` (reads its inventory.json)."""
+        state_dir = Path(state_dir).resolve()
+        return cls(Inventory.load(state_dir / INVENTORY_FILE), state_dir)
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.state_dir / INVENTORY_FILE
+
+    def home(self, node: str) -> Path:
+        """The node's HOME, as seen from this machine."""
+        self.inventory.node(node)  # ConfigError naming the nodes if unknown
+        return node_home(self.state_dir, node)
+
+    def status(self) -> list[NodeStatus]:
+        return status(self.state_dir)
+
+    def processes(self) -> dict[str, list[procs.ProcessInfo]]:
+        return pool_processes(self.state_dir)
+
+    def stop_node(self, node: str) -> NodeStatus:
+        return stop_node(self.state_dir, node)
+
+    def down(self) -> list[NodeStatus]:
+        return down(self.state_dir)
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.down()

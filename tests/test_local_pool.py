@@ -1,0 +1,308 @@
+"""The local pool on real OpenSSH sshd nodes: what `up` promises (pinned keys, own homes, keys-only
+login), what `down` promises (exactly our processes, no orphans, idempotent), and the refusals."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import paramiko
+import pytest
+from conftest import tampered_inventory
+
+from lepton_infra.errors import ConfigError, NodeError
+from lepton_infra.inventory import Inventory, Node
+from lepton_infra.local import (
+    INVENTORY_FILE,
+    POOL_FILE,
+    LocalPool,
+    NodeStatus,
+    down,
+    fingerprint,
+    pool_processes,
+    procs,
+    status,
+    up,
+)
+from lepton_infra.local import pool as pool_module
+from lepton_infra.local.keys import write_ed25519_key
+
+
+def _pkey(line: str) -> paramiko.PKey:
+    kind, data = line.split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(data))
+
+
+def _server_key(node: Node) -> str:
+    """The host key the node's sshd actually presents, as an OpenSSH line."""
+    transport = paramiko.Transport((node.host, node.port))
+    try:
+        transport.start_client(timeout=10)
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+    finally:
+        transport.close()
+
+
+def _connect(inv: Inventory, node: Node) -> paramiko.SSHClient:
+    """Log in as the workload layer does: pinned host key, the pool's key, nothing from ~/.ssh."""
+    client = paramiko.SSHClient()
+    client.get_host_keys().add(f"[{node.host}]:{node.port}", node.host_key.split()[0], _pkey(node.host_key))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        node.host,
+        port=node.port,
+        username=inv.user,
+        key_filename=inv.private_key_path,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    return client
+
+
+def _run(client: paramiko.SSHClient, command: str) -> str:
+    _, stdout, stderr = client.exec_command(command, timeout=30)
+    out = stdout.read().decode()
+    assert stdout.channel.recv_exit_status() == 0, stderr.read().decode()
+    return out
+
+
+def _pids_with_home(home: Path) -> list[int]:
+    return [pid for pid in procs.all_pids() if procs.environ(pid).get("HOME") == str(home)]
+
+
+# --------------------------------------------------------------------------- up
+
+
+def test_up_writes_an_inventory_that_loads_and_describes_the_nodes(local_pool: LocalPool) -> None:
+    inv, state_dir = local_pool
+    loaded = Inventory.load(state_dir / INVENTORY_FILE)
+    assert loaded == inv
+    assert (loaded.version, loaded.cloud, loaded.python) == (1, "local", sys.executable)
+    assert [n.name for n in loaded.nodes] == ["node-0", "node-1", "node-2"]
+    assert [n.host for n in loaded.nodes] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert all(n.private_ip == n.host and n.gpus == 0 and n.accelerator is None for n in loaded.nodes)
+    key = Path(loaded.private_key_path or "")
+    assert key.is_absolute() and key.is_file()
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert len({n.host_key for n in loaded.nodes}) == 3, "every node has its own host key"
+
+
+def test_each_node_presents_exactly_the_host_key_in_the_inventory(local_pool: LocalPool) -> None:
+    for node in local_pool.inventory.nodes:
+        assert _server_key(node) == node.host_key, node.name
+
+
+def test_login_with_the_pool_key_runs_in_the_nodes_own_home(local_pool: LocalPool) -> None:
+    inv = local_pool.inventory
+    for node in inv.nodes:
+        client = _connect(inv, node)
+        try:
+            assert _run(client, "echo $HOME").strip() == str(local_pool.home(node.name))
+            # The SFTP subsystem works (internal-sftp: no shell) and sees the same home.
+            sftp = client.open_sftp()
+            sftp.putfo(io.BytesIO(node.name.encode()), f"{local_pool.home(node.name)}/who")
+            sftp.close()
+        finally:
+            client.close()
+        assert (local_pool.home(node.name) / "who").read_text() == node.name
+
+
+def test_password_login_is_refused(local_pool: LocalPool) -> None:
+    node = local_pool.inventory.nodes[0]
+    transport = paramiko.Transport((node.host, node.port))
+    try:
+        transport.start_client(timeout=10)
+        with pytest.raises(paramiko.BadAuthenticationType) as refused:
+            transport.auth_password(local_pool.inventory.user, "any password")
+        assert refused.value.allowed_types == ["publickey"]
+    finally:
+        transport.close()
+
+
+def test_a_key_other_than_the_pools_is_refused(local_pool: LocalPool, tmp_path: Path) -> None:
+    stranger = write_ed25519_key(tmp_path / "id_stranger", "stranger").path
+    node = local_pool.inventory.nodes[0]
+    transport = paramiko.Transport((node.host, node.port))
+    try:
+        transport.start_client(timeout=10)
+        with pytest.raises(paramiko.AuthenticationException):
+            transport.auth_publickey(local_pool.inventory.user, paramiko.Ed25519Key(filename=str(stranger)))
+    finally:
+        transport.close()
+
+
+def test_many_parallel_connections_to_one_node_all_succeed(local_pool: LocalPool) -> None:
+    inv = local_pool.inventory
+    node = inv.nodes[1]
+
+    def hostname_via_ssh(_: int) -> str:
+        client = _connect(inv, node)
+        try:
+            return _run(client, "echo ok").strip()
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        assert list(pool.map(hostname_via_ssh, range(32))) == ["ok"] * 32
+
+
+def test_tampered_inventory_pins_a_key_the_node_does_not_have(local_pool: LocalPool, tmp_path: Path) -> None:
+    bad = tampered_inventory(local_pool, tmp_path / "inventory.json")
+    assert Inventory.load(tmp_path / "inventory.json") == bad
+    real, pinned = local_pool.inventory.nodes[-1], bad.nodes[-1]
+    assert pinned.name == real.name and pinned.host_key != real.host_key
+    assert fingerprint(_server_key(real)) == fingerprint(real.host_key) != fingerprint(pinned.host_key)
+    assert bad.nodes[:-1] == local_pool.inventory.nodes[:-1]
+    with pytest.raises(paramiko.SSHException):  # what a pinning client sees
+        _connect(bad, pinned)
+
+
+def test_status_shows_every_node_alive(local_pool: LocalPool) -> None:
+    rows = status(local_pool.state_dir)
+    assert [(r.name, r.host, r.port) for r in rows] == [
+        (n.name, n.host, n.port) for n in local_pool.inventory.nodes
+    ]
+    assert all(isinstance(r, NodeStatus) and r.alive and r.pid > 1 for r in rows)
+
+
+def test_up_again_on_a_running_pool_refuses_and_leaves_it_running(local_pool: LocalPool) -> None:
+    before = status(local_pool.state_dir)
+    with pytest.raises(ConfigError) as refused:
+        up(1, local_pool.state_dir)
+    message = str(refused.value)
+    assert "already running" in message
+    assert f"lepton-infra local down --state-dir {local_pool.state_dir}" in message
+    assert status(local_pool.state_dir) == before
+    assert Inventory.load(local_pool.inventory_path) == local_pool.inventory
+
+
+@pytest.mark.parametrize("nodes", [0, -1, 65])
+def test_node_count_out_of_range_is_a_config_error_naming_nodes(tmp_path: Path, nodes: int) -> None:
+    with pytest.raises(ConfigError, match=rf"nodes must be a whole number from 1 to 64.*got {nodes}"):
+        up(nodes, tmp_path / "state")
+    assert not (tmp_path / "state").exists()
+
+
+def test_two_pools_at_once_listen_on_different_sockets(local_pool: LocalPool, local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    other = local_pool_factory(2)
+    ours = {(n.host, n.port) for n in local_pool.inventory.nodes}
+    theirs = {(n.host, n.port) for n in other.inventory.nodes}
+    assert not ours & theirs
+    for node in other.inventory.nodes:  # each answers with its own pool's key
+        assert _server_key(node) == node.host_key
+    assert all(r.alive for r in status(local_pool.state_dir))
+
+
+def test_sshd_that_will_not_start_fails_with_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_render = pool_module.render
+    monkeypatch.setattr(pool_module, "render", lambda cfg: real_render(cfg) + "NoSuchOption yes\n")
+    with pytest.raises(NodeError) as failed:
+        up(2, tmp_path / "state")
+    assert "NoSuchOption" in str(failed.value) and "node-0" in str(failed.value)
+    assert not (tmp_path / "state" / POOL_FILE).exists()
+    assert not any(pool_processes(tmp_path / "state").values())
+
+
+# --------------------------------------------------------------------------- down
+
+
+def test_down_stops_exactly_its_processes_and_the_nodes_detached_jobs(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    pool = local_pool_factory(2)
+    unrelated = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        inv = pool.inventory
+        for node in inv.nodes:
+            client = _connect(inv, node)
+            try:
+                # Detached the way the workload layer starts jobs: outlives the SSH session.
+                _run(client, "setsid nohup sleep 301 </dev/null >/dev/null 2>&1 &")
+                # A job that scrubbed its environment is still found by its working directory.
+                _run(client, "cd ~ && setsid env -i sleep 302 </dev/null >/dev/null 2>&1 &")
+            finally:
+                client.close()
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline and sum(len(p) for p in pool_processes(pool.state_dir).values()) < 6
+        ):
+            time.sleep(0.1)
+        before = pool_processes(pool.state_dir)
+        assert all(len(found) >= 3 for found in before.values()), before  # sshd + 2 jobs per node
+        sshd_pids = {r.pid for r in status(pool.state_dir)}
+
+        stopped = down(pool.state_dir)
+
+        assert {r.pid for r in stopped} == sshd_pids
+        assert [r.name for r in stopped] == ["node-0", "node-1"]
+        assert not any(pool_processes(pool.state_dir).values())
+        for node in inv.nodes:
+            assert _pids_with_home(pool.home(node.name)) == []
+        assert all(not procs.is_running(p.pid) for found in before.values() for p in found)
+        assert unrelated.poll() is None, "a process that is not the pool's was stopped"
+        assert not (pool.state_dir / POOL_FILE).exists()
+        assert not (pool.state_dir / INVENTORY_FILE).exists()
+        assert (pool.state_dir / "nodes" / "node-0" / "sshd.log").read_text().strip(), "logs are kept"
+        assert status(pool.state_dir) == []
+        assert down(pool.state_dir) == []  # idempotent
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_down_never_signals_a_recorded_pid_that_now_belongs_to_another_process(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    pool = local_pool_factory(1)
+    record = json.loads((pool.state_dir / POOL_FILE).read_text())
+    sshd_pid = record["nodes"][0]["pid"]
+    os.kill(sshd_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while procs.is_running(sshd_pid) and time.monotonic() < deadline:
+        procs.reap(sshd_pid)
+        time.sleep(0.05)
+    # The kernel hands the dead sshd's PID to someone else: point the record at an unrelated process.
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record["nodes"][0]["pid"] = bystander.pid
+        (pool.state_dir / POOL_FILE).write_text(json.dumps(record))
+        assert status(pool.state_dir)[0].alive is False
+        assert down(pool.state_dir) == []
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_up_over_a_dead_pool_starts_fresh_nodes_with_new_host_keys(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    pool = local_pool_factory(1)
+    old = pool.inventory.nodes[0]
+    os.kill(status(pool.state_dir)[0].pid, signal.SIGKILL)  # the machine "crashed"
+    deadline = time.monotonic() + 5
+    while status(pool.state_dir)[0].alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    fresh = up(1, pool.state_dir)
+
+    node = fresh.nodes[0]
+    assert status(pool.state_dir)[0].alive
+    assert node.host_key != old.host_key, "a rebuilt node has a new host key"
+    assert _server_key(node) == node.host_key
+    client = _connect(fresh, node)  # the pool's client key is kept across `up`s
+    client.close()
+
+
+def test_stop_node_stops_one_node_and_leaves_the_rest(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    pool = local_pool_factory(2)
+    row = pool.stop_node("node-1")
+    assert row.name == "node-1" and row.alive is False
+    assert [r.alive for r in status(pool.state_dir)] == [True, False]
+    assert pool.processes()["node-1"] == []
+    with pytest.raises(ConfigError, match="no node named 'node-9'"):
+        pool.stop_node("node-9")
