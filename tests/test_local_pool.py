@@ -7,9 +7,12 @@ import base64
 import io
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +37,7 @@ from lepton_infra.local import (
 )
 from lepton_infra.local import pool as pool_module
 from lepton_infra.local.keys import write_ed25519_key
+from lepton_infra.local.sshd_config import account_locked, find_sshd
 
 
 def _pkey(line: str) -> paramiko.PKey:
@@ -227,7 +231,7 @@ def test_down_stops_exactly_its_processes_and_the_nodes_detached_jobs(local_pool
                 # Detached the way the workload layer starts jobs: outlives the SSH session.
                 _run(client, "setsid nohup sleep 301 </dev/null >/dev/null 2>&1 &")
                 # A job that scrubbed its environment is still found by its working directory.
-                _run(client, "cd ~ && setsid env -i sleep 302 </dev/null >/dev/null 2>&1 &")
+                _run(client, "cd ~; setsid env -i sleep 302 </dev/null >/dev/null 2>&1 &")
             finally:
                 client.close()
         deadline = time.monotonic() + 10
@@ -236,7 +240,8 @@ def test_down_stops_exactly_its_processes_and_the_nodes_detached_jobs(local_pool
         ):
             time.sleep(0.1)
         before = pool_processes(pool.state_dir)
-        assert all(len(found) >= 3 for found in before.values()), before  # sshd + 2 jobs per node
+        for found in before.values():  # found by: the recorded sshd, the job's HOME, its cwd
+            assert {"sshd", "HOME", "cwd"} <= {p.reason for p in found}, before
         sshd_pids = {r.pid for r in status(pool.state_dir)}
 
         stopped = down(pool.state_dir)
@@ -306,3 +311,134 @@ def test_stop_node_stops_one_node_and_leaves_the_rest(local_pool_factory) -> Non
     assert pool.processes()["node-1"] == []
     with pytest.raises(ConfigError, match="no node named 'node-9'"):
         pool.stop_node("node-9")
+
+
+# --------------------------------------------------------------------------- config and users
+
+
+def test_nodes_run_with_the_hardened_settings_sshd_reports(local_pool: LocalPool) -> None:
+    """Ask sshd itself (`sshd -T`) what it enforces, rather than trusting the text we wrote."""
+    node_dir = local_pool.home("node-0").parent
+    effective = subprocess.run(
+        [str(find_sshd()), "-T", "-f", str(node_dir / "sshd_config")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    settings = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in effective if " " in line}
+    expected = {
+        "passwordauthentication": "no",
+        "kbdinteractiveauthentication": "no",
+        "pubkeyauthentication": "yes",
+        "permitrootlogin": "without-password",  # sshd's spelling of prohibit-password
+        "allowusers": local_pool.inventory.user,
+        "x11forwarding": "no",
+        "allowtcpforwarding": "no",
+        "allowagentforwarding": "no",
+        "subsystem": "sftp internal-sftp",
+        "hostkeyalgorithms": "ssh-ed25519",
+        "authorizedkeysfile": str(local_pool.state_dir / "authorized_keys"),
+        "listenaddress": f"127.0.0.2:{local_pool.inventory.nodes[0].port}",
+    }
+    assert {key: settings.get(key) for key in expected} == expected
+    assert settings["kexalgorithms"].startswith("curve25519-sha256,")
+    assert int(settings["maxsessions"]) >= 32 and int(settings["maxstartups"].split(":")[0]) >= 32
+
+
+def test_locked_account_is_detected_so_root_gets_pam(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:!:20228:0:99999:7:::\nalice:$y$j9T$abc:20228::::::\nbob:*:1::::::\n")
+    assert account_locked("root", shadow) is True
+    assert account_locked("alice", shadow) is False
+    assert account_locked("bob", shadow) is False  # '*' means no password, not locked
+    assert account_locked("carol", shadow) is False
+    assert account_locked("root", tmp_path / "unreadable") is False
+
+
+def _as_user_command(user: str) -> list[str] | None:
+    """A command prefix that runs this project's code as `user`, or None where that is impossible."""
+    import lepton_infra
+
+    setpriv = shutil.which("setpriv")
+    system_python = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if os.geteuid() != 0 or setpriv is None or not system_python.is_file():
+        return None
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return None
+    path = f"{Path(lepton_infra.__file__).parents[1]}:{Path(paramiko.__file__).parents[1]}"
+    return [
+        setpriv,
+        f"--reuid={user}",
+        f"--regid={pwd.getpwnam(user).pw_gid}",
+        "--clear-groups",
+        "env",
+        "-i",
+        "PATH=/usr/bin:/bin",
+        f"PYTHONPATH={path}",
+        str(system_python),
+    ]
+
+
+_AS_USER_SCRIPT = """
+import io, json, sys
+from pathlib import Path
+import paramiko
+from lepton_infra import local
+
+state = Path(sys.argv[1])
+inv = local.up(2, state)
+alive = [row.alive for row in local.status(state)]
+node = inv.nodes[1]
+t = paramiko.Transport((node.host, node.port))
+t.start_client(timeout=10)
+key = t.get_remote_server_key()
+t.auth_publickey(inv.user, paramiko.Ed25519Key(filename=inv.private_key_path))
+sftp = paramiko.SFTPClient.from_transport(t)
+home = str(state.resolve() / "nodes" / node.name / "home")
+sftp.putfo(io.BytesIO(b"hello"), home + "/greeting")
+listing = sftp.listdir(home)
+t.close()
+stopped = [row.pid for row in local.down(state)]
+print(json.dumps({
+    "user": inv.user, "alive": alive, "key_matches": f"{key.get_name()} {key.get_base64()}" == node.host_key,
+    "authenticated": True, "listing": listing, "stopped": len(stopped),
+    "left": {n: [p.pid for p in ps] for n, ps in local.pool_processes(state).items() if ps},
+}))
+"""
+
+
+def test_a_normal_user_can_run_a_pool(tmp_path: Path) -> None:
+    """Without root: no privsep dir, no PAM, host keys owned by that user. Runs as `daemon`, whose
+    shell is nologin, so the check logs in and uses SFTP (internal-sftp needs no shell)."""
+    prefix = _as_user_command("daemon")
+    if prefix is None:
+        pytest.skip("needs root, setpriv, the user 'daemon' and /usr/bin/python3.X to drop privileges")
+    probe = subprocess.run([*prefix, "-c", "import paramiko, pydantic, lepton_infra"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this environment's packages are not readable by 'daemon': {probe.stderr[-300:]!r}")
+    home = Path(tempfile.mkdtemp(prefix="lepton-nonroot-", dir="/tmp"))
+    try:
+        os.chown(home, pwd.getpwnam("daemon").pw_uid, pwd.getpwnam("daemon").pw_gid)
+        done = subprocess.run(
+            [*prefix, "-c", _AS_USER_SCRIPT, str(home / "state")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout)
+        assert result == {
+            "user": "daemon",
+            "alive": [True, True],
+            "key_matches": True,
+            "authenticated": True,
+            "listing": ["greeting"],
+            "stopped": 2,
+            "left": {},
+        }
+        assert (home / "state" / "id_ed25519").stat().st_uid == pwd.getpwnam("daemon").pw_uid
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

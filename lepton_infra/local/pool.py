@@ -32,7 +32,7 @@ from lepton_infra.errors import ConfigError, NodeError
 from lepton_infra.inventory import INVENTORY_VERSION, Inventory, Node
 from lepton_infra.local import procs
 from lepton_infra.local.keys import read_public_line, write_ed25519_key
-from lepton_infra.local.sshd_config import NodeConfig, find_sshd, render
+from lepton_infra.local.sshd_config import NodeConfig, account_locked, find_sshd, render
 
 DEFAULT_STATE_DIR = Path(".lepton/local")
 MAX_NODES = 64
@@ -329,6 +329,7 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
             _stop(previous, set(_node_dirs(state_dir)))
         _ensure_privsep_dir()
         user = _current_user()
+        use_pam = os.geteuid() == 0 and account_locked(user)
         client_public = _client_key(state_dir)
         authorized_keys = state_dir / "authorized_keys"
         authorized_keys.write_text(client_public + "\n", encoding="ascii")
@@ -355,6 +356,7 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
                     home=home,
                     node_dir=ndir,
                     user=user,
+                    use_pam=use_pam,
                 )
                 record = _NodeRecord(
                     name=name,
@@ -378,6 +380,7 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
             _write_pool(state_dir, records, sshd)  # ports may have changed on a clash
         except BaseException:
             _stop(records, set())
+            (state_dir / POOL_FILE).unlink(missing_ok=True)
             raise
 
         inventory = Inventory(

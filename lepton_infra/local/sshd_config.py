@@ -49,6 +49,25 @@ class NodeConfig:
     home: Path
     node_dir: Path
     user: str
+    # PAM only where it is needed: sshd without PAM refuses a locked account ('!' in /etc/shadow)
+    # even for key logins, and some images lock root; otherwise no PAM (works as non-root, and
+    # container PAM session modules are slow or fail).
+    use_pam: bool = False
+
+
+def account_locked(user: str, shadow: Path = Path("/etc/shadow")) -> bool:
+    """True if sshd (without PAM) would refuse `user` as locked: its shadow hash starts with '!'.
+
+    Only root can read /etc/shadow; a non-root sshd cannot either, and then sees no lock."""
+    try:
+        lines = shadow.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) > 1 and fields[0] == user:
+            return fields[1].startswith("!") or fields[1] == "*LK*"
+    return False
 
 
 def render(cfg: NodeConfig) -> str:
@@ -83,7 +102,7 @@ def render(cfg: NodeConfig) -> str:
         "PermitRootLogin prohibit-password",
         f"AllowUsers {cfg.user}",
         # PAM needs root and a system login stack; without it a non-root sshd works (FACTS.md).
-        "UsePAM no",
+        f"UsePAM {'yes' if cfg.use_pam else 'no'}",
         # A non-root sshd cannot insist on root-owned key files, and the state dir may sit in /tmp.
         "StrictModes no",
         "Subsystem sftp internal-sftp",
