@@ -9,6 +9,7 @@ Naming, tags, validation, host keys, cloud-init and the `extra` merge come from 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import ipaddress
 import os
 import re
@@ -16,9 +17,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
-from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
-
-from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
 from lepton_infra.components.cloudinit import cloud_init
 from lepton_infra.components.common import (
@@ -31,6 +29,9 @@ from lepton_infra.components.common import (
     node_host_keys,
     tags_for,
 )
+from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
+
+from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.errors import ConfigError
 
 # Deep Learning VM image with PyTorch and a preinstalled NVIDIA driver. Ubuntu on purpose: GCE's
@@ -244,7 +245,16 @@ def _typed(cls: type, value: Any) -> Any:
     """`cls(**value)` for a dict (a misspelled key raises TypeError here, not silently at deploy);
     an already-typed value or an Output passes through."""
     if isinstance(value, Mapping):
-        return cls(**value)
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            # Usually a misspelled key in `extra`: say which block and which keys are allowed.
+            allowed = ", ".join(
+                p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "__self__")
+            )
+            raise ConfigError(
+                f"extra: bad key for {cls.__name__} in {dict(value)!r} ({exc}); allowed keys: {allowed}"
+            ) from exc
     return value
 
 
@@ -257,9 +267,9 @@ def _instance_args(spec: dict[str, Any]) -> dict[str, Any]:
         disk["initialize_params"] = _typed(
             compute.InstanceBootDiskInitializeParamsArgs, disk.get("initialize_params")
         )
-        out["boot_disk"] = compute.InstanceBootDiskArgs(**disk)
+        out["boot_disk"] = _typed(compute.InstanceBootDiskArgs, disk)
     if isinstance(out.get("scheduling"), Mapping):
-        out["scheduling"] = compute.InstanceSchedulingArgs(**out["scheduling"])
+        out["scheduling"] = _typed(compute.InstanceSchedulingArgs, out["scheduling"])
     out["shielded_instance_config"] = _typed(
         compute.InstanceShieldedInstanceConfigArgs, out.get("shielded_instance_config")
     )
@@ -276,7 +286,7 @@ def _instance_args(spec: dict[str, Any]) -> dict[str, Any]:
                 _typed(compute.InstanceNetworkInterfaceAccessConfigArgs, a)
                 for a in nic.get("access_configs") or []
             ]
-            nic = compute.InstanceNetworkInterfaceArgs(**nic)
+            nic = _typed(compute.InstanceNetworkInterfaceArgs, nic)
         nics.append(nic)
     out["network_interfaces"] = nics
     return {k: v for k, v in out.items() if v is not None}
@@ -509,7 +519,9 @@ class GcpObjectStore(pulumi.ComponentResource):
                 for r in spec["lifecycle_rules"]
             ]
         spec = {k: v for k, v in spec.items() if v is not None}
-        self.bucket = storage.Bucket(f"{gcp_slug(name)}-bucket", storage.BucketArgs(**spec), opts=child(self))
+        self.bucket = storage.Bucket(
+            f"{gcp_slug(name)}-bucket", _typed(storage.BucketArgs, spec), opts=child(self)
+        )
         self.url = self.bucket.name.apply(lambda n: f"gs://{n}")
         self.register_outputs({"url": self.url, "bucket": self.bucket.name})
 
@@ -590,7 +602,7 @@ class GcpJobQueue(pulumi.ComponentResource):
         spec["retry_policy"] = _typed(pubsub.SubscriptionRetryPolicyArgs, spec.get("retry_policy"))
         spec = {k: v for k, v in spec.items() if v is not None}
         self.subscription = pubsub.Subscription(
-            f"{stem}-jobs", pubsub.SubscriptionArgs(**spec), opts=child(self)
+            f"{stem}-jobs", _typed(pubsub.SubscriptionArgs, spec), opts=child(self)
         )
 
         # Dead-lettering is done by the project's Pub/Sub service agent: it must be allowed to publish
@@ -762,7 +774,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 "description": f"lepton node {i} of {cluster}",
             }
             kwargs = _instance_args(merge_extra(base, extra))
-            instance = compute.Instance(f"{stem}-{i}", compute.InstanceArgs(**kwargs), opts=child(self))
+            instance = compute.Instance(f"{stem}-{i}", _typed(compute.InstanceArgs, kwargs), opts=child(self))
             self.instances.append(instance)
             nic = instance.network_interfaces.apply(lambda nics: nics[0])
             private_ip = nic.apply(lambda n: n.network_ip)

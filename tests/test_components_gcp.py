@@ -1,0 +1,463 @@
+"""GCP components under Pulumi mocks: the resource graph is wired (subnet in the VPC, instances in the
+subnet carrying the firewall's tag, the dedicated service account on the instances and bound only on
+the cluster's bucket and queue) and every GCP secure default of SPEC §5 is in the resource inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+
+# The shared harness sets the mocks on import: it must come before any component module.
+harness = pytest.importorskip(
+    "pulumi_harness", reason="tests/pulumi_harness.py (the shared mocks) is not there yet"
+)
+GCP_PROJECT, Recorder, build = harness.GCP_PROJECT, harness.Recorder, harness.build
+
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs  # noqa: E402
+
+from lepton_infra.components import gcp  # noqa: E402  (after the harness has set the mocks)
+from lepton_infra.errors import ConfigError  # noqa: E402
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVzZXJrZXlmb3J0ZXN0c29ubHkwMDAwMDAwMDAwMDA user@test"
+CIDR = "203.0.113.0/24"
+
+INSTANCE = "gcp:compute/instance:Instance"
+FIREWALL = "gcp:compute/firewall:Firewall"
+NETWORK = "gcp:compute/network:Network"
+SUBNET = "gcp:compute/subnetwork:Subnetwork"
+ACCOUNT = "gcp:serviceaccount/account:Account"
+BUCKET = "gcp:storage/bucket:Bucket"
+BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
+TOPIC = "gcp:pubsub/topic:Topic"
+SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
+SUB_MEMBER = "gcp:pubsub/subscriptionIAMMember:SubscriptionIAMMember"
+TOPIC_MEMBER = "gcp:pubsub/topicIAMMember:TopicIAMMember"
+
+
+def pool_args(**overrides: Any) -> GpuVmPoolArgs:
+    base: dict[str, Any] = {
+        "cloud": "gcp",
+        "accelerator": "T4",
+        "gpus_per_node": 1,
+        "nodes": 2,
+        "region": "us-central1",
+        "allowed_ssh_cidrs": [CIDR],
+        "ssh_public_key": PUBKEY,
+        "cluster": "demo",
+        "env": "dev",
+    }
+    base.update(overrides)
+    return GpuVmPoolArgs(**base)
+
+
+def full_cluster(**pool_overrides: Any) -> Callable[[], dict[str, Any]]:
+    """Store + queue + pool wired the way TrainingCluster wires them."""
+
+    def make() -> dict[str, Any]:
+        store = gcp.GcpObjectStore(
+            "demo-store", ObjectStoreArgs(cloud="gcp", region="us-central1", cluster="demo", env="dev")
+        )
+        queue = gcp.GcpJobQueue("demo-queue", JobQueueArgs(cloud="gcp", cluster="demo", env="dev"))
+        pool = gcp.GcpGpuVmPool("demo", pool_args(**pool_overrides), store=store, queue=queue)
+        return {
+            "store_url": store.url,
+            "queue_url": queue.url,
+            "dead_letter_url": queue.dead_letter_url,
+            "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
+            "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
+            "host_keys": pulumi.Output.all(*[n.host_key for n in pool.nodes]),
+            "sa_email": pool.identity.email,
+            "tag": pool.network.tag,
+        }
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def cluster() -> tuple[dict[str, Any], Recorder]:
+    return build(full_cluster())
+
+
+# --------------------------------------------------------------------------- network
+
+
+def test_vpc_is_custom_mode_and_the_subnet_lives_in_it(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    _, rec = cluster
+    (vpc,) = rec.of(NETWORK)
+    (subnet,) = rec.of(SUBNET)
+    assert vpc.inputs["autoCreateSubnetworks"] is False
+    assert subnet.inputs["network"] == vpc.id
+    assert subnet.inputs["region"] == "us-central1"
+    assert subnet.inputs["privateIpGoogleAccess"] is True
+
+
+def test_firewall_allows_ssh_only_from_allowed_cidrs_and_everything_only_between_nodes(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (vpc,) = rec.of(NETWORK)
+    rules = rec.of(FIREWALL)
+    assert len(rules) == 2, "exactly SSH-from-allowed-CIDRs and node-to-node: nothing else is opened"
+    by_name = {r.name: r.inputs for r in rules}
+    ssh = next(v for k, v in by_name.items() if k.endswith("-ssh"))
+    internal = next(v for k, v in by_name.items() if k.endswith("-internal"))
+    for rule in (ssh, internal):
+        assert rule["network"] == vpc.outputs["selfLink"]
+        assert rule["direction"] == "INGRESS"
+        assert rule["targetTags"] == [out["tag"]]
+    assert ssh["sourceRanges"] == [CIDR]
+    assert ssh["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
+    assert "sourceTags" not in ssh
+    assert internal["allows"] == [{"protocol": "all"}]
+    assert internal["sourceTags"] == [out["tag"]]
+    assert "sourceRanges" not in internal, "node-to-node traffic is matched by tag, never by address range"
+
+
+def test_ipv6_ssh_sources_alone_are_refused_because_nodes_are_ipv4_only() -> None:
+    with pytest.raises(ConfigError, match="only IPv6"):
+        build(lambda: gcp.GcpGpuVmPool("v6", pool_args(allowed_ssh_cidrs=["2001:db8::/32"])))
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def test_instances_sit_in_the_subnet_with_the_firewall_tag_and_an_external_ip(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (subnet,) = rec.of(SUBNET)
+    instances = rec.of(INSTANCE)
+    assert len(instances) == 2
+    for inst in instances:
+        (nic,) = inst.inputs["networkInterfaces"]
+        assert nic["subnetwork"] == subnet.outputs["selfLink"]
+        assert nic["accessConfigs"] == [{"networkTier": "PREMIUM"}]
+        assert inst.inputs["tags"] == [out["tag"]]
+        assert inst.inputs["zone"] == "us-central1-a"
+    # The inventory gets the external address as host and the subnet address as private_ip.
+    assert out["hosts"] == [rec.nat_ip(i.name) for i in instances]
+    assert out["private_ips"] == [rec.network_ip(i.name) for i in instances]
+
+
+def test_gpu_instances_terminate_on_host_maintenance_and_are_shielded(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    for inst in rec.of(INSTANCE):
+        sched = inst.inputs["scheduling"]
+        assert sched["onHostMaintenance"] == "TERMINATE"
+        assert sched["automaticRestart"] is False
+        assert sched["provisioningModel"] == "STANDARD"
+        assert sched["preemptible"] is False
+        assert inst.inputs["shieldedInstanceConfig"] == {
+            "enableSecureBoot": True,
+            "enableVtpm": True,
+            "enableIntegrityMonitoring": True,
+        }
+
+
+def test_os_login_is_off_and_only_cloud_init_installs_keys(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    out, rec = cluster
+    for inst, host_key in zip(rec.of(INSTANCE), out["host_keys"], strict=True):
+        meta = inst.inputs["metadata"]
+        assert meta["enable-oslogin"] == "FALSE"
+        assert meta["block-project-ssh-keys"] == "TRUE"
+        assert "ssh-keys" not in meta and "sshKeys" not in meta
+        user_data = meta["user-data"]
+        assert user_data.startswith("#cloud-config")
+        assert PUBKEY in user_data
+        assert host_key in user_data, "each node's cloud-init installs that node's own pinned host key"
+    assert len(set(out["host_keys"])) == 2
+
+
+def test_t4_comes_from_n1_with_attached_accelerators_and_the_deep_learning_image(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    for inst in rec.of(INSTANCE):
+        assert inst.inputs["machineType"] == "n1-standard-4"
+        assert inst.inputs["guestAccelerators"] == [{"type": "nvidia-tesla-t4", "count": 1}]
+        disk = inst.inputs["bootDisk"]
+        assert disk["autoDelete"] is True
+        params = disk["initializeParams"]
+        assert params["image"] == gcp.DEFAULT_IMAGE
+        assert "deeplearning-platform-release" in params["image"]
+        assert params["size"] == 200
+        assert params["type"] == "pd-balanced"
+
+
+def test_bundled_gpu_machine_types_attach_no_accelerators() -> None:
+    _, rec = build(lambda: gcp.GcpGpuVmPool("l4", pool_args(accelerator="L4", gpus_per_node=4, nodes=1)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["machineType"] == "g2-standard-48"
+    assert "guestAccelerators" not in inst.inputs
+
+
+def test_spot_nodes_are_spot_preemptible_and_deleted_on_preemption() -> None:
+    _, rec = build(lambda: gcp.GcpGpuVmPool("spot", pool_args(spot=True, nodes=1)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["scheduling"] == {
+        "onHostMaintenance": "TERMINATE",
+        "automaticRestart": False,
+        "provisioningModel": "SPOT",
+        "preemptible": True,
+        "instanceTerminationAction": "DELETE",
+    }
+
+
+def test_labels_carry_cluster_env_and_watchdog_settings_everywhere(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    labelled = rec.of(INSTANCE) + rec.of(BUCKET) + rec.of(TOPIC) + rec.of(SUBSCRIPTION)
+    assert len(labelled) == 2 + 1 + 2 + 2
+    for r in labelled:
+        labels = r.inputs["labels"]
+        assert labels["lepton-cluster"] == "demo", r.name
+        assert labels["lepton-env"] == "dev", r.name
+        assert all(":" not in k for k in labels), "GCP label keys take no colon"
+    for inst in rec.of(INSTANCE):
+        for labels in (inst.inputs["labels"], inst.inputs["bootDisk"]["initializeParams"]["labels"]):
+            assert labels["lepton-idle-shutdown-minutes"] == "60"
+            assert labels["lepton-max-lifetime-hours"] == "24"
+
+
+def test_zone_defaults_to_an_existing_zone_of_the_region() -> None:
+    _, rec = build(lambda: gcp.GcpGpuVmPool("east", pool_args(region="us-east1", nodes=1)))
+    assert rec.of(INSTANCE)[0].inputs["zone"] == "us-east1-c"  # us-east1 has no zone a
+    _, rec = build(lambda: gcp.GcpGpuVmPool("zoned", pool_args(region=None, zone="europe-west4-b", nodes=1)))
+    assert rec.of(INSTANCE)[0].inputs["zone"] == "europe-west4-b"
+    assert rec.of(SUBNET)[0].inputs["region"] == "europe-west4"
+
+
+def test_extra_is_merged_into_every_instance() -> None:
+    extra = {
+        "shielded_instance_config": {"enable_secure_boot": False},
+        "min_cpu_platform": "Intel Skylake",
+        "metadata": {"serial-port-logging-enable": "TRUE"},
+        "boot_disk": {"initialize_params": {"type": "pd-ssd"}},
+    }
+    _, rec = build(lambda: gcp.GcpGpuVmPool("x", pool_args(nodes=1, extra=extra)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["minCpuPlatform"] == "Intel Skylake"
+    # Deep merge: the user's keys win, ours stay where the user said nothing.
+    assert inst.inputs["shieldedInstanceConfig"]["enableSecureBoot"] is False
+    assert inst.inputs["shieldedInstanceConfig"]["enableVtpm"] is True
+    assert inst.inputs["metadata"]["serial-port-logging-enable"] == "TRUE"
+    assert inst.inputs["metadata"]["enable-oslogin"] == "FALSE"
+    assert inst.inputs["bootDisk"]["initializeParams"]["type"] == "pd-ssd"
+    assert inst.inputs["bootDisk"]["initializeParams"]["size"] == 200
+
+
+def test_a_misspelled_extra_key_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="enable_secure_bot"):
+        build(
+            lambda: gcp.GcpGpuVmPool(
+                "typo", pool_args(nodes=1, extra={"shielded_instance_config": {"enable_secure_bot": False}})
+            )
+        )
+
+
+def test_an_existing_network_is_reused_and_still_firewalled() -> None:
+    network = {
+        "network": "projects/p/global/networks/shared",
+        "subnetwork": "projects/p/regions/us-central1/subnetworks/gpu",
+    }
+    out, rec = build(
+        lambda: {"tag": gcp.GcpGpuVmPool("reuse", pool_args(nodes=1, network=network)).network.tag}
+    )
+    assert rec.of(NETWORK) == [] and rec.of(SUBNET) == []
+    assert {r.inputs["network"] for r in rec.of(FIREWALL)} == {network["network"]}
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["networkInterfaces"][0]["subnetwork"] == network["subnetwork"]
+    assert inst.inputs["tags"] == [out["tag"]]
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_nodes_run_as_a_dedicated_service_account_with_the_cloud_platform_scope(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (account,) = rec.of(ACCOUNT)
+    assert out["sa_email"] == account.outputs["email"]
+    for inst in rec.of(INSTANCE):
+        assert inst.inputs["serviceAccount"] == {
+            "email": out["sa_email"],
+            "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+        }
+
+
+def test_service_account_is_granted_exactly_its_bucket_and_queue(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    member = f"serviceAccount:{out['sa_email']}"
+    (bucket,) = rec.of(BUCKET)
+    jobs_sub = next(s for s in rec.of(SUBSCRIPTION) if "deadLetterPolicy" in s.inputs)
+    jobs_topic = next(t for t in rec.of(TOPIC) if t.id == jobs_sub.inputs["topic"])
+    grants = [r for r in rec.resources if r.type.endswith("IAMMember") and r.inputs["member"] == member]
+    assert sorted((g.type, g.inputs["role"]) for g in grants) == sorted(
+        [
+            (BUCKET_MEMBER, "roles/storage.objectAdmin"),
+            (SUB_MEMBER, "roles/pubsub.subscriber"),
+            (TOPIC_MEMBER, "roles/pubsub.publisher"),
+        ]
+    )
+    by_type = {g.type: g.inputs for g in grants}
+    assert by_type[BUCKET_MEMBER]["bucket"] == bucket.outputs["name"]
+    assert by_type[SUB_MEMBER]["subscription"] == jobs_sub.outputs["name"]
+    assert by_type[TOPIC_MEMBER]["topic"] == jobs_topic.outputs["name"]
+    # No project-, folder- or organization-level grant anywhere in the graph.
+    assert not [
+        r for r in rec.resources if r.type.startswith(("gcp:projects/", "gcp:organizations/", "gcp:folder/"))
+    ]
+
+
+def test_an_existing_service_account_is_used_and_granted_the_same_resources() -> None:
+    email = "trainer@other-proj.iam.gserviceaccount.com"
+
+    def make() -> dict[str, Any]:
+        store = gcp.GcpObjectStore("s", ObjectStoreArgs(cloud="gcp"))
+        gcp.GcpGpuVmPool("own", pool_args(nodes=1, identity={"service_account_email": email}), store=store)
+        return {}
+
+    _, rec = build(make)
+    assert rec.of(ACCOUNT) == []
+    assert rec.of(INSTANCE)[0].inputs["serviceAccount"]["email"] == email
+    assert [m.inputs["member"] for m in rec.of(BUCKET_MEMBER)] == [f"serviceAccount:{email}"]
+
+
+# --------------------------------------------------------------------------- object store
+
+
+def test_bucket_is_private_uniform_versioned_and_expires_after_retention() -> None:
+    out, rec = build(
+        lambda: {
+            "url": gcp.GcpObjectStore(
+                "data",
+                ObjectStoreArgs(cloud="gcp", region="europe-west4", retention_days=30, cluster="c", env="e"),
+            ).url
+        }
+    )
+    (bucket,) = rec.of(BUCKET)
+    b = bucket.inputs
+    assert b["uniformBucketLevelAccess"] is True
+    assert b["publicAccessPrevention"] == "enforced"
+    assert b["versioning"] == {"enabled": True}
+    assert b["location"] == "EUROPE-WEST4"
+    assert b["forceDestroy"] is False
+    assert b["project"] == GCP_PROJECT
+    assert "encryption" not in b, "Google-managed encryption at rest unless a CMEK is asked for"
+    assert b["lifecycleRules"] == [
+        {"action": {"type": "Delete"}, "condition": {"age": 30}},
+        {"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": 30, "withState": "ARCHIVED"}},
+    ]
+    assert out["url"] == f"gs://{bucket.outputs['name']}"
+
+
+def test_bucket_cmek_comes_through_extra() -> None:
+    key = "projects/p/locations/us-central1/keyRings/r/cryptoKeys/k"
+    _, rec = build(
+        lambda: gcp.GcpObjectStore(
+            "k", ObjectStoreArgs(cloud="gcp", extra={"encryption": {"default_kms_key_name": key}})
+        )
+    )
+    assert rec.of(BUCKET)[0].inputs["encryption"] == {"defaultKmsKeyName": key}
+    assert "lifecycleRules" not in rec.of(BUCKET)[0].inputs
+
+
+# --------------------------------------------------------------------------- job queue
+
+
+def test_queue_dead_letters_after_max_receive_count_and_keeps_dead_letters() -> None:
+    out, rec = build(
+        lambda: (lambda q: {"url": q.url, "dead": q.dead_letter_url, "topic": q.topic_url})(
+            gcp.GcpJobQueue("jobs", JobQueueArgs(cloud="gcp", visibility_timeout_s=120, max_receive_count=7))
+        )
+    )
+    topics = rec.of(TOPIC)
+    subs = rec.of(SUBSCRIPTION)
+    assert len(topics) == 2 and len(subs) == 2
+    main = next(s for s in subs if "deadLetterPolicy" in s.inputs)
+    dead_sub = next(s for s in subs if s is not main)
+    dead_topic = next(t for t in topics if t.id == main.inputs["deadLetterPolicy"]["deadLetterTopic"])
+    main_topic = next(t for t in topics if t is not dead_topic)
+    assert main.inputs["topic"] == main_topic.id
+    assert main.inputs["ackDeadlineSeconds"] == 120
+    assert main.inputs["deadLetterPolicy"]["maxDeliveryAttempts"] == 7
+    assert main.inputs["expirationPolicy"] == {"ttl": ""}, "a job queue must not expire after 31 idle days"
+    assert dead_sub.inputs["topic"] == dead_topic.id, "dead letters need a subscription or Pub/Sub drops them"
+    assert out["url"] == f"projects/{GCP_PROJECT}/subscriptions/{main.outputs['name']}"
+    assert out["dead"] == f"projects/{GCP_PROJECT}/subscriptions/{dead_sub.outputs['name']}"
+    assert out["topic"] == f"projects/{GCP_PROJECT}/topics/{main_topic.outputs['name']}"
+    # Google-managed encryption at rest by default (Pub/Sub always encrypts; no CMEK unless asked).
+    assert all("kmsKeyName" not in t.inputs for t in topics)
+    # The Pub/Sub service agent may move messages: publish to the dead-letter topic, ack the source.
+    agent = f"serviceAccount:service-{rec.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    agent_grants = {
+        (r.type, r.inputs["role"])
+        for r in rec.resources
+        if r.type.endswith("IAMMember") and r.inputs["member"] == agent
+    }
+    assert agent_grants == {(TOPIC_MEMBER, "roles/pubsub.publisher"), (SUB_MEMBER, "roles/pubsub.subscriber")}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("max_receive_count", 4, "5 to 100"),
+        ("max_receive_count", 101, "5 to 100"),
+        ("visibility_timeout_s", 5, "10 to 600"),
+        ("visibility_timeout_s", 601, "10 to 600"),
+    ],
+)
+def test_queue_limits_outside_pubsub_ranges_are_config_errors(field: str, value: int, allowed: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{field}={value}.*{allowed}"):
+        build(lambda: gcp.GcpJobQueue("q", JobQueueArgs(cloud="gcp", **{field: value})))
+
+
+# --------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"zone": "us-central1"}, "zone 'us-central1' is not a GCP zone"),
+        ({"zone": "uscentral1-a"}, "not a GCP zone"),
+        ({"zone": "europe-west4-a"}, "zone 'europe-west4-a' is not in region 'us-central1'"),
+        ({"region": "us-central1-a"}, "region 'us-central1-a' is not a GCP region"),
+        ({"region": "US_CENTRAL1"}, "not a GCP region"),
+        ({"network": {"subnetwork": "s"}}, "missing: \\['network'\\]"),
+        ({"network": {"network": "n", "subnetwork": "s", "vpc_id": "v"}}, "unknown: \\['vpc_id'\\]"),
+        ({"identity": {"instance_profile": "x"}}, "service_account_email"),
+        ({"identity": {"service_account_email": "not-an-email"}}, "not-an-email"),
+    ],
+)
+def test_bad_gcp_pool_settings_are_config_errors(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build(lambda: gcp.GcpGpuVmPool("bad", pool_args(**overrides)))
+
+
+def test_a_missing_project_is_a_config_error_saying_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(pulumi.Config, "get", lambda self, key, *a, **k: None)
+    with pytest.raises(ConfigError, match="gcp:project"):
+        gcp.resolve_project({})
+    assert gcp.resolve_project({"project": "from-extra-1"}) == "from-extra-1"
+    with pytest.raises(ConfigError, match="Bad_Project"):
+        gcp.resolve_project({"project": "Bad_Project"})
+
+
+def test_names_are_valid_gcp_names_whatever_the_component_name() -> None:
+    assert gcp.gcp_slug("Dev_GCP cluster!") == "dev-gcp-cluster"
+    assert gcp.gcp_slug("1st") == "l-1st"
+    sa = gcp.service_account_id("A_Very_Long_Cluster_Name_That_Goes_On_And_On", "proj-123456")
+    assert 6 <= len(sa) <= 30 and sa[0].isalpha() and sa[-1].isalnum()
+    tag = gcp.node_tag("x" * 100, "proj-123456")
+    assert len(tag) <= 63
