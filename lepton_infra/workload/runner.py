@@ -54,6 +54,7 @@ AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
 
 POLL_INTERVAL_S = 0.5
+BUSY_POLL_INTERVAL_S = 0.1
 STALE_AFTER_S = 30.0  # heartbeat unchanged this long: ask the node whether the supervisor lives
 LOST_AFTER_S = 60.0  # node unreachable this long: it is lost
 RECORD = "run.json"
@@ -361,8 +362,8 @@ def _monitor(
 
             parallel(others, stop)
             continue
-        if not busy:
-            time.sleep(POLL_INTERVAL_S)
+        # While lines flow, poll again soon (live logs), but never spin: each poll costs round trips.
+        time.sleep(BUSY_POLL_INTERVAL_S if busy else POLL_INTERVAL_S)
 
 
 # --------------------------------------------------------------------------- collection
@@ -831,21 +832,21 @@ def read_logs(
     """A run's logs straight from the nodes: {node name: text} (LEPTON_PROGRESS lines left out).
     With `events`, every line also goes to events.on_log (progress to on_progress). With
     `follow`, keeps streaming until every node's job has ended (it never stops or fails the run)."""
-    events = events or NullEvents()
+    sink: RunEvents = events or NullEvents()
     nodes, _ = _open_run(inventory, run_id, connect_timeout, node)
     texts: dict[str, list[str]] = {n.name: [] for n in nodes}
 
     class _Tee(RunEvents):
         def on_log(self, node: str, line: str) -> None:
             texts[node].append(line)
-            events.on_log(node, line)
+            sink.on_log(node, line)
 
         def on_progress(self, node: str, progress: dict[str, Any]) -> None:
-            events.on_progress(node, progress)
+            sink.on_progress(node, progress)
 
         def on_node_done(self, node: str, status: NodeStatus) -> None:
             if follow:
-                events.on_node_done(node, status)
+                sink.on_node_done(node, status)
 
     try:
         known = [n for n in nodes if n.status and n.status.state != "unknown"]

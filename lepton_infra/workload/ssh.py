@@ -56,7 +56,7 @@ def parse_host_key(node: Node) -> paramiko.PKey:
         raise ConfigError(f"nodes[{node.name}].host_key is not a valid {key_type} public key: {exc}") from exc
 
 
-class _PinnedKeyPolicy(paramiko.RejectPolicy):
+class _PinnedKeyPolicy(paramiko.RejectPolicy):  # type: ignore[misc]
     """Called only when the node's key is not the pinned one (e.g. another key type): refuse, and
     say which key it offered."""
 
@@ -303,7 +303,7 @@ class NodeConnection:
         channel.shutdown_write()
         reader = _CountingReader(channel)
         try:
-            value = consumer(io.BufferedReader(reader, 1 << 16))  # type: ignore[arg-type]
+            value = consumer(io.BufferedReader(reader, 1 << 16))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             channel.close()
             raise NodeError(self.name, f"download failed: {exc}", command=_short(command)) from exc
@@ -321,7 +321,7 @@ class NodeConnection:
         with self._sftp_lock:
             try:
                 with self._sftp_client().open(path, "rb") as f:
-                    return f.read()
+                    return bytes(f.read())
             except FileNotFoundError:
                 return None
 
@@ -337,7 +337,7 @@ class NodeConnection:
                 return b""
             with sftp.open(path, "rb") as f:
                 f.seek(offset)
-                return f.read(min(limit, size - offset))
+                return bytes(f.read(min(limit, size - offset)))
 
 
 def _short(command: str) -> str:

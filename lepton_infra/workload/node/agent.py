@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from typing import IO, Any
 
 HEARTBEAT_S = 2.0
 TERMINAL = ("succeeded", "failed", "cancelled", "lost")
@@ -34,15 +35,16 @@ def _path(run_dir: str, *parts: str) -> str:
     return os.path.join(run_dir, *parts)
 
 
-def read_state(run_dir: str) -> dict | None:
+def read_state(run_dir: str) -> dict[str, Any] | None:
     try:
         with open(_path(run_dir, "state.json"), encoding="utf-8") as f:
-            return json.load(f)
+            value = json.load(f)
+        return value if isinstance(value, dict) else None
     except (OSError, ValueError):
         return None
 
 
-def write_state(run_dir: str, state: dict) -> None:
+def write_state(run_dir: str, state: dict[str, Any]) -> None:
     # tmp + rename: a reader (the controller over SFTP) sees the old or the new file, never half.
     tmp = _path(run_dir, f".state.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -195,7 +197,7 @@ def supervise(run_dir: str) -> int:
     return 0
 
 
-def status(run_dir: str) -> dict:
+def status(run_dir: str) -> dict[str, Any]:
     if not os.path.isdir(run_dir):
         return {"state": "unknown", "detail": "no such run on this node", "run_dir": run_dir}
     state = read_state(run_dir)
@@ -215,7 +217,7 @@ def status(run_dir: str) -> dict:
     return state
 
 
-def launch(run_dir: str, spec: dict) -> dict:
+def launch(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
     if os.path.exists(_path(run_dir, "spec.json")):
         raise SystemExit(f"run in {run_dir} was already launched")
     for sub in ("logs", "output"):
@@ -244,7 +246,7 @@ def launch(run_dir: str, spec: dict) -> dict:
     return status(run_dir)
 
 
-def cancel(run_dir: str, grace: float = 5.0) -> dict:
+def cancel(run_dir: str, grace: float = 5.0) -> dict[str, Any]:
     state = read_state(run_dir)
     if state is None or state["state"] in TERMINAL:
         return status(run_dir)
@@ -273,7 +275,7 @@ def cancel(run_dir: str, grace: float = 5.0) -> dict:
     return status(run_dir)
 
 
-def pack(run_dir: str, out) -> None:  # type: ignore[no-untyped-def]
+def pack(run_dir: str, out: IO[bytes]) -> None:
     with tarfile.open(fileobj=out, mode="w|") as tar:
         for name in ("output", "logs", "state.json", "spec.json"):
             path = _path(run_dir, name)

@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import tarfile
+from typing import IO, Any
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -42,7 +43,7 @@ def _port_free(addr: str, port: int) -> bool:
     return True
 
 
-def prepare(request: dict) -> dict:
+def prepare(request: dict[str, Any]) -> dict[str, Any]:
     home = lepton_home()
     runs = os.path.join(home, "runs")
     cache = os.path.join(home, "cache")
@@ -99,7 +100,7 @@ def _place(src: str, dst: str, mode: int) -> str:
     return "copied"
 
 
-def receive(run_dir: str, stream) -> dict:  # type: ignore[no-untyped-def]
+def receive(run_dir: str, stream: IO[bytes]) -> dict[str, Any]:
     cache = os.path.join(lepton_home(), "cache")
     os.makedirs(cache, exist_ok=True)
     manifest = None
