@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from lepton_infra.errors import ConfigError, NodeError
-from lepton_infra.inventory import INVENTORY_VERSION, Inventory, Node
+from lepton_infra.inventory import Inventory, Node
 from lepton_infra.local import procs
 from lepton_infra.local.keys import read_public_line, write_ed25519_key
 from lepton_infra.local.sshd_config import NodeConfig, account_locked, find_sshd, render
@@ -384,7 +384,7 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
             raise
 
         inventory = Inventory(
-            version=INVENTORY_VERSION,
+            version=1,  # INVENTORY_VERSION, spelled as the Literal the model requires
             cluster=state_dir.name or "local",
             cloud="local",
             user=user,
@@ -422,11 +422,12 @@ def _stop(records: list[_NodeRecord], dirs: set[Path]) -> list[NodeStatus]:
     """Stop the recorded sshds (only if still ours) and every process of the node dirs `dirs`."""
     stopped: list[NodeStatus] = []
     ours = [r for r in records if r.pid and r.alive()]
-    # The listeners first, so no new session starts while we sweep; their session children are
-    # found through the process tree before the listener is gone.
-    sessions: set[int] = procs.descendants(r.pid for r in ours)
-    procs.terminate([r.pid for r in ours])
-    procs.terminate(sessions)
+    # Freeze the listeners first: no new session can start, and their session children are found
+    # through the process tree while they are still its children (once a listener is gone they are
+    # reparented, and their rewritten process titles no longer say which node they served).
+    procs.freeze([r.pid for r in ours])
+    sessions = procs.descendants(r.pid for r in ours)
+    procs.terminate([r.pid for r in ours] + sorted(sessions))
     for r in ours:
         stopped.append(NodeStatus(r.name, r.host, r.port, r.pid, alive=False))
     for r in records:
@@ -435,9 +436,9 @@ def _stop(records: list[_NodeRecord], dirs: set[Path]) -> list[NodeStatus]:
             proc.poll()
     # Detached jobs (setsid + nohup) outlive their session and may start children while we stop
     # them (torchrun restarting workers): sweep until a pass finds nothing.
-    dirs = dirs | {Path(r.node_dir) for r in records}
+    refs = [procs.NodeRef(d.name, d, d / "home") for d in sorted(dirs | {Path(r.node_dir) for r in records})]
     for _ in range(5):
-        leftovers = [p.pid for d in sorted(dirs) for p in procs.node_processes(d, d / "home")]
+        leftovers = [p.pid for found in procs.find_node_processes(refs).values() for p in found]
         if not leftovers:
             break
         procs.terminate(leftovers)
@@ -482,12 +483,12 @@ def pool_processes(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, list[procs.
     After `down` this is empty for every node; tests use it to prove no orphans are left."""
     state_dir = Path(state_dir).resolve()
     records = {r.name: r for r in _read_pool(state_dir) or []}
-    result: dict[str, list[procs.ProcessInfo]] = {}
+    refs = []
     for d in _node_dirs(state_dir):
         r = records.get(d.name)
-        sshd_pids = [r.pid] if r is not None and r.alive() else []
-        result[d.name] = procs.node_processes(d, d / "home", sshd_pids)
-    return result
+        sshd_pids = (r.pid,) if r is not None and r.alive() else ()
+        refs.append(procs.NodeRef(d.name, d, d / "home", sshd_pids))
+    return procs.find_node_processes(refs)
 
 
 class LocalPool(NamedTuple):

@@ -110,13 +110,19 @@ def _protected_pids() -> set[int]:
     return protected
 
 
-def descendants(roots: Iterable[int]) -> set[int]:
-    """Every live process below `roots` in the parent tree (not the roots themselves)."""
+def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid in all_pids():
         state = _state_and_ppid(pid)
         if state is not None:
             children.setdefault(state[1], []).append(pid)
+    return children
+
+
+def descendants(roots: Iterable[int], children: dict[int, list[int]] | None = None) -> set[int]:
+    """Every live process below `roots` in the parent tree (not the roots themselves)."""
+    if children is None:
+        children = _children_map()
     found: set[int] = set()
     stack = list(roots)
     while stack:
@@ -127,37 +133,56 @@ def descendants(roots: Iterable[int]) -> set[int]:
     return found
 
 
-def node_processes(node_dir: Path, home: Path, sshd_pids: Iterable[int] = ()) -> list[ProcessInfo]:
-    """Processes that belong to one local node.
+@dataclass(frozen=True)
+class NodeRef:
+    """How to recognise one node's processes: its dir, its HOME, and its verified sshd PIDs."""
+
+    name: str
+    node_dir: Path
+    home: Path
+    sshd_pids: tuple[int, ...] = ()
+
+
+def find_node_processes(nodes: Iterable[NodeRef]) -> dict[str, list[ProcessInfo]]:
+    """Processes that belong to each node, in one pass over /proc.
 
     A node's processes are: its sshd (`sshd_pids`, already verified by the caller) and everything
     below it (per-connection sshd processes rewrite their own environment area with their process
     title, so only the tree finds them); anything whose environment carries the node's HOME or the
     LEPTON_LOCAL_NODE marker that its sshd_config sets (detached jobs, reparented to init, keep
     them); anything whose working directory is inside the node dir (a job that cleaned its env)."""
-    node_dir_s, home_s = str(node_dir), str(home)
+    refs = list(nodes)
+    by_home = {str(r.home): r.name for r in refs}
+    by_dir = {str(r.node_dir): r.name for r in refs}
     protected = _protected_pids()
-    roots = [p for p in sshd_pids if is_running(p)]
-    found: dict[int, str] = {p: "sshd" for p in roots}
-    for pid in descendants(roots):
-        found.setdefault(pid, "sshd child")
+    children = _children_map()
+    found: dict[int, tuple[str, str]] = {}  # pid -> (node name, reason)
+    for ref in refs:
+        roots = [p for p in ref.sshd_pids if is_running(p)]
+        for pid in roots:
+            found[pid] = (ref.name, "sshd")
+        for pid in descendants(roots, children):
+            found.setdefault(pid, (ref.name, "sshd child"))
     for pid in all_pids():
         if pid in found or pid in protected or not is_running(pid):
             continue
         env = environ(pid)
-        if env.get("HOME") == home_s:
-            found[pid] = "HOME"
-        elif env.get("LEPTON_LOCAL_NODE") == node_dir_s:
-            found[pid] = "marker"
+        if env.get("HOME") in by_home:
+            found[pid] = (by_home[env["HOME"]], "HOME")
+        elif env.get("LEPTON_LOCAL_NODE") in by_dir:
+            found[pid] = (by_dir[env["LEPTON_LOCAL_NODE"]], "marker")
         else:
             where = cwd(pid)
-            if where is not None and (where == node_dir_s or where.startswith(node_dir_s + os.sep)):
-                found[pid] = "cwd"
-    return [
-        ProcessInfo(pid=pid, cmdline=" ".join(cmdline(pid)), reason=reason)
-        for pid, reason in sorted(found.items())
-        if pid not in protected and is_running(pid)
-    ]
+            if where is not None:
+                for candidate in (where, *map(str, Path(where).parents)):
+                    if candidate in by_dir:
+                        found[pid] = (by_dir[candidate], "cwd")
+                        break
+    result: dict[str, list[ProcessInfo]] = {r.name: [] for r in refs}
+    for pid, (name, reason) in sorted(found.items()):
+        if pid not in protected and is_running(pid):
+            result[name].append(ProcessInfo(pid=pid, cmdline=" ".join(cmdline(pid)), reason=reason))
+    return result
 
 
 def _signal(pid: int, start: int | None, sig: int) -> None:
@@ -191,11 +216,18 @@ def _wait_gone(pending: dict[int, int | None], timeout_s: float) -> None:
         time.sleep(0.05)
 
 
+def freeze(pids: Iterable[int]) -> None:
+    """SIGSTOP: a frozen sshd accepts no new connection while we collect its children."""
+    for pid in pids:
+        _signal(pid, start_time(pid), signal.SIGSTOP)
+
+
 def terminate(pids: Iterable[int], grace_s: float = 3.0) -> None:
     """SIGTERM, wait up to `grace_s` for them to exit, then SIGKILL the rest."""
     pending = {p: start_time(p) for p in pids if is_running(p)}
     for pid, start in pending.items():
         _signal(pid, start, signal.SIGTERM)
+        _signal(pid, start, signal.SIGCONT)  # a frozen process only acts on SIGTERM once continued
     _wait_gone(pending, grace_s)
     for pid, start in pending.items():
         _signal(pid, start, signal.SIGKILL)
