@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,31 @@ def test_sshd_that_will_not_start_fails_with_its_log(tmp_path: Path, monkeypatch
     assert "NoSuchOption" in str(failed.value) and "node-0" in str(failed.value)
     assert not (tmp_path / "state" / POOL_FILE).exists()
     assert not any(pool_processes(tmp_path / "state").values())
+
+
+def test_a_port_taken_between_probe_and_start_is_retried_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pools starting at once can draw the same port: the loser must move, not fail."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        real_pick = pool_module._pick_port
+        draws = iter([taken])
+        monkeypatch.setattr(pool_module, "_pick_port", lambda host: next(draws, None) or real_pick(host))
+        with LocalPool.start(1, tmp_path / "state") as pool:
+            node = pool.inventory.nodes[0]
+            assert node.port != taken
+            assert _server_key(node) == node.host_key
+            assert status(pool.state_dir)[0].port == node.port
+            assert "Address already in use" in (pool.home("node-0").parent / "sshd.log").read_text()
+
+
+def test_state_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        up(1, tmp_path / "f")
 
 
 # --------------------------------------------------------------------------- down

@@ -311,6 +311,8 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
     nodes = _validate_nodes(nodes)
     sshd = find_sshd()
     state_dir = Path(state_dir).resolve()
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"--state-dir {state_dir} is a file; the local pool needs a directory there")
     fresh_dir = not state_dir.exists()
     state_dir.mkdir(parents=True, exist_ok=True)
     if fresh_dir:
