@@ -461,3 +461,18 @@ def test_names_are_valid_gcp_names_whatever_the_component_name() -> None:
     assert 6 <= len(sa) <= 30 and sa[0].isalpha() and sa[-1].isalnum()
     tag = gcp.node_tag("x" * 100, "proj-123456")
     assert len(tag) <= 63
+
+
+# --------------------------------------------------------------------------- the project's policy pack
+
+
+def test_the_gcp_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    policy_harness = pytest.importorskip("policy_harness")
+    _, rec = cluster
+    records = [policy_harness.Recorded(r.type, r.name, r.inputs, None, r.id) for r in rec.resources]
+    findings = policy_harness.analyze(records)
+    assert policy_harness.mandatory(findings) == []
+    # The one advisory note we accept: the dead-letter subscription has no dead-letter policy of its
+    # own (it is the end of the line; giving it one would only move poison messages in a circle).
+    others = [f for f in findings if not (f.type == SUBSCRIPTION and "deadLetterPolicy" in f.message)]
+    assert others == []
