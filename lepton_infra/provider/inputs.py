@@ -1,0 +1,122 @@
+"""Inputs of the component package: one TypedDict per served component.
+
+The Pulumi analyzer reads these classes to build the package schema: each key becomes an input
+property (camelCased), each docstring its description, `NotRequired` keys are optional. Keys map
+1:1 onto the fields of the `lepton_infra.components.args` dataclasses (tests/test_provider_schema.py
+fails when they drift); defaults live only in those dataclasses.
+
+Plain types, not `pulumi.Input[...]`: the components validate their arguments in Python and derive
+the whole resource graph from them at construction time (so `pulumi preview` shows every resource),
+which needs known values. The schema marks them `plain`, so other languages' SDKs type them as
+plain values too. Do not add `from __future__ import annotations` here: the analyzer needs real
+types, not strings.
+"""
+
+from typing import Any, NotRequired, TypedDict
+
+
+class TrainingClusterInputs(TypedDict):
+    """Arguments of `lepton-infra:index:TrainingCluster`: the GPU pool's fields plus store and queue options."""
+
+    cloud: str
+    """Cloud: `aws`, `gcp` or `azure`."""
+    accelerator: str
+    """GPU model from lepton-infra's catalog: `T4`, `L4`, `A10G`, `A100-40GB`, `A100-80GB` or `H100`."""
+    gpus_per_node: NotRequired[int]
+    """GPUs per node (default 1); the catalog picks the instance type that has exactly this many."""
+    nodes: NotRequired[int]
+    """Number of nodes (default 1)."""
+    region: NotRequired[str]
+    """Cloud region; must offer the accelerator (the catalog lists where it does)."""
+    zone: NotRequired[str]
+    """Zone inside the region (GCP/AWS); picked for you when unset."""
+    spot: NotRequired[bool]
+    """Use spot/preemptible capacity (default false)."""
+    image: NotRequired[str]
+    """Machine image; default is the cloud's deep-learning image (AMI id, GCP image, Azure URN)."""
+    disk_gb: NotRequired[int]
+    """Root disk size in GiB (default 200)."""
+    allowed_ssh_cidrs: NotRequired[list[str]]
+    """CIDRs allowed to reach SSH (port 22). Required in practice: world-open ranges need allowWorldSsh."""
+    allow_world_ssh: NotRequired[bool]
+    """Explicitly allow `0.0.0.0/0` / `::/0` in allowedSshCidrs (default false)."""
+    ssh_public_key: NotRequired[str]
+    """OpenSSH public key for the nodes' user; without it a key pair is generated and exported as a secret."""
+    network: NotRequired[dict[str, str]]
+    (
+        "Reuse an existing network instead of creating one (aws: subnet_id, vpc_id; "
+        "gcp: network, subnetwork; azure: subnet_id, resource_group_name)."
+    )
+    identity: NotRequired[dict[str, str]]
+    (
+        "Reuse an existing node identity (aws: instance_profile; gcp: service_account_email; "
+        "azure: user_assigned_identity_id)."
+    )
+    idle_shutdown_minutes: NotRequired[int]
+    """Nodes power off after this many minutes without a running job (default 60)."""
+    max_lifetime_hours: NotRequired[int]
+    """Nodes power off after this many hours in any case (default 24)."""
+    tags: NotRequired[dict[str, str]]
+    """Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."""
+    extra: NotRequired[dict[str, Any]]
+    """Escape hatch: raw arguments merged into the cloud provider's instance resource (wins over ours)."""
+    user: NotRequired[str]
+    """Login user created on the nodes (default `lepton`)."""
+    cluster: NotRequired[str]
+    """Cluster name for the `lepton:cluster` tag and the inventory (default: the resource name)."""
+    env: NotRequired[str]
+    """Environment for the `lepton:env` tag (default: the Pulumi stack name)."""
+    store: NotRequired[bool]
+    """Create an object store the nodes may use (default true)."""
+    queue: NotRequired[bool]
+    """Create a job queue the nodes may use (default true)."""
+    store_versioning: NotRequired[bool]
+    """Keep old object versions in the store (default true)."""
+    store_retention_days: NotRequired[int]
+    """Delete stored objects after this many days; unset keeps them."""
+    queue_visibility_timeout_s: NotRequired[int]
+    """Seconds a received message stays invisible before redelivery (default 300)."""
+
+
+class ObjectStoreInputs(TypedDict):
+    """Arguments of `lepton-infra:index:ObjectStore`."""
+
+    cloud: str
+    """Cloud to create the bucket in: `aws`, `gcp` or `azure`."""
+    region: NotRequired[str]
+    """Cloud region (e.g. `us-east-1`, `europe-west4`, `westeurope`); the provider's default when unset."""
+    versioning: NotRequired[bool]
+    """Keep old object versions (default true)."""
+    retention_days: NotRequired[int]
+    """Delete objects (and old versions) after this many days; unset keeps them."""
+    force_destroy: NotRequired[bool]
+    """Allow `pulumi destroy` to delete a non-empty bucket (default false)."""
+    tags: NotRequired[dict[str, str]]
+    """Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."""
+    extra: NotRequired[dict[str, Any]]
+    """Escape hatch: raw arguments merged into the cloud provider's bucket/account resource (wins over ours)."""
+    cluster: NotRequired[str]
+    """Cluster name for the `lepton:cluster` tag (default: the resource name)."""
+    env: NotRequired[str]
+    """Environment for the `lepton:env` tag (default: the Pulumi stack name)."""
+
+
+class JobQueueInputs(TypedDict):
+    """Arguments of `lepton-infra:index:JobQueue`."""
+
+    cloud: str
+    """Cloud to create the queue in: `aws` (SQS), `gcp` (Pub/Sub) or `azure` (Storage Queue)."""
+    region: NotRequired[str]
+    """Cloud region; the provider's default when unset."""
+    visibility_timeout_s: NotRequired[int]
+    """Seconds a received message stays invisible to other workers before it is redelivered (default 300)."""
+    max_receive_count: NotRequired[int]
+    """Deliveries before a message moves to the dead-letter queue (default 5)."""
+    tags: NotRequired[dict[str, str]]
+    """Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."""
+    extra: NotRequired[dict[str, Any]]
+    """Escape hatch: raw arguments merged into the cloud provider's queue resource (wins over ours)."""
+    cluster: NotRequired[str]
+    """Cluster name for the `lepton:cluster` tag (default: the resource name)."""
+    env: NotRequired[str]
+    """Environment for the `lepton:env` tag (default: the Pulumi stack name)."""
