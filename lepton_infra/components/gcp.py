@@ -673,13 +673,15 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         queue: Any = None,
     ) -> None:
         super().__init__("lepton:gcp:GpuVmPool", name, None, opts)
-        args.validate()
+        # GCP's own shape checks first: they name the exact problem ("a zone goes in `zone`") where
+        # the neutral validation could only say the region is not in the catalog.
         extra = dict(args.extra or {})
-        project = resolve_project(extra)
         region = resolve_region(args.region, args.zone)
         zone = args.zone or default_zone(region)
         existing_network = check_network_mapping(args.network)
         sa_email = check_identity_mapping(args.identity)
+        args.validate()
+        project = resolve_project(extra)
         self.entry = entry = lookup("gcp", args.accelerator, args.gpus_per_node, region)
         self.zone = zone
         cluster = args.cluster or name
