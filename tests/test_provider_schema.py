@@ -8,6 +8,7 @@ dataclasses, and the mocks tests construct the wrappers to show they build the r
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import typing
@@ -287,3 +288,18 @@ def test_invalid_input_surfaces_the_component_config_error(mocks: RecordingMocks
     with pytest.raises(ConfigError) as err:
         ObjectStore("data", {"cloud": "ibm"})
     assert "ibm" in str(err.value)
+
+
+def test_yaml_example_in_the_docs_uses_only_what_the_schema_offers(pkg: dict[str, Any]) -> None:
+    doc = (ROOT / "docs" / "other-languages.md").read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    (program,) = [b for b in blocks if isinstance(b, dict) and b.get("runtime") == "yaml"]
+    used = {name: r for name, r in program["resources"].items() if r["type"].startswith(f"{PACKAGE}:")}
+    assert any(r["type"] == "lepton-infra:index:TrainingCluster" for r in used.values())
+    for name, r in used.items():
+        spec = pkg["resources"][r["type"]]
+        assert set(r["properties"]) <= set(spec["inputProperties"]), name
+        assert set(spec.get("requiredInputs", [])) <= set(r["properties"]), name
+    for expr in program["outputs"].values():
+        resource, prop = re.fullmatch(r"\$\{(\w+)\.(\w+)\}", expr).groups()  # type: ignore[union-attr]
+        assert prop in pkg["resources"][used[resource]["type"]]["properties"], expr
