@@ -250,7 +250,8 @@ def test_preview_step_runs_pulumi_preview_with_the_policy_pack_and_a_pr_comment(
     assert inputs["work-dir"] == "."
     # `policyPacks` is the input's documented name in pulumi/actions' action.yml.
     assert inputs["policyPacks"] == "policy"
-    assert (ROOT / inputs["policyPacks"]).is_dir(), "the policy pack directory the preview applies is missing"
+    pack = ROOT / inputs["policyPacks"] / "PulumiPolicy.yaml"
+    assert pack.is_file(), f"the policy pack the preview applies has no {pack.relative_to(ROOT)}"
 
 
 def test_preview_installs_the_pulumi_extras_and_not_torch() -> None:
