@@ -16,9 +16,8 @@ harness = pytest.importorskip(
 )
 GCP_PROJECT, Recorder, build = harness.GCP_PROJECT, harness.Recorder, harness.build
 
-from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs  # noqa: E402
-
 from lepton_infra.components import gcp  # noqa: E402  (after the harness has set the mocks)
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs  # noqa: E402
 from lepton_infra.errors import ConfigError  # noqa: E402
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVzZXJrZXlmb3J0ZXN0c29ubHkwMDAwMDAwMDAwMDA user@test"

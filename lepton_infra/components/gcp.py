@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
+from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
+
+from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
 from lepton_infra.components.cloudinit import cloud_init
 from lepton_infra.components.common import (
@@ -29,9 +32,6 @@ from lepton_infra.components.common import (
     node_host_keys,
     tags_for,
 )
-from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
-
-from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.errors import ConfigError
 
 # Deep Learning VM image with PyTorch and a preinstalled NVIDIA driver. Ubuntu on purpose: GCE's
