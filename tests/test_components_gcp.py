@@ -36,6 +36,11 @@ SUB_MEMBER = "gcp:pubsub/subscriptionIAMMember:SubscriptionIAMMember"
 TOPIC_MEMBER = "gcp:pubsub/topicIAMMember:TopicIAMMember"
 
 
+def instances_in_node_order(rec: Recorder) -> list[Any]:
+    """The pool's instances sorted by node index (registration order is not guaranteed)."""
+    return sorted(rec.of(INSTANCE), key=lambda r: int(r.name.rsplit("-", 1)[1]))
+
+
 def pool_args(**overrides: Any) -> GpuVmPoolArgs:
     base: dict[str, Any] = {
         "cloud": "gcp",
@@ -128,7 +133,7 @@ def test_instances_sit_in_the_subnet_with_the_firewall_tag_and_an_external_ip(
 ) -> None:
     out, rec = cluster
     (subnet,) = rec.of(SUBNET)
-    instances = rec.of(INSTANCE)
+    instances = instances_in_node_order(rec)
     assert len(instances) == 2
     for inst in instances:
         (nic,) = inst.inputs["networkInterfaces"]
@@ -160,7 +165,7 @@ def test_gpu_instances_terminate_on_host_maintenance_and_are_shielded(
 
 def test_os_login_is_off_and_only_cloud_init_installs_keys(cluster: tuple[dict[str, Any], Recorder]) -> None:
     out, rec = cluster
-    for inst, host_key in zip(rec.of(INSTANCE), out["host_keys"], strict=True):
+    for inst, host_key in zip(instances_in_node_order(rec), out["host_keys"], strict=True):
         meta = inst.inputs["metadata"]
         assert meta["enable-oslogin"] == "FALSE"
         assert meta["block-project-ssh-keys"] == "TRUE"
