@@ -415,12 +415,13 @@ def plot_loss_curve(path: Path, curve: list[list[float]], epochs: list[dict[str,
     ax_loss.set_title("loss")
     ax_loss.grid(alpha=0.3)
     ax_acc.plot([e["epoch"] for e in epochs], [e["test_accuracy"] for e in epochs], "o-", color="tab:green")
+    ax_acc.set_xticks([e["epoch"] for e in epochs])  # whole epochs only
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("test accuracy")
     ax_acc.set_ylim(0, 1)
     ax_acc.set_title("test accuracy")
     ax_acc.grid(alpha=0.3)
-    fig.suptitle(f"{JOB_NAME}")
+    fig.suptitle(f"{JOB_NAME}: training loss and test accuracy")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -708,7 +709,6 @@ def build_parser() -> argparse.ArgumentParser:
             "Alone it runs single-process; under torchrun it uses DistributedDataParallel (gloo on CPU, "
             "nccl on GPU). Preprocessing is the seed's ToTensor only: pixels scaled to [0, 1], no Normalize."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument(
@@ -735,16 +735,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-samples", type=_positive_int, default=None, help="test samples (default: 10000)"
     )
     train = p.add_argument_group("training (defaults are the seed's)")
-    train.add_argument("--epochs", type=_positive_int, default=2, help="epochs")
-    train.add_argument("--batch-size", type=_positive_int, default=4, help="mini-batch size per process")
-    train.add_argument("--lr", type=_positive_float, default=0.001, help="SGD learning rate")
-    train.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum")
+    train.add_argument("--epochs", type=_positive_int, default=2, help="epochs (default: %(default)s)")
     train.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed for weights, shuffling and synthetic data"
+        "--batch-size",
+        type=_positive_int,
+        default=4,
+        help="mini-batch size per process (default: %(default)s)",
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, default=0.001, help="SGD learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default: %(default)s)"
+    )
+    train.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="seed for weights, shuffling and synthetic data (default: %(default)s)",
     )
     run = p.add_argument_group("running")
     run.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available"
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: cuda when available (default: %(default)s)",
     )
     run.add_argument(
         "--threads",
@@ -770,19 +785,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-every",
         type=_positive_int,
         default=2000,
-        help="print '[epoch, step] loss: x' every N mini-batches",
+        help="print '[epoch, step] loss: x' every N mini-batches (default: %(default)s)",
     )
     run.add_argument(
         "--progress-interval",
         type=_non_negative_float,
         default=2.0,
-        help="seconds between LEPTON_PROGRESS lines (also printed at each log line and epoch end)",
+        help="seconds between LEPTON_PROGRESS lines (also printed at each log line and epoch end) (default: %(default)s)",
     )
     run.add_argument(
         "--dist-timeout",
         type=_positive_float,
         default=120.0,
-        help="seconds to wait for the process group to form and for each collective",
+        help="seconds to wait for the process group to form and for each collective (default: %(default)s)",
     )
     test = p.add_argument_group("testing aids")
     test.add_argument(
@@ -793,14 +808,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"for fault-injection tests: the process of rank --fail-rank exits with code {FAULT_EXIT_CODE} at global step N",
     )
     test.add_argument(
-        "--fail-rank", type=_non_negative_int, default=0, metavar="R", help="rank that --fail-at-step kills"
+        "--fail-rank",
+        type=_non_negative_int,
+        default=0,
+        metavar="R",
+        help="rank that --fail-at-step kills (default: %(default)s)",
     )
     test.add_argument(
         "--sleep-per-step",
         type=_non_negative_float,
         default=0.0,
         metavar="SECONDS",
-        help="for tests: sleep after every step so a run lasts long enough to interrupt",
+        help="for tests: sleep after every step so a run lasts long enough to interrupt (default: %(default)s)",
     )
     return p
 
