@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 JOB_NAME = "cifar10-lenet"
@@ -517,8 +518,9 @@ def train(args: argparse.Namespace, ctx: Dist) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt["optimizer"])
 
     # The sampler with one replica is a seeded shuffle, so alone and distributed share one path.
-    sampler = DistributedSampler(
-        range(len(train_set)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
+    # It only needs the data set's length; batches are then sliced from the in-memory tensors.
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        TensorDataset(train_y), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
     )
     steps = math.ceil(len(sampler) / args.batch_size)  # equal on every rank: the sampler pads
     start_epoch = int(ckpt["epoch"]) if ckpt else 0
