@@ -543,7 +543,7 @@ def inventory_cmd(
 def demo(
     nodes: Annotated[int, typer.Option("--nodes", help="Local nodes to train across (DDP).")] = 2,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Per-process batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Per-process batch size.")] = 16,
     state_dir: StateDirOpt = Path(".lepton/demo"),
     runs_dir: RunsDirOpt = Path("runs"),
 ) -> None:
