@@ -494,6 +494,10 @@ def train(args: argparse.Namespace, ctx: Dist) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        # An early sign of life: torch import, rendezvous and data generation take seconds, and a
+        # user watching the stream should know the job is up before the first loss line.
+        print(f"{JOB_NAME}: {ctx.world_size} process(es) up; preparing {args.data} data", flush=True)
     t_data = time.perf_counter()
     train_set, test_set, data_info = load_data(args)
     data_s = time.perf_counter() - t_data
