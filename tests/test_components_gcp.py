@@ -20,7 +20,7 @@ from lepton_infra.components import gcp  # noqa: E402  (after the harness has se
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs  # noqa: E402
 from lepton_infra.errors import ConfigError  # noqa: E402
 
-PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVzZXJrZXlmb3J0ZXN0c29ubHkwMDAwMDAwMDAwMDA user@test"
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 user@test"
 CIDR = "203.0.113.0/24"
 
 INSTANCE = "gcp:compute/instance:Instance"
@@ -173,7 +173,7 @@ def test_os_login_is_off_and_only_cloud_init_installs_keys(cluster: tuple[dict[s
         user_data = meta["user-data"]
         assert user_data.startswith("#cloud-config")
         assert PUBKEY in user_data
-        assert host_key in user_data, "each node's cloud-init installs that node's own pinned host key"
+        assert host_key.strip() in user_data, "each node's cloud-init installs that node's own pinned host key"
     assert len(set(out["host_keys"])) == 2
 
 

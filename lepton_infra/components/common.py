@@ -1,0 +1,140 @@
+"""What every cloud shares: tags and labels, child options, the `extra` escape hatch, per-node host
+keys, names that fit the strictest cloud, and the inventory assembled from a pool's outputs. The
+per-cloud modules call these instead of keeping three copies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_tls as tls
+
+# The policy pack (policy/lepton_policy/rules.py) checks exactly these names.
+TAG_CLUSTER = "lepton:cluster"
+TAG_ENV = "lepton:env"
+TAG_IDLE = "lepton:idle-shutdown-minutes"
+TAG_LIFETIME = "lepton:max-lifetime-hours"
+
+
+def tags_for(
+    cluster: str, env: str, user_tags: Mapping[str, str] | None = None, **extra: str
+) -> dict[str, str]:
+    """Tags for every resource: the leak-proofing pair (`lepton:cluster`, `lepton:env`) always wins
+    over a user tag of the same name, so no resource can escape the cluster's clean-up queries."""
+    tags = {**(user_tags or {}), **extra}
+    tags.update({TAG_CLUSTER: cluster, TAG_ENV: env})
+    return tags
+
+
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]")
+
+
+def gcp_labels(tags: Mapping[str, str]) -> dict[str, str]:
+    """The same tags as GCP labels: lowercase letters, digits, '_' and '-', at most 63 characters,
+    so `lepton:cluster` becomes `lepton-cluster`."""
+    return {
+        _LABEL_BAD.sub("-", k.lower())[:63]: _LABEL_BAD.sub("-", str(v).lower())[:63] for k, v in tags.items()
+    }
+
+
+def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    """Options for a component's child: parented, so it shows up (and is deleted) under it."""
+    return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+def merge_extra(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The escape hatch: the user's raw provider arguments win; nested dicts merge key by key so
+    `{"metadata_options": {"http_put_response_hop_limit": 2}}` keeps the rest of our settings."""
+    out = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_extra(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def short_hash(*parts: str, length: int = 6) -> str:
+    """A stable suffix for globally-unique names (buckets, storage accounts)."""
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
+
+
+def compact_name(name: str, max_len: int, *, salt: str = "") -> str:
+    """`name` squeezed into lowercase alphanumerics of at most `max_len` characters with a stable hash
+    suffix (Azure storage accounts: 3-24 characters, nothing else allowed)."""
+    stem = re.sub(r"[^a-z0-9]", "", name.lower()) or "lepton"
+    suffix = short_hash(name, salt)
+    return (stem[: max_len - len(suffix)] + suffix)[:max_len]
+
+
+@dataclass
+class PoolNode:
+    """One node as the inventory needs it: the address the controller dials, the address peers use,
+    and the public host key clients pin."""
+
+    name: str
+    host: pulumi.Input[str]
+    private_ip: pulumi.Input[str]
+    host_key: pulumi.Input[str]
+
+
+def node_host_keys(name: str, count: int, parent: pulumi.Resource) -> list[tls.PrivateKey]:
+    """One ed25519 host key per node, generated in the program so its public half is known before the
+    VM boots and clients can pin it (no trust on first use)."""
+    return [
+        tls.PrivateKey(f"{name}-hostkey-{i}", tls.PrivateKeyArgs(algorithm="ED25519"), opts=child(parent))
+        for i in range(count)
+    ]
+
+
+def inventory_json(
+    *,
+    cluster: str,
+    cloud: str,
+    user: str,
+    nodes: Sequence[PoolNode],
+    accelerator: str | None,
+    gpus: int,
+    store_url: pulumi.Input[str] | None = None,
+    queue_url: pulumi.Input[str] | None = None,
+    python: str = "python3",
+) -> pulumi.Output[str]:
+    """The SPEC §2 inventory (version 1) as JSON, resolved from the pool's outputs. It holds no key
+    material (host keys are public); a generated login key is a separate secret stack output."""
+
+    def build(values: list[Any]) -> str:
+        store, queue, *per_node = values
+        node_docs = [
+            {
+                "name": node.name,
+                "host": per_node[3 * i],
+                "port": 22,
+                "private_ip": per_node[3 * i + 1],
+                "host_key": " ".join(str(per_node[3 * i + 2]).split()[:2]),
+                "accelerator": accelerator,
+                "gpus": gpus,
+            }
+            for i, node in enumerate(nodes)
+        ]
+        doc: dict[str, Any] = {
+            "version": 1,
+            "cluster": cluster,
+            "cloud": cloud,
+            "user": user,
+            "private_key_path": None,
+            "python": python,
+            "nodes": node_docs,
+            "store": store,
+            "queue": queue,
+        }
+        return json.dumps(doc, indent=2)
+
+    flat: list[Any] = [store_url, queue_url]
+    for node in nodes:
+        flat += [node.host, node.private_ip, node.host_key]
+    return pulumi.Output.all(*flat).apply(build)

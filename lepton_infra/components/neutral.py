@@ -1,0 +1,170 @@
+"""The cloud-neutral components users build stacks from. Each validates its args once, then hands
+them to the per-cloud class (`AwsGpuVmPool`, `GcpObjectStore`, ...), imported only when that cloud
+is used, so an AWS stack never loads the GCP or Azure SDKs."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import pulumi
+import pulumi_tls as tls
+
+from lepton_infra.catalog import CatalogEntry
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
+from lepton_infra.components.common import PoolNode, child, inventory_json
+
+_PREFIX = {"aws": "Aws", "gcp": "Gcp", "azure": "Azure"}
+
+
+class StoreLike(Protocol):
+    url: pulumi.Output[str]
+
+
+class QueueLike(Protocol):
+    url: pulumi.Output[str]
+    dead_letter_url: pulumi.Output[str]
+
+
+class PoolLike(Protocol):
+    nodes: list[PoolNode]
+
+
+def backend(cloud: str, kind: str) -> Any:
+    """The per-cloud class `kind` ("GpuVmPool", "ObjectStore", "JobQueue") of `cloud`."""
+    module = importlib.import_module(f"lepton_infra.components.{cloud}")
+    return getattr(module, f"{_PREFIX[cloud]}{kind}")
+
+
+class ObjectStore(pulumi.ComponentResource):
+    """A private, encrypted, versioned bucket on `args.cloud`. Output `url` (`s3://`, `gs://`, `az://`)."""
+
+    url: pulumi.Output[str]
+    impl: Any
+
+    def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        super().__init__("lepton:storage:ObjectStore", name, None, opts)
+        self.impl = backend(args.cloud, "ObjectStore")(name, args, child(self))
+        self.url = self.impl.url
+        self.register_outputs({"url": self.url})
+
+
+class JobQueue(pulumi.ComponentResource):
+    """A work queue with a dead-letter queue on `args.cloud`. Outputs `url`, `dead_letter_url`."""
+
+    url: pulumi.Output[str]
+    dead_letter_url: pulumi.Output[str]
+    impl: Any
+
+    def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        super().__init__("lepton:queue:JobQueue", name, None, opts)
+        self.impl = backend(args.cloud, "JobQueue")(name, args, child(self))
+        self.url = self.impl.url
+        self.dead_letter_url = self.impl.dead_letter_url
+        self.register_outputs({"url": self.url, "dead_letter_url": self.dead_letter_url})
+
+
+class GpuVmPool(pulumi.ComponentResource):
+    """`nodes` GPU VMs with pinned host keys on `args.cloud`. `store`/`queue` (components of the same
+    cloud, neutral or per-cloud) are the only data the nodes' identity may touch."""
+
+    nodes: list[PoolNode]
+    entry: CatalogEntry
+    impl: Any
+
+    def __init__(
+        self,
+        name: str,
+        args: GpuVmPoolArgs,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        store: Any = None,
+        queue: Any = None,
+    ) -> None:
+        self.entry = args.validate()
+        super().__init__("lepton:compute:GpuVmPool", name, None, opts)
+        self.impl = backend(args.cloud, "GpuVmPool")(
+            name, args, child(self), store=getattr(store, "impl", store), queue=getattr(queue, "impl", queue)
+        )
+        self.nodes = self.impl.nodes
+        self.register_outputs(
+            {"hosts": [n.host for n in self.nodes], "private_ips": [n.private_ip for n in self.nodes]}
+        )
+
+
+class TrainingCluster(pulumi.ComponentResource):
+    """Network, identity, GPU pool, object store and job queue for one cluster, with the nodes
+    allowed exactly this store and queue. Outputs: `inventory` (the workload layer's contract),
+    `store_url`, `queue_url`, `hourly_cost_usd`, and `private_key` (secret) when the login key was
+    generated here because `ssh_public_key` was not given."""
+
+    inventory: pulumi.Output[str]
+    store_url: pulumi.Output[str] | None
+    queue_url: pulumi.Output[str] | None
+    hourly_cost_usd: float | None
+    private_key: pulumi.Output[str] | None
+    store: ObjectStore | None
+    queue: JobQueue | None
+    pool: GpuVmPool
+    login_key: tls.PrivateKey | None
+
+    def __init__(
+        self, name: str, args: TrainingClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        entry = args.validate() if args.ssh_public_key is not None else _validate_without_key(args)
+        super().__init__("lepton:index:TrainingCluster", name, None, opts)
+        cluster = args.cluster or name
+        env = args.env or pulumi.get_stack()
+        args.cluster, args.env = cluster, env
+
+        self.login_key = None
+        self.private_key = None
+        if args.ssh_public_key is None:
+            self.login_key = tls.PrivateKey(
+                f"{name}-login", tls.PrivateKeyArgs(algorithm="ED25519"), opts=child(self)
+            )
+            args.ssh_public_key = self.login_key.public_key_openssh
+            self.private_key = pulumi.Output.secret(self.login_key.private_key_openssh)
+
+        self.store = ObjectStore(f"{name}-store", args.store_args(), child(self)) if args.store else None
+        self.queue = JobQueue(f"{name}-queue", args.queue_args(), child(self)) if args.queue else None
+        self.pool = GpuVmPool(
+            f"{name}-pool", args.pool_args(), child(self), store=self.store, queue=self.queue
+        )
+
+        self.store_url = self.store.url if self.store else None
+        self.queue_url = self.queue.url if self.queue else None
+        price = entry.hourly_usd(args.spot)
+        self.hourly_cost_usd = round(price * args.nodes, 4) if price is not None else None
+        self.inventory = inventory_json(
+            cluster=cluster,
+            cloud=args.cloud,
+            user=args.user,
+            nodes=self.pool.nodes,
+            accelerator=entry.accelerator,
+            gpus=entry.gpus,
+            store_url=self.store_url,
+            queue_url=self.queue_url,
+            python=args.python,
+        )
+        outputs: dict[str, Any] = {
+            "inventory": self.inventory,
+            "store_url": self.store_url,
+            "queue_url": self.queue_url,
+            "hourly_cost_usd": self.hourly_cost_usd,
+        }
+        if self.private_key is not None:
+            outputs["private_key"] = self.private_key
+        self.register_outputs(outputs)
+
+
+def _validate_without_key(args: TrainingClusterArgs) -> CatalogEntry:
+    """Validate everything before a key is generated (a stand-in key satisfies the pool's check)."""
+    placeholder = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    args.ssh_public_key = placeholder
+    try:
+        return args.validate()
+    finally:
+        args.ssh_public_key = None

@@ -1,0 +1,214 @@
+"""Shared Pulumi mocks for the component tests: every resource the real component code registers is
+recorded (type token, logical name, inputs) and given plausible outputs, and the invokes our
+components make are answered. Importing this module sets the mocks, so test modules import it
+BEFORE any component module (FACTS.md: mocks set too late make tests pass vacuously).
+
+    _, rec = build(lambda: GcpGpuVmPool("demo", args))      # resolved outputs, recorded resources
+    rec.of("gcp:compute/instance:Instance")                  # the instances' records
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+GCP_PROJECT = "lepton-test-project"
+AWS_REGION = "us-east-1"
+AWS_ACCOUNT = "123456789012"
+AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
+AZURE_TENANT = "00000000-0000-0000-0000-0000000000aa"
+DEEP_LEARNING_AMI = "ami-0123456789abcdef0"
+
+
+_SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi's wire marker for a secret value
+
+
+def _unwrap(value: Any) -> Any:
+    """Secret inputs reach mocks wrapped as {sig: ..., value: ...}; tests assert on the value."""
+    if isinstance(value, dict):
+        if _SECRET_SIG in value and "value" in value:
+            return _unwrap(value["value"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return _unwrap(json.loads(json.dumps(value, default=str)))
+
+
+@dataclass
+class Recorded:
+    """One registered resource: what the program asked for (`inputs`) and what the mock returned."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    id: str
+
+
+@dataclass
+class Recorder(pulumi.runtime.Mocks):
+    """Records resources and answers invokes with fixed, plausible values."""
+
+    resources: list[Recorded] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    project_number: str = "123456789012"
+
+    # ------------------------------------------------------------------ queries for tests
+    def of(self, typ: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str) -> Recorded:
+        return next(r for r in self.resources if r.name == name)
+
+    def types(self) -> set[str]:
+        return {r.type for r in self.resources}
+
+    def _inst(self, name: str) -> Recorded:
+        return self.named(name)
+
+    def nat_ip(self, name: str) -> str:
+        return str(self._inst(name).outputs["networkInterfaces"][0]["accessConfigs"][0]["natIp"])
+
+    def network_ip(self, name: str) -> str:
+        return str(self._inst(name).outputs["networkInterfaces"][0]["networkIp"])
+
+    # ------------------------------------------------------------------ Mocks protocol
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        inputs = _plain(dict(args.inputs))
+        state: dict[str, Any] = dict(inputs)
+        idx = len(self.resources)
+        typ, name = args.typ, args.name
+        rid = f"{name}-id"
+        state.setdefault("name", f"{name}-{idx:07x}")
+        if typ.startswith("aws:"):
+            service = typ.split(":")[1].split("/")[0]
+            state.setdefault("arn", f"arn:aws:{service}:{AWS_REGION}:{AWS_ACCOUNT}:{name}")
+        if typ == "aws:s3/bucket:Bucket":
+            state.setdefault("bucket", f"{name}-{idx:07x}")
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+        if typ == "aws:sqs/queue:Queue":
+            state["url"] = f"https://sqs.{AWS_REGION}.amazonaws.com/{AWS_ACCOUNT}/{state['name']}"
+            state["arn"] = f"arn:aws:sqs:{AWS_REGION}:{AWS_ACCOUNT}:{state['name']}"
+        if typ == "aws:ec2/instance:Instance":
+            state["privateIp"] = f"10.0.1.{10 + idx}"
+            state["publicIp"] = f"203.0.113.{idx % 250 + 1}" if inputs.get("associatePublicIpAddress") else ""
+        if typ == "aws:kms/key:Key":
+            rid = f"key-{idx:08d}"
+        if typ == "aws:iam/role:Role":
+            state["arn"] = f"arn:aws:iam::{AWS_ACCOUNT}:role/{state['name']}"
+        if typ == "gcp:serviceaccount/account:Account":
+            state["email"] = (
+                f"{inputs['accountId']}@{inputs.get('project', GCP_PROJECT)}.iam.gserviceaccount.com"
+            )
+        if typ.startswith("gcp:compute/"):
+            state["selfLink"] = (
+                f"https://www.googleapis.com/compute/v1/projects/{inputs.get('project', GCP_PROJECT)}/{name}"
+            )
+        if typ == "gcp:compute/instance:Instance":
+            state["networkInterfaces"] = [
+                dict(
+                    nic,
+                    networkIp=f"10.42.0.{idx}",
+                    accessConfigs=[
+                        dict(c, natIp=f"203.0.113.{idx % 250 + 1}") for c in nic.get("accessConfigs", [])
+                    ],
+                )
+                for nic in inputs.get("networkInterfaces", [])
+            ]
+        if typ.startswith("azure-native:"):
+            rid = (
+                f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/rg/providers/{typ.split(':')[1]}/{name}"
+            )
+            state["id"] = rid
+            if typ == "azure-native:network:NetworkInterface":
+                state["ipConfigurations"] = [
+                    dict(c, privateIPAddress=f"10.43.0.{idx % 250 + 4}")
+                    for c in inputs.get("ipConfigurations", [])
+                ]
+            if typ == "azure-native:network:PublicIPAddress":
+                state["ipAddress"] = f"198.51.100.{idx % 250 + 1}"
+            if typ == "azure-native:managedidentity:UserAssignedIdentity":
+                state["principalId"] = f"principal-{idx}"
+                state["clientId"] = f"client-{idx}"
+        if typ == "tls:index/privateKey:PrivateKey":
+            state["publicKeyOpenssh"] = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey{idx:020d}x\n"
+            state["privateKeyOpenssh"] = (
+                f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey{idx}\n-----END OPENSSH PRIVATE KEY-----\n"
+            )
+            state["privateKeyPem"] = state["privateKeyOpenssh"]
+        self.resources.append(Recorded(typ, name, inputs, state, rid))
+        return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        token, inputs = args.token, _plain(dict(args.args))
+        self.calls.append((token, inputs))
+        if token == "gcp:organizations/getProject:getProject":
+            return {"number": self.project_number, "projectId": GCP_PROJECT}
+        if token == "aws:ssm/getParameter:getParameter":
+            return {
+                "name": inputs.get("name"),
+                "value": DEEP_LEARNING_AMI,
+                "type": "String",
+                "id": inputs.get("name"),
+            }
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": [f"{AWS_REGION}a", f"{AWS_REGION}b"], "zoneIds": ["use1-az1", "use1-az2"]}
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": AWS_ACCOUNT, "arn": f"arn:aws:iam::{AWS_ACCOUNT}:root", "userId": "x"}
+        if token == "aws:index/getRegion:getRegion":
+            return {"name": AWS_REGION, "region": AWS_REGION, "id": AWS_REGION}
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+        if token == "azure-native:authorization:getClientConfig":
+            return {
+                "subscriptionId": AZURE_SUBSCRIPTION,
+                "tenantId": AZURE_TENANT,
+                "clientId": "c",
+                "objectId": "o",
+            }
+        return {}
+
+
+MOCKS = Recorder()
+
+
+def install(mocks: Recorder = MOCKS, *, stack: str = "test", config: dict[str, str] | None = None) -> None:
+    """(Re)install the mocks: other harnesses in the same pytest process may have set their own."""
+    pulumi.runtime.set_mocks(mocks, project="lepton-infra", stack=stack, preview=False)
+    pulumi.runtime.set_all_config({"gcp:project": GCP_PROJECT, "aws:region": AWS_REGION, **(config or {})})
+
+
+install()
+
+
+def build(
+    fn: Callable[[], Any], *, stack: str = "test", config: dict[str, str] | None = None
+) -> tuple[dict[str, Any], Recorder]:
+    """Run `fn` inside a mocked Pulumi program; return its resolved outputs (when `fn` returns a
+    dict of outputs) and a recorder holding exactly the resources it registered. Exceptions raised
+    by `fn` (e.g. ConfigError) propagate."""
+    MOCKS.resources = []
+    MOCKS.calls = []
+    install(MOCKS, stack=stack, config=config)
+    box: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def _run() -> Any:
+        outs = fn()
+        if isinstance(outs, dict) and outs:
+            return pulumi.Output.all(**outs).apply(box.update)
+        return None
+
+    _run()
+    rec = Recorder(
+        resources=list(MOCKS.resources), calls=list(MOCKS.calls), project_number=MOCKS.project_number
+    )
+    return box, rec
