@@ -511,11 +511,11 @@ def inventory_cmd(
     pulumi = shutil.which("pulumi")
     if pulumi is None:
         raise ConfigError("the Pulumi CLI is not on PATH; install it from pulumi.com, log in, then retry")
+    # All outputs at once: `inventory`, plus `private_key` when the stack generated the login key.
     cmd = [
         pulumi,
         "stack",
         "output",
-        "inventory",
         "--show-secrets",
         "--json",
         "--stack",

@@ -8,7 +8,7 @@ import json
 import runpy
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "policy") not in sys.path:
     sys.path.insert(0, str(ROOT / "policy"))
 
+import pulumi_harness  # noqa: E402
 from lepton_policy import rules  # noqa: E402
 
 
@@ -51,56 +52,6 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-@dataclass
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Records (type token, name, inputs) of every resource; answers the common invokes."""
-
-    region: str = "us-east-1"
-    resources: list[Recorded] = field(default_factory=list)
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        rid = f"{args.name}-id"
-        state = dict(args.inputs)
-        if args.typ.startswith("aws:s3/bucket"):
-            state.setdefault("bucket", args.name)
-            state.setdefault("arn", f"arn:aws:s3:::{state['bucket']}")
-            rid = state["bucket"]
-        state.setdefault("arn", f"arn:mock:{args.typ}:{args.name}")
-        self.resources.append(Recorded(args.typ, args.name, _plain(args.inputs), args.provider, rid))
-        return rid, state
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        token, a = args.token, dict(args.args)
-        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {
-                "names": [f"{self.region}a", f"{self.region}b"],
-                "zoneIds": ["use1-az1", "use1-az2"],
-            }, None
-        if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {
-                "accountId": "123456789012",
-                "arn": "arn:aws:iam::123456789012:user/t",
-                "userId": "u",
-            }, None
-        if token in ("aws:index/getRegion:getRegion",):
-            return {"name": self.region, "region": self.region, "id": self.region}, None
-        if token == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, None
-        if token == "aws:ssm/getParameter:getParameter":
-            return {**a, "value": "ami-0123456789abcdef0", "type": "String", "arn": "arn:ssm"}, None
-        if token == "aws:ec2/getAmi:getAmi":
-            return {**a, "id": "ami-0123456789abcdef0", "imageId": "ami-0123456789abcdef0"}, None
-        if token.startswith("azure-native:authorization:getClientConfig"):
-            ids = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "tenantId": "t", "objectId": "o"}
-            return {**ids, "clientId": "c"}, None
-        return {
-            **a,
-            "id": f"{token}-id",
-            "name": a.get("name", "mock"),
-            "selfLink": "projects/p/global/x",
-        }, None
-
-
 def stack_config(stack_file: Path) -> dict[str, Any]:
     """Project defaults from Pulumi.yaml's `config:` schema, overlaid with the stack file's values."""
     config: dict[str, Any] = {}
@@ -121,16 +72,19 @@ def run_program(
     program: Path, config: Mapping[str, Any], *, stack: str = "test", region: str = "us-east-1"
 ) -> list[Recorded]:
     """Evaluate a Pulumi program file under mocks with `config`; return every registered resource."""
-    mocks = RecordingMocks(region=region)
-    pulumi.runtime.set_mocks(mocks, project="lepton-infra", stack=stack, preview=False)
-    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
+    # The one shared mocks implementation (tests/pulumi_harness.py): the same plausible outputs and
+    # invoke answers the component tests use.
+    mocks = pulumi_harness.Recorder()
+    pulumi_harness.install(
+        mocks, stack=stack, config={k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    )
 
     @pulumi.runtime.test
     def evaluate() -> None:
         runpy.run_path(str(program), run_name="__main__")
 
     evaluate()
-    return mocks.resources
+    return [Recorded(r.type, r.name, r.inputs, r.provider, r.id) for r in mocks.resources]
 
 
 @dataclass(frozen=True)

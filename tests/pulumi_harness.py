@@ -51,6 +51,7 @@ class Recorded:
     inputs: dict[str, Any]
     outputs: dict[str, Any]
     id: str
+    provider: str | None = None  # the explicit provider reference, if any (the policy harness needs it)
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Recorder(pulumi.runtime.Mocks):
                 f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey{idx}\n-----END OPENSSH PRIVATE KEY-----\n"
             )
             state["privateKeyPem"] = state["privateKeyOpenssh"]
-        self.resources.append(Recorded(typ, name, inputs, state, rid))
+        self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None))
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]

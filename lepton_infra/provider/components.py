@@ -9,6 +9,7 @@ Do not add `from __future__ import annotations` here: the analyzer needs real ty
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,10 @@ def to_dataclass(cls: type, inputs: Mapping[str, Any]) -> Any:
         wants_tuple = isinstance(field.default, tuple) or "tuple" in str(field.type).lower()
         if wants_tuple and isinstance(value, list):
             value = tuple(value)
+        # Numbers cross the provider protocol as doubles: 120 arrives as 120.0.
+        is_int = re.search(r"\bint\b", str(field.type)) is not None
+        if is_int and isinstance(value, float) and value.is_integer():
+            value = int(value)
         kwargs[key] = value
     return cls(**kwargs)
 

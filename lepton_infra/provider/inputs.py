@@ -74,8 +74,18 @@ class TrainingClusterInputs(TypedDict):
     """Keep old object versions in the store (default true)."""
     store_retention_days: NotRequired[int]
     """Delete stored objects after this many days; unset keeps them."""
+    store_force_destroy: NotRequired[bool]
+    """Let `pulumi destroy` delete a store that still holds objects (default false)."""
+    store_extra: NotRequired[dict[str, Any]]
+    """Raw provider arguments merged into the store's bucket/account (escape hatch)."""
     queue_visibility_timeout_s: NotRequired[int]
     """Seconds a received message stays invisible before redelivery (default 300)."""
+    queue_max_receive_count: NotRequired[int]
+    """Receives before a message moves to the dead-letter queue (default 5)."""
+    queue_extra: NotRequired[dict[str, Any]]
+    """Raw provider arguments merged into the queue (escape hatch)."""
+    python: NotRequired[str]
+    """Interpreter with torch on the nodes, written into the inventory (default python3)."""
 
 
 class ObjectStoreInputs(TypedDict):
