@@ -95,6 +95,7 @@ class Recorder(pulumi.runtime.Mocks):
         if typ == "aws:s3/bucket:Bucket":
             state.setdefault("bucket", f"{name}-{idx:07x}")
             state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+            rid = state["bucket"]  # as on AWS: a bucket's id is its name
         if typ == "aws:sqs/queue:Queue":
             state["url"] = f"https://sqs.{AWS_REGION}.amazonaws.com/{AWS_ACCOUNT}/{state['name']}"
             state["arn"] = f"arn:aws:sqs:{AWS_REGION}:{AWS_ACCOUNT}:{state['name']}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_harness
 import pytest
 import yaml
 
@@ -200,18 +201,17 @@ def test_served_classes_are_the_wrappers_with_their_own_tokens() -> None:
 # --- constructing the wrappers under mocks ------------------------------------------------------
 
 
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Records every registered resource (components included) and answers invokes with {}."""
+class RecordingMocks(pulumi_harness.Recorder):
+    """The shared mocks (plausible outputs, invokes answered), also keeping each registration's raw
+    arguments (components included) in `raw`."""
 
     def __init__(self) -> None:
-        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+        super().__init__()
+        self.raw: list[pulumi.runtime.MockResourceArgs] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        self.resources.append(args)
-        return (f"{args.name}-id" if args.custom else None), dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
+        self.raw.append(args)
+        return super().new_resource(args)
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def mocks() -> RecordingMocks:
         pytest.skip("lepton_infra/components is not in this checkout yet (cloud components pending)")
     m = RecordingMocks()
     # Before the wrapper imports lepton_infra.components (it does so lazily, at construction).
-    pulumi.runtime.set_mocks(m, project="lepton-infra", stack="ci", preview=False)
+    pulumi_harness.install(m, stack="ci")
     return m
 
 
@@ -235,7 +235,7 @@ def test_object_store_wrapper_builds_the_real_component_as_its_child(mocks: Reco
         # The child's URN carries its parent's type: the real component lives under the wrapper.
         assert "lepton-infra:index:ObjectStore$lepton:storage:ObjectStore::data" in child_urn
         assert url.startswith("s3://")
-        types = [r.typ for r in mocks.resources]
+        types = [r.typ for r in mocks.raw]
         assert "aws:s3/bucket:Bucket" in types
 
     return pulumi.Output.all(wrapper.store.urn, wrapper.url).apply(check)
@@ -251,7 +251,7 @@ def test_job_queue_wrapper_builds_the_real_component_as_its_child(mocks: Recordi
         child_urn, url, dlq = values
         assert "lepton-infra:index:JobQueue$lepton:queue:JobQueue::jobs" in child_urn
         assert url and dlq and url != dlq
-        assert [r.typ for r in mocks.resources].count("aws:sqs/queue:Queue") == 2
+        assert [r.typ for r in mocks.raw].count("aws:sqs/queue:Queue") == 2
 
     return pulumi.Output.all(wrapper.queue.urn, wrapper.url, wrapper.dead_letter_url).apply(check)
 
@@ -271,13 +271,14 @@ def test_provider_construct_maps_camel_case_inputs_onto_the_component(mocks: Rec
 
     def check(_: Any) -> None:
         (main_queue,) = [
-            r for r in mocks.resources if r.typ == "aws:sqs/queue:Queue" and "redrivePolicy" in r.inputs
+            r for r in mocks.raw if r.typ == "aws:sqs/queue:Queue" and "redrivePolicy" in r.inputs
         ]
         assert json.loads(main_queue.inputs["redrivePolicy"])["maxReceiveCount"] == 7
         assert main_queue.inputs["visibilityTimeoutSeconds"] == 120
         assert set(result.state) == {"url", "deadLetterUrl"}
 
-    return pulumi.Output.from_input(result.urn).apply(check)
+    # Wait for the outputs too: the queue registers only once its redrive policy (the DLQ's ARN) is known.
+    return pulumi.Output.all(result.urn, *result.state.values()).apply(check)
 
 
 @pulumi.runtime.test

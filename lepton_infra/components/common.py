@@ -5,6 +5,7 @@ per-cloud modules call these instead of keeping three copies."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,8 @@ from typing import Any
 
 import pulumi
 import pulumi_tls as tls
+
+from lepton_infra.errors import ConfigError
 
 # The policy pack (policy/lepton_policy/rules.py) checks exactly these names.
 TAG_CLUSTER = "lepton:cluster"
@@ -57,6 +60,22 @@ def merge_extra(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dic
         else:
             out[key] = value
     return out
+
+
+def typed_args(cls: type, value: Any) -> Any:
+    """`cls(**value)` for a dict, so a misspelled key (often in `extra`) fails here with the allowed
+    keys listed, not silently at deploy time (mocks accept any key); typed values and Outputs pass."""
+    if isinstance(value, Mapping):
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            allowed = ", ".join(
+                p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "__self__")
+            )
+            raise ConfigError(
+                f"extra: bad key for {cls.__name__} in {dict(value)!r} ({exc}); allowed keys: {allowed}"
+            ) from exc
+    return value
 
 
 def short_hash(*parts: str, length: int = 6) -> str:

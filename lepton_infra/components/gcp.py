@@ -9,7 +9,6 @@ Naming, tags, validation, host keys, cloud-init and the `extra` merge come from 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import ipaddress
 import os
 import re
@@ -31,6 +30,7 @@ from lepton_infra.components.common import (
     merge_extra,
     node_host_keys,
     tags_for,
+    typed_args,
 )
 from lepton_infra.errors import ConfigError
 
@@ -241,52 +241,35 @@ def split_ssh_cidrs(cidrs: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- typed args from dicts
 
 
-def _typed(cls: type, value: Any) -> Any:
-    """`cls(**value)` for a dict (a misspelled key raises TypeError here, not silently at deploy);
-    an already-typed value or an Output passes through."""
-    if isinstance(value, Mapping):
-        try:
-            return cls(**value)
-        except TypeError as exc:
-            # Usually a misspelled key in `extra`: say which block and which keys are allowed.
-            allowed = ", ".join(
-                p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "__self__")
-            )
-            raise ConfigError(
-                f"extra: bad key for {cls.__name__} in {dict(value)!r} ({exc}); allowed keys: {allowed}"
-            ) from exc
-    return value
-
-
 def _instance_args(spec: dict[str, Any]) -> dict[str, Any]:
     """Turn the merged (base + extra) instance spec into `compute.Instance` kwargs with the provider's
     typed `*Args` classes for every nested block we or a user may set as a dict."""
     out = dict(spec)
     if isinstance(out.get("boot_disk"), Mapping):
         disk = dict(out["boot_disk"])
-        disk["initialize_params"] = _typed(
+        disk["initialize_params"] = typed_args(
             compute.InstanceBootDiskInitializeParamsArgs, disk.get("initialize_params")
         )
-        out["boot_disk"] = _typed(compute.InstanceBootDiskArgs, disk)
+        out["boot_disk"] = typed_args(compute.InstanceBootDiskArgs, disk)
     if isinstance(out.get("scheduling"), Mapping):
-        out["scheduling"] = _typed(compute.InstanceSchedulingArgs, out["scheduling"])
-    out["shielded_instance_config"] = _typed(
+        out["scheduling"] = typed_args(compute.InstanceSchedulingArgs, out["scheduling"])
+    out["shielded_instance_config"] = typed_args(
         compute.InstanceShieldedInstanceConfigArgs, out.get("shielded_instance_config")
     )
-    out["service_account"] = _typed(compute.InstanceServiceAccountArgs, out.get("service_account"))
+    out["service_account"] = typed_args(compute.InstanceServiceAccountArgs, out.get("service_account"))
     if out.get("guest_accelerators") is not None:
         out["guest_accelerators"] = [
-            _typed(compute.InstanceGuestAcceleratorArgs, g) for g in out["guest_accelerators"]
+            typed_args(compute.InstanceGuestAcceleratorArgs, g) for g in out["guest_accelerators"]
         ]
     nics = []
     for nic in out.get("network_interfaces") or []:
         if isinstance(nic, Mapping):
             nic = dict(nic)
             nic["access_configs"] = [
-                _typed(compute.InstanceNetworkInterfaceAccessConfigArgs, a)
+                typed_args(compute.InstanceNetworkInterfaceAccessConfigArgs, a)
                 for a in nic.get("access_configs") or []
             ]
-            nic = _typed(compute.InstanceNetworkInterfaceArgs, nic)
+            nic = typed_args(compute.InstanceNetworkInterfaceArgs, nic)
         nics.append(nic)
     out["network_interfaces"] = nics
     return {k: v for k, v in out.items() if v is not None}
@@ -506,13 +489,13 @@ class GcpObjectStore(pulumi.ComponentResource):
             "force_destroy": bool(args.force_destroy),
         }
         spec = merge_extra(base, extra)
-        spec["versioning"] = _typed(storage.BucketVersioningArgs, spec.get("versioning"))
-        spec["encryption"] = _typed(storage.BucketEncryptionArgs, spec.get("encryption"))
+        spec["versioning"] = typed_args(storage.BucketVersioningArgs, spec.get("versioning"))
+        spec["encryption"] = typed_args(storage.BucketEncryptionArgs, spec.get("encryption"))
         if spec.get("lifecycle_rules") is not None:
             spec["lifecycle_rules"] = [
                 storage.BucketLifecycleRuleArgs(
-                    action=_typed(storage.BucketLifecycleRuleActionArgs, r["action"]),
-                    condition=_typed(storage.BucketLifecycleRuleConditionArgs, r["condition"]),
+                    action=typed_args(storage.BucketLifecycleRuleActionArgs, r["action"]),
+                    condition=typed_args(storage.BucketLifecycleRuleConditionArgs, r["condition"]),
                 )
                 if isinstance(r, Mapping)
                 else r
@@ -520,7 +503,7 @@ class GcpObjectStore(pulumi.ComponentResource):
             ]
         spec = {k: v for k, v in spec.items() if v is not None}
         self.bucket = storage.Bucket(
-            f"{gcp_slug(name)}-bucket", _typed(storage.BucketArgs, spec), opts=child(self)
+            f"{gcp_slug(name)}-bucket", typed_args(storage.BucketArgs, spec), opts=child(self)
         )
         self.url = self.bucket.name.apply(lambda n: f"gs://{n}")
         self.register_outputs({"url": self.url, "bucket": self.bucket.name})
@@ -593,16 +576,16 @@ class GcpJobQueue(pulumi.ComponentResource):
             "retry_policy": {"minimum_backoff": "10s", "maximum_backoff": "600s"},
         }
         spec = merge_extra(base, extra)
-        spec["expiration_policy"] = _typed(
+        spec["expiration_policy"] = typed_args(
             pubsub.SubscriptionExpirationPolicyArgs, spec.get("expiration_policy")
         )
-        spec["dead_letter_policy"] = _typed(
+        spec["dead_letter_policy"] = typed_args(
             pubsub.SubscriptionDeadLetterPolicyArgs, spec.get("dead_letter_policy")
         )
-        spec["retry_policy"] = _typed(pubsub.SubscriptionRetryPolicyArgs, spec.get("retry_policy"))
+        spec["retry_policy"] = typed_args(pubsub.SubscriptionRetryPolicyArgs, spec.get("retry_policy"))
         spec = {k: v for k, v in spec.items() if v is not None}
         self.subscription = pubsub.Subscription(
-            f"{stem}-jobs", _typed(pubsub.SubscriptionArgs, spec), opts=child(self)
+            f"{stem}-jobs", typed_args(pubsub.SubscriptionArgs, spec), opts=child(self)
         )
 
         # Dead-lettering is done by the project's Pub/Sub service agent: it must be allowed to publish
@@ -776,7 +759,9 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 "description": f"lepton node {i} of {cluster}",
             }
             kwargs = _instance_args(merge_extra(base, extra))
-            instance = compute.Instance(f"{stem}-{i}", _typed(compute.InstanceArgs, kwargs), opts=child(self))
+            instance = compute.Instance(
+                f"{stem}-{i}", typed_args(compute.InstanceArgs, kwargs), opts=child(self)
+            )
             self.instances.append(instance)
             nic = instance.network_interfaces.apply(lambda nics: nics[0])
             private_ip = nic.apply(lambda n: n.network_ip)

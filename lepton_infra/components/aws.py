@@ -1,0 +1,555 @@
+"""AWS implementations: VPC + security group, an IAM role allowed exactly one bucket and one queue,
+an S3 bucket locked down (block public access x4, owner-enforced, SSE-KMS, TLS-only, versioned),
+an SQS queue with a dead-letter queue, and EC2 GPU instances with IMDSv2 and pinned host keys.
+
+Shared logic (validation, tags, cloud-init, host keys, `extra`) comes from the neutral layer."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+import pulumi_aws.ec2 as ec2
+import pulumi_aws.iam as iam
+import pulumi_aws.kms as kms
+import pulumi_aws.s3 as s3
+import pulumi_aws.sqs as sqs
+import pulumi_aws.ssm as ssm
+
+from lepton_infra.catalog import CatalogEntry
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
+from lepton_infra.components.cloudinit import cloud_init
+from lepton_infra.components.common import (
+    TAG_IDLE,
+    TAG_LIFETIME,
+    PoolNode,
+    child,
+    merge_extra,
+    node_host_keys,
+    tags_for,
+    typed_args,
+)
+from lepton_infra.errors import ConfigError
+
+# AWS's public SSM parameter for the current Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04).
+DEEP_LEARNING_AMI_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+)
+VPC_CIDR = "10.40.0.0/16"
+SUBNET_CIDR = "10.40.1.0/24"
+_NETWORK_KEYS = frozenset({"subnet_id", "vpc_id"})
+_IDENTITY_KEYS = frozenset({"instance_profile"})
+
+
+def _cluster_env(args: Any, name: str) -> tuple[str, str]:
+    return args.cluster or name, args.env or pulumi.get_stack()
+
+
+def _check_keys(
+    value: Mapping[str, Any] | None, allowed: frozenset[str], field_name: str
+) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    keys = set(value)
+    if not keys or not keys <= allowed or (field_name == "network" and keys != allowed):
+        raise ConfigError(
+            f"{field_name} for aws is {dict(value)!r}; allowed keys: {', '.join(sorted(allowed))}"
+            + (" (both)" if field_name == "network" else "")
+        )
+    return dict(value)
+
+
+# Address space reachable only through a VPN/peering (RFC 1918, carrier-grade NAT, IPv6 ULA).
+_INTERNAL_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
+    """A public IP only when someone outside internal address space may SSH in (a VPN range does not)."""
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    return any(not any(n.version == i.version and n.subnet_of(i) for i in _INTERNAL_NETS) for n in nets)  # type: ignore[arg-type]
+
+
+class AwsNetwork(pulumi.ComponentResource):
+    """A VPC and subnet (unless `existing` names them) and the pool's security group: SSH only from
+    `allowed_ssh_cidrs`, everything between members of the group (NCCL/gloo), nothing else in."""
+
+    vpc_id: pulumi.Output[str]
+    subnet_id: pulumi.Output[str]
+    security_group: ec2.SecurityGroup
+    vpc: ec2.Vpc | None
+    subnet: ec2.Subnet | None
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        allowed_ssh_cidrs: Sequence[str],
+        public: bool,
+        tags: Mapping[str, str],
+        zone: str | None = None,
+        existing: Mapping[str, Any] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:aws:Network", name, None, opts)
+        self.vpc = self.subnet = None
+        if existing:
+            self.vpc_id = pulumi.Output.from_input(existing["vpc_id"])
+            self.subnet_id = pulumi.Output.from_input(existing["subnet_id"])
+        else:
+            self.vpc = ec2.Vpc(
+                f"{name}-vpc",
+                cidr_block=VPC_CIDR,
+                enable_dns_support=True,
+                enable_dns_hostnames=True,
+                tags=dict(tags),
+                opts=child(self),
+            )
+            self.subnet = ec2.Subnet(
+                f"{name}-subnet",
+                vpc_id=self.vpc.id,
+                cidr_block=SUBNET_CIDR,
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                tags=dict(tags),
+                opts=child(self),
+            )
+            if public:
+                gateway = ec2.InternetGateway(
+                    f"{name}-igw", vpc_id=self.vpc.id, tags=dict(tags), opts=child(self)
+                )
+                routes = ec2.RouteTable(
+                    f"{name}-routes",
+                    vpc_id=self.vpc.id,
+                    routes=[ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
+                    tags=dict(tags),
+                    opts=child(self),
+                )
+                ec2.RouteTableAssociation(
+                    f"{name}-routes-assoc",
+                    subnet_id=self.subnet.id,
+                    route_table_id=routes.id,
+                    opts=child(self),
+                )
+            self.vpc_id, self.subnet_id = self.vpc.id, self.subnet.id
+        v4 = [c for c in allowed_ssh_cidrs if ipaddress.ip_network(c).version == 4]
+        v6 = [c for c in allowed_ssh_cidrs if ipaddress.ip_network(c).version == 6]
+        self.security_group = ec2.SecurityGroup(
+            f"{name}-sg",
+            vpc_id=self.vpc_id,
+            description="lepton GPU pool: SSH from allowed networks, all traffic between pool members",
+            ingress=[
+                ec2.SecurityGroupIngressArgs(
+                    description="SSH from allowed networks",
+                    protocol="tcp",
+                    from_port=22,
+                    to_port=22,
+                    cidr_blocks=v4 or None,
+                    ipv6_cidr_blocks=v6 or None,
+                ),
+                ec2.SecurityGroupIngressArgs(
+                    description="pool members (NCCL/gloo rendezvous and collectives)",
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    self=True,
+                ),
+            ],
+            egress=[
+                ec2.SecurityGroupEgressArgs(
+                    description="package mirrors, the bucket and the queue",
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    cidr_blocks=["0.0.0.0/0"],
+                    ipv6_cidr_blocks=["::/0"],
+                )
+            ],
+            tags=dict(tags),
+            opts=child(self),
+        )
+        self.register_outputs(
+            {"vpc_id": self.vpc_id, "subnet_id": self.subnet_id, "security_group_id": self.security_group.id}
+        )
+
+
+class AwsObjectStore(pulumi.ComponentResource):
+    """An S3 bucket nobody outside the account can read: block public access x4, bucket owner
+    enforced (no ACLs), SSE-KMS with a rotating key, a policy denying plain HTTP, versioning, and
+    expiry after `retention_days`. Output `url` is `s3://<bucket>`."""
+
+    url: pulumi.Output[str]
+    bucket: s3.Bucket
+    kms_key: kms.Key
+    arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        super().__init__("lepton:aws:ObjectStore", name, None, opts)
+        cluster, env = _cluster_env(args, name)
+        tags = tags_for(cluster, env, args.tags)
+        self.kms_key = kms.Key(
+            f"{name}-key",
+            description=f"lepton {cluster}: encrypts the object store",
+            enable_key_rotation=True,
+            deletion_window_in_days=7,
+            tags=tags,
+            opts=child(self),
+        )
+        base = {"force_destroy": args.force_destroy, "tags": tags}
+        self.bucket = s3.Bucket(f"{name}-bucket", **merge_extra(base, args.extra), opts=child(self))
+        bucket_id = self.bucket.id
+        self.arn = self.bucket.arn
+        guard = child(self, depends_on=[self.bucket])
+        s3.BucketPublicAccessBlock(
+            f"{name}-public-access-block",
+            bucket=bucket_id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=guard,
+        )
+        s3.BucketOwnershipControls(
+            f"{name}-ownership",
+            bucket=bucket_id,
+            rule=s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            opts=guard,
+        )
+        s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-sse",
+            bucket=bucket_id,
+            rules=[
+                s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="aws:kms", kms_master_key_id=self.kms_key.arn
+                    ),
+                    bucket_key_enabled=True,
+                )
+            ],
+            opts=guard,
+        )
+        s3.BucketPolicy(
+            f"{name}-tls-only",
+            bucket=bucket_id,
+            policy=self.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "DenyPlainHttp",
+                                "Effect": "Deny",
+                                "Principal": "*",
+                                "Action": "s3:*",
+                                "Resource": [arn, f"{arn}/*"],
+                                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                            }
+                        ],
+                    }
+                )
+            ),
+            opts=guard,
+        )
+        if args.versioning:
+            s3.BucketVersioning(
+                f"{name}-versioning",
+                bucket=bucket_id,
+                versioning_configuration=s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+                opts=guard,
+            )
+        if args.retention_days is not None:
+            s3.BucketLifecycleConfiguration(
+                f"{name}-retention",
+                bucket=bucket_id,
+                rules=[
+                    s3.BucketLifecycleConfigurationRuleArgs(
+                        id="expire",
+                        status="Enabled",
+                        filter=s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                        expiration=s3.BucketLifecycleConfigurationRuleExpirationArgs(
+                            days=args.retention_days
+                        ),
+                        noncurrent_version_expiration=s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                            noncurrent_days=args.retention_days
+                        ),
+                    )
+                ],
+                opts=guard,
+            )
+        self.url = bucket_id.apply(lambda b: f"s3://{b}")
+        self.register_outputs({"url": self.url})
+
+
+class AwsJobQueue(pulumi.ComponentResource):
+    """An SQS queue with server-side encryption and a dead-letter queue: a message received
+    `max_receive_count` times without being deleted moves there. Outputs `url`, `dead_letter_url`."""
+
+    url: pulumi.Output[str]
+    dead_letter_url: pulumi.Output[str]
+    queue: sqs.Queue
+    dead_letter_queue: sqs.Queue
+
+    def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        super().__init__("lepton:aws:JobQueue", name, None, opts)
+        cluster, env = _cluster_env(args, name)
+        tags = tags_for(cluster, env, args.tags)
+        self.dead_letter_queue = sqs.Queue(
+            f"{name}-dlq",
+            sqs_managed_sse_enabled=True,
+            message_retention_seconds=14 * 24 * 3600,
+            tags=tags,
+            opts=child(self),
+        )
+        max_receives = args.max_receive_count
+        base = {
+            "sqs_managed_sse_enabled": True,
+            "visibility_timeout_seconds": args.visibility_timeout_s,
+            "message_retention_seconds": 4 * 24 * 3600,
+            "redrive_policy": self.dead_letter_queue.arn.apply(
+                lambda arn: json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives})
+            ),
+            "tags": tags,
+        }
+        self.queue = sqs.Queue(f"{name}-queue", **merge_extra(base, args.extra), opts=child(self))
+        self.url = self.queue.url
+        self.dead_letter_url = self.dead_letter_queue.url
+        self.register_outputs({"url": self.url, "dead_letter_url": self.dead_letter_url})
+
+
+class AwsNodeIdentity(pulumi.ComponentResource):
+    """An IAM role (EC2 trust) + instance profile whose only permissions are the cluster's bucket
+    (and its KMS key) and queue (and its dead-letter queue). Nothing account-wide."""
+
+    instance_profile_name: pulumi.Output[str]
+    role: iam.Role | None
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        tags: Mapping[str, str],
+        store: AwsObjectStore | None = None,
+        queue: AwsJobQueue | None = None,
+        existing_profile: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:aws:NodeIdentity", name, None, opts)
+        self.role = None
+        if existing_profile is not None:
+            self.instance_profile_name = pulumi.Output.from_input(existing_profile)
+            self.register_outputs({"instance_profile": self.instance_profile_name})
+            return
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        self.role = iam.Role(
+            f"{name}-role", assume_role_policy=json.dumps(trust), tags=dict(tags), opts=child(self)
+        )
+        grants: list[pulumi.Output[Any]] = []
+        if store is not None:
+            grants.append(
+                pulumi.Output.all(store.arn, store.kms_key.arn).apply(
+                    lambda a: [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+                            "Resource": a[0],
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "s3:GetObject",
+                                "s3:PutObject",
+                                "s3:DeleteObject",
+                                "s3:AbortMultipartUpload",
+                            ],
+                            "Resource": f"{a[0]}/*",
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                            "Resource": a[1],
+                        },
+                    ]
+                )
+            )
+        if queue is not None:
+            grants.append(
+                pulumi.Output.all(queue.queue.arn, queue.dead_letter_queue.arn).apply(
+                    lambda a: [
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "sqs:ReceiveMessage",
+                                "sqs:DeleteMessage",
+                                "sqs:ChangeMessageVisibility",
+                                "sqs:SendMessage",
+                                "sqs:GetQueueAttributes",
+                                "sqs:GetQueueUrl",
+                            ],
+                            "Resource": [a[0], a[1]],
+                        }
+                    ]
+                )
+            )
+        if grants:
+            iam.RolePolicy(
+                f"{name}-data-access",
+                role=self.role.id,
+                policy=pulumi.Output.all(*grants).apply(
+                    lambda parts: json.dumps(
+                        {"Version": "2012-10-17", "Statement": [s for part in parts for s in part]}
+                    )
+                ),
+                opts=child(self),
+            )
+        profile = iam.InstanceProfile(
+            f"{name}-profile", role=self.role.name, tags=dict(tags), opts=child(self)
+        )
+        self.instance_profile_name = profile.name
+        self.register_outputs({"instance_profile": self.instance_profile_name, "role_arn": self.role.arn})
+
+
+class AwsGpuVmPool(pulumi.ComponentResource):
+    """`nodes` EC2 instances of the catalog's instance type, in their own VPC unless `args.network`
+    names one, with an identity allowed exactly `store` and `queue`. Secure defaults: IMDSv2 only
+    (hop limit 1, so containers cannot steal the role), encrypted gp3 root volume, a public IP only
+    when SSH is allowed from outside private address space, spot as one-time/terminate (a reclaimed
+    node never comes back half-configured). `extra` is merged into every `ec2.Instance`'s args."""
+
+    network: AwsNetwork
+    identity: AwsNodeIdentity
+    instances: list[ec2.Instance]
+    host_keys: list[Any]
+    nodes: list[PoolNode]
+    entry: CatalogEntry
+
+    def __init__(
+        self,
+        name: str,
+        args: GpuVmPoolArgs,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        store: AwsObjectStore | None = None,
+        queue: AwsJobQueue | None = None,
+    ) -> None:
+        existing_network = _check_keys(args.network, _NETWORK_KEYS, "network")
+        existing_identity = _check_keys(args.identity, _IDENTITY_KEYS, "identity")
+        self.entry = entry = args.validate()
+        super().__init__("lepton:aws:GpuVmPool", name, None, opts)
+        cluster, env = _cluster_env(args, name)
+        tags = tags_for(cluster, env, args.tags)
+        node_tags = tags_for(
+            cluster,
+            env,
+            args.tags,
+            **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
+        )
+        public = ssh_needs_public_ip(args.allowed_ssh_cidrs)
+        self.network = AwsNetwork(
+            f"{name}-net",
+            allowed_ssh_cidrs=args.allowed_ssh_cidrs,
+            public=public,
+            tags=tags,
+            zone=args.zone,
+            existing=existing_network,
+            opts=child(self),
+        )
+        self.identity = AwsNodeIdentity(
+            f"{name}-identity",
+            tags=tags,
+            store=store,
+            queue=queue,
+            existing_profile=(existing_identity or {}).get("instance_profile"),
+            opts=child(self),
+        )
+        ami: pulumi.Input[str] = (
+            args.image or ssm.get_parameter_output(name=DEEP_LEARNING_AMI_PARAMETER).value
+        )
+        self.host_keys = node_host_keys(name, args.nodes, self)
+        self.instances, self.nodes = [], []
+        for i, host_key in enumerate(self.host_keys):
+            user_data = cloud_init(
+                user=args.user,
+                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  (validated: set)
+                host_private_key=host_key.private_key_openssh,
+                host_public_key=host_key.public_key_openssh,
+                idle_shutdown_minutes=args.idle_shutdown_minutes,
+                max_lifetime_hours=args.max_lifetime_hours,
+                cluster=cluster,
+            )
+            base: dict[str, Any] = {
+                "ami": ami,
+                "instance_type": entry.instance_type,
+                "subnet_id": self.network.subnet_id,
+                "vpc_security_group_ids": [self.network.security_group.id],
+                "iam_instance_profile": self.identity.instance_profile_name,
+                "associate_public_ip_address": public,
+                "user_data": user_data,
+                "metadata_options": {
+                    "http_endpoint": "enabled",
+                    "http_tokens": "required",
+                    "http_put_response_hop_limit": 1,
+                },
+                "root_block_device": {
+                    "encrypted": True,
+                    "volume_type": "gp3",
+                    "volume_size": args.disk_gb,
+                    "delete_on_termination": True,
+                },
+                "tags": {**node_tags, "Name": f"{cluster}-node-{i}"},
+                "volume_tags": dict(tags),
+            }
+            if args.spot:
+                base["instance_market_options"] = {
+                    "market_type": "spot",
+                    "spot_options": {
+                        "spot_instance_type": "one-time",
+                        "instance_interruption_behavior": "terminate",
+                    },
+                }
+            spec = merge_extra(base, args.extra)
+            spec["metadata_options"] = typed_args(
+                ec2.InstanceMetadataOptionsArgs, spec.get("metadata_options")
+            )
+            spec["root_block_device"] = typed_args(
+                ec2.InstanceRootBlockDeviceArgs, spec.get("root_block_device")
+            )
+            market = spec.get("instance_market_options")
+            if isinstance(market, Mapping):
+                market = dict(market)
+                market["spot_options"] = typed_args(
+                    ec2.InstanceInstanceMarketOptionsSpotOptionsArgs, market.get("spot_options")
+                )
+                spec["instance_market_options"] = typed_args(ec2.InstanceInstanceMarketOptionsArgs, market)
+            try:
+                instance = ec2.Instance(f"{name}-node-{i}", **spec, opts=child(self))
+            except TypeError as exc:
+                raise ConfigError(f"extra: not an ec2.Instance argument ({exc})") from exc
+            self.instances.append(instance)
+            host = instance.public_ip if public else instance.private_ip
+            self.nodes.append(
+                PoolNode(
+                    name=f"node-{i}",
+                    host=host,
+                    private_ip=instance.private_ip,
+                    host_key=host_key.public_key_openssh,
+                )
+            )
+        self.register_outputs(
+            {
+                "hosts": [n.host for n in self.nodes],
+                "private_ips": [n.private_ip for n in self.nodes],
+                "instance_type": entry.instance_type,
+            }
+        )

@@ -1,0 +1,256 @@
+"""The AWS resource graph under mocks: what gets created, how it is wired, and every secure default
+of SPEC §5 as it appears in the resource inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi_harness as harness  # noqa: I001  (sets the mocks before any component module is imported)
+import pytest
+
+from lepton_infra.components import aws
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
+from lepton_infra.components.neutral import TrainingCluster
+from lepton_infra.errors import ConfigError
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 me@laptop"
+INSTANCE = "aws:ec2/instance:Instance"
+SG = "aws:ec2/securityGroup:SecurityGroup"
+
+
+def pool_args(**overrides: Any) -> GpuVmPoolArgs:
+    base: dict[str, Any] = {
+        "cloud": "aws",
+        "accelerator": "T4",
+        "nodes": 2,
+        "region": "us-east-1",
+        "allowed_ssh_cidrs": ["203.0.113.0/24"],
+        "ssh_public_key": PUBKEY,
+        "cluster": "demo",
+        "env": "dev",
+    }
+    base.update(overrides)
+    return GpuVmPoolArgs(**base)
+
+
+def cluster(**pool_overrides: Any) -> dict[str, Any]:
+    store = aws.AwsObjectStore(
+        "demo-store", ObjectStoreArgs(cloud="aws", retention_days=30, cluster="demo", env="dev")
+    )
+    queue = aws.AwsJobQueue(
+        "demo-queue", JobQueueArgs(cloud="aws", max_receive_count=4, cluster="demo", env="dev")
+    )
+    pool = aws.AwsGpuVmPool("demo", pool_args(**pool_overrides), store=store, queue=queue)
+    return {
+        "store_url": store.url,
+        "queue_url": queue.url,
+        "dlq_url": queue.dead_letter_url,
+        "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
+        "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
+        "sg_id": pool.network.security_group.id,
+        "subnet_id": pool.network.subnet_id,
+        "vpc_id": pool.network.vpc_id,
+        "profile": pool.identity.instance_profile_name,
+    }
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[dict[str, Any], harness.Recorder]:
+    return harness.build(cluster)
+
+
+def test_instances_sit_in_the_subnet_behind_the_security_group_with_the_profile(built: Any) -> None:
+    out, rec = built
+    (vpc,) = rec.of("aws:ec2/vpc:Vpc")
+    (subnet,) = rec.of("aws:ec2/subnet:Subnet")
+    assert out["vpc_id"] == vpc.id and subnet.inputs["vpcId"] == vpc.id
+    instances = rec.of(INSTANCE)
+    assert len(instances) == 2
+    for inst in instances:
+        assert inst.inputs["subnetId"] == out["subnet_id"]
+        assert inst.inputs["vpcSecurityGroupIds"] == [out["sg_id"]]
+        assert inst.inputs["iamInstanceProfile"] == out["profile"]
+        assert inst.inputs["instanceType"] == "g4dn.xlarge"
+        assert inst.inputs["ami"] == harness.DEEP_LEARNING_AMI
+    assert ("aws:ssm/getParameter:getParameter", {"name": aws.DEEP_LEARNING_AMI_PARAMETER}) in rec.calls
+
+
+def test_ssh_only_from_allowed_networks_and_all_traffic_only_between_members(built: Any) -> None:
+    _, rec = built
+    (sg,) = rec.of(SG)
+    ssh, members = sg.inputs["ingress"]
+    assert (ssh["fromPort"], ssh["toPort"], ssh["protocol"]) == (22, 22, "tcp")
+    assert ssh["cidrBlocks"] == ["203.0.113.0/24"] and "ipv6CidrBlocks" not in ssh
+    assert members["self"] is True and members["protocol"] == "-1" and "cidrBlocks" not in members
+
+
+def test_imdsv2_encrypted_root_and_pinned_host_key_per_node(built: Any) -> None:
+    _, rec = built
+    keys = rec.of("tls:index/privateKey:PrivateKey")
+    assert len(keys) == 2 and all(k.inputs["algorithm"] == "ED25519" for k in keys)
+    user_datas = []
+    for inst in rec.of(INSTANCE):
+        assert inst.inputs["metadataOptions"] == {
+            "httpEndpoint": "enabled",
+            "httpTokens": "required",
+            "httpPutResponseHopLimit": 1,
+        }
+        root = inst.inputs["rootBlockDevice"]
+        assert root["encrypted"] is True and root["volumeType"] == "gp3" and root["volumeSize"] == 200
+        assert "instanceMarketOptions" not in inst.inputs
+        user_datas.append(inst.inputs["userData"])
+        assert PUBKEY in inst.inputs["userData"] and "ssh_pwauth: false" in inst.inputs["userData"]
+    for key in keys:
+        assert sum(key.outputs["publicKeyOpenssh"].strip() in u for u in user_datas) == 1
+
+
+def test_public_ip_only_when_ssh_comes_from_outside_private_space(built: Any) -> None:
+    out, rec = built
+    assert all(i.inputs["associatePublicIpAddress"] is True for i in rec.of(INSTANCE))
+    assert rec.of("aws:ec2/internetGateway:InternetGateway")
+    assert all(h.startswith("203.0.113.") for h in out["hosts"])
+    out, rec = harness.build(lambda: cluster(allowed_ssh_cidrs=["10.8.0.0/16"]))
+    assert all(i.inputs["associatePublicIpAddress"] is False for i in rec.of(INSTANCE))
+    assert not rec.of("aws:ec2/internetGateway:InternetGateway")
+    assert out["hosts"] == out["private_ips"]
+
+
+def test_bucket_is_private_encrypted_tls_only_versioned_and_expiring(built: Any) -> None:
+    out, rec = built
+    (bucket,) = rec.of("aws:s3/bucket:Bucket")
+    assert out["store_url"] == f"s3://{bucket.id}"
+    (pab,) = rec.of("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(
+        pab.inputs[k] is True
+        for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
+    (own,) = rec.of("aws:s3/bucketOwnershipControls:BucketOwnershipControls")
+    assert own.inputs["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    (sse,) = rec.of("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    (key,) = rec.of("aws:kms/key:Key")
+    rule = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]
+    assert rule["sseAlgorithm"] == "aws:kms" and rule["kmsMasterKeyId"] == key.outputs["arn"]
+    assert key.inputs["enableKeyRotation"] is True
+    (policy,) = rec.of("aws:s3/bucketPolicy:BucketPolicy")
+    (deny,) = json.loads(policy.inputs["policy"])["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    (versioning,) = rec.of("aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
+    (life,) = rec.of("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    assert life.inputs["rules"][0]["expiration"]["days"] == 30
+    for guard in (pab, own, sse, policy, versioning, life):
+        assert guard.inputs["bucket"] == bucket.id
+
+
+def test_queue_is_encrypted_and_dead_letters_after_max_receives(built: Any) -> None:
+    out, rec = built
+    queues = {q.name: q for q in rec.of("aws:sqs/queue:Queue")}
+    main, dlq = queues["demo-queue-queue"], queues["demo-queue-dlq"]
+    assert main.inputs["sqsManagedSseEnabled"] is True and dlq.inputs["sqsManagedSseEnabled"] is True
+    assert json.loads(main.inputs["redrivePolicy"]) == {
+        "deadLetterTargetArn": dlq.outputs["arn"],
+        "maxReceiveCount": 4,
+    }
+    assert out["queue_url"] == main.outputs["url"] and out["dlq_url"] == dlq.outputs["url"]
+
+
+def test_identity_may_touch_exactly_its_bucket_key_and_queues(built: Any) -> None:
+    _, rec = built
+    (role,) = rec.of("aws:iam/role:Role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
+    (policy,) = rec.of("aws:iam/rolePolicy:RolePolicy")
+    resources: set[str] = set()
+    for statement in json.loads(policy.inputs["policy"])["Statement"]:
+        assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Action"])
+        found = statement["Resource"]
+        resources.update(found if isinstance(found, list) else [found])
+    (bucket,) = rec.of("aws:s3/bucket:Bucket")
+    (key,) = rec.of("aws:kms/key:Key")
+    arns = {q.outputs["arn"] for q in rec.of("aws:sqs/queue:Queue")}
+    bucket_arn = bucket.outputs["arn"]
+    assert resources == {bucket_arn, f"{bucket_arn}/*", key.outputs["arn"], *arns}
+
+
+def test_every_resource_carries_cluster_and_env_tags_and_nodes_carry_the_watchdog(built: Any) -> None:
+    _, rec = built
+    tagged = [r for r in rec.resources if r.type.startswith("aws:") and "tags" in r.inputs]
+    assert len(tagged) >= 10
+    for r in tagged:
+        assert r.inputs["tags"]["lepton:cluster"] == "demo" and r.inputs["tags"]["lepton:env"] == "dev", (
+            r.name
+        )
+    for inst in rec.of(INSTANCE):
+        assert inst.inputs["tags"]["lepton:idle-shutdown-minutes"] == "60"
+        assert inst.inputs["tags"]["lepton:max-lifetime-hours"] == "24"
+
+
+def test_spot_is_one_time_and_terminates() -> None:
+    _, rec = harness.build(lambda: aws.AwsGpuVmPool("spot", pool_args(nodes=1, spot=True)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["instanceMarketOptions"] == {
+        "marketType": "spot",
+        "spotOptions": {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"},
+    }
+
+
+def test_extra_is_merged_into_every_instance_and_a_misspelled_key_is_refused() -> None:
+    extra = {"metadata_options": {"http_put_response_hop_limit": 2}, "monitoring": True}
+    _, rec = harness.build(lambda: aws.AwsGpuVmPool("x", pool_args(nodes=1, extra=extra)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["monitoring"] is True
+    assert inst.inputs["metadataOptions"]["httpPutResponseHopLimit"] == 2
+    assert inst.inputs["metadataOptions"]["httpTokens"] == "required"  # the rest of ours stays
+    with pytest.raises(ConfigError, match="http_tokenz"):
+        harness.build(
+            lambda: aws.AwsGpuVmPool("y", pool_args(extra={"metadata_options": {"http_tokenz": "optional"}}))
+        )
+
+
+def test_existing_network_and_profile_are_reused_not_created() -> None:
+    args = pool_args(
+        nodes=1, network={"vpc_id": "vpc-1", "subnet_id": "subnet-1"}, identity={"instance_profile": "p"}
+    )
+    _, rec = harness.build(lambda: aws.AwsGpuVmPool("reuse", args))
+    assert not rec.of("aws:ec2/vpc:Vpc") and not rec.of("aws:iam/role:Role")
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["subnetId"] == "subnet-1" and inst.inputs["iamInstanceProfile"] == "p"
+    with pytest.raises(ConfigError, match="network for aws"):
+        harness.build(lambda: aws.AwsGpuVmPool("bad", pool_args(network={"subnet": "s"})))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"allowed_ssh_cidrs": ["0.0.0.0/0"]}, "allow_world_ssh"),
+        ({"allowed_ssh_cidrs": []}, "allowed_ssh_cidrs is empty"),
+        ({"accelerator": "A10G", "gpus_per_node": 2}, "GPU counts offered"),
+        ({"region": "ap-south-2"}, "regions offered"),
+        ({"nodes": 0}, "nodes is 0"),
+    ],
+)
+def test_bad_pool_args_fail_before_any_resource(overrides: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        harness.build(lambda: aws.AwsGpuVmPool("bad", pool_args(**overrides)))
+    assert harness.MOCKS.resources == []
+
+
+def test_training_cluster_on_aws_passes_every_mandatory_policy_rule() -> None:
+    policy_harness = pytest.importorskip("policy_harness")
+    args = TrainingClusterArgs(
+        cloud="aws",
+        accelerator="A100-40GB",
+        gpus_per_node=8,
+        nodes=2,
+        region="us-east-1",
+        allowed_ssh_cidrs=["203.0.113.0/24"],
+        spot=True,
+    )
+    out, rec = harness.build(lambda: {"inventory": TrainingCluster("prod", args).inventory})
+    inventory = json.loads(out["inventory"])
+    assert [n["name"] for n in inventory["nodes"]] == ["node-0", "node-1"]
+    assert inventory["store"].startswith("s3://") and inventory["queue"].startswith("https://sqs.")
+    records = [policy_harness.Recorded(r.type, r.name, r.inputs, None, r.id) for r in rec.resources]
+    assert policy_harness.mandatory(policy_harness.analyze(records)) == []
