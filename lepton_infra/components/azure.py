@@ -1,0 +1,984 @@
+"""Azure implementations of the lepton components (SPEC §5): a VNet with the pool's network security
+group, a user-assigned managed identity granted exactly the cluster's blob container and queue, a
+locked-down storage account per store/queue, a storage queue with its `-poison` queue, and a pool of
+GPU VMs that boot with the neutral layer's cloud-init.
+
+Naming, tags, validation, host keys, cloud-init and the `extra` merge come from the neutral layer
+(`args.py`, `common.py`, `cloudinit.py`); this module maps them onto `pulumi_azure_native`.
+
+Choices worth knowing (each can be changed through `extra`):
+- Storage accounts refuse shared-key (account key / SAS) access. Everything here is created through
+  ARM, and the nodes authenticate with their managed identity (Azure AD), so no key is ever needed;
+  an account key would be a bearer secret for the whole account that bypasses the role assignments
+  below. Use `az storage ... --auth-mode login` (with a data role of your own) from your laptop, or
+  pass `extra={"allow_shared_key_access": True}` if a tool can only use keys.
+- Storage encryption: Microsoft-managed keys (Azure always encrypts at rest) plus infrastructure
+  (double) encryption, which can only be chosen when the account is created.
+- VMs do not turn on encryption at host by default: it needs the subscription feature
+  `Microsoft.Compute/EncryptionAtHost` registered first, and without it every VM creation fails. The
+  managed OS disk is encrypted at rest with platform-managed keys either way. Turn it on with
+  `AzureGpuVmPool(..., encryption_at_host=True)` or `extra={"security_profile":
+  {"encryption_at_host": True}}`.
+- Azure queues have no server-side redrive. The poison queue follows Azure's own convention
+  (`<queue>-poison`, as Functions/WebJobs use): the data-plane client moves a message whose
+  `dequeue_count` exceeds `max_receive_count` there, and passes `visibility_timeout_s` on every
+  receive (Azure has no queue-level visibility timeout). Both numbers are stored as metadata on the
+  queue, so clients read them from the queue itself.
+- `force_destroy` has no Azure counterpart: deleting a storage account deletes its contents. Blob
+  and container soft delete (7 days) protect against deleted blobs, not against `pulumi destroy`.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import pulumi
+import pulumi_azure_native.authorization as authorization
+import pulumi_azure_native.compute as compute
+import pulumi_azure_native.managedidentity as managedidentity
+import pulumi_azure_native.network as network
+import pulumi_azure_native.resources as resources
+import pulumi_azure_native.storage as storage
+
+from lepton_infra.catalog import CatalogEntry
+from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
+from lepton_infra.components.cloudinit import cloud_init
+from lepton_infra.components.common import (
+    TAG_IDLE,
+    TAG_LIFETIME,
+    PoolNode,
+    child,
+    compact_name,
+    merge_extra,
+    node_host_keys,
+    tags_for,
+)
+from lepton_infra.errors import ConfigError
+
+DEFAULT_LOCATION = "eastus"
+# Data Science VM for HPC: Ubuntu 22.04 with NVIDIA drivers, CUDA, NCCL and InfiniBand drivers,
+# provisioned by cloud-init (which reads `custom_data`), no marketplace plan needed.
+DEFAULT_IMAGE = "microsoft-dsvm:ubuntu-hpc:2204:latest"
+VNET_CIDR = "10.43.0.0/16"
+SUBNET_CIDR = "10.43.0.0/20"
+OS_DISK_TYPE = "Premium_LRS"  # every catalog size is an 's' (premium storage capable) size
+POISON_SUFFIX = "-poison"
+QUEUE_ENDPOINT_SUFFIX = "queue.core.windows.net"  # public Azure cloud; sovereign clouds differ
+SOFT_DELETE_DAYS = 7
+
+# Built-in role definition ids (the same GUIDs in every tenant).
+ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"  # read/write/delete blobs
+ROLE_QUEUE_MESSAGE_PROCESSOR = "8a0f0c08-91a1-4084-bc3d-661d67233fed"  # peek, receive, delete messages
+ROLE_QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # add messages
+
+# NSG rule priorities: lower wins. The explicit deny sits below ours and above Azure's default
+# AllowVnetInBound / AllowAzureLoadBalancerInBound (65000+), so only our two allows remain.
+PRIORITY_SSH = 100
+PRIORITY_POOL = 200
+PRIORITY_DENY_ALL = 4096
+
+# Names Azure refuses as a Linux VM's admin user (ARM validation of osProfile.adminUsername).
+RESERVED_ADMIN_USERNAMES = frozenset(
+    """administrator admin user user1 test user2 test1 user3 admin1 1 123 a actuser adm admin2 aspnet
+    backup console david guest john owner root server sql support support_388945a0 sys test2 test3
+    user4 user5""".split()
+)
+
+# Address space that never needs a public IP to be reached: RFC 1918, carrier-grade NAT (VPNs such
+# as Tailscale) and IPv6 unique-local. Python's `is_private` also counts the documentation ranges,
+# which examples use to stand for a real office address, so the list is spelled out.
+_INTERNAL_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+_LOCATION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
+_ZONES = ("1", "2", "3")
+_RG_RE = re.compile(r"^[-\w._()]{1,89}[-\w_()]$")
+_ARM_ID = r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+_SUBNET_ID_RE = re.compile(
+    _ARM_ID + r"Microsoft\.Network/virtualNetworks/[^/]+/subnets/[^/]+$", re.IGNORECASE
+)
+_IDENTITY_ID_RE = re.compile(
+    _ARM_ID + r"Microsoft\.ManagedIdentity/userAssignedIdentities/(?P<name>[^/]+)$", re.IGNORECASE
+)
+_NETWORK_KEYS = frozenset({"subnet_id", "resource_group_name"})
+_IDENTITY_KEYS = frozenset({"user_assigned_identity_id", "principal_id"})
+
+
+# --------------------------------------------------------------------------- validation and names
+
+
+def resolve_location(region: str | None) -> str:
+    """`region`, else the `azure-native:location` stack config, else eastus. Azure location names
+    are lowercase with no spaces (`westeurope`, not `West Europe`)."""
+    location = region or pulumi.Config("azure-native").get("location") or DEFAULT_LOCATION
+    if not isinstance(location, str) or not _LOCATION_RE.match(location):
+        raise ConfigError(
+            f"region {location!r} is not an Azure location name: expected lowercase letters and digits "
+            "without spaces, like 'eastus', 'westus2' or 'westeurope'"
+        )
+    return location
+
+
+def check_zone(zone: str | None) -> str | None:
+    """Azure availability zones are numbered '1', '2', '3' within the region (or leave it unset)."""
+    if zone is None:
+        return None
+    if str(zone) not in _ZONES:
+        raise ConfigError(
+            f"zone is {zone!r}; allowed on azure: '1', '2' or '3' (an availability zone number in the "
+            "region), or leave it unset"
+        )
+    return str(zone)
+
+
+def parse_image(image: str | None) -> dict[str, str]:
+    """`publisher:offer:sku:version` (the `az vm image list --all` URN) or the resource id of an
+    image / gallery image version, as the VM's `image_reference`."""
+    image = DEFAULT_IMAGE if image is None else image
+    if isinstance(image, str) and image.lower().startswith("/subscriptions/"):
+        return {"id": image}
+    parts = image.split(":") if isinstance(image, str) else []
+    if len(parts) != 4 or not all(p and not any(c.isspace() for c in p) for p in parts):
+        raise ConfigError(
+            f"image is {image!r}; allowed on azure: 'publisher:offer:sku:version' like {DEFAULT_IMAGE!r}, "
+            "or an image resource id starting with '/subscriptions/'"
+        )
+    publisher, offer, sku, version = parts
+    return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+
+
+def check_admin_username(user: str) -> str:
+    if user.lower() in RESERVED_ADMIN_USERNAMES:
+        raise ConfigError(
+            f"user is {user!r}, a name Azure reserves and refuses as a VM's admin user; pick another "
+            "(the default is 'lepton')"
+        )
+    return user
+
+
+def _check_resource_group(value: object, field_name: str) -> str:
+    if not isinstance(value, str) or not _RG_RE.match(value):
+        raise ConfigError(
+            f"{field_name} is {value!r}; allowed: an existing resource group name (1-90 letters, digits, "
+            "'_', '-', '.', '(' or ')', not ending in '.')"
+        )
+    return value
+
+
+def check_network_mapping(value: Mapping[str, Any] | None) -> dict[str, str]:
+    """`network={"subnet_id": ..., "resource_group_name": ...}`, either key optional: an existing
+    subnet to put the NICs in, and/or an existing resource group for the pool's resources."""
+    if value is None:
+        return {}
+    unknown = sorted(set(value) - _NETWORK_KEYS)
+    if unknown or not value:
+        raise ConfigError(
+            f"network on azure is {dict(value)!r}; allowed keys: subnet_id (an existing subnet's resource "
+            "id), resource_group_name (an existing resource group)"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    out: dict[str, str] = {}
+    if "subnet_id" in value:
+        subnet = value["subnet_id"]
+        if not isinstance(subnet, str) or not _SUBNET_ID_RE.match(subnet):
+            raise ConfigError(
+                f"network['subnet_id'] is {subnet!r}; allowed: a subnet resource id like "
+                "'/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Network/virtualNetworks/"
+                "<vnet>/subnets/<subnet>'"
+            )
+        out["subnet_id"] = subnet
+    if "resource_group_name" in value:
+        out["resource_group_name"] = _check_resource_group(
+            value["resource_group_name"], "network['resource_group_name']"
+        )
+    return out
+
+
+def check_identity_mapping(value: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """`identity={"user_assigned_identity_id": ..., "principal_id": ...}`: an existing user-assigned
+    identity for the nodes (principal_id optional; looked up when missing)."""
+    if value is None:
+        return None
+    unknown = sorted(set(value) - _IDENTITY_KEYS)
+    if unknown or "user_assigned_identity_id" not in value:
+        raise ConfigError(
+            f"identity on azure is {dict(value)!r}; allowed keys: user_assigned_identity_id (required), "
+            "principal_id (optional, its object id)"
+        )
+    ident = value["user_assigned_identity_id"]
+    if not isinstance(ident, str) or not _IDENTITY_ID_RE.match(ident):
+        raise ConfigError(
+            f"identity['user_assigned_identity_id'] is {ident!r}; allowed: a resource id like "
+            "'/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/"
+            "userAssignedIdentities/<name>'"
+        )
+    out = {"user_assigned_identity_id": ident}
+    if value.get("principal_id") is not None:
+        out["principal_id"] = str(value["principal_id"])
+    return out
+
+
+def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
+    """A public IP only when someone outside internal address space may SSH in (a VPN range does not)."""
+    return any(
+        not any(net.version == inner.version and net.subnet_of(inner) for inner in _INTERNAL_NETS)  # type: ignore[arg-type]
+        for net in (ipaddress.ip_network(c, strict=False) for c in cidrs)
+    )
+
+
+def azure_slug(name: str, max_len: int = 63) -> str:
+    """`name` as a container/queue/computer name: lowercase letters, digits and single hyphens,
+    starting and ending with a letter or digit, at least 3 characters."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower())
+    slug = re.sub(r"-{2,}", "-", slug).strip("-")
+    slug = slug[:max_len].strip("-")
+    return slug if len(slug) >= 3 else f"lepton-{slug}".strip("-")[:max_len]
+
+
+def storage_account_name(name: str, subscription_id: str) -> str:
+    """3-24 lowercase alphanumerics, globally unique: the component's name plus a hash of the
+    subscription, Pulumi project and stack, so re-running keeps the name and two stacks never clash."""
+    salt = f"{subscription_id}/{pulumi.get_project()}/{pulumi.get_stack()}"
+    return compact_name(name, 24, salt=salt)
+
+
+def role_definition_id(subscription_id: pulumi.Input[str], role: str) -> pulumi.Output[str]:
+    return pulumi.Output.concat(
+        "/subscriptions/", subscription_id, "/providers/Microsoft.Authorization/roleDefinitions/", role
+    )
+
+
+# --------------------------------------------------------------------------- typed args from dicts
+
+_FORWARD_ARGS = re.compile(r"ForwardRef\('(\w+Args)'\)")
+
+
+def typed(cls: type, value: Any, module: ModuleType) -> Any:
+    """`cls(**value)` with every nested dict (and list of dicts) turned into the provider's own
+    `*Args` class, found from `cls`'s annotations, so a misspelled key anywhere (ours or the user's in
+    `extra`) is a ConfigError naming it instead of being silently ignored. Typed values and Outputs
+    pass through unchanged."""
+    if not isinstance(value, Mapping):
+        return value
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        param = params.get(key)
+        if param is not None and item is not None:
+            annotation = repr(param.annotation)
+            match = _FORWARD_ARGS.search(annotation)
+            if match and not annotation.startswith("typing.Union[typing.Mapping"):
+                nested = getattr(module, match.group(1))
+                if annotation.startswith("typing.Union[typing.Sequence") and isinstance(item, (list, tuple)):
+                    item = [typed(nested, x, module) for x in item]
+                else:
+                    item = typed(nested, item, module)
+        out[key] = item
+    try:
+        return cls(**out)
+    except TypeError as exc:
+        allowed = ", ".join(p for p in params if p not in ("self", "__self__"))
+        raise ConfigError(
+            f"extra: bad key for {cls.__name__} in {sorted(value)} ({exc}); allowed keys: {allowed}"
+        ) from exc
+
+
+def _unwrap(component: Any) -> Any:
+    """The Azure component behind a neutral wrapper (kept as `.impl`), or the thing itself."""
+    return getattr(component, "impl", component)
+
+
+def _cluster_env(args: Any, name: str) -> tuple[str, str]:
+    return args.cluster or name, args.env or pulumi.get_stack()
+
+
+def _resource_group(
+    parent: pulumi.Resource, name: str, location: str, tags: Mapping[str, str], existing: str | None
+) -> tuple[resources.ResourceGroup | None, pulumi.Input[str]]:
+    """A new resource group for the component (deleted with it), or the name of an existing one."""
+    if existing is not None:
+        return None, existing
+    group = resources.ResourceGroup(
+        f"{name}-rg", resources.ResourceGroupArgs(location=location, tags=dict(tags)), opts=child(parent)
+    )
+    return group, group.name
+
+
+def _client_config(parent: pulumi.Resource) -> pulumi.Output[Any]:
+    return authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=parent))
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def secure_storage_account(
+    parent: pulumi.Resource,
+    name: str,
+    *,
+    resource_group_name: pulumi.Input[str],
+    location: str,
+    tags: Mapping[str, str],
+    extra: Mapping[str, Any] | None,
+) -> tuple[storage.StorageAccount, pulumi.Output[str]]:
+    """The one place the storage account settings live (store and queue both use it): StorageV2,
+    LRS, HTTPS only, TLS 1.2+, no public blob access, no shared keys, Microsoft-managed keys with
+    infrastructure encryption. Returns the account and its (globally unique) name."""
+    account_name = _client_config(parent).subscription_id.apply(lambda sub: storage_account_name(name, sub))
+    base: dict[str, Any] = {
+        "resource_group_name": resource_group_name,
+        "location": location,
+        "account_name": account_name,
+        "kind": "StorageV2",
+        "sku": {"name": "Standard_LRS"},
+        "access_tier": "Hot",
+        "enable_https_traffic_only": True,
+        "minimum_tls_version": "TLS1_2",
+        "allow_blob_public_access": False,
+        "allow_shared_key_access": False,
+        "default_to_o_auth_authentication": True,
+        "allow_cross_tenant_replication": False,
+        "encryption": {
+            "key_source": "Microsoft.Storage",
+            "require_infrastructure_encryption": True,
+            # Account-scoped keys for queues too (the default there is service-scoped), so one
+            # customer-managed key could later cover both; fixed at creation like the line above.
+            "services": {
+                "blob": {"enabled": True, "key_type": "Account"},
+                "queue": {"enabled": True, "key_type": "Account"},
+            },
+        },
+        "tags": dict(tags),
+    }
+    kwargs = merge_extra(base, extra)
+    account = storage.StorageAccount(
+        f"{name}-account", typed(storage.StorageAccountArgs, kwargs, storage), opts=child(parent)
+    )
+    # The name as the account has it once created (an Output that waits for the account).
+    resolved = pulumi.Output.all(account.id, kwargs["account_name"]).apply(lambda v: str(v[1]))
+    return account, resolved
+
+
+class AzureObjectStore(pulumi.ComponentResource):
+    """A private blob container in its own locked-down storage account, versioned (BlobService
+    properties) and with a lifecycle policy when `retention_days` is set. Output `url`
+    (`az://<account>/<container>`). `extra` goes into the StorageAccount's arguments, except
+    `resource_group_name`, which places everything in an existing resource group."""
+
+    url: pulumi.Output[str]
+    account_name: pulumi.Output[str]
+    container_name: str
+    resource_group: resources.ResourceGroup | None
+    resource_group_name: pulumi.Input[str]
+    account: storage.StorageAccount
+    blob_service: storage.BlobServiceProperties
+    container: storage.BlobContainer
+    lifecycle: storage.ManagementPolicy | None
+
+    def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        location = resolve_location(args.region)
+        extra = dict(args.extra)
+        existing_rg = extra.pop("resource_group_name", None)
+        if existing_rg is not None:
+            _check_resource_group(existing_rg, "extra['resource_group_name']")
+        super().__init__("lepton:azure:ObjectStore", name, None, opts)
+        cluster, env = _cluster_env(args, name)
+        tags = tags_for(cluster, env, args.tags)
+
+        self.resource_group, rg = _resource_group(self, name, location, tags, existing_rg)
+        self.resource_group_name = rg
+        self.account, self.account_name = secure_storage_account(
+            self, name, resource_group_name=rg, location=location, tags=tags, extra=extra
+        )
+        self.blob_service = storage.BlobServiceProperties(
+            f"{name}-blob-service",
+            typed(
+                storage.BlobServicePropertiesArgs,
+                {
+                    "account_name": self.account_name,
+                    "resource_group_name": rg,
+                    "blob_services_name": "default",
+                    "is_versioning_enabled": args.versioning,
+                    "delete_retention_policy": {"enabled": True, "days": SOFT_DELETE_DAYS},
+                    "container_delete_retention_policy": {"enabled": True, "days": SOFT_DELETE_DAYS},
+                },
+                storage,
+            ),
+            opts=child(self),
+        )
+        self.container_name = azure_slug(name)
+        self.container = storage.BlobContainer(
+            f"{name}-container",
+            storage.BlobContainerArgs(
+                account_name=self.account_name,
+                resource_group_name=rg,
+                container_name=self.container_name,
+                public_access=storage.PublicAccess.NONE,
+            ),
+            opts=child(self, depends_on=[self.blob_service]),
+        )
+        self.lifecycle = None
+        if args.retention_days is not None:
+            self.lifecycle = self._lifecycle(name, rg, args.retention_days)
+        container_name = self.container_name
+        self.url = pulumi.Output.all(self.account_name, self.container.id).apply(
+            lambda v: f"az://{v[0]}/{container_name}"
+        )
+        self.register_outputs({"url": self.url, "account_name": self.account_name})
+
+    def _lifecycle(self, name: str, rg: pulumi.Input[str], days: int) -> storage.ManagementPolicy:
+        # Current blobs older than `days`, and versions superseded more than `days` ago, are deleted,
+        # in this container only (the account holds nothing else, but say so explicitly).
+        policy = {
+            "rules": [
+                {
+                    "name": "lepton-retention",
+                    "type": "Lifecycle",
+                    "enabled": True,
+                    "definition": {
+                        "filters": {"blob_types": ["blockBlob"], "prefix_match": [f"{self.container_name}/"]},
+                        "actions": {
+                            "base_blob": {"delete": {"days_after_modification_greater_than": days}},
+                            "version": {"delete": {"days_after_creation_greater_than": days}},
+                        },
+                    },
+                }
+            ]
+        }
+        return storage.ManagementPolicy(
+            f"{name}-lifecycle",
+            typed(
+                storage.ManagementPolicyArgs,
+                {
+                    "account_name": self.account_name,
+                    "resource_group_name": rg,
+                    "management_policy_name": "default",  # the only name Azure accepts
+                    "policy": policy,
+                },
+                storage,
+            ),
+            opts=child(self, depends_on=[self.container]),
+        )
+
+
+class AzureJobQueue(pulumi.ComponentResource):
+    """A storage queue and its `<queue>-poison` queue in their own locked-down storage account.
+    Outputs `url` and `dead_letter_url` (`https://<account>.queue.core.windows.net/<queue>`). Azure
+    has no server-side redrive: clients honour `visibility_timeout_s` and `max_receive_count` (stored
+    as the queue's metadata) and move a message received too often to the poison queue."""
+
+    url: pulumi.Output[str]
+    dead_letter_url: pulumi.Output[str]
+    account_name: pulumi.Output[str]
+    queue_name: str
+    poison_queue_name: str
+    resource_group: resources.ResourceGroup | None
+    resource_group_name: pulumi.Input[str]
+    account: storage.StorageAccount
+    queue: storage.Queue
+    poison_queue: storage.Queue
+
+    def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        location = resolve_location(args.region)
+        extra = dict(args.extra)
+        existing_rg = extra.pop("resource_group_name", None)
+        if existing_rg is not None:
+            _check_resource_group(existing_rg, "extra['resource_group_name']")
+        super().__init__("lepton:azure:JobQueue", name, None, opts)
+        cluster, env = _cluster_env(args, name)
+        tags = tags_for(cluster, env, args.tags)
+
+        self.resource_group, rg = _resource_group(self, name, location, tags, existing_rg)
+        self.resource_group_name = rg
+        self.account, self.account_name = secure_storage_account(
+            self, name, resource_group_name=rg, location=location, tags=tags, extra=extra
+        )
+        # Leave room for the suffix: queue names are at most 63 characters.
+        self.queue_name = azure_slug(name, 63 - len(POISON_SUFFIX))
+        self.poison_queue_name = self.queue_name + POISON_SUFFIX
+        # Metadata names must be C# identifiers (no '-' or ':'); Azure stores them lowercase.
+        self.queue = storage.Queue(
+            f"{name}-jobs",
+            storage.QueueArgs(
+                account_name=self.account_name,
+                resource_group_name=rg,
+                queue_name=self.queue_name,
+                metadata={
+                    "lepton_cluster": cluster,
+                    "lepton_visibility_timeout_s": str(args.visibility_timeout_s),
+                    "lepton_max_receive_count": str(args.max_receive_count),
+                    "lepton_poison_queue": self.poison_queue_name,
+                },
+            ),
+            opts=child(self),
+        )
+        self.poison_queue = storage.Queue(
+            f"{name}-poison",
+            storage.QueueArgs(
+                account_name=self.account_name,
+                resource_group_name=rg,
+                queue_name=self.poison_queue_name,
+                metadata={"lepton_cluster": cluster, "lepton_poison_of": self.queue_name},
+            ),
+            opts=child(self),
+        )
+        self.url = self._url(self.queue, self.queue_name)
+        self.dead_letter_url = self._url(self.poison_queue, self.poison_queue_name)
+        self.register_outputs({"url": self.url, "dead_letter_url": self.dead_letter_url})
+
+    def _url(self, queue: storage.Queue, queue_name: str) -> pulumi.Output[str]:
+        return pulumi.Output.all(self.account_name, queue.id).apply(
+            lambda v: f"https://{v[0]}.{QUEUE_ENDPOINT_SUFFIX}/{queue_name}"
+        )
+
+
+# --------------------------------------------------------------------------- network and identity
+
+
+class AzureNetwork(pulumi.ComponentResource):
+    """A VNet with one subnet (or an existing subnet) and the pool's network security group: SSH
+    (tcp/22) only from `allowed_ssh_cidrs`, everything between the pool's NICs (an application
+    security group, so not the whole VNet), and an explicit deny of all other inbound traffic. The
+    NSG is associated with the subnet we create and with every NIC (the NIC association is what
+    protects the nodes in an existing subnet)."""
+
+    vnet: network.VirtualNetwork | None
+    subnet: network.Subnet | None
+    nsg: network.NetworkSecurityGroup
+    asg: network.ApplicationSecurityGroup
+    subnet_id: pulumi.Input[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        resource_group_name: pulumi.Input[str],
+        location: str,
+        allowed_ssh_cidrs: Sequence[str],
+        tags: Mapping[str, str],
+        existing_subnet_id: str | None = None,
+        vnet_cidr: str = VNET_CIDR,
+        subnet_cidr: str = SUBNET_CIDR,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:azure:Network", name, None, opts)
+        rg = resource_group_name
+        self.asg = network.ApplicationSecurityGroup(
+            f"{name}-nodes",
+            network.ApplicationSecurityGroupInitArgs(
+                resource_group_name=rg, location=location, tags=dict(tags)
+            ),
+            opts=child(self),
+        )
+        pool = [network.ApplicationSecurityGroupArgs(id=self.asg.id)]
+        rules = [
+            network.SecurityRuleArgs(
+                name="lepton-ssh",
+                description="SSH from the allowed networks only",
+                priority=PRIORITY_SSH,
+                direction="Inbound",
+                access="Allow",
+                protocol="Tcp",
+                source_address_prefixes=list(allowed_ssh_cidrs),
+                source_port_range="*",
+                destination_application_security_groups=pool,
+                destination_port_range="22",
+            ),
+            network.SecurityRuleArgs(
+                name="lepton-pool",
+                description="Everything between the pool's nodes (NCCL/gloo)",
+                priority=PRIORITY_POOL,
+                direction="Inbound",
+                access="Allow",
+                protocol="*",
+                source_application_security_groups=pool,
+                source_port_range="*",
+                destination_application_security_groups=pool,
+                destination_port_range="*",
+            ),
+            network.SecurityRuleArgs(
+                name="lepton-deny-all-inbound",
+                description="Nothing else in (overrides Azure's default VNet and load balancer allows)",
+                priority=PRIORITY_DENY_ALL,
+                direction="Inbound",
+                access="Deny",
+                protocol="*",
+                source_address_prefix="*",
+                source_port_range="*",
+                destination_address_prefix="*",
+                destination_port_range="*",
+            ),
+        ]
+        self.nsg = network.NetworkSecurityGroup(
+            f"{name}-nsg",
+            network.NetworkSecurityGroupInitArgs(
+                resource_group_name=rg, location=location, security_rules=rules, tags=dict(tags)
+            ),
+            opts=child(self),
+        )
+        if existing_subnet_id is not None:
+            self.vnet = None
+            self.subnet = None
+            self.subnet_id = existing_subnet_id
+        else:
+            self.vnet = network.VirtualNetwork(
+                f"{name}-vnet",
+                network.VirtualNetworkInitArgs(
+                    resource_group_name=rg,
+                    location=location,
+                    address_space=network.AddressSpaceArgs(address_prefixes=[vnet_cidr]),
+                    tags=dict(tags),
+                ),
+                # The subnet is its own resource; the provider keeps it when the VNet is updated.
+                opts=child(self),
+            )
+            self.subnet = network.Subnet(
+                f"{name}-subnet",
+                network.SubnetInitArgs(
+                    resource_group_name=rg,
+                    virtual_network_name=self.vnet.name,
+                    address_prefix=subnet_cidr,
+                    network_security_group=network.NetworkSecurityGroupArgs(id=self.nsg.id),
+                ),
+                opts=child(self),
+            )
+            self.subnet_id = self.subnet.id
+        self.register_outputs({"subnet_id": self.subnet_id, "nsg_id": self.nsg.id})
+
+
+class AzureNodeIdentity(pulumi.ComponentResource):
+    """The nodes' user-assigned managed identity (or an existing one) and its role assignments,
+    scoped to exactly the store's blob container and the queue (and its poison queue); no
+    subscription- or resource-group-wide role."""
+
+    identity: managedidentity.UserAssignedIdentity | None
+    id: pulumi.Input[str]
+    principal_id: pulumi.Input[str]
+    client_id: pulumi.Input[str] | None
+    role_assignments: list[authorization.RoleAssignment]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        resource_group_name: pulumi.Input[str],
+        location: str,
+        tags: Mapping[str, str],
+        store: AzureObjectStore | None = None,
+        queue: AzureJobQueue | None = None,
+        existing: Mapping[str, str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:azure:NodeIdentity", name, None, opts)
+        if existing is not None:
+            self.identity = None
+            self.id = existing["user_assigned_identity_id"]
+            self.client_id = None
+            if "principal_id" in existing:
+                self.principal_id = existing["principal_id"]
+            else:
+                self.principal_id = self._lookup_principal(existing["user_assigned_identity_id"])
+        else:
+            self.identity = managedidentity.UserAssignedIdentity(
+                f"{name}-identity",
+                managedidentity.UserAssignedIdentityArgs(
+                    resource_group_name=resource_group_name, location=location, tags=dict(tags)
+                ),
+                opts=child(self),
+            )
+            self.id = self.identity.id
+            self.principal_id = self.identity.principal_id
+            self.client_id = self.identity.client_id
+
+        subscription = _client_config(self).subscription_id
+        grants: list[tuple[str, pulumi.Input[str], str, str]] = []
+        if store is not None:
+            grants.append(
+                ("blob", store.container.id, ROLE_BLOB_DATA_CONTRIBUTOR, "read/write the cluster's container")
+            )
+        if queue is not None:
+            grants.append(("queue", queue.queue.id, ROLE_QUEUE_MESSAGE_PROCESSOR, "receive/delete jobs"))
+            grants.append(("poison", queue.poison_queue.id, ROLE_QUEUE_MESSAGE_SENDER, "move poisoned jobs"))
+        self.role_assignments = [
+            authorization.RoleAssignment(
+                f"{name}-{suffix}",
+                authorization.RoleAssignmentArgs(
+                    principal_id=self.principal_id,
+                    # A new identity may not have replicated yet; naming the type skips the lookup.
+                    principal_type="ServicePrincipal",
+                    role_definition_id=role_definition_id(subscription, role),
+                    scope=scope,
+                    description=f"lepton nodes of {name}: {why}",
+                ),
+                opts=child(self),
+            )
+            for suffix, scope, role, why in grants
+        ]
+        self.register_outputs({"id": self.id, "principal_id": self.principal_id})
+
+    def _lookup_principal(self, identity_id: str) -> pulumi.Output[str]:
+        parts = identity_id.split("/")
+        found = managedidentity.get_user_assigned_identity_output(
+            resource_group_name=parts[4],
+            resource_name=parts[-1],
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        return found.principal_id
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class AzureGpuVmPool(pulumi.ComponentResource):
+    """`nodes` GPU VMs (size from the catalog) in the pool's subnet behind its NSG, each with a
+    Standard static public IP only when SSH is allowed from outside internal address space, password
+    login off and the one SSH key for `user`, the nodes' managed identity, a pinned ed25519 host key
+    and the watchdog installed by cloud-init, a Premium OS disk deleted with the VM, and Spot with
+    eviction Delete when `spot`. `extra` is merged into every VirtualMachine's arguments."""
+
+    entry: CatalogEntry
+    resource_group: resources.ResourceGroup | None
+    resource_group_name: pulumi.Input[str]
+    network: AzureNetwork
+    identity: AzureNodeIdentity
+    host_keys: list[Any]
+    public_ips: list[network.PublicIPAddress]
+    nics: list[network.NetworkInterface]
+    instances: list[compute.VirtualMachine]
+    nodes: list[PoolNode]
+
+    def __init__(
+        self,
+        name: str,
+        args: GpuVmPoolArgs,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        store: Any = None,
+        queue: Any = None,
+        encryption_at_host: bool = False,
+    ) -> None:
+        # Azure-specific shapes first: their messages are more precise than the neutral ones.
+        existing_net = check_network_mapping(args.network)
+        existing_identity = check_identity_mapping(args.identity)
+        image_reference = parse_image(args.image)
+        zone = check_zone(args.zone)
+        location = resolve_location(args.region)
+        args.region = location
+        self.entry = entry = args.validate()
+        check_admin_username(args.user)
+        store, queue = _unwrap(store), _unwrap(queue)
+        for given, cls, what in ((store, AzureObjectStore, "store"), (queue, AzureJobQueue, "queue")):
+            if given is not None and not isinstance(given, cls):
+                raise ConfigError(
+                    f"{what} is a {type(given).__name__}; an Azure pool can only be granted an Azure {what} "
+                    f"({cls.__name__} or a neutral one with cloud='azure')"
+                )
+        super().__init__("lepton:azure:GpuVmPool", name, None, opts)
+        cluster, env = _cluster_env(args, name)
+        tags = tags_for(cluster, env, args.tags)
+        node_tags = tags_for(
+            cluster,
+            env,
+            args.tags,
+            **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
+        )
+
+        self.resource_group, rg = _resource_group(
+            self, name, location, tags, existing_net.get("resource_group_name")
+        )
+        self.resource_group_name = rg
+        self.network = AzureNetwork(
+            name,
+            resource_group_name=rg,
+            location=location,
+            allowed_ssh_cidrs=args.allowed_ssh_cidrs,
+            tags=tags,
+            existing_subnet_id=existing_net.get("subnet_id"),
+            opts=child(self),
+        )
+        self.identity = AzureNodeIdentity(
+            name,
+            resource_group_name=rg,
+            location=location,
+            tags=tags,
+            store=store,
+            queue=queue,
+            existing=existing_identity,
+            opts=child(self),
+        )
+        self.host_keys = node_host_keys(name, args.nodes, self)
+        public = ssh_needs_public_ip(args.allowed_ssh_cidrs)
+        stem = azure_slug(name, 56)
+        zones = [zone] if zone else None
+
+        self.public_ips, self.nics, self.instances, self.nodes = [], [], [], []
+        for i, host_key in enumerate(self.host_keys):
+            pip = None
+            if public:
+                pip = network.PublicIPAddress(
+                    f"{name}-ip-{i}",
+                    network.PublicIPAddressInitArgs(
+                        resource_group_name=rg,
+                        location=location,
+                        # Standard SKU: closed to inbound unless an NSG allows it; static so the
+                        # inventory's address stays valid across VM restarts.
+                        sku=network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
+                        public_ip_allocation_method="Static",
+                        public_ip_address_version="IPv4",
+                        zones=zones,
+                        tags=dict(tags),
+                    ),
+                    opts=child(self),
+                )
+                self.public_ips.append(pip)
+            nic = network.NetworkInterface(
+                f"{name}-nic-{i}",
+                network.NetworkInterfaceArgs(
+                    resource_group_name=rg,
+                    location=location,
+                    network_security_group=network.NetworkSecurityGroupArgs(id=self.network.nsg.id),
+                    # Every catalog size supports accelerated networking (SR-IOV): lower latency for
+                    # NCCL/gloo between nodes.
+                    enable_accelerated_networking=True,
+                    ip_configurations=[
+                        network.NetworkInterfaceIPConfigurationArgs(
+                            name="primary",
+                            primary=True,
+                            subnet=network.SubnetArgs(id=self.network.subnet_id),
+                            private_ip_allocation_method="Dynamic",
+                            public_ip_address=network.PublicIPAddressArgs(id=pip.id) if pip else None,
+                            application_security_groups=[
+                                network.ApplicationSecurityGroupArgs(id=self.network.asg.id)
+                            ],
+                        )
+                    ],
+                    tags=dict(tags),
+                ),
+                opts=child(self),
+            )
+            self.nics.append(nic)
+            user_data = cloud_init(
+                user=args.user,
+                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
+                host_private_key=host_key.private_key_openssh,
+                host_public_key=host_key.public_key_openssh,
+                idle_shutdown_minutes=args.idle_shutdown_minutes,
+                max_lifetime_hours=args.max_lifetime_hours,
+                cluster=cluster,
+            ).apply(lambda text: base64.b64encode(text.encode()).decode("ascii"))
+            base = self._vm_spec(
+                args,
+                entry,
+                rg=rg,
+                location=location,
+                computer_name=f"{stem}-{i}",
+                custom_data=user_data,
+                image_reference=image_reference,
+                nic_id=nic.id,
+                identity_id=self.identity.id,
+                tags=node_tags,
+                zones=zones,
+                encryption_at_host=encryption_at_host,
+            )
+            vm = compute.VirtualMachine(
+                f"{name}-{i}",
+                typed(compute.VirtualMachineArgs, merge_extra(base, args.extra), compute),
+                # custom_data cannot change in place: a new cloud-init means a new VM, and the old one
+                # must let go of the NIC first.
+                opts=child(self, delete_before_replace=True),
+            )
+            self.instances.append(vm)
+            private_ip = nic.ip_configurations.apply(
+                lambda cfgs: str(cfgs[0].private_ip_address) if cfgs else ""
+            )
+            host = pip.ip_address.apply(lambda a: str(a)) if pip else private_ip
+            self.nodes.append(
+                PoolNode(
+                    name=f"node-{i}", host=host, private_ip=private_ip, host_key=host_key.public_key_openssh
+                )
+            )
+        self.register_outputs(
+            {
+                "hosts": [n.host for n in self.nodes],
+                "private_ips": [n.private_ip for n in self.nodes],
+                "vm_size": entry.instance_type,
+                "location": location,
+            }
+        )
+
+    @staticmethod
+    def _vm_spec(
+        args: GpuVmPoolArgs,
+        entry: CatalogEntry,
+        *,
+        rg: pulumi.Input[str],
+        location: str,
+        computer_name: str,
+        custom_data: pulumi.Input[str],
+        image_reference: Mapping[str, str],
+        nic_id: pulumi.Input[str],
+        identity_id: pulumi.Input[str],
+        tags: Mapping[str, str],
+        zones: list[str] | None,
+        encryption_at_host: bool,
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "resource_group_name": rg,
+            "location": location,
+            "hardware_profile": {"vm_size": entry.instance_type},
+            "os_profile": {
+                "computer_name": computer_name,
+                "admin_username": args.user,
+                # cloud-init reads it on first boot; Azure never returns it from its API.
+                "custom_data": custom_data,
+                "linux_configuration": {
+                    "disable_password_authentication": True,
+                    "provision_vm_agent": True,
+                    "ssh": {
+                        "public_keys": [
+                            {
+                                "path": f"/home/{args.user}/.ssh/authorized_keys",
+                                "key_data": args.ssh_public_key,
+                            }
+                        ]
+                    },
+                },
+            },
+            "storage_profile": {
+                "image_reference": dict(image_reference),
+                "os_disk": {
+                    "create_option": "FromImage",
+                    "os_type": "Linux",
+                    "caching": "ReadWrite",
+                    "disk_size_gb": args.disk_gb,
+                    # The OS disk is created by Azure, not by Pulumi: without Delete it would outlive
+                    # the VM (and its bill) after `pulumi destroy` or a spot eviction.
+                    "delete_option": "Delete",
+                    "managed_disk": {"storage_account_type": OS_DISK_TYPE},
+                },
+            },
+            "network_profile": {"network_interfaces": [{"id": nic_id, "primary": True}]},
+            "identity": {"type": "UserAssigned", "user_assigned_identities": [identity_id]},
+            # Serial log and screenshot in Azure-managed storage: the way to see why cloud-init failed.
+            "diagnostics_profile": {"boot_diagnostics": {"enabled": True}},
+            "priority": "Regular",
+            "tags": dict(tags),
+        }
+        if args.spot:
+            # Evicted spot VMs are deleted (with their OS disk), never left deallocated and billed for
+            # storage; max_price -1 means "up to the on-demand price", so price alone never evicts.
+            spec.update(priority="Spot", eviction_policy="Delete", billing_profile={"max_price": -1})
+        if encryption_at_host:
+            spec["security_profile"] = {"encryption_at_host": True}
+        if zones:
+            spec["zones"] = zones
+        return spec
