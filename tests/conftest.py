@@ -7,8 +7,9 @@
     def test_fault(local_pool_factory):             # a fresh pool only this test uses
         pool = local_pool_factory(2)                # stopped (and checked for orphans) after the test
 
-    def test_impostor(local_pool, tmp_path):
-        bad = tampered_inventory(local_pool, tmp_path / "inv.json")   # node-2 pins a foreign key
+    def test_impostor(local_pool, tmp_path):                  # node-2 pins a foreign key:
+        bad = with_foreign_host_key(local_pool.inventory, save_to=tmp_path / "inv.json")
+        # (from lepton_infra.local; test modules cannot import helpers from conftest: there are two)
 
 Tests that break nodes (kill processes, stop a node) should use `local_pool_factory`, not the
 session pool. All of these skip, with the reason, where OpenSSH's sshd is not installed."""
@@ -16,13 +17,11 @@ session pool. All of these skip, with the reason, where OpenSSH's sshd is not in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from lepton_infra.errors import ConfigError
-from lepton_infra.inventory import Inventory
-from lepton_infra.local import LocalPool, pool_processes, with_foreign_host_key
+from lepton_infra.local import LocalPool, pool_processes
 from lepton_infra.local.sshd_config import find_sshd
 
 
@@ -53,12 +52,6 @@ def stop_pool(pool: LocalPool) -> None:
     pool.down()
     leftovers = {node: procs for node, procs in pool_processes(pool.state_dir).items() if procs}
     assert not leftovers, f"processes survived `local down` of {pool.state_dir}: {leftovers}"
-
-
-def tampered_inventory(pool: LocalPool, path: Path, node: str | None = None) -> Inventory:
-    """Write to `path` a copy of the pool's inventory in which `node` (default: the last) pins a
-    host key the real node does not have; returns it. The pool itself is left untouched."""
-    return with_foreign_host_key(pool.inventory, node, save_to=path)
 
 
 @pytest.fixture(scope="session")

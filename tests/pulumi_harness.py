@@ -135,6 +135,13 @@ class Recorder(pulumi.runtime.Mocks):
                     dict(c, privateIPAddress=f"10.43.0.{idx % 250 + 4}")
                     for c in inputs.get("ipConfigurations", [])
                 ]
+            identity = state.get("identity")
+            if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):
+                # Inputs take a list of ids; the API answers with a map keyed by id.
+                state["identity"] = {
+                    **identity,
+                    "userAssignedIdentities": {i: {} for i in identity["userAssignedIdentities"]},
+                }
             if typ == "azure-native:network:PublicIPAddress":
                 state["ipAddress"] = f"198.51.100.{idx % 250 + 1}"
             if typ == "azure-native:managedidentity:UserAssignedIdentity":

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from conftest import tampered_inventory
 
 from lepton_infra.errors import ConfigError, NodeError
 from lepton_infra.inventory import Inventory, Node
@@ -35,6 +34,7 @@ from lepton_infra.local import (
     procs,
     status,
     up,
+    with_foreign_host_key,
 )
 from lepton_infra.local import pool as pool_module
 from lepton_infra.local.keys import write_ed25519_key
@@ -162,7 +162,7 @@ def test_many_parallel_connections_to_one_node_all_succeed(local_pool: LocalPool
 
 
 def test_tampered_inventory_pins_a_key_the_node_does_not_have(local_pool: LocalPool, tmp_path: Path) -> None:
-    bad = tampered_inventory(local_pool, tmp_path / "inventory.json")
+    bad = with_foreign_host_key(local_pool.inventory, save_to=tmp_path / "inventory.json")
     assert Inventory.load(tmp_path / "inventory.json") == bad
     real, pinned = local_pool.inventory.nodes[-1], bad.nodes[-1]
     assert pinned.name == real.name and pinned.host_key != real.host_key

@@ -29,6 +29,7 @@ from lepton_infra.components.common import (
     child,
     merge_extra,
     node_host_keys,
+    ssh_needs_public_ip,
     tags_for,
     typed_args,
 )
@@ -60,19 +61,6 @@ def _check_keys(
             + (" (both)" if field_name == "network" else "")
         )
     return dict(value)
-
-
-# Address space reachable only through a VPN/peering (RFC 1918, carrier-grade NAT, IPv6 ULA).
-_INTERNAL_NETS = tuple(
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
-)
-
-
-def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
-    """A public IP only when someone outside internal address space may SSH in (a VPN range does not)."""
-    nets = [ipaddress.ip_network(c) for c in cidrs]
-    return any(not any(n.version == i.version and n.subnet_of(i) for i in _INTERNAL_NETS) for n in nets)  # type: ignore[arg-type]
 
 
 class AwsNetwork(pulumi.ComponentResource):

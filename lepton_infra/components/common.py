@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -89,6 +90,19 @@ def compact_name(name: str, max_len: int, *, salt: str = "") -> str:
     stem = re.sub(r"[^a-z0-9]", "", name.lower()) or "lepton"
     suffix = short_hash(name, salt)
     return (stem[: max_len - len(suffix)] + suffix)[:max_len]
+
+
+# Address space reachable only through a VPN/peering (RFC 1918, carrier-grade NAT, IPv6 ULA).
+_INTERNAL_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
+    """A public IP only when someone outside internal address space may SSH in (a VPN range does not)."""
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    return any(not any(n.version == i.version and n.subnet_of(i) for i in _INTERNAL_NETS) for n in nets)  # type: ignore[arg-type]
 
 
 @dataclass
