@@ -1,0 +1,627 @@
+"""Azure components under Pulumi mocks: the resource graph is wired (subnet in the VNet with the NSG,
+NICs in the subnet with the NSG and the pool's application security group, VMs on their NIC with the
+managed identity, role assignments on exactly the cluster's container and queues) and every Azure
+secure default of SPEC §5 is in the resource inputs."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+
+# The shared harness sets the mocks on import: it must come before any component module.
+import pulumi_harness as harness  # isort: skip
+
+from lepton_infra.components import azure  # noqa: E402  (after the harness has set the mocks)
+from lepton_infra.components.args import (  # noqa: E402
+    GpuVmPoolArgs,
+    JobQueueArgs,
+    ObjectStoreArgs,
+    TrainingClusterArgs,
+)
+from lepton_infra.errors import ConfigError  # noqa: E402
+
+Recorder, build = harness.Recorder, harness.build
+SUBSCRIPTION = harness.AZURE_SUBSCRIPTION
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 user@test"
+CIDR = "203.0.113.0/24"
+
+RG = "azure-native:resources:ResourceGroup"
+VNET = "azure-native:network:VirtualNetwork"
+SUBNET = "azure-native:network:Subnet"
+NSG = "azure-native:network:NetworkSecurityGroup"
+ASG = "azure-native:network:ApplicationSecurityGroup"
+PIP = "azure-native:network:PublicIPAddress"
+NIC = "azure-native:network:NetworkInterface"
+VM = "azure-native:compute:VirtualMachine"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+ROLE = "azure-native:authorization:RoleAssignment"
+ACCOUNT = "azure-native:storage:StorageAccount"
+BLOB_SERVICE = "azure-native:storage:BlobServiceProperties"
+CONTAINER = "azure-native:storage:BlobContainer"
+LIFECYCLE = "azure-native:storage:ManagementPolicy"
+QUEUE = "azure-native:storage:Queue"
+
+
+def role_id(guid: str) -> str:
+    return f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
+
+
+def vms_in_node_order(rec: Recorder) -> list[Any]:
+    return sorted(rec.of(VM), key=lambda r: int(r.name.rsplit("-", 1)[1]))
+
+
+def by_node(rec: Recorder, typ: str) -> list[Any]:
+    return sorted(rec.of(typ), key=lambda r: int(r.name.rsplit("-", 1)[1]))
+
+
+def user_data(vm: Any) -> str:
+    return base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
+
+
+def pool_args(**overrides: Any) -> GpuVmPoolArgs:
+    base: dict[str, Any] = {
+        "cloud": "azure",
+        "accelerator": "T4",
+        "gpus_per_node": 1,
+        "nodes": 2,
+        "region": "eastus",
+        "allowed_ssh_cidrs": [CIDR],
+        "ssh_public_key": PUBKEY,
+        "cluster": "demo",
+        "env": "dev",
+    }
+    base.update(overrides)
+    return GpuVmPoolArgs(**base)
+
+
+def one_pool(**overrides: Any) -> tuple[dict[str, Any], Recorder]:
+    """A one-node pool on its own; returns its nodes' resolved hosts and private IPs."""
+
+    def make() -> dict[str, Any]:
+        pool = azure.AzureGpuVmPool("p", pool_args(**{"nodes": 1, **overrides}))
+        return {
+            "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
+            "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
+        }
+
+    return build(make)
+
+
+def full_cluster(**pool_overrides: Any) -> Callable[[], dict[str, Any]]:
+    """Store + queue + pool wired the way TrainingCluster wires them."""
+
+    def make() -> dict[str, Any]:
+        store = azure.AzureObjectStore(
+            "demo-store",
+            ObjectStoreArgs(cloud="azure", region="eastus", retention_days=30, cluster="demo", env="dev"),
+        )
+        queue = azure.AzureJobQueue(
+            "demo-queue",
+            JobQueueArgs(
+                cloud="azure", visibility_timeout_s=120, max_receive_count=7, cluster="demo", env="dev"
+            ),
+        )
+        pool = azure.AzureGpuVmPool("demo", pool_args(**pool_overrides), store=store, queue=queue)
+        return {
+            "store_url": store.url,
+            "store_account": store.account_name,
+            "queue_url": queue.url,
+            "queue_account": queue.account_name,
+            "dead_letter_url": queue.dead_letter_url,
+            "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
+            "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
+            "host_keys": pulumi.Output.all(*[n.host_key for n in pool.nodes]),
+            "identity_id": pool.identity.id,
+            "principal_id": pool.identity.principal_id,
+        }
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def cluster() -> tuple[dict[str, Any], Recorder]:
+    return build(full_cluster())
+
+
+# --------------------------------------------------------------------------- network
+
+
+def test_the_subnet_lives_in_the_vnet_and_carries_the_nsg(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    _, rec = cluster
+    (vnet,) = rec.of(VNET)
+    (subnet,) = rec.of(SUBNET)
+    (nsg,) = rec.of(NSG)
+    assert vnet.inputs["addressSpace"] == {"addressPrefixes": [azure.VNET_CIDR]}
+    assert subnet.inputs["virtualNetworkName"] == vnet.outputs["name"]
+    assert subnet.inputs["resourceGroupName"] == vnet.inputs["resourceGroupName"]
+    assert subnet.inputs["addressPrefix"] == azure.SUBNET_CIDR
+    assert subnet.inputs["networkSecurityGroup"]["id"] == nsg.id
+
+
+def test_nsg_allows_ssh_only_from_the_allowed_cidrs_all_traffic_between_nodes_and_denies_the_rest(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    (nsg,) = rec.of(NSG)
+    (asg,) = rec.of(ASG)
+    rules = {r["name"]: r for r in nsg.inputs["securityRules"]}
+    assert sorted(rules) == ["lepton-deny-all-inbound", "lepton-pool", "lepton-ssh"]
+    ssh, pool, deny = rules["lepton-ssh"], rules["lepton-pool"], rules["lepton-deny-all-inbound"]
+    assert ssh["direction"] == "Inbound" and ssh["access"] == "Allow" and ssh["protocol"] == "Tcp"
+    assert ssh["sourceAddressPrefixes"] == [CIDR]
+    assert "sourceAddressPrefix" not in ssh
+    assert ssh["destinationPortRange"] == "22"
+    assert ssh["destinationApplicationSecurityGroups"] == [{"id": asg.id}]
+    # Node-to-node traffic is matched by the pool's application security group, not the VNet range.
+    assert pool["access"] == "Allow" and pool["protocol"] == "*"
+    assert pool["sourceApplicationSecurityGroups"] == [{"id": asg.id}]
+    assert pool["destinationApplicationSecurityGroups"] == [{"id": asg.id}]
+    assert "sourceAddressPrefix" not in pool and "sourceAddressPrefixes" not in pool
+    # The explicit deny sits below both allows and above Azure's defaults (AllowVnetInBound is 65000).
+    assert deny["direction"] == "Inbound" and deny["access"] == "Deny"
+    assert deny["sourceAddressPrefix"] == "*" and deny["destinationPortRange"] == "*"
+    assert ssh["priority"] < pool["priority"] < deny["priority"] <= 4096
+    assert not [r for r in rules.values() if r["direction"] == "Outbound"]
+
+
+def test_nics_sit_in_the_subnet_behind_the_nsg_in_the_pool_group_with_a_standard_static_ip(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (subnet,) = rec.of(SUBNET)
+    (nsg,) = rec.of(NSG)
+    (asg,) = rec.of(ASG)
+    nics, pips = by_node(rec, NIC), by_node(rec, PIP)
+    assert len(nics) == 2 and len(pips) == 2
+    for nic, pip in zip(nics, pips, strict=True):
+        assert nic.inputs["networkSecurityGroup"] == {"id": nsg.id}
+        (ipc,) = nic.inputs["ipConfigurations"]
+        assert ipc["subnet"]["id"] == subnet.id
+        assert ipc["publicIPAddress"] == {"id": pip.id}
+        assert ipc["applicationSecurityGroups"] == [{"id": asg.id}]
+        assert pip.inputs["sku"] == {"name": "Standard", "tier": "Regional"}
+        assert pip.inputs["publicIPAllocationMethod"] == "Static"
+    # The inventory gets the public address as host and the NIC's address as private_ip.
+    assert out["hosts"] == [p.outputs["ipAddress"] for p in pips]
+    assert out["private_ips"] == [n.outputs["ipConfigurations"][0]["privateIPAddress"] for n in nics]
+
+
+def test_ssh_only_from_internal_networks_gets_no_public_ip_and_the_private_address_as_host() -> None:
+    out, rec = one_pool(allowed_ssh_cidrs=["10.8.0.0/16", "100.64.0.0/10"])
+    assert rec.of(PIP) == []
+    (nic,) = rec.of(NIC)
+    assert "publicIPAddress" not in nic.inputs["ipConfigurations"][0]
+    assert out["hosts"] == out["private_ips"] == [nic.outputs["ipConfigurations"][0]["privateIPAddress"]]
+
+
+def test_an_existing_subnet_and_resource_group_are_reused_and_the_nics_still_get_the_nsg() -> None:
+    subnet_id = (
+        "/subscriptions/s/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/shared/subnets/gpu"
+    )
+    _, rec = one_pool(network={"subnet_id": subnet_id, "resource_group_name": "ml-team"})
+    assert rec.of(VNET) == [] and rec.of(SUBNET) == [] and rec.of(RG) == []
+    (nic,) = rec.of(NIC)
+    (nsg,) = rec.of(NSG)
+    assert nic.inputs["ipConfigurations"][0]["subnet"]["id"] == subnet_id
+    assert nic.inputs["networkSecurityGroup"] == {"id": nsg.id}
+    assert {r.inputs["resourceGroupName"] for r in rec.resources if r.type.startswith("azure-native:")} - {
+        None
+    } == {"ml-team"}
+
+
+# --------------------------------------------------------------------------- virtual machines
+
+
+def test_vms_boot_from_their_own_nic_with_the_managed_identity(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (identity,) = rec.of(IDENTITY)
+    assert out["identity_id"] == identity.id
+    for vm, nic in zip(vms_in_node_order(rec), by_node(rec, NIC), strict=True):
+        assert vm.inputs["networkProfile"] == {"networkInterfaces": [{"id": nic.id, "primary": True}]}
+        assert vm.inputs["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity.id]}
+        assert vm.inputs["location"] == "eastus"
+
+
+def test_password_login_is_off_and_only_the_users_key_gets_in(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    for vm in rec.of(VM):
+        os_profile = vm.inputs["osProfile"]
+        assert "adminPassword" not in os_profile
+        assert os_profile["adminUsername"] == "lepton"
+        linux = os_profile["linuxConfiguration"]
+        assert linux["disablePasswordAuthentication"] is True
+        assert linux["ssh"]["publicKeys"] == [
+            {"keyData": PUBKEY, "path": "/home/lepton/.ssh/authorized_keys"}
+        ]
+
+
+def test_each_vm_boots_cloud_init_with_its_own_pinned_host_key_and_the_watchdog(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    for vm, host_key in zip(vms_in_node_order(rec), out["host_keys"], strict=True):
+        text = user_data(vm)
+        assert text.startswith("#cloud-config\n")
+        assert PUBKEY in text
+        assert host_key.strip() in text, "each node's cloud-init installs that node's own host key"
+        assert "ssh_pwauth: false" in text
+        assert "lepton-watchdog.timer" in text
+    assert len(set(out["host_keys"])) == 2
+
+
+def test_vm_size_comes_from_the_catalog_on_the_hpc_dsvm_with_a_premium_disk_deleted_with_the_vm(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    for vm in rec.of(VM):
+        assert vm.inputs["hardwareProfile"] == {"vmSize": "Standard_NC4as_T4_v3"}
+        storage_profile = vm.inputs["storageProfile"]
+        assert storage_profile["imageReference"] == {
+            "publisher": "microsoft-dsvm",
+            "offer": "ubuntu-hpc",
+            "sku": "2204",
+            "version": "latest",
+        }
+        disk = storage_profile["osDisk"]
+        assert disk["createOption"] == "FromImage"
+        assert disk["deleteOption"] == "Delete"
+        assert disk["diskSizeGB"] == 200
+        assert disk["managedDisk"] == {"storageAccountType": "Premium_LRS"}
+
+
+def test_on_demand_vms_are_regular_and_spot_vms_are_deleted_on_eviction(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    for vm in rec.of(VM):
+        assert vm.inputs["priority"] == "Regular"
+        assert "evictionPolicy" not in vm.inputs and "billingProfile" not in vm.inputs
+    _, rec = one_pool(spot=True)
+    (vm,) = rec.of(VM)
+    assert vm.inputs["priority"] == "Spot"
+    assert vm.inputs["evictionPolicy"] == "Delete"
+    assert vm.inputs["billingProfile"] == {"maxPrice": -1}
+
+
+def test_encryption_at_host_is_off_by_default_and_on_when_asked(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    assert all("securityProfile" not in vm.inputs for vm in rec.of(VM))
+    _, rec = build(lambda: azure.AzureGpuVmPool("eah", pool_args(nodes=1), encryption_at_host=True))
+    assert rec.of(VM)[0].inputs["securityProfile"] == {"encryptionAtHost": True}
+
+
+def test_tags_carry_cluster_and_env_everywhere_and_the_watchdog_settings_on_vms(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    taggable = (RG, VNET, NSG, ASG, PIP, NIC, VM, IDENTITY, ACCOUNT)
+    tagged = [r for r in rec.resources if r.type in taggable]
+    assert len(tagged) == 3 + 1 + 1 + 1 + 2 + 2 + 2 + 1 + 2
+    for r in tagged:
+        assert r.inputs["tags"]["lepton:cluster"] == "demo", r.name
+        assert r.inputs["tags"]["lepton:env"] == "dev", r.name
+    for vm in rec.of(VM):
+        assert vm.inputs["tags"]["lepton:idle-shutdown-minutes"] == "60"
+        assert vm.inputs["tags"]["lepton:max-lifetime-hours"] == "24"
+
+
+def test_child_names_derive_from_the_component_name(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    # So two pools (or stores) in one stack never clash.
+    _, rec = cluster
+    for r in rec.resources:
+        assert r.name.startswith(("demo", "demo-store", "demo-queue")), r.name
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_the_identity_is_granted_exactly_the_container_and_the_queues(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (container,) = rec.of(CONTAINER)
+    queues = {q.inputs["queueName"]: q for q in rec.of(QUEUE)}
+    grants = sorted((g.inputs["scope"], g.inputs["roleDefinitionId"]) for g in rec.of(ROLE))
+    assert grants == sorted(
+        [
+            (container.id, role_id(azure.ROLE_BLOB_DATA_CONTRIBUTOR)),
+            (queues["demo-queue"].id, role_id(azure.ROLE_QUEUE_MESSAGE_PROCESSOR)),
+            (queues["demo-queue-poison"].id, role_id(azure.ROLE_QUEUE_MESSAGE_SENDER)),
+        ]
+    )
+    for g in rec.of(ROLE):
+        assert g.inputs["principalId"] == out["principal_id"]
+        assert g.inputs["principalType"] == "ServicePrincipal"
+    # Never an account, resource group or the subscription: only the container and the queues.
+    broad = {r.id for r in rec.of(ACCOUNT) + rec.of(RG)} | {f"/subscriptions/{SUBSCRIPTION}"}
+    assert not {g.inputs["scope"] for g in rec.of(ROLE)} & broad
+    # The role definitions are built from the subscription the provider reports.
+    assert ("azure-native:authorization:getClientConfig", {}) in rec.calls
+
+
+def test_an_existing_identity_is_used_and_granted_the_same_resources() -> None:
+    ident = "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/trainer"
+
+    def make() -> dict[str, Any]:
+        store = azure.AzureObjectStore("s", ObjectStoreArgs(cloud="azure"))
+        identity = {"user_assigned_identity_id": ident, "principal_id": "1111"}
+        azure.AzureGpuVmPool("own", pool_args(nodes=1, identity=identity), store=store)
+        return {}
+
+    _, rec = build(make)
+    assert rec.of(IDENTITY) == []
+    assert rec.of(VM)[0].inputs["identity"]["userAssignedIdentities"] == [ident]
+    assert [(g.inputs["principalId"], g.inputs["scope"]) for g in rec.of(ROLE)] == [
+        ("1111", rec.of(CONTAINER)[0].id)
+    ]
+
+
+def test_an_existing_identity_without_principal_id_is_looked_up() -> None:
+    ident = "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/trainer"
+    _, rec = one_pool(identity={"user_assigned_identity_id": ident})
+    assert (
+        "azure-native:managedidentity:getUserAssignedIdentity",
+        {"resourceGroupName": "ids", "resourceName": "trainer"},
+    ) in rec.calls
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_every_storage_account_is_https_only_tls12_private_keyless_and_double_encrypted(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    accounts = rec.of(ACCOUNT)
+    assert len(accounts) == 2  # one for the store, one for the queue: same settings from one helper
+    for account in accounts:
+        a = account.inputs
+        assert a["kind"] == "StorageV2"
+        assert a["sku"] == {"name": "Standard_LRS"}
+        assert a["enableHttpsTrafficOnly"] is True
+        assert a["minimumTlsVersion"] == "TLS1_2"
+        assert a["allowBlobPublicAccess"] is False
+        assert a["allowSharedKeyAccess"] is False
+        assert a["defaultToOAuthAuthentication"] is True
+        assert a["encryption"]["keySource"] == "Microsoft.Storage"
+        assert a["encryption"]["requireInfrastructureEncryption"] is True
+        assert a["encryption"]["services"]["blob"]["enabled"] is True
+        assert a["encryption"]["services"]["queue"]["enabled"] is True
+
+
+def test_storage_account_names_are_valid_stable_and_distinct(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    names = [a.inputs["accountName"] for a in rec.of(ACCOUNT)]
+    assert sorted(names) == sorted([out["store_account"], out["queue_account"]])
+    assert len(set(names)) == 2
+    for n in names:
+        assert re.fullmatch(r"[a-z0-9]{3,24}", n), n
+    assert azure.storage_account_name("demo-store", SUBSCRIPTION) == out["store_account"]
+    assert azure.storage_account_name("demo-store", "another-subscription") != out["store_account"]
+    long = azure.storage_account_name("A_Very-Long.Cluster-Name-For-Training-Data", SUBSCRIPTION)
+    assert re.fullmatch(r"[a-z0-9]{3,24}", long)
+
+
+def test_the_store_is_a_private_versioned_container_that_expires_after_retention(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    account = next(a for a in rec.of(ACCOUNT) if a.name == "demo-store-account")
+    (container,) = rec.of(CONTAINER)
+    (service,) = rec.of(BLOB_SERVICE)
+    (policy,) = rec.of(LIFECYCLE)
+    assert container.inputs["publicAccess"] == "None"
+    assert container.inputs["accountName"] == account.inputs["accountName"]
+    assert service.inputs["accountName"] == account.inputs["accountName"]
+    assert service.inputs["isVersioningEnabled"] is True
+    assert service.inputs["deleteRetentionPolicy"] == {"enabled": True, "days": 7}
+    assert policy.inputs["managementPolicyName"] == "default"
+    (rule,) = policy.inputs["policy"]["rules"]
+    assert rule["enabled"] is True
+    assert rule["definition"]["filters"]["prefixMatch"] == [f"{container.inputs['containerName']}/"]
+    actions = rule["definition"]["actions"]
+    assert actions["baseBlob"]["delete"] == {"daysAfterModificationGreaterThan": 30}
+    assert actions["version"]["delete"] == {"daysAfterCreationGreaterThan": 30}
+    assert out["store_url"] == f"az://{account.inputs['accountName']}/{container.inputs['containerName']}"
+
+
+def test_a_store_without_retention_has_no_lifecycle_and_versioning_can_be_off() -> None:
+    _, rec = build(lambda: azure.AzureObjectStore("plain", ObjectStoreArgs(cloud="azure", versioning=False)))
+    assert rec.of(LIFECYCLE) == []
+    assert rec.of(BLOB_SERVICE)[0].inputs["isVersioningEnabled"] is False
+
+
+def test_store_extra_loosens_the_account_and_can_name_an_existing_resource_group() -> None:
+    extra = {
+        "resource_group_name": "data-rg",
+        "allow_shared_key_access": True,
+        "sku": {"name": "Standard_ZRS"},
+    }
+    _, rec = build(lambda: azure.AzureObjectStore("x", ObjectStoreArgs(cloud="azure", extra=extra)))
+    assert rec.of(RG) == []
+    (account,) = rec.of(ACCOUNT)
+    assert account.inputs["resourceGroupName"] == "data-rg"
+    assert account.inputs["allowSharedKeyAccess"] is True
+    assert account.inputs["sku"] == {"name": "Standard_ZRS"}
+    assert account.inputs["minimumTlsVersion"] == "TLS1_2"  # the rest stays
+
+
+def test_the_queue_has_a_poison_queue_and_carries_the_client_settings() -> None:
+    out, rec = build(
+        lambda: (lambda q: {"url": q.url, "dead": q.dead_letter_url, "account": q.account_name})(
+            azure.AzureJobQueue(
+                "jobs", JobQueueArgs(cloud="azure", visibility_timeout_s=120, max_receive_count=7)
+            )
+        )
+    )
+    queues = {q.inputs["queueName"]: q for q in rec.of(QUEUE)}
+    assert sorted(queues) == ["jobs", "jobs-poison"]
+    (account,) = rec.of(ACCOUNT)
+    for q in queues.values():
+        assert q.inputs["accountName"] == account.inputs["accountName"]
+    assert queues["jobs"].inputs["metadata"] == {
+        "lepton_cluster": "jobs",
+        "lepton_visibility_timeout_s": "120",
+        "lepton_max_receive_count": "7",
+        "lepton_poison_queue": "jobs-poison",
+    }
+    assert out["url"] == f"https://{out['account']}.queue.core.windows.net/jobs"
+    assert out["dead"] == f"https://{out['account']}.queue.core.windows.net/jobs-poison"
+
+
+# --------------------------------------------------------------------------- extra and images
+
+
+def test_extra_is_deep_merged_into_every_vm() -> None:
+    extra = {
+        "security_profile": {"encryption_at_host": True},
+        "os_profile": {"linux_configuration": {"patch_settings": {"patch_mode": "AutomaticByPlatform"}}},
+        "storage_profile": {"os_disk": {"caching": "ReadOnly"}},
+        "license_type": "RHEL_BYOS",
+    }
+    _, rec = one_pool(extra=extra)
+    (vm,) = rec.of(VM)
+    assert vm.inputs["securityProfile"] == {"encryptionAtHost": True}
+    assert vm.inputs["licenseType"] == "RHEL_BYOS"
+    linux = vm.inputs["osProfile"]["linuxConfiguration"]
+    assert linux["patchSettings"] == {"patchMode": "AutomaticByPlatform"}
+    assert linux["disablePasswordAuthentication"] is True, "our settings stay where the user said nothing"
+    assert vm.inputs["storageProfile"]["osDisk"]["caching"] == "ReadOnly"
+    assert vm.inputs["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (
+            {"os_profile": {"linux_configuration": {"disable_pasword_authentication": False}}},
+            "disable_pasword",
+        ),
+        ({"security_profil": {}}, "security_profil"),
+        ({"network_profile": {"network_interfaces": [{"idd": "x"}]}}, "idd"),
+    ],
+)
+def test_a_misspelled_extra_key_is_a_config_error_naming_it(extra: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        one_pool(extra=extra)
+
+
+def test_image_overrides_take_a_urn_or_an_image_resource_id() -> None:
+    _, rec = one_pool(image="Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:22.04.202401010")
+    assert rec.of(VM)[0].inputs["storageProfile"]["imageReference"] == {
+        "publisher": "Canonical",
+        "offer": "0001-com-ubuntu-server-jammy",
+        "sku": "22_04-lts-gen2",
+        "version": "22.04.202401010",
+    }
+    gallery = (
+        "/subscriptions/s/resourceGroups/img/providers/Microsoft.Compute/galleries/g/images/i/versions/1.0.0"
+    )
+    _, rec = one_pool(image=gallery)
+    assert rec.of(VM)[0].inputs["storageProfile"]["imageReference"] == {"id": gallery}
+
+
+def test_zone_pins_the_vm_and_its_public_ip() -> None:
+    _, rec = one_pool(zone="2")
+    assert rec.of(VM)[0].inputs["zones"] == ["2"]
+    assert rec.of(PIP)[0].inputs["zones"] == ["2"]
+
+
+# --------------------------------------------------------------------------- Azure-specific config errors
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image": "microsoft-dsvm/ubuntu-hpc/2204"}, r"image is .*publisher:offer:sku:version"),
+        ({"image": "a:b::latest"}, "publisher:offer:sku:version"),
+        ({"zone": "eastus-1"}, r"zone is 'eastus-1'; allowed on azure: '1', '2' or '3'"),
+        ({"region": "East US"}, r"region 'East US' is not an Azure location name"),
+        ({"user": "admin"}, "Azure reserves"),
+        ({"network": {"vpc_id": "vpc-1"}}, r"network on azure .*unknown: vpc_id"),
+        ({"network": {"subnet_id": "subnet-123"}}, r"network\['subnet_id'\] is 'subnet-123'"),
+        ({"identity": {"service_account_email": "x@y"}}, "user_assigned_identity_id"),
+        ({"identity": {"user_assigned_identity_id": "trainer"}}, r"identity\['user_assigned_identity_id'\]"),
+        ({"region": "brazilsouth"}, "brazilsouth"),  # the catalog offers no T4 there
+    ],
+)
+def test_azure_specific_bad_input_is_a_config_error(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        one_pool(**overrides)
+
+
+def test_a_store_of_another_cloud_is_refused() -> None:
+    class NotAzure:
+        url = None
+
+    with pytest.raises(ConfigError, match="an Azure pool can only be granted an Azure store"):
+        build(lambda: azure.AzureGpuVmPool("x", pool_args(nodes=1), store=NotAzure()))
+
+
+def test_helpers_give_valid_azure_names_and_public_ip_decisions() -> None:
+    assert azure.azure_slug("Demo_Cluster--Store") == "demo-cluster-store"
+    assert azure.azure_slug("x") == "lepton-x"
+    assert len(azure.azure_slug("a" * 100, 56)) == 56
+    assert azure.ssh_needs_public_ip(["203.0.113.0/24"]) is True  # documentation range = "an office"
+    assert azure.ssh_needs_public_ip(["10.0.0.0/8", "192.168.1.0/24"]) is False
+    assert azure.ssh_needs_public_ip(["10.0.0.0/8", "198.51.100.7/32"]) is True
+    assert all(ipaddress.ip_network(c) for c in (azure.VNET_CIDR, azure.SUBNET_CIDR))
+
+
+# --------------------------------------------------------------------------- neutral layer and policy
+
+
+def test_the_neutral_training_cluster_on_azure_yields_a_valid_inventory() -> None:
+    from lepton_infra.components import TrainingCluster
+    from lepton_infra.inventory import Inventory
+
+    def make() -> dict[str, Any]:
+        args = TrainingClusterArgs(
+            cloud="azure",
+            accelerator="T4",
+            nodes=2,
+            region="eastus",
+            spot=True,
+            allowed_ssh_cidrs=[CIDR],
+            cluster="demo",
+            env="dev",
+        )
+        tc = TrainingCluster("demo", args)
+        return {"inventory": tc.inventory, "store": tc.store_url, "queue": tc.queue_url}
+
+    out, rec = build(make)
+    inventory = Inventory.from_json(out["inventory"])
+    assert inventory.cloud == "azure"
+    assert len(inventory.nodes) == 2
+    assert out["store"].startswith("az://") and out["queue"].startswith("https://")
+    (vm0, vm1) = vms_in_node_order(rec)
+    # The generated login key is what the VMs accept.
+    assert vm0.inputs["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"].startswith(
+        "ssh-ed25519"
+    )
+    assert {"lepton:compute:GpuVmPool", "lepton:storage:ObjectStore", "lepton:queue:JobQueue"} <= rec.types()
+    assert len(rec.of(ROLE)) == 3
+
+
+def test_the_azure_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    policy_harness = pytest.importorskip("policy_harness")
+    _, rec = cluster
+    records = [policy_harness.Recorded(r.type, r.name, r.inputs, None, r.id) for r in rec.resources]
+    findings = policy_harness.analyze(records)
+    assert policy_harness.mandatory(findings) == []
+    assert findings == []
