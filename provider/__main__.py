@@ -1,7 +1,7 @@
 """Plugin entry point: the Pulumi Python language host runs `python <this directory> <engine>`.
 
 Serves lepton-infra's TrainingCluster, ObjectStore and JobQueue to programs in any language
-(see docs/other-languages.md). The checkout this file sits in wins over any installed copy, so
+(see README.md, "Using from other languages"). The checkout this file sits in wins over any installed copy, so
 the components a program gets are the ones next to this PulumiPlugin.yaml.
 """
 

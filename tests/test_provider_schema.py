@@ -292,7 +292,7 @@ def test_invalid_input_surfaces_the_component_config_error(mocks: RecordingMocks
 
 
 def test_yaml_example_in_the_docs_uses_only_what_the_schema_offers(pkg: dict[str, Any]) -> None:
-    doc = (ROOT / "docs" / "other-languages.md").read_text(encoding="utf-8")
+    doc = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
     (program,) = [b for b in blocks if isinstance(b, dict) and b.get("runtime") == "yaml"]
     used = {name: r for name, r in program["resources"].items() if r["type"].startswith(f"{PACKAGE}:")}
