@@ -1,0 +1,143 @@
+"""cloud-init user data (parsed as YAML, part by part) and the node watchdog script, which runs for
+real here against a temporary runs folder, a fake uptime and a stand-in poweroff command."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pulumi_harness as harness  # noqa: I001  (mocks before components)
+import pytest
+import yaml
+
+from lepton_infra.components.cloudinit import render_cloud_init, watchdog_script
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 it's me"
+HOST_PRIV = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+HOST_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTests0000000000000000000000x\n"
+
+
+def rendered() -> dict:
+    text = render_cloud_init(
+        user="lepton",
+        authorized_key=PUBKEY,
+        host_private_key=HOST_PRIV,
+        host_public_key=HOST_PUB,
+        idle_shutdown_minutes=30,
+        max_lifetime_hours=12,
+        cluster="dev",
+    )
+    assert text.startswith("#cloud-config\n")
+    return yaml.safe_load(text)
+
+
+def test_user_key_and_pinned_host_key_are_installed_and_passwords_are_off() -> None:
+    doc = rendered()
+    (user,) = doc["users"]
+    assert user["name"] == "lepton" and user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == [PUBKEY]  # a quote in the comment survives YAML quoting
+    assert doc["ssh_pwauth"] is False and doc["disable_root"] is True
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
+    assert doc["ssh_keys"] == {"ed25519_private": HOST_PRIV, "ed25519_public": HOST_PUB.strip()}
+    files = {f["path"]: f for f in doc["write_files"]}
+    assert "PasswordAuthentication no" in files["/etc/ssh/sshd_config.d/50-lepton.conf"]["content"]
+    assert "OnUnitActiveSec=1min" in files["/etc/systemd/system/lepton-watchdog.timer"]["content"]
+    assert files["/usr/local/sbin/lepton-watchdog"]["permissions"] == "0755"
+    assert ["systemctl", "enable", "--now", "lepton-watchdog.timer"] in doc["runcmd"]
+
+
+def test_watchdog_script_is_valid_bash_with_the_limits_baked_in(tmp_path: Path) -> None:
+    script = tmp_path / "watchdog"
+    script.write_text(watchdog_script("lepton", 30, 12))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert (
+        'IDLE_MINUTES="${LEPTON_IDLE_MINUTES:-30}"' in text
+        and 'LIFETIME_HOURS="${LEPTON_LIFETIME_HOURS:-12}"' in text
+    )
+    assert "/home/lepton/.lepton/runs" in text
+
+
+def run_watchdog(
+    tmp_path: Path, *, uptime_s: int, now: int, idle: int = 30, lifetime: int = 12
+) -> tuple[str, bool]:
+    script = tmp_path / "watchdog"
+    script.write_text(watchdog_script("lepton", idle, lifetime))
+    marker = tmp_path / "powered-off"
+    (tmp_path / "uptime").write_text(f"{uptime_s}.42 1234.00\n")
+    env = {
+        **os.environ,
+        "LEPTON_RUNS_DIR": str(tmp_path / "runs"),
+        "LEPTON_WATCHDOG_STATE": str(tmp_path / "state"),
+        "LEPTON_UPTIME_FILE": str(tmp_path / "uptime"),
+        "LEPTON_POWEROFF": f"touch {marker}",
+        "LEPTON_NOW": str(now),
+    }
+    out = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, check=True, timeout=30
+    )
+    return out.stdout.strip(), marker.exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_watchdog_powers_off_after_idle_time_but_not_while_a_job_runs(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "run-1").mkdir(parents=True)
+    assert run_watchdog(tmp_path, uptime_s=60, now=1000) == ("active", False)  # first tick: remembers now
+    assert run_watchdog(tmp_path, uptime_s=120, now=1000 + 29 * 60) == ("waiting", False)
+    job = subprocess.Popen(["sleep", "30"], cwd=tmp_path / "runs" / "run-1")
+    try:
+        time.sleep(0.2)
+        assert run_watchdog(tmp_path, uptime_s=3000, now=1000 + 45 * 60) == ("active", False)
+    finally:
+        job.kill()
+        job.wait()
+    assert run_watchdog(tmp_path, uptime_s=3100, now=1000 + 60 * 60) == (
+        "waiting",
+        False,
+    )  # idle clock restarted
+    assert run_watchdog(tmp_path, uptime_s=5000, now=1000 + 76 * 60) == ("idle", True)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_watchdog_enforces_the_lifetime_even_while_a_job_runs(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "run-1").mkdir(parents=True)
+    job = subprocess.Popen(["sleep", "30"], cwd=tmp_path / "runs" / "run-1")
+    try:
+        time.sleep(0.2)
+        assert run_watchdog(tmp_path, uptime_s=12 * 3600, now=50) == ("lifetime", True)
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_idle_zero_disables_the_idle_rule(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    run_watchdog(tmp_path, uptime_s=60, now=0, idle=0)
+    assert run_watchdog(tmp_path, uptime_s=7200, now=10**6, idle=0) == ("waiting", False)
+
+
+def test_a_separate_program_can_import_just_a_store_and_a_queue() -> None:
+    program = Path(__file__).parent / "fixtures" / "import_components" / "__main__.py"
+
+    def run() -> dict:
+        ns = runpy.run_path(str(program), run_name="__main__")
+        return {"store": ns["datasets"].url, "queue": ns["sweeps"].url, "dlq": ns["sweeps"].dead_letter_url}
+
+    out, rec = harness.build(run)
+    assert out["store"].startswith("s3://") and out["queue"] != out["dlq"]
+    assert not rec.of("aws:ec2/instance:Instance") and not rec.of("tls:index/privateKey:PrivateKey")
+    (bucket,) = rec.of("aws:s3/bucket:Bucket")
+    assert bucket.inputs["tags"] == {
+        "team": "ml-platform",
+        "lepton:cluster": "datasets",
+        "lepton:env": "test",
+    }
+    (main_queue,) = [q for q in rec.of("aws:sqs/queue:Queue") if "redrivePolicy" in q.inputs]
+    assert main_queue.inputs["visibilityTimeoutSeconds"] == 900
+    assert {r.type for r in rec.resources} >= {"lepton:storage:ObjectStore", "lepton:queue:JobQueue"}
