@@ -173,7 +173,9 @@ def test_os_login_is_off_and_only_cloud_init_installs_keys(cluster: tuple[dict[s
         user_data = meta["user-data"]
         assert user_data.startswith("#cloud-config")
         assert PUBKEY in user_data
-        assert host_key.strip() in user_data, "each node's cloud-init installs that node's own pinned host key"
+        assert host_key.strip() in user_data, (
+            "each node's cloud-init installs that node's own pinned host key"
+        )
     assert len(set(out["host_keys"])) == 2
 
 
