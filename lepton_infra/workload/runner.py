@@ -17,7 +17,10 @@ and locally, under `runs_dir` (default ./runs):
                                           exit codes, timings, bytes moved
     runs/<run-id>/<node>/output/...       that node's LEPTON_OUTPUT_DIR
     runs/<run-id>/<node>/logs/node.log    its log (and logs/agent.log, the supervisor's own)
-    runs/<run-id>/<node>/state.json       its final state
+    runs/<run-id>/<node>/state.json       its final state (and spec.json: the exact command and env)
+    runs/<run-id>/.log-offsets.json       how far each node's log was streamed (attach resumes there)
+
+A controller interrupted (Ctrl-C, SIGKILL) leaves the job running; `attach` picks it up.
 """
 
 from __future__ import annotations

@@ -176,3 +176,61 @@ def test_two_runs_at_once_on_one_pool_do_not_mix_files(
             assert own in out["files"] and other not in out["files"]
             assert all(line.startswith(tag) for line in events.lines(node)), events.lines(node)
             assert len(list((runs / run_id / node / "output").iterdir())) == 1
+
+
+def _kill_node_processes(remote_run_dir: str) -> int:
+    """SIGKILL everything of one node's run (supervisor included), as if the node had crashed."""
+    import os
+    import signal
+
+    markers = (remote_run_dir.encode(), f"LEPTON_OUTPUT_DIR={remote_run_dir}/output".encode())
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if markers[0] in cmdline or markers[1] in environ:
+            os.kill(int(entry), signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+@pytest.mark.slow
+def test_node_whose_supervisor_vanished_is_lost_and_the_others_are_stopped(
+    pool2: Inventory,
+    make_workload: Callable[..., Path],
+    leftover_processes: Callable[[str], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lepton_infra.workload import runner
+
+    monkeypatch.setattr(runner, "STALE_AFTER_S", 3.0)  # the default (30 s) is too patient for a test
+    runs = tmp_path / "runs"
+    workload = make_workload()
+    thread, box = _in_thread(
+        lambda: run_job(pool2, workload, ["lines=300", "delay=0.2"], run_id="crash-1", runs_dir=runs)
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if [s.state for s in run_status(pool2, "crash-1")] == ["running", "running"]:
+                break
+        except ConfigError:
+            pass
+        time.sleep(0.3)
+    node1_dir = json.loads((runs / "crash-1" / "run.json").read_text())["nodes"][1]["remote_run_dir"]
+    assert _kill_node_processes(node1_dir) >= 1
+    thread.join(120)
+    assert "error" not in box, box
+    result = box["result"]
+    assert result.status == "failed"
+    assert [(n.name, n.state) for n in result.nodes] == [("node-0", "cancelled"), ("node-1", "lost")]
+    assert "supervisor gone" in result.node("node-1").detail
+    assert leftover_processes("crash-1") == []
