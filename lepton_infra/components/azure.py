@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import inspect
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -42,7 +41,7 @@ import pulumi
 import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.compute as compute
 import pulumi_azure_native.managedidentity as managedidentity
-import pulumi_azure_native.network as network
+import pulumi_azure_native.network as azure_network
 import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
 
@@ -57,7 +56,9 @@ from lepton_infra.components.common import (
     compact_name,
     merge_extra,
     node_host_keys,
+    ssh_needs_public_ip,
     tags_for,
+    typed_args,
 )
 from lepton_infra.errors import ConfigError
 
@@ -88,14 +89,6 @@ RESERVED_ADMIN_USERNAMES = frozenset(
     """administrator admin user user1 test user2 test1 user3 admin1 1 123 a actuser adm admin2 aspnet
     backup console david guest john owner root server sql support support_388945a0 sys test2 test3
     user4 user5""".split()
-)
-
-# Address space that never needs a public IP to be reached: RFC 1918, carrier-grade NAT (VPNs such
-# as Tailscale) and IPv6 unique-local. Python's `is_private` also counts the documentation ranges,
-# which examples use to stand for a real office address, so the list is spelled out.
-_INTERNAL_NETS = tuple(
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
 
 _LOCATION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
@@ -226,14 +219,6 @@ def check_identity_mapping(value: Mapping[str, Any] | None) -> dict[str, str] | 
     return out
 
 
-def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
-    """A public IP only when someone outside internal address space may SSH in (a VPN range does not)."""
-    return any(
-        not any(net.version == inner.version and net.subnet_of(inner) for inner in _INTERNAL_NETS)  # type: ignore[arg-type]
-        for net in (ipaddress.ip_network(c, strict=False) for c in cidrs)
-    )
-
-
 def azure_slug(name: str, max_len: int = 63) -> str:
     """`name` as a container/queue/computer name: lowercase letters, digits and single hyphens,
     starting and ending with a letter or digit, at least 3 characters."""
@@ -282,13 +267,7 @@ def typed(cls: type, value: Any, module: ModuleType) -> Any:
                 else:
                     item = typed(nested, item, module)
         out[key] = item
-    try:
-        return cls(**out)
-    except TypeError as exc:
-        allowed = ", ".join(p for p in params if p not in ("self", "__self__"))
-        raise ConfigError(
-            f"extra: bad key for {cls.__name__} in {sorted(value)} ({exc}); allowed keys: {allowed}"
-        ) from exc
+    return typed_args(cls, out)
 
 
 def _unwrap(component: Any) -> Any:
@@ -551,10 +530,10 @@ class AzureNetwork(pulumi.ComponentResource):
     NSG is associated with the subnet we create and with every NIC (the NIC association is what
     protects the nodes in an existing subnet)."""
 
-    vnet: network.VirtualNetwork | None
-    subnet: network.Subnet | None
-    nsg: network.NetworkSecurityGroup
-    asg: network.ApplicationSecurityGroup
+    vnet: azure_network.VirtualNetwork | None
+    subnet: azure_network.Subnet | None
+    nsg: azure_network.NetworkSecurityGroup
+    asg: azure_network.ApplicationSecurityGroup
     subnet_id: pulumi.Input[str]
 
     def __init__(
@@ -572,16 +551,16 @@ class AzureNetwork(pulumi.ComponentResource):
     ) -> None:
         super().__init__("lepton:azure:Network", name, None, opts)
         rg = resource_group_name
-        self.asg = network.ApplicationSecurityGroup(
+        self.asg = azure_network.ApplicationSecurityGroup(
             f"{name}-nodes",
-            network.ApplicationSecurityGroupInitArgs(
+            azure_network.ApplicationSecurityGroupInitArgs(
                 resource_group_name=rg, location=location, tags=dict(tags)
             ),
             opts=child(self),
         )
-        pool = [network.ApplicationSecurityGroupArgs(id=self.asg.id)]
+        pool = [azure_network.ApplicationSecurityGroupArgs(id=self.asg.id)]
         rules = [
-            network.SecurityRuleArgs(
+            azure_network.SecurityRuleArgs(
                 name="lepton-ssh",
                 description="SSH from the allowed networks only",
                 priority=PRIORITY_SSH,
@@ -593,7 +572,7 @@ class AzureNetwork(pulumi.ComponentResource):
                 destination_application_security_groups=pool,
                 destination_port_range="22",
             ),
-            network.SecurityRuleArgs(
+            azure_network.SecurityRuleArgs(
                 name="lepton-pool",
                 description="Everything between the pool's nodes (NCCL/gloo)",
                 priority=PRIORITY_POOL,
@@ -605,7 +584,7 @@ class AzureNetwork(pulumi.ComponentResource):
                 destination_application_security_groups=pool,
                 destination_port_range="*",
             ),
-            network.SecurityRuleArgs(
+            azure_network.SecurityRuleArgs(
                 name="lepton-deny-all-inbound",
                 description="Nothing else in (overrides Azure's default VNet and load balancer allows)",
                 priority=PRIORITY_DENY_ALL,
@@ -618,9 +597,9 @@ class AzureNetwork(pulumi.ComponentResource):
                 destination_port_range="*",
             ),
         ]
-        self.nsg = network.NetworkSecurityGroup(
+        self.nsg = azure_network.NetworkSecurityGroup(
             f"{name}-nsg",
-            network.NetworkSecurityGroupInitArgs(
+            azure_network.NetworkSecurityGroupInitArgs(
                 resource_group_name=rg, location=location, security_rules=rules, tags=dict(tags)
             ),
             opts=child(self),
@@ -630,24 +609,24 @@ class AzureNetwork(pulumi.ComponentResource):
             self.subnet = None
             self.subnet_id = existing_subnet_id
         else:
-            self.vnet = network.VirtualNetwork(
+            self.vnet = azure_network.VirtualNetwork(
                 f"{name}-vnet",
-                network.VirtualNetworkInitArgs(
+                azure_network.VirtualNetworkInitArgs(
                     resource_group_name=rg,
                     location=location,
-                    address_space=network.AddressSpaceArgs(address_prefixes=[vnet_cidr]),
+                    address_space=azure_network.AddressSpaceArgs(address_prefixes=[vnet_cidr]),
                     tags=dict(tags),
                 ),
                 # The subnet is its own resource; the provider keeps it when the VNet is updated.
                 opts=child(self),
             )
-            self.subnet = network.Subnet(
+            self.subnet = azure_network.Subnet(
                 f"{name}-subnet",
-                network.SubnetInitArgs(
+                azure_network.SubnetInitArgs(
                     resource_group_name=rg,
                     virtual_network_name=self.vnet.name,
                     address_prefix=subnet_cidr,
-                    network_security_group=network.NetworkSecurityGroupArgs(id=self.nsg.id),
+                    network_security_group=azure_network.NetworkSecurityGroupArgs(id=self.nsg.id),
                 ),
                 opts=child(self),
             )
@@ -751,8 +730,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     network: AzureNetwork
     identity: AzureNodeIdentity
     host_keys: list[Any]
-    public_ips: list[network.PublicIPAddress]
-    nics: list[network.NetworkInterface]
+    public_ips: list[azure_network.PublicIPAddress]
+    nics: list[azure_network.NetworkInterface]
     instances: list[compute.VirtualMachine]
     nodes: list[PoolNode]
 
@@ -824,14 +803,14 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         for i, host_key in enumerate(self.host_keys):
             pip = None
             if public:
-                pip = network.PublicIPAddress(
+                pip = azure_network.PublicIPAddress(
                     f"{name}-ip-{i}",
-                    network.PublicIPAddressInitArgs(
+                    azure_network.PublicIPAddressInitArgs(
                         resource_group_name=rg,
                         location=location,
                         # Standard SKU: closed to inbound unless an NSG allows it; static so the
                         # inventory's address stays valid across VM restarts.
-                        sku=network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
+                        sku=azure_network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
                         public_ip_allocation_method="Static",
                         public_ip_address_version="IPv4",
                         zones=zones,
@@ -840,24 +819,24 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                     opts=child(self),
                 )
                 self.public_ips.append(pip)
-            nic = network.NetworkInterface(
+            nic = azure_network.NetworkInterface(
                 f"{name}-nic-{i}",
-                network.NetworkInterfaceArgs(
+                azure_network.NetworkInterfaceArgs(
                     resource_group_name=rg,
                     location=location,
-                    network_security_group=network.NetworkSecurityGroupArgs(id=self.network.nsg.id),
+                    network_security_group=azure_network.NetworkSecurityGroupArgs(id=self.network.nsg.id),
                     # Every catalog size supports accelerated networking (SR-IOV): lower latency for
                     # NCCL/gloo between nodes.
                     enable_accelerated_networking=True,
                     ip_configurations=[
-                        network.NetworkInterfaceIPConfigurationArgs(
+                        azure_network.NetworkInterfaceIPConfigurationArgs(
                             name="primary",
                             primary=True,
-                            subnet=network.SubnetArgs(id=self.network.subnet_id),
+                            subnet=azure_network.SubnetArgs(id=self.network.subnet_id),
                             private_ip_allocation_method="Dynamic",
-                            public_ip_address=network.PublicIPAddressArgs(id=pip.id) if pip else None,
+                            public_ip_address=azure_network.PublicIPAddressArgs(id=pip.id) if pip else None,
                             application_security_groups=[
-                                network.ApplicationSecurityGroupArgs(id=self.network.asg.id)
+                                azure_network.ApplicationSecurityGroupArgs(id=self.network.asg.id)
                             ],
                         )
                     ],
