@@ -174,7 +174,11 @@ def test_two_runs_at_once_on_one_pool_do_not_mix_files(
             out = json.loads((runs / run_id / node / "output" / "result.json").read_text())
             assert (out["run_id"], out["tag"]) == (run_id, tag)
             assert own in out["files"] and other not in out["files"]
-            assert all(line.startswith(tag) for line in events.lines(node)), events.lines(node)
+            other_tag = "B" if tag == "A" else "A"
+            lines = events.lines(node)
+            own_lines = [x for x in lines if x.startswith(f"{tag}line")]
+            assert own_lines == [f"{tag}line {i} of 8 from {node}" for i in range(8)]
+            assert not any(x.startswith((f"{other_tag}line", f"{other_tag}done")) for x in lines), lines
             assert len(list((runs / run_id / node / "output").iterdir())) == 1
 
 
