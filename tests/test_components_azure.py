@@ -625,3 +625,11 @@ def test_the_azure_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[s
     findings = policy_harness.analyze(records)
     assert policy_harness.mandatory(findings) == []
     assert findings == []
+
+
+def test_ipv6_ssh_sources_are_dropped_and_alone_refused_because_nodes_are_ipv4_only() -> None:
+    _, rec = one_pool(allowed_ssh_cidrs=[CIDR, "2001:db8::/32"])
+    rules = {r["name"]: r for r in rec.of(NSG)[0].inputs["securityRules"]}
+    assert rules["lepton-ssh"]["sourceAddressPrefixes"] == [CIDR]
+    with pytest.raises(ConfigError, match="only IPv6"):
+        one_pool(allowed_ssh_cidrs=["2001:db8::/32"])

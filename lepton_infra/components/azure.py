@@ -54,6 +54,7 @@ from lepton_infra.components.common import (
     PoolNode,
     child,
     compact_name,
+    ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
     ssh_needs_public_ip,
@@ -551,6 +552,8 @@ class AzureNetwork(pulumi.ComponentResource):
     ) -> None:
         super().__init__("lepton:azure:Network", name, None, opts)
         rg = resource_group_name
+        # The VNet and public IPs are IPv4-only (and one NSG rule cannot mix address families).
+        ssh_sources = ipv4_ssh_cidrs(allowed_ssh_cidrs, "azure")
         self.asg = azure_network.ApplicationSecurityGroup(
             f"{name}-nodes",
             azure_network.ApplicationSecurityGroupInitArgs(
@@ -567,7 +570,7 @@ class AzureNetwork(pulumi.ComponentResource):
                 direction="Inbound",
                 access="Allow",
                 protocol="Tcp",
-                source_address_prefixes=list(allowed_ssh_cidrs),
+                source_address_prefixes=ssh_sources,
                 source_port_range="*",
                 destination_application_security_groups=pool,
                 destination_port_range="22",
@@ -754,6 +757,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         args.region = location
         self.entry = entry = args.validate()
         check_admin_username(args.user)
+        ssh_sources = ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "azure")
         store, queue = _unwrap(store), _unwrap(queue)
         for given, cls, what in ((store, AzureObjectStore, "store"), (queue, AzureJobQueue, "queue")):
             if given is not None and not isinstance(given, cls):
@@ -779,7 +783,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             name,
             resource_group_name=rg,
             location=location,
-            allowed_ssh_cidrs=args.allowed_ssh_cidrs,
+            allowed_ssh_cidrs=ssh_sources,
             tags=tags,
             existing_subnet_id=existing_net.get("subnet_id"),
             opts=child(self),
@@ -795,7 +799,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
         self.host_keys = node_host_keys(name, args.nodes, self)
-        public = ssh_needs_public_ip(args.allowed_ssh_cidrs)
+        public = ssh_needs_public_ip(ssh_sources)
         stem = azure_slug(name, 56)
         zones = [zone] if zone else None
 

@@ -105,6 +105,23 @@ def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
     return any(not any(n.version == i.version and n.subnet_of(i) for i in _INTERNAL_NETS) for n in nets)  # type: ignore[arg-type]
 
 
+def ipv4_ssh_cidrs(cidrs: Sequence[str], cloud: str) -> list[str]:
+    """The IPv4 CIDRs of `allowed_ssh_cidrs` for a cloud whose pool network is IPv4-only: IPv6
+    sources could never reach a node, so they are dropped with a warning, and a list of only IPv6
+    sources is a ConfigError (nobody could log in)."""
+    nets = [ipaddress.ip_network(str(c), strict=False) for c in cidrs]
+    v4 = [str(n) for n in nets if n.version == 4]
+    v6 = [str(n) for n in nets if n.version == 6]
+    if v6 and not v4:
+        raise ConfigError(
+            f"allowed_ssh_cidrs={list(cidrs)!r} has only IPv6 ranges, but {cloud} pool nodes have IPv4 "
+            "addresses only: add the IPv4 range(s) you connect from"
+        )
+    if v6:
+        pulumi.log.warn(f"{cloud}: ignoring IPv6 SSH sources {v6}: the pool's nodes are IPv4-only")
+    return v4
+
+
 @dataclass
 class PoolNode:
     """One node as the inventory needs it: the address the controller dials, the address peers use,
