@@ -516,9 +516,29 @@ def test_extra_is_deep_merged_into_every_vm() -> None:
         ({"network_profile": {"network_interfaces": [{"idd": "x"}]}}, "idd"),
     ],
 )
-def test_a_misspelled_extra_key_is_a_config_error_naming_it(extra: dict[str, Any], named: str) -> None:
+def test_a_misspelled_extra_key_is_a_config_error_naming_it_before_any_resource(
+    extra: dict[str, Any], named: str
+) -> None:
     with pytest.raises(ConfigError, match=named):
         one_pool(extra=extra)
+    assert harness.MOCKS.resources == []
+
+
+def test_a_misspelled_store_or_queue_extra_key_fails_before_any_resource() -> None:
+    with pytest.raises(ConfigError, match="allow_shared_key_acess"):
+        build(
+            lambda: azure.AzureObjectStore(
+                "s", ObjectStoreArgs(cloud="azure", extra={"allow_shared_key_acess": True})
+            )
+        )
+    assert harness.MOCKS.resources == []
+    with pytest.raises(ConfigError, match="encryption"):
+        build(
+            lambda: azure.AzureJobQueue(
+                "q", JobQueueArgs(cloud="azure", extra={"encryption": {"key_sorce": "x"}})
+            )
+        )
+    assert harness.MOCKS.resources == []
 
 
 def test_image_overrides_take_a_urn_or_an_image_resource_id() -> None:

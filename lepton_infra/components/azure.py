@@ -31,6 +31,7 @@ Choices worth knowing (each can be changed through `extra`):
 from __future__ import annotations
 
 import base64
+import functools
 import inspect
 import re
 from collections.abc import Mapping, Sequence
@@ -299,20 +300,17 @@ def _client_config(parent: pulumi.Resource) -> pulumi.Output[Any]:
 # --------------------------------------------------------------------------- storage
 
 
-def secure_storage_account(
-    parent: pulumi.Resource,
-    name: str,
+def storage_account_spec(
     *,
     resource_group_name: pulumi.Input[str],
     location: str,
+    account_name: pulumi.Input[str],
     tags: Mapping[str, str],
-    extra: Mapping[str, Any] | None,
-) -> tuple[storage.StorageAccount, pulumi.Output[str]]:
+) -> dict[str, Any]:
     """The one place the storage account settings live (store and queue both use it): StorageV2,
     LRS, HTTPS only, TLS 1.2+, no public blob access, no shared keys, Microsoft-managed keys with
-    infrastructure encryption. Returns the account and its (globally unique) name."""
-    account_name = _client_config(parent).subscription_id.apply(lambda sub: storage_account_name(name, sub))
-    base: dict[str, Any] = {
+    infrastructure encryption."""
+    return {
         "resource_group_name": resource_group_name,
         "location": location,
         "account_name": account_name,
@@ -337,11 +335,39 @@ def secure_storage_account(
         },
         "tags": dict(tags),
     }
-    kwargs = merge_extra(base, extra)
+
+
+def _storage_extra(extra: Mapping[str, Any], location: str) -> tuple[dict[str, Any], str | None]:
+    """`extra` minus `resource_group_name` (an existing group to use), both checked before any
+    resource exists: a misspelled key fails here, not halfway through the graph."""
+    extra = dict(extra)
+    existing_rg = extra.pop("resource_group_name", None)
+    if existing_rg is not None:
+        _check_resource_group(existing_rg, "extra['resource_group_name']")
+    probe = storage_account_spec(resource_group_name="rg", location=location, account_name="probe", tags={})
+    typed(storage.StorageAccountArgs, merge_extra(probe, extra), storage)
+    return extra, existing_rg
+
+
+def secure_storage_account(
+    parent: pulumi.Resource,
+    name: str,
+    *,
+    resource_group_name: pulumi.Input[str],
+    location: str,
+    tags: Mapping[str, str],
+    extra: Mapping[str, Any] | None,
+) -> tuple[storage.StorageAccount, pulumi.Output[str]]:
+    """A storage account with `storage_account_spec`'s settings (and `extra` on top) under `parent`.
+    Returns the account and its globally unique name, as an Output that waits for the account."""
+    account_name = _client_config(parent).subscription_id.apply(lambda sub: storage_account_name(name, sub))
+    spec = storage_account_spec(
+        resource_group_name=resource_group_name, location=location, account_name=account_name, tags=tags
+    )
+    kwargs = merge_extra(spec, extra)
     account = storage.StorageAccount(
         f"{name}-account", typed(storage.StorageAccountArgs, kwargs, storage), opts=child(parent)
     )
-    # The name as the account has it once created (an Output that waits for the account).
     resolved = pulumi.Output.all(account.id, kwargs["account_name"]).apply(lambda v: str(v[1]))
     return account, resolved
 
@@ -365,10 +391,7 @@ class AzureObjectStore(pulumi.ComponentResource):
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args.validate()
         location = resolve_location(args.region)
-        extra = dict(args.extra)
-        existing_rg = extra.pop("resource_group_name", None)
-        if existing_rg is not None:
-            _check_resource_group(existing_rg, "extra['resource_group_name']")
+        extra, existing_rg = _storage_extra(args.extra, location)
         super().__init__("lepton:azure:ObjectStore", name, None, opts)
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
@@ -469,10 +492,7 @@ class AzureJobQueue(pulumi.ComponentResource):
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args.validate()
         location = resolve_location(args.region)
-        extra = dict(args.extra)
-        existing_rg = extra.pop("resource_group_name", None)
-        if existing_rg is not None:
-            _check_resource_group(existing_rg, "extra['resource_group_name']")
+        extra, existing_rg = _storage_extra(args.extra, location)
         super().__init__("lepton:azure:JobQueue", name, None, opts)
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
@@ -765,6 +785,21 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                     f"{what} is a {type(given).__name__}; an Azure pool can only be granted an Azure {what} "
                     f"({cls.__name__} or a neutral one with cloud='azure')"
                 )
+        zones = [zone] if zone else None
+        vm_spec = functools.partial(
+            self._vm_spec,
+            args,
+            entry,
+            location=location,
+            image_reference=image_reference,
+            zones=zones,
+            encryption_at_host=encryption_at_host,
+        )
+        # A misspelled `extra` key fails here, before any resource exists.
+        probe = vm_spec(
+            rg="rg", computer_name="probe", custom_data="", nic_id="nic", identity_id="id", tags={}
+        )
+        typed(compute.VirtualMachineArgs, merge_extra(probe, args.extra), compute)
         super().__init__("lepton:azure:GpuVmPool", name, None, opts)
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
@@ -801,7 +836,6 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         self.host_keys = node_host_keys(name, args.nodes, self)
         public = ssh_needs_public_ip(ssh_sources)
         stem = azure_slug(name, 56)
-        zones = [zone] if zone else None
 
         self.public_ips, self.nics, self.instances, self.nodes = [], [], [], []
         for i, host_key in enumerate(self.host_keys):
@@ -858,19 +892,13 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
             ).apply(lambda text: base64.b64encode(text.encode()).decode("ascii"))
-            base = self._vm_spec(
-                args,
-                entry,
+            base = vm_spec(
                 rg=rg,
-                location=location,
                 computer_name=f"{stem}-{i}",
                 custom_data=user_data,
-                image_reference=image_reference,
                 nic_id=nic.id,
                 identity_id=self.identity.id,
                 tags=node_tags,
-                zones=zones,
-                encryption_at_host=encryption_at_host,
             )
             vm = compute.VirtualMachine(
                 f"{name}-{i}",
