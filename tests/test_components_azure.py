@@ -653,3 +653,18 @@ def test_ipv6_ssh_sources_are_dropped_and_alone_refused_because_nodes_are_ipv4_o
     assert rules["lepton-ssh"]["sourceAddressPrefixes"] == [CIDR]
     with pytest.raises(ConfigError, match="only IPv6"):
         one_pool(allowed_ssh_cidrs=["2001:db8::/32"])
+
+
+def test_store_queue_and_pool_can_share_one_resource_group() -> None:
+    def make() -> dict[str, Any]:
+        group = azure.resources.ResourceGroup("shared", azure.resources.ResourceGroupArgs(location="eastus"))
+        in_group = {"resource_group_name": group.name}
+        store = azure.AzureObjectStore("s", ObjectStoreArgs(cloud="azure", extra=in_group))
+        queue = azure.AzureJobQueue("q", JobQueueArgs(cloud="azure", extra=in_group))
+        azure.AzureGpuVmPool("p", pool_args(nodes=1, network=in_group), store=store, queue=queue)
+        return {"group": group.name}
+
+    out, rec = build(make)
+    assert [g.name for g in rec.of(RG)] == ["shared"]
+    groups = {r.inputs.get("resourceGroupName") for r in rec.resources if r.type.startswith("azure-native:")}
+    assert groups - {None} == {out["group"]}

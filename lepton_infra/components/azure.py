@@ -159,7 +159,9 @@ def check_admin_username(user: str) -> str:
     return user
 
 
-def _check_resource_group(value: object, field_name: str) -> str:
+def _check_resource_group(value: object, field_name: str) -> pulumi.Input[str]:
+    if isinstance(value, pulumi.Output):
+        return value  # another resource group's name, known at deploy time (e.g. `rg.name`)
     if not isinstance(value, str) or not _RG_RE.match(value):
         raise ConfigError(
             f"{field_name} is {value!r}; allowed: an existing resource group name (1-90 letters, digits, "
@@ -168,7 +170,7 @@ def _check_resource_group(value: object, field_name: str) -> str:
     return value
 
 
-def check_network_mapping(value: Mapping[str, Any] | None) -> dict[str, str]:
+def check_network_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
     """`network={"subnet_id": ..., "resource_group_name": ...}`, either key optional: an existing
     subnet to put the NICs in, and/or an existing resource group for the pool's resources."""
     if value is None:
@@ -180,7 +182,7 @@ def check_network_mapping(value: Mapping[str, Any] | None) -> dict[str, str]:
             "id), resource_group_name (an existing resource group)"
             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
         )
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     if "subnet_id" in value:
         subnet = value["subnet_id"]
         if not isinstance(subnet, str) or not _SUBNET_ID_RE.match(subnet):
@@ -282,7 +284,11 @@ def _cluster_env(args: Any, name: str) -> tuple[str, str]:
 
 
 def _resource_group(
-    parent: pulumi.Resource, name: str, location: str, tags: Mapping[str, str], existing: str | None
+    parent: pulumi.Resource,
+    name: str,
+    location: str,
+    tags: Mapping[str, str],
+    existing: pulumi.Input[str] | None,
 ) -> tuple[resources.ResourceGroup | None, pulumi.Input[str]]:
     """A new resource group for the component (deleted with it), or the name of an existing one."""
     if existing is not None:
@@ -337,13 +343,15 @@ def storage_account_spec(
     }
 
 
-def _storage_extra(extra: Mapping[str, Any], location: str) -> tuple[dict[str, Any], str | None]:
+def _storage_extra(
+    extra: Mapping[str, Any], location: str
+) -> tuple[dict[str, Any], pulumi.Input[str] | None]:
     """`extra` minus `resource_group_name` (an existing group to use), both checked before any
     resource exists: a misspelled key fails here, not halfway through the graph."""
     extra = dict(extra)
     existing_rg = extra.pop("resource_group_name", None)
     if existing_rg is not None:
-        _check_resource_group(existing_rg, "extra['resource_group_name']")
+        existing_rg = _check_resource_group(existing_rg, "extra['resource_group_name']")
     probe = storage_account_spec(resource_group_name="rg", location=location, account_name="probe", tags={})
     typed(storage.StorageAccountArgs, merge_extra(probe, extra), storage)
     return extra, existing_rg
