@@ -49,7 +49,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	@for b in bench/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check lepton_infra tests workloads bench policy __main__.py
