@@ -23,8 +23,8 @@ HOST_PRIV = (
 HOST_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTests0000000000000000000000x\n"
 
 
-def rendered() -> dict:
-    text = render_cloud_init(
+def rendered_text() -> str:
+    return render_cloud_init(
         user="lepton",
         authorized_key=PUBKEY,
         host_private_key=HOST_PRIV,
@@ -33,8 +33,26 @@ def rendered() -> dict:
         max_lifetime_hours=12,
         cluster="dev",
     )
+
+
+def rendered() -> dict:
+    text = rendered_text()
     assert text.startswith("#cloud-config\n")
     return yaml.safe_load(text)
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
+def test_user_data_passes_cloud_inits_own_schema_check(tmp_path: Path) -> None:
+    user_data = tmp_path / "user-data"
+    user_data.write_text(rendered_text())
+    result = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(user_data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
 
 
 def test_user_key_and_pinned_host_key_are_installed_and_passwords_are_off() -> None:
@@ -43,7 +61,8 @@ def test_user_key_and_pinned_host_key_are_installed_and_passwords_are_off() -> N
     assert user["name"] == "lepton" and user["lock_passwd"] is True
     assert user["ssh_authorized_keys"] == [PUBKEY]  # a quote in the comment survives YAML quoting
     assert doc["ssh_pwauth"] is False and doc["disable_root"] is True
-    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
+    # With ssh_keys given cloud-init generates no key; a pinned type satisfies its schema (minItems 1).
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
     assert doc["ssh_keys"] == {"ed25519_private": HOST_PRIV, "ed25519_public": HOST_PUB.strip()}
     files = {f["path"]: f for f in doc["write_files"]}
     assert "PasswordAuthentication no" in files["/etc/ssh/sshd_config.d/50-lepton.conf"]["content"]
