@@ -1,0 +1,269 @@
+"""The cloud-neutral layer: tags and labels, the `extra` escape hatch, naming, SSH source checks, the
+args validation every cloud shares, lazy per-cloud dispatch, and TrainingCluster's own behaviour
+(generated login key, inventory, cost) on the real AWS backend under mocks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_harness as harness  # noqa: I001  (sets the mocks before any component module is imported)
+import pulumi_tls as tls
+import pytest
+
+from lepton_infra.catalog import lookup
+from lepton_infra.components import (
+    JobQueueArgs,
+    ObjectStore,
+    ObjectStoreArgs,
+    TrainingCluster,
+    TrainingClusterArgs,
+)
+from lepton_infra.components.args import GpuVmPoolArgs, check_cidrs, check_public_key
+from lepton_infra.components.common import (
+    TAG_CLUSTER,
+    TAG_ENV,
+    compact_name,
+    gcp_labels,
+    ipv4_ssh_cidrs,
+    merge_extra,
+    ssh_needs_public_ip,
+    tags_for,
+    typed_args,
+)
+from lepton_infra.errors import ConfigError
+from lepton_infra.inventory import Inventory
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 me@laptop"
+LOGIN_KEY = "tls:index/privateKey:PrivateKey"
+
+
+# ---------------------------------------------------------------- tags, labels, extra, names
+
+
+def test_cluster_and_env_tags_cannot_be_overridden_by_user_tags() -> None:
+    tags = tags_for("demo", "dev", {"team": "ml", TAG_CLUSTER: "sneaky"}, role="pool")
+    assert tags == {"team": "ml", "role": "pool", TAG_CLUSTER: "demo", TAG_ENV: "dev"}
+
+
+def test_gcp_labels_use_dashes_lowercase_and_63_characters() -> None:
+    labels = gcp_labels(
+        {"lepton:cluster": "Demo.Cluster", "lepton:idle-shutdown-minutes": "30", "x" * 70: "v"}
+    )
+    assert labels["lepton-cluster"] == "demo-cluster"
+    assert labels["lepton-idle-shutdown-minutes"] == "30"
+    assert all(len(k) <= 63 for k in labels)
+
+
+def test_extra_wins_and_merges_nested_settings_key_by_key() -> None:
+    base = {"instance_type": "g4dn.xlarge", "metadata_options": {"http_tokens": "required", "hop": 1}}
+    merged = merge_extra(base, {"metadata_options": {"hop": 2}, "ebs_optimized": True})
+    assert merged == {
+        "instance_type": "g4dn.xlarge",
+        "metadata_options": {"http_tokens": "required", "hop": 2},
+        "ebs_optimized": True,
+    }
+    assert base["metadata_options"] == {"http_tokens": "required", "hop": 1}  # input left alone
+
+
+def test_a_misspelled_provider_argument_is_a_config_error_listing_the_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        typed_args(tls.PrivateKeyArgs, {"algorythm": "ED25519"})
+    assert "algorythm" in str(info.value) and "algorithm" in str(info.value)
+    typed = typed_args(tls.PrivateKeyArgs, {"algorithm": "ED25519"})
+    assert isinstance(typed, tls.PrivateKeyArgs)
+
+
+def test_compact_names_fit_the_limit_and_stay_distinct_and_stable() -> None:
+    a, b = compact_name("Prod-Cluster_store", 24), compact_name("prod-cluster-store2", 24)
+    assert a == compact_name("Prod-Cluster_store", 24)
+    assert a != b and all(len(n) <= 24 and n.isalnum() and n.islower() for n in (a, b))
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "public"),
+    [
+        (["10.8.0.0/16"], False),  # a VPN range: reached through peering, no public IP
+        (["100.64.0.0/10", "fd00::/8"], False),
+        (["203.0.113.0/24"], True),
+        (["10.0.0.0/8", "198.51.100.7/32"], True),
+    ],
+)
+def test_a_public_ip_only_when_ssh_may_come_from_outside_internal_space(
+    cidrs: list[str], public: bool
+) -> None:
+    assert ssh_needs_public_ip(cidrs) is public
+
+
+def test_ipv4_only_pools_drop_ipv6_sources_and_refuse_an_ipv6_only_list() -> None:
+    assert ipv4_ssh_cidrs(["203.0.113.0/24", "2001:db8::/32"], "azure") == ["203.0.113.0/24"]
+    with pytest.raises(ConfigError, match="only IPv6"):
+        ipv4_ssh_cidrs(["2001:db8::/32"], "azure")
+
+
+# ---------------------------------------------------------------- shared validation
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "message"),
+    [
+        (["10.0.0.1/8"], "host bits set"),
+        (["203.0.113.0/24", "not-a-cidr"], "allowed_ssh_cidrs[1]"),
+        ("203.0.113.0/24", "a list of CIDR blocks"),
+        (["::/0"], "allow_world_ssh"),
+    ],
+)
+def test_bad_ssh_sources_name_the_entry_and_the_fix(cidrs: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_cidrs(cidrs, allow_world=False)
+
+
+def test_a_public_key_whose_data_disagrees_with_its_type_is_rejected() -> None:
+    body = PUBKEY.split()[1]
+    with pytest.raises(ConfigError, match="the key data says 'ssh-ed25519'"):
+        check_public_key(f"ssh-rsa {body}")
+    assert check_public_key(PUBKEY + "  extra words\n") == PUBKEY  # comment kept, rest dropped
+
+
+def test_pool_args_refuse_an_empty_ssh_list_and_a_missing_key() -> None:
+    base: dict[str, Any] = {"cloud": "aws", "accelerator": "T4", "ssh_public_key": PUBKEY}
+    with pytest.raises(ConfigError, match="allowed_ssh_cidrs is empty"):
+        GpuVmPoolArgs(**base).validate()
+    with pytest.raises(ConfigError, match="ssh_public_key is not set"):
+        GpuVmPoolArgs(**{**base, "ssh_public_key": None, "allowed_ssh_cidrs": ["10.0.0.0/8"]}).validate()
+    with pytest.raises(ConfigError, match="nodes is 65"):
+        GpuVmPoolArgs(**base, allowed_ssh_cidrs=["10.0.0.0/8"], nodes=65).validate()
+
+
+def test_a_bad_queue_option_fails_the_whole_cluster_before_any_resource() -> None:
+    args = cluster_args(queue_max_receive_count=0)
+    with pytest.raises(ConfigError, match="max_receive_count is 0"):
+        harness.build(lambda: TrainingCluster("demo", args))
+    assert harness.MOCKS.resources == []
+
+
+def test_a_neutral_store_validates_before_registering_anything() -> None:
+    with pytest.raises(ConfigError, match="retention_days is 0"):
+        harness.build(lambda: ObjectStore("s", ObjectStoreArgs(cloud="aws", retention_days=0)))
+    assert harness.MOCKS.resources == []
+    with pytest.raises(ConfigError, match="cloud is 'oracle'; allowed: aws, gcp, azure"):
+        JobQueueArgs(cloud="oracle").validate()
+
+
+# ---------------------------------------------------------------- lazy dispatch
+
+
+def test_an_aws_stack_loads_neither_the_gcp_nor_the_azure_sdk() -> None:
+    """Run in a fresh interpreter: this pytest process has long imported every SDK."""
+    script = """
+import sys
+sys.path.insert(0, "tests")
+import pulumi_harness as harness
+import lepton_infra.components as c
+after_import = sorted(m for m in ("pulumi_aws", "pulumi_gcp", "pulumi_azure_native") if m in sys.modules)
+harness.build(lambda: c.JobQueue("q", c.JobQueueArgs(cloud="aws")))
+after_build = sorted(m for m in ("pulumi_aws", "pulumi_gcp", "pulumi_azure_native") if m in sys.modules)
+print(after_import, after_build)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[] ['pulumi_aws']"
+
+
+# ---------------------------------------------------------------- TrainingCluster
+
+
+def cluster_args(**overrides: Any) -> TrainingClusterArgs:
+    base: dict[str, Any] = {
+        "cloud": "aws",
+        "accelerator": "T4",
+        "nodes": 2,
+        "region": "us-east-1",
+        "spot": True,
+        "allowed_ssh_cidrs": ["203.0.113.0/24"],
+    }
+    return TrainingClusterArgs(**{**base, **overrides})
+
+
+def outputs_of(cluster: TrainingCluster) -> dict[str, Any]:
+    outs: dict[str, Any] = {"inventory": cluster.inventory, "cost": cluster.hourly_cost_usd}
+    if cluster.private_key is not None:
+        outs["private_key"] = cluster.private_key
+        # Output.from_input turns the awaitable into an output the harness resolves with the rest.
+        outs["private_key_is_secret"] = pulumi.Output.from_input(cluster.private_key.is_secret())
+    return outs
+
+
+def test_without_a_public_key_the_cluster_generates_one_and_keeps_the_private_half_secret() -> None:
+    out, rec = harness.build(lambda: outputs_of(TrainingCluster("demo", cluster_args())), stack="dev")
+    (login,) = [r for r in rec.of(LOGIN_KEY) if r.name == "demo-login"]
+    assert login.inputs["algorithm"] == "ED25519"
+    assert "PRIVATE KEY" in out["private_key"] and out["private_key_is_secret"] is True
+    # The nodes authorise exactly the generated key: it is in every instance's cloud-init.
+    generated = login.outputs["publicKeyOpenssh"].strip()
+    instances = rec.of("aws:ec2/instance:Instance")
+    assert len(instances) == 2 and all(generated in i.inputs["userData"] for i in instances)
+    inventory = Inventory.from_json(out["inventory"])
+    assert inventory.private_key_path is None  # `lepton-infra inventory --stack` writes the key file
+    assert "PRIVATE KEY" not in out["inventory"]
+
+
+def test_with_a_public_key_no_login_key_is_generated_or_exported() -> None:
+    out, rec = harness.build(lambda: outputs_of(TrainingCluster("demo", cluster_args(ssh_public_key=PUBKEY))))
+    assert not [r for r in rec.of(LOGIN_KEY) if r.name == "demo-login"]
+    assert "private_key" not in out
+    assert all(PUBKEY in i.inputs["userData"] for i in rec.of("aws:ec2/instance:Instance"))
+
+
+def test_inventory_lists_every_node_with_its_pinned_host_key_and_the_store_and_queue() -> None:
+    out, rec = harness.build(lambda: outputs_of(TrainingCluster("demo", cluster_args(ssh_public_key=PUBKEY))))
+    doc = json.loads(out["inventory"])
+    inventory = Inventory.from_json(out["inventory"])
+    assert (doc["version"], inventory.cluster, inventory.cloud, inventory.user) == (
+        1,
+        "demo",
+        "aws",
+        "lepton",
+    )
+    host_keys = [r.outputs["publicKeyOpenssh"].strip() for r in rec.of(LOGIN_KEY) if "-hostkey-" in r.name]
+    assert [n.host_key for n in inventory.nodes] == host_keys and len(set(host_keys)) == 2
+    assert [n.name for n in inventory.nodes] == ["node-0", "node-1"]
+    assert [n.host for n in inventory.nodes] != [n.private_ip for n in inventory.nodes]  # SSH via public IP
+    assert all(n.gpus == 1 and n.accelerator == "T4" for n in inventory.nodes)
+    (bucket,) = rec.of("aws:s3/bucket:Bucket")
+    assert inventory.store == f"s3://{bucket.outputs['bucket']}"
+    (main_queue,) = [q for q in rec.of("aws:sqs/queue:Queue") if "redrivePolicy" in q.inputs]
+    assert inventory.queue == main_queue.outputs["url"]
+
+
+def test_a_cluster_without_store_and_queue_creates_neither_and_says_so_in_the_inventory() -> None:
+    out, rec = harness.build(
+        lambda: outputs_of(
+            TrainingCluster("demo", cluster_args(ssh_public_key=PUBKEY, store=False, queue=False))
+        )
+    )
+    assert not rec.of("aws:s3/bucket:Bucket") and not rec.of("aws:sqs/queue:Queue")
+    inventory = Inventory.from_json(out["inventory"])
+    assert inventory.store is None and inventory.queue is None
+
+
+@pytest.mark.parametrize("spot", [True, False])
+def test_hourly_cost_is_the_catalog_price_times_the_nodes(spot: bool) -> None:
+    out, _ = harness.build(
+        lambda: outputs_of(TrainingCluster("demo", cluster_args(ssh_public_key=PUBKEY, spot=spot, nodes=3)))
+    )
+    price = lookup("aws", "T4", 1, "us-east-1").hourly_usd(spot)
+    assert price is not None and out["cost"] == pytest.approx(price * 3)
+
+
+def test_every_resource_is_tagged_with_the_cluster_and_the_stack_as_env() -> None:
+    _, rec = harness.build(lambda: outputs_of(TrainingCluster("demo", cluster_args())), stack="dev")
+    tagged = [r for r in rec.resources if r.type.startswith("aws:") and "tags" in r.inputs]
+    assert tagged, "no tagged AWS resources recorded"
+    assert all(r.inputs["tags"][TAG_CLUSTER] == "demo" and r.inputs["tags"][TAG_ENV] == "dev" for r in tagged)
