@@ -23,7 +23,10 @@ Choices worth knowing (each can be changed through `extra`):
   (`<queue>-poison`, as Functions/WebJobs use): the data-plane client moves a message whose
   `dequeue_count` exceeds `max_receive_count` there, and passes `visibility_timeout_s` on every
   receive (Azure has no queue-level visibility timeout). Both numbers are stored as metadata on the
-  queue, so clients read them from the queue itself.
+  queue, so clients read them from the queue itself. The nodes' identity may receive and delete on
+  the queue ("Storage Queue Data Message Processor") and only add to the poison queue ("... Message
+  Sender"); extending a message's visibility while it runs (Update Message) would need "Storage
+  Queue Data Contributor", which also lets its holder delete the queue, so it is not granted.
 - `force_destroy` has no Azure counterpart: deleting a storage account deletes its contents. Blob
   and container soft delete (7 days) protect against deleted blobs, not against `pulumi destroy`.
 """
