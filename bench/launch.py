@@ -145,6 +145,9 @@ def openssh_once(ssh: OpenSSH, pool: LocalPool, workload: Path, *, torchrun: boo
 
 def main() -> int:
     p = _bench.parser(__doc__.splitlines()[0], nodes=4, repeat=3)
+    p.add_argument(
+        "--warmup", type=int, default=1, help="uncounted torchrun launches first (default 1; 0: none)"
+    )
     args = p.parse_args()
     _bench.check_counts(args)
     _bench.print_environment(f"launch: tiny job on {args.nodes} nodes, {args.repeat} repeats")
@@ -169,7 +172,8 @@ def main() -> int:
             }
             timings: list[dict[str, float]] = []
             # Warm-up (not counted): the first `import torch` after a while reads it from disk.
-            openssh_once(ssh, pool, workload, torchrun=True)
+            for _ in range(args.warmup):
+                openssh_once(ssh, pool, workload, torchrun=True)
             # Interleaved per repeat so a slow spell of the shared machine hits every approach.
             for i in range(args.repeat):
                 first, total, t = lepton_once(inv, workload, work / "runs", f"launch-{i}")
