@@ -7,7 +7,9 @@ import os
 import runpy
 import shutil
 import subprocess
-import time
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pulumi_harness as harness  # noqa: I001  (mocks before components)
@@ -83,12 +85,19 @@ def test_watchdog_script_is_valid_bash_with_the_limits_baked_in(tmp_path: Path) 
     assert "/home/lepton/.lepton/runs" in text
 
 
+BOOT = 1_700_000_000  # wall-clock time of the simulated boot; uptime = now - BOOT unless rebooted
+
+
 def run_watchdog(
-    tmp_path: Path, *, uptime_s: int, now: int, idle: int = 30, lifetime: int = 12
+    tmp_path: Path, *, minutes: float, boot: int = BOOT, idle: int = 30, lifetime: int = 12
 ) -> tuple[str, bool]:
+    """One tick of the real script, `minutes` after `boot`: what it printed and whether it called
+    the (stand-in) poweroff command."""
     script = tmp_path / "watchdog"
     script.write_text(watchdog_script("lepton", idle, lifetime))
     marker = tmp_path / "powered-off"
+    marker.unlink(missing_ok=True)
+    uptime_s = int(minutes * 60)
     (tmp_path / "uptime").write_text(f"{uptime_s}.42 1234.00\n")
     env = {
         **os.environ,
@@ -96,7 +105,7 @@ def run_watchdog(
         "LEPTON_WATCHDOG_STATE": str(tmp_path / "state"),
         "LEPTON_UPTIME_FILE": str(tmp_path / "uptime"),
         "LEPTON_POWEROFF": f"touch {marker}",
-        "LEPTON_NOW": str(now),
+        "LEPTON_NOW": str(boot + uptime_s),
     }
     out = subprocess.run(
         ["bash", str(script)], env=env, capture_output=True, text=True, check=True, timeout=30
@@ -104,41 +113,106 @@ def run_watchdog(
     return out.stdout.strip(), marker.exists()
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@contextmanager
+def job(argv: list[str], cwd: Path) -> Iterator[None]:
+    """A live process standing in for a training job (Popen returns after exec: cwd and argv are set)."""
+    proc = subprocess.Popen(argv, cwd=cwd)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+@needs_bash
 def test_watchdog_powers_off_after_idle_time_but_not_while_a_job_runs(tmp_path: Path) -> None:
-    (tmp_path / "runs" / "run-1").mkdir(parents=True)
-    assert run_watchdog(tmp_path, uptime_s=60, now=1000) == ("active", False)  # first tick: remembers now
-    assert run_watchdog(tmp_path, uptime_s=120, now=1000 + 29 * 60) == ("waiting", False)
-    job = subprocess.Popen(["sleep", "30"], cwd=tmp_path / "runs" / "run-1")
-    try:
-        time.sleep(0.2)
-        assert run_watchdog(tmp_path, uptime_s=3000, now=1000 + 45 * 60) == ("active", False)
-    finally:
-        job.kill()
-        job.wait()
-    assert run_watchdog(tmp_path, uptime_s=3100, now=1000 + 60 * 60) == (
-        "waiting",
-        False,
-    )  # idle clock restarted
-    assert run_watchdog(tmp_path, uptime_s=5000, now=1000 + 76 * 60) == ("idle", True)
+    run_dir = tmp_path / "runs" / "run-1" / "workload"
+    run_dir.mkdir(parents=True)
+    assert run_watchdog(tmp_path, minutes=1) == ("active", False)  # first tick starts the idle clock
+    assert run_watchdog(tmp_path, minutes=30) == ("waiting", False)  # 29 idle minutes: not yet
+    with job(["sleep", "30"], cwd=run_dir):
+        assert run_watchdog(tmp_path, minutes=45) == ("active", False)  # 44 minutes, but a job runs
+    assert run_watchdog(tmp_path, minutes=60) == ("waiting", False)  # the idle clock restarted at 45
+    assert run_watchdog(tmp_path, minutes=75) == ("idle", True)  # 30 idle minutes since the job
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@needs_bash
+def test_a_job_is_also_recognised_by_a_command_line_under_the_runs_folder(tmp_path: Path) -> None:
+    agent = tmp_path / "runs" / "run-1" / ".agent" / "agent.py"
+    agent.parent.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert run_watchdog(tmp_path, minutes=1) == ("active", False)
+    # The run's supervisor: started from the login directory, its script path names the run.
+    supervisor = [sys.executable, "-c", "import time; time.sleep(30)", str(agent), "supervise"]
+    with job(supervisor, cwd=tmp_path / "elsewhere"):
+        assert run_watchdog(tmp_path, minutes=120) == ("active", False)
+    # A process elsewhere, naming another folder, is no job.
+    with job([sys.executable, "-c", "import time; time.sleep(30)", str(tmp_path / "runsx")], cwd=tmp_path):
+        assert run_watchdog(tmp_path, minutes=150) == ("idle", True)
+
+
+@needs_bash
 def test_watchdog_enforces_the_lifetime_even_while_a_job_runs(tmp_path: Path) -> None:
-    (tmp_path / "runs" / "run-1").mkdir(parents=True)
-    job = subprocess.Popen(["sleep", "30"], cwd=tmp_path / "runs" / "run-1")
-    try:
-        time.sleep(0.2)
-        assert run_watchdog(tmp_path, uptime_s=12 * 3600, now=50) == ("lifetime", True)
-    finally:
-        job.kill()
-        job.wait()
+    run_dir = tmp_path / "runs" / "run-1"
+    run_dir.mkdir(parents=True)
+    with job(["sleep", "30"], cwd=run_dir):
+        assert run_watchdog(tmp_path, minutes=12 * 60 - 1) == ("active", False)
+        assert run_watchdog(tmp_path, minutes=12 * 60) == ("lifetime", True)
 
 
-def test_idle_zero_disables_the_idle_rule(tmp_path: Path) -> None:
+@needs_bash
+def test_idle_zero_disables_the_idle_rule_but_not_the_lifetime(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
-    run_watchdog(tmp_path, uptime_s=60, now=0, idle=0)
-    assert run_watchdog(tmp_path, uptime_s=7200, now=10**6, idle=0) == ("waiting", False)
+    run_watchdog(tmp_path, minutes=1, idle=0)
+    assert run_watchdog(tmp_path, minutes=11 * 60, idle=0) == ("waiting", False)
+    assert run_watchdog(tmp_path, minutes=12 * 60, idle=0) == ("lifetime", True)
+
+
+@needs_bash
+def test_a_node_started_again_is_not_powered_off_for_idleness_from_its_previous_boot(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    assert run_watchdog(tmp_path, minutes=1) == ("active", False)
+    assert run_watchdog(tmp_path, minutes=31) == ("idle", True)  # powered off (stopped) after 30 min
+    # A day later someone starts the stopped VM: the state folder survived, the idle clock must not.
+    next_boot = BOOT + 24 * 3600
+    assert run_watchdog(tmp_path, minutes=1, boot=next_boot) == ("active", False)
+    assert run_watchdog(tmp_path, minutes=20, boot=next_boot) == ("waiting", False)
+    assert run_watchdog(tmp_path, minutes=31, boot=next_boot) == ("idle", True)
+
+
+@needs_bash
+def test_an_unreadable_idle_mark_restarts_the_idle_clock_instead_of_breaking_the_watchdog(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "last_active").write_text("")  # e.g. a full disk during the last write
+    assert run_watchdog(tmp_path, minutes=40) == ("active", False)
+    assert run_watchdog(tmp_path, minutes=70) == ("idle", True)
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
+def test_cloud_init_accepts_the_document_under_its_own_schema(tmp_path: Path) -> None:
+    doc = tmp_path / "user-data.yaml"
+    doc.write_text(
+        render_cloud_init(
+            user="lepton",
+            authorized_key=PUBKEY,
+            host_private_key=HOST_PRIV,
+            host_public_key=HOST_PUB,
+            idle_shutdown_minutes=30,
+            max_lifetime_hours=12,
+            cluster="dev",
+        )
+    )
+    out = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(doc)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Valid cloud-config" in out.stdout
 
 
 def test_a_separate_program_can_import_just_a_store_and_a_queue() -> None:

@@ -17,8 +17,9 @@ WATCHDOG_PATH = "/usr/local/sbin/lepton-watchdog"
 # through the environment, so tests run the real script against a temporary folder.
 WATCHDOG_SCRIPT = r"""#!/bin/bash
 # lepton watchdog: power the node off after IDLE_MINUTES without a running job, and after
-# LIFETIME_HOURS since boot in any case. A job is any process whose working directory lies under
-# RUNS_DIR (the workload layer starts every job there). IDLE_MINUTES=0 disables the idle rule.
+# LIFETIME_HOURS since boot in any case. A job is any process whose working directory or command
+# line lies under RUNS_DIR (the workload layer starts every job, and its supervisor
+# .agent/agent.py, there). IDLE_MINUTES=0 disables the idle rule.
 set -u
 IDLE_MINUTES="${LEPTON_IDLE_MINUTES:-__IDLE__}"
 LIFETIME_HOURS="${LEPTON_LIFETIME_HOURS:-__LIFETIME__}"
@@ -45,14 +46,26 @@ for cwd in /proc/[0-9]*/cwd; do
         "$runs_real"/*) job_running=1; break ;;
     esac
 done
+# Command lines (NUL-separated argv) naming a path under RUNS_DIR, e.g. the run's supervisor.
+# The glob is expanded before grep starts, so grep never sees its own command line.
+if [ "$job_running" = 0 ] && grep -a -q -s -F -e "$RUNS_DIR/" -e "$runs_real/" /proc/[0-9]*/cmdline; then
+    job_running=1
+fi
 
-if [ "$job_running" = 1 ] || [ ! -f "$STATE_DIR/last_active" ]; then
+# The idle clock starts afresh when there is no usable mark: first tick, an unreadable file, or a
+# mark from before this boot (the node was stopped and started again).
+last_active=$(cat "$STATE_DIR/last_active" 2>/dev/null || true)
+case "$last_active" in ''|*[!0-9]*) last_active="" ;; esac
+if [ -n "$last_active" ] && [ "$last_active" -lt $((NOW - uptime_s)) ]; then
+    last_active=""
+fi
+
+if [ "$job_running" = 1 ] || [ -z "$last_active" ]; then
     echo "$NOW" > "$STATE_DIR/last_active"
     echo "active"
     exit 0
 fi
 
-last_active=$(cat "$STATE_DIR/last_active")
 if [ "$IDLE_MINUTES" -gt 0 ] && [ $((NOW - last_active)) -ge $((IDLE_MINUTES * 60)) ]; then
     logger -t lepton-watchdog "idle for ${IDLE_MINUTES} min: powering off" 2>/dev/null || true
     echo "idle"
