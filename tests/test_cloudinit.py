@@ -3,6 +3,7 @@ real here against a temporary runs folder, a fake uptime and a stand-in poweroff
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import shutil
@@ -215,22 +216,53 @@ def test_cloud_init_accepts_the_document_under_its_own_schema(tmp_path: Path) ->
     assert "Valid cloud-config" in out.stdout
 
 
-def test_a_separate_program_can_import_just_a_store_and_a_queue() -> None:
-    program = Path(__file__).parent / "fixtures" / "import_components" / "__main__.py"
+FIXTURE = Path(__file__).parent / "fixtures" / "import_components"
 
+
+def build_fixture_program() -> tuple[dict, harness.Recorder]:
     def run() -> dict:
-        ns = runpy.run_path(str(program), run_name="__main__")
+        ns = runpy.run_path(str(FIXTURE / "__main__.py"), run_name="__main__")
         return {"store": ns["datasets"].url, "queue": ns["sweeps"].url, "dlq": ns["sweeps"].dead_letter_url}
 
-    out, rec = harness.build(run)
+    return harness.build(run)
+
+
+def test_a_separate_program_can_import_just_a_store_and_a_queue() -> None:
+    out, rec = build_fixture_program()
     assert out["store"].startswith("s3://") and out["queue"] != out["dlq"]
     assert not rec.of("aws:ec2/instance:Instance") and not rec.of("tls:index/privateKey:PrivateKey")
+    assert not [r for r in rec.resources if r.type.startswith(("gcp:", "azure-native:"))]
     (bucket,) = rec.of("aws:s3/bucket:Bucket")
     assert bucket.inputs["tags"] == {
         "team": "ml-platform",
         "lepton:cluster": "datasets",
         "lepton:env": "test",
     }
+    assert bucket.inputs["region"] == "us-east-1"
+    (lifecycle,) = rec.of("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    assert lifecycle.inputs["rules"][0]["expiration"] == {"days": 30}  # the program's retention_days
     (main_queue,) = [q for q in rec.of("aws:sqs/queue:Queue") if "redrivePolicy" in q.inputs]
+    (dead_letter,) = [q for q in rec.of("aws:sqs/queue:Queue") if "redrivePolicy" not in q.inputs]
     assert main_queue.inputs["visibilityTimeoutSeconds"] == 900
+    redrive = json.loads(main_queue.inputs["redrivePolicy"])
+    assert redrive["maxReceiveCount"] == 3 and redrive["deadLetterTargetArn"].endswith(
+        dead_letter.outputs["name"]
+    )
+    assert out["dlq"].endswith(dead_letter.outputs["name"])
     assert {r.type for r in rec.resources} >= {"lepton:storage:ObjectStore", "lepton:queue:JobQueue"}
+
+
+def test_the_separate_program_passes_every_mandatory_policy_rule() -> None:
+    policy_harness = pytest.importorskip("policy_harness")
+    _, rec = build_fixture_program()
+    records = [policy_harness.Recorded(r.type, r.name, r.inputs, None, r.id) for r in rec.resources]
+    assert policy_harness.mandatory(policy_harness.analyze(records)) == []
+
+
+def test_the_separate_program_is_a_pulumi_project_of_its_own() -> None:
+    project = yaml.safe_load((FIXTURE / "Pulumi.yaml").read_text())
+    assert project["name"] == "data-platform" and project["runtime"]["name"] == "python"
+    venv = (FIXTURE / project["runtime"]["options"]["virtualenv"]).resolve()
+    assert venv == (Path(__file__).parent.parent / ".venv").resolve()  # where lepton-infra is installed
+    stack = yaml.safe_load((FIXTURE / "Pulumi.dev.yaml").read_text())
+    assert stack["config"]["aws:region"] == "us-east-1"
