@@ -267,3 +267,22 @@ def test_every_resource_is_tagged_with_the_cluster_and_the_stack_as_env() -> Non
     tagged = [r for r in rec.resources if r.type.startswith("aws:") and "tags" in r.inputs]
     assert tagged, "no tagged AWS resources recorded"
     assert all(r.inputs["tags"][TAG_CLUSTER] == "demo" and r.inputs["tags"][TAG_ENV] == "dev" for r in tagged)
+
+
+def test_user_data_carrying_the_host_private_key_is_a_secret() -> None:
+    from lepton_infra.components.cloudinit import cloud_init
+
+    def program() -> dict[str, Any]:
+        data = cloud_init(
+            user="lepton",
+            authorized_key=PUBKEY,
+            host_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
+            host_public_key=PUBKEY,
+            idle_shutdown_minutes=30,
+            max_lifetime_hours=12,
+            cluster="demo",
+        )
+        return {"data": data, "secret": pulumi.Output.from_input(data.is_secret())}
+
+    out, _ = harness.build(program)
+    assert out["secret"] is True and "BEGIN OPENSSH PRIVATE KEY" in out["data"]
