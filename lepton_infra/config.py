@@ -74,6 +74,12 @@ KEYS: tuple[Key, ...] = (
 )
 _BY_NAME = {k.name: k for k in KEYS}
 _BY_FIELD = {k.field: k for k in KEYS}
+# ObjectStoreArgs/JobQueueArgs name these fields without the cluster's store_/queue_ prefix.
+_BY_FIELD.update(
+    retention_days=_BY_FIELD["store_retention_days"],
+    visibility_timeout_s=_BY_FIELD["queue_visibility_timeout_s"],
+    max_receive_count=_BY_FIELD["queue_max_receive_count"],
+)
 # Catalog errors name what was looked up, not a field: map them to the keys the user set.
 _CATALOG_HINTS = (
     ("unknown cloud", "cloud"),

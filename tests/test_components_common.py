@@ -286,3 +286,28 @@ def test_user_data_carrying_the_host_private_key_is_a_secret() -> None:
 
     out, _ = harness.build(program)
     assert out["secret"] is True and "BEGIN OPENSSH PRIVATE KEY" in out["data"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("storeRetentionDays", "0", "lepton:storeRetentionDays is 0; allowed: a whole number from 1"),
+        ("queueVisibilityTimeoutS", "50000", "lepton:queueVisibilityTimeoutS is 50000; allowed"),
+        ("queueMaxReceiveCount", "0", "lepton:queueMaxReceiveCount is 0; allowed"),
+    ],
+)
+def test_stack_config_errors_in_store_and_queue_options_name_the_lepton_key(
+    key: str, value: str, expected: str
+) -> None:
+    from lepton_infra import config as stack_config
+
+    raw = {
+        "cloud": "aws",
+        "region": "us-east-1",
+        "accelerator": "T4",
+        "allowedSshCidrs": '["203.0.113.0/24"]',
+        key: value,
+    }
+    with pytest.raises(ConfigError) as info:
+        stack_config.parse(raw, cluster="c", env="dev")
+    assert str(info.value).startswith(expected)
