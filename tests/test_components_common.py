@@ -311,3 +311,62 @@ def test_stack_config_errors_in_store_and_queue_options_name_the_lepton_key(
     with pytest.raises(ConfigError) as info:
         stack_config.parse(raw, cluster="c", env="dev")
     assert str(info.value).startswith(expected)
+
+
+def test_the_cli_can_turn_stack_output_into_an_inventory_without_the_pulumi_sdk(tmp_path: Path) -> None:
+    """`lepton-infra inventory --stack` runs where only the base install exists (no `pulumi` extra):
+    a fresh interpreter in which importing pulumi fails."""
+    outputs = {
+        "inventory": json.dumps(
+            {
+                "version": 1,
+                "cluster": "lepton-dev-aws",
+                "cloud": "aws",
+                "user": "lepton",
+                "private_key_path": None,
+                "nodes": [
+                    {"name": "node-0", "host": "203.0.113.9", "private_ip": "10.0.1.9", "host_key": PUBKEY}
+                ],
+            }
+        ),
+        "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
+    }
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    script = f"""
+import sys
+from pathlib import Path
+sys.modules["pulumi"] = None  # `import pulumi` raises ImportError from here on
+from lepton_infra.components.stack_inventory import inventory_from_stack_output
+inv = inventory_from_stack_output(Path({str(tmp_path / "outputs.json")!r}).read_text(), Path({str(tmp_path)!r}))
+print(inv.private_key_path)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    key = Path(out.stdout.strip())
+    assert key == (tmp_path / "lepton-dev-aws_id_ed25519").resolve()
+    assert key.stat().st_mode & 0o777 == 0o600 and key.read_text().endswith("-----\n")
+
+
+def test_inventories_of_two_stacks_in_one_folder_keep_their_own_login_keys(tmp_path: Path) -> None:
+    from lepton_infra.components.stack_inventory import inventory_from_stack_output
+
+    def outputs(cluster: str, key: str) -> str:
+        doc = {
+            "version": 1,
+            "cluster": cluster,
+            "cloud": "aws",
+            "user": "lepton",
+            "nodes": [
+                {"name": "node-0", "host": "203.0.113.9", "private_ip": "10.0.1.9", "host_key": PUBKEY}
+            ],
+        }
+        private = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key}\n-----END OPENSSH PRIVATE KEY-----\n"
+        return json.dumps({"inventory": json.dumps(doc), "private_key": private})
+
+    aws_inv = inventory_from_stack_output(outputs("lepton-dev-aws", "aws"), tmp_path)
+    gcp_inv = inventory_from_stack_output(outputs("lepton-dev-gcp", "gcp"), tmp_path)
+    assert aws_inv.private_key_path != gcp_inv.private_key_path
+    assert "aws" in Path(aws_inv.private_key_path or "").read_text()
+    assert "gcp" in Path(gcp_inv.private_key_path or "").read_text()

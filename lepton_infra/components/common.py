@@ -70,9 +70,7 @@ def typed_args(cls: type, value: Any) -> Any:
         try:
             return cls(**value)
         except TypeError as exc:
-            allowed = ", ".join(
-                p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "__self__")
-            )
+            allowed = ", ".join(p for p in inspect.signature(cls).parameters if p not in ("self", "__self__"))
             raise ConfigError(
                 f"extra: bad key for {cls.__name__} in {dict(value)!r} ({exc}); allowed keys: {allowed}"
             ) from exc
