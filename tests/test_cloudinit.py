@@ -44,20 +44,6 @@ def rendered() -> dict:
     return yaml.safe_load(text)
 
 
-@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
-def test_user_data_passes_cloud_inits_own_schema_check(tmp_path: Path) -> None:
-    user_data = tmp_path / "user-data"
-    user_data.write_text(rendered_text())
-    result = subprocess.run(
-        ["cloud-init", "schema", "--config-file", str(user_data)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Valid cloud-config" in result.stdout
-
-
 def test_user_key_and_pinned_host_key_are_installed_and_passwords_are_off() -> None:
     doc = rendered()
     (user,) = doc["users"]
