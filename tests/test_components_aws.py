@@ -74,7 +74,10 @@ def test_instances_sit_in_the_subnet_behind_the_security_group_with_the_profile(
         assert inst.inputs["iamInstanceProfile"] == out["profile"]
         assert inst.inputs["instanceType"] == "g4dn.xlarge"
         assert inst.inputs["ami"] == harness.DEEP_LEARNING_AMI
-    assert ("aws:ssm/getParameter:getParameter", {"name": aws.DEEP_LEARNING_AMI_PARAMETER}) in rec.calls
+    assert (
+        "aws:ssm/getParameter:getParameter",
+        {"name": aws.DEEP_LEARNING_AMI_PARAMETER, "region": "us-east-1"},
+    ) in rec.calls
 
 
 def test_ssh_only_from_allowed_networks_and_all_traffic_only_between_members(built: Any) -> None:

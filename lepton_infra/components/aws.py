@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from lepton_infra.components.common import (
     TAG_LIFETIME,
     PoolNode,
     child,
+    ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
     ssh_needs_public_ip,
@@ -43,10 +45,47 @@ VPC_CIDR = "10.40.0.0/16"
 SUBNET_CIDR = "10.40.1.0/24"
 _NETWORK_KEYS = frozenset({"subnet_id", "vpc_id"})
 _IDENTITY_KEYS = frozenset({"instance_profile"})
+_AMI_RE = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+# A zone is its region plus a letter; Local/Wavelength Zones add a location in between
+# (us-west-2-lax-1a).
+_ZONE_RE = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+)(?:-[a-z]+-[0-9]+)?[a-z]$")
 
 
 def _cluster_env(args: Any, name: str) -> tuple[str, str]:
     return args.cluster or name, args.env or pulumi.get_stack()
+
+
+def _region(args: Any) -> str | None:
+    """The region the resources go to: `args.region`, else the provider's (`aws:region`)."""
+    return args.region or pulumi.Config("aws").get("region")
+
+
+def _check_zone(zone: str | None, region: str | None) -> None:
+    """A zone must lie in the pool's region, or the subnet and every node fail at deploy time."""
+    if zone is None:
+        return
+    match = _ZONE_RE.match(zone)
+    if not match or (region is not None and match["region"] != region):
+        where = f"{region}a, {region}b, ..." if region else "us-east-1a"
+        raise ConfigError(
+            f"zone is {zone!r}; allowed on aws: an availability zone of the pool's region ({where})"
+        )
+
+
+def _ami(image: str | None, region: str | None) -> pulumi.Input[str]:
+    """`image` as an AMI id, or the AMI an SSM parameter names (AWS's public Deep Learning AMI
+    parameter by default, so new nodes get the current AMI without a code change)."""
+    parameter = DEEP_LEARNING_AMI_PARAMETER
+    if image is not None:
+        if _AMI_RE.match(image):
+            return image
+        if not image.startswith("/"):
+            raise ConfigError(
+                f"image is {image!r}; allowed on aws: an AMI id like ami-0123456789abcdef0, or an SSM "
+                f"parameter holding one, starting with '/' (default {DEEP_LEARNING_AMI_PARAMETER})"
+            )
+        parameter = image
+    return ssm.get_parameter_output(name=parameter, region=region).value
 
 
 def _check_keys(
@@ -81,6 +120,7 @@ class AwsNetwork(pulumi.ComponentResource):
         public: bool,
         tags: Mapping[str, str],
         zone: str | None = None,
+        region: str | None = None,
         existing: Mapping[str, Any] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -96,6 +136,7 @@ class AwsNetwork(pulumi.ComponentResource):
                 enable_dns_support=True,
                 enable_dns_hostnames=True,
                 tags=dict(tags),
+                region=region,
                 opts=child(self),
             )
             self.subnet = ec2.Subnet(
@@ -105,23 +146,26 @@ class AwsNetwork(pulumi.ComponentResource):
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
                 tags=dict(tags),
+                region=region,
                 opts=child(self),
             )
             if public:
                 gateway = ec2.InternetGateway(
-                    f"{name}-igw", vpc_id=self.vpc.id, tags=dict(tags), opts=child(self)
+                    f"{name}-igw", vpc_id=self.vpc.id, tags=dict(tags), region=region, opts=child(self)
                 )
                 routes = ec2.RouteTable(
                     f"{name}-routes",
                     vpc_id=self.vpc.id,
                     routes=[ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
                     tags=dict(tags),
+                    region=region,
                     opts=child(self),
                 )
                 ec2.RouteTableAssociation(
                     f"{name}-routes-assoc",
                     subnet_id=self.subnet.id,
                     route_table_id=routes.id,
+                    region=region,
                     opts=child(self),
                 )
             self.vpc_id, self.subnet_id = self.vpc.id, self.subnet.id
@@ -159,6 +203,7 @@ class AwsNetwork(pulumi.ComponentResource):
                 )
             ],
             tags=dict(tags),
+            region=region,
             opts=child(self),
         )
         self.register_outputs(
@@ -178,19 +223,25 @@ class AwsObjectStore(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args.validate()
-        super().__init__("lepton:aws:ObjectStore", name, None, opts)
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
+        region = args.region
+        # `extra` typed before any resource exists: a misspelled key fails here with the allowed keys.
+        bucket_args = typed_args(
+            s3.BucketArgs,
+            merge_extra({"force_destroy": args.force_destroy, "tags": tags, "region": region}, args.extra),
+        )
+        super().__init__("lepton:aws:ObjectStore", name, None, opts)
         self.kms_key = kms.Key(
             f"{name}-key",
             description=f"lepton {cluster}: encrypts the object store",
             enable_key_rotation=True,
             deletion_window_in_days=7,
             tags=tags,
+            region=region,
             opts=child(self),
         )
-        base = {"force_destroy": args.force_destroy, "tags": tags}
-        self.bucket = s3.Bucket(f"{name}-bucket", **merge_extra(base, args.extra), opts=child(self))
+        self.bucket = s3.Bucket(f"{name}-bucket", bucket_args, opts=child(self))
         bucket_id = self.bucket.id
         self.arn = self.bucket.arn
         guard = child(self, depends_on=[self.bucket])
@@ -201,12 +252,14 @@ class AwsObjectStore(pulumi.ComponentResource):
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
+            region=region,
             opts=guard,
         )
         s3.BucketOwnershipControls(
             f"{name}-ownership",
             bucket=bucket_id,
             rule=s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            region=region,
             opts=guard,
         )
         s3.BucketServerSideEncryptionConfiguration(
@@ -220,6 +273,7 @@ class AwsObjectStore(pulumi.ComponentResource):
                     bucket_key_enabled=True,
                 )
             ],
+            region=region,
             opts=guard,
         )
         s3.BucketPolicy(
@@ -242,6 +296,7 @@ class AwsObjectStore(pulumi.ComponentResource):
                     }
                 )
             ),
+            region=region,
             opts=guard,
         )
         if args.versioning:
@@ -249,6 +304,7 @@ class AwsObjectStore(pulumi.ComponentResource):
                 f"{name}-versioning",
                 bucket=bucket_id,
                 versioning_configuration=s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+                region=region,
                 opts=guard,
             )
         if args.retention_days is not None:
@@ -268,6 +324,7 @@ class AwsObjectStore(pulumi.ComponentResource):
                         ),
                     )
                 ],
+                region=region,
                 opts=guard,
             )
         self.url = bucket_id.apply(lambda b: f"s3://{b}")
@@ -285,27 +342,35 @@ class AwsJobQueue(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args.validate()
-        super().__init__("lepton:aws:JobQueue", name, None, opts)
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
+        region = args.region
+        base: dict[str, Any] = {
+            "sqs_managed_sse_enabled": True,
+            "visibility_timeout_seconds": args.visibility_timeout_s,
+            "message_retention_seconds": 4 * 24 * 3600,
+            "redrive_policy": None,  # set below, once the dead-letter queue exists
+            "tags": tags,
+            "region": region,
+        }
+        # A misspelled `extra` key fails here, before any resource exists.
+        typed_args(sqs.QueueArgs, merge_extra(base, args.extra))
+        super().__init__("lepton:aws:JobQueue", name, None, opts)
         self.dead_letter_queue = sqs.Queue(
             f"{name}-dlq",
             sqs_managed_sse_enabled=True,
             message_retention_seconds=14 * 24 * 3600,
             tags=tags,
+            region=region,
             opts=child(self),
         )
         max_receives = args.max_receive_count
-        base = {
-            "sqs_managed_sse_enabled": True,
-            "visibility_timeout_seconds": args.visibility_timeout_s,
-            "message_retention_seconds": 4 * 24 * 3600,
-            "redrive_policy": self.dead_letter_queue.arn.apply(
-                lambda arn: json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives})
-            ),
-            "tags": tags,
-        }
-        self.queue = sqs.Queue(f"{name}-queue", **merge_extra(base, args.extra), opts=child(self))
+        base["redrive_policy"] = self.dead_letter_queue.arn.apply(
+            lambda arn: json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives})
+        )
+        self.queue = sqs.Queue(
+            f"{name}-queue", typed_args(sqs.QueueArgs, merge_extra(base, args.extra)), opts=child(self)
+        )
         self.url = self.queue.url
         self.dead_letter_url = self.dead_letter_queue.url
         self.register_outputs({"url": self.url, "dead_letter_url": self.dead_letter_url})
@@ -408,6 +473,57 @@ class AwsNodeIdentity(pulumi.ComponentResource):
         self.register_outputs({"instance_profile": self.instance_profile_name, "role_arn": self.role.arn})
 
 
+def _instance_spec(args: GpuVmPoolArgs, entry: CatalogEntry, *, ami: Any, public: bool) -> dict[str, Any]:
+    """An instance's settings that do not depend on other resources (the pool adds subnet, security
+    group, profile, user data and tags): IMDSv2 only with hop limit 1 (containers cannot reach the
+    role's credentials), an encrypted gp3 root volume, a public IP only when needed, and spot as
+    one-time/terminate (a reclaimed node never comes back half-configured; the watchdog's poweroff
+    ends it too, since a one-time spot instance cannot be stopped)."""
+    spec: dict[str, Any] = {
+        "ami": ami,
+        "instance_type": entry.instance_type,
+        "associate_public_ip_address": public,
+        "metadata_options": {
+            "http_endpoint": "enabled",
+            "http_tokens": "required",
+            "http_put_response_hop_limit": 1,
+        },
+        "root_block_device": {
+            "encrypted": True,
+            "volume_type": "gp3",
+            "volume_size": args.disk_gb,
+            "delete_on_termination": True,
+        },
+        "region": args.region,
+    }
+    if args.spot:
+        spec["instance_market_options"] = {
+            "market_type": "spot",
+            "spot_options": {
+                "spot_instance_type": "one-time",
+                "instance_interruption_behavior": "terminate",
+            },
+        }
+        spec["instance_initiated_shutdown_behavior"] = "terminate"
+    return spec
+
+
+def _instance_args(spec: Mapping[str, Any]) -> ec2.InstanceArgs:
+    """`spec` (ours merged with `extra`) as typed provider args, nested blocks included, so a
+    misspelled key raises ConfigError naming it instead of being sent to AWS."""
+    spec = dict(spec)
+    spec["metadata_options"] = typed_args(ec2.InstanceMetadataOptionsArgs, spec.get("metadata_options"))
+    spec["root_block_device"] = typed_args(ec2.InstanceRootBlockDeviceArgs, spec.get("root_block_device"))
+    market = spec.get("instance_market_options")
+    if isinstance(market, Mapping):
+        market = dict(market)
+        market["spot_options"] = typed_args(
+            ec2.InstanceInstanceMarketOptionsSpotOptionsArgs, market.get("spot_options")
+        )
+        spec["instance_market_options"] = typed_args(ec2.InstanceInstanceMarketOptionsArgs, market)
+    return typed_args(ec2.InstanceArgs, spec)  # type: ignore[no-any-return]
+
+
 class AwsGpuVmPool(pulumi.ComponentResource):
     """`nodes` EC2 instances of the catalog's instance type, in their own VPC unless `args.network`
     names one, with an identity allowed exactly `store` and `queue`. Secure defaults: IMDSv2 only
@@ -434,6 +550,19 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         existing_network = _check_keys(args.network, _NETWORK_KEYS, "network")
         existing_identity = _check_keys(args.identity, _IDENTITY_KEYS, "identity")
         self.entry = entry = args.validate()
+        for what, given, cls in (("store", store, AwsObjectStore), ("queue", queue, AwsJobQueue)):
+            if given is not None and not isinstance(given, cls):
+                raise ConfigError(
+                    f"{what} is a {type(given).__name__}; an AWS pool can only be granted an AWS {what} "
+                    f"({cls.__name__} or a neutral one with cloud='aws')"
+                )
+        _check_zone(args.zone, _region(args))
+        # The nodes have IPv4 addresses only: IPv6 sources are dropped (with a warning), only-IPv6
+        # is an error (nobody could log in), and the public-IP decision looks at IPv4 sources alone.
+        ssh_sources = ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "aws")
+        # A misspelled `extra` key fails here, before any resource exists.
+        _instance_args(merge_extra(_instance_spec(args, entry, ami="ami-probe", public=False), args.extra))
+        ami = _ami(args.image, args.region)
         super().__init__("lepton:aws:GpuVmPool", name, None, opts)
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
@@ -443,13 +572,14 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             args.tags,
             **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
         )
-        public = ssh_needs_public_ip(args.allowed_ssh_cidrs)
+        public = ssh_needs_public_ip(ssh_sources)
         self.network = AwsNetwork(
             f"{name}-net",
-            allowed_ssh_cidrs=args.allowed_ssh_cidrs,
+            allowed_ssh_cidrs=ssh_sources,
             public=public,
             tags=tags,
             zone=args.zone,
+            region=args.region,
             existing=existing_network,
             opts=child(self),
         )
@@ -461,69 +591,30 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             existing_profile=(existing_identity or {}).get("instance_profile"),
             opts=child(self),
         )
-        ami: pulumi.Input[str] = (
-            args.image or ssm.get_parameter_output(name=DEEP_LEARNING_AMI_PARAMETER).value
-        )
         self.host_keys = node_host_keys(name, args.nodes, self)
         self.instances, self.nodes = [], []
         for i, host_key in enumerate(self.host_keys):
             user_data = cloud_init(
                 user=args.user,
-                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  (validated: set)
+                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
                 host_private_key=host_key.private_key_openssh,
                 host_public_key=host_key.public_key_openssh,
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
             )
-            base: dict[str, Any] = {
-                "ami": ami,
-                "instance_type": entry.instance_type,
-                "subnet_id": self.network.subnet_id,
-                "vpc_security_group_ids": [self.network.security_group.id],
-                "iam_instance_profile": self.identity.instance_profile_name,
-                "associate_public_ip_address": public,
-                "user_data": user_data,
-                "metadata_options": {
-                    "http_endpoint": "enabled",
-                    "http_tokens": "required",
-                    "http_put_response_hop_limit": 1,
-                },
-                "root_block_device": {
-                    "encrypted": True,
-                    "volume_type": "gp3",
-                    "volume_size": args.disk_gb,
-                    "delete_on_termination": True,
-                },
-                "tags": {**node_tags, "Name": f"{cluster}-node-{i}"},
-                "volume_tags": dict(tags),
-            }
-            if args.spot:
-                base["instance_market_options"] = {
-                    "market_type": "spot",
-                    "spot_options": {
-                        "spot_instance_type": "one-time",
-                        "instance_interruption_behavior": "terminate",
-                    },
-                }
-            spec = merge_extra(base, args.extra)
-            spec["metadata_options"] = typed_args(
-                ec2.InstanceMetadataOptionsArgs, spec.get("metadata_options")
+            spec = _instance_spec(args, entry, ami=ami, public=public)
+            spec.update(
+                subnet_id=self.network.subnet_id,
+                vpc_security_group_ids=[self.network.security_group.id],
+                iam_instance_profile=self.identity.instance_profile_name,
+                user_data=user_data,
+                tags={**node_tags, "Name": f"{cluster}-node-{i}"},
+                volume_tags=dict(tags),
             )
-            spec["root_block_device"] = typed_args(
-                ec2.InstanceRootBlockDeviceArgs, spec.get("root_block_device")
+            instance = ec2.Instance(
+                f"{name}-node-{i}", _instance_args(merge_extra(spec, args.extra)), opts=child(self)
             )
-            market = spec.get("instance_market_options")
-            if isinstance(market, Mapping):
-                market = dict(market)
-                market["spot_options"] = typed_args(
-                    ec2.InstanceInstanceMarketOptionsSpotOptionsArgs, market.get("spot_options")
-                )
-                spec["instance_market_options"] = typed_args(ec2.InstanceInstanceMarketOptionsArgs, market)
-            try:
-                instance = ec2.Instance(f"{name}-node-{i}", **spec, opts=child(self))
-            except TypeError as exc:
-                raise ConfigError(f"extra: not an ec2.Instance argument ({exc})") from exc
             self.instances.append(instance)
             host = instance.public_ip if public else instance.private_ip
             self.nodes.append(
