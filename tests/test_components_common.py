@@ -370,3 +370,21 @@ def test_inventories_of_two_stacks_in_one_folder_keep_their_own_login_keys(tmp_p
     assert aws_inv.private_key_path != gcp_inv.private_key_path
     assert "aws" in Path(aws_inv.private_key_path or "").read_text()
     assert "gcp" in Path(gcp_inv.private_key_path or "").read_text()
+
+
+def test_pulumi_yaml_defaults_are_the_component_defaults() -> None:
+    """`pulumi config` shows Pulumi.yaml's defaults; they must be what the program really uses."""
+    import dataclasses
+
+    import yaml
+
+    from lepton_infra import config as stack_config
+
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    field_defaults = {f.name: f.default for f in dataclasses.fields(TrainingClusterArgs)}
+    for spec in stack_config.KEYS:
+        default = field_defaults.get(spec.field, dataclasses.MISSING)
+        if default in (None, dataclasses.MISSING) or spec.required:
+            assert "default" not in declared[spec.name], spec.name
+        else:
+            assert declared[spec.name].get("default") == default, spec.name
