@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 # Runnable as `python bench/x.py` from a checkout without installing: the repo root on sys.path.
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ if str(ROOT) not in sys.path:
 from lepton_infra.inventory import Inventory, Node  # noqa: E402
 from lepton_infra.local import LocalPool  # noqa: E402
 
+T = TypeVar("T")
 CAVEAT = (
     "caveat: this machine is shared and noisy (other jobs use the same cores); numbers are medians "
     "of a few repeats, ratios from the same run are meaningful, absolute seconds much less so."
@@ -162,7 +164,7 @@ class Row:
         return statistics.median(self.seconds)
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     t0 = time.perf_counter()
     value = fn()
     return time.perf_counter() - t0, value
@@ -171,11 +173,12 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
 
 
 def print_table(title: str, rows: Sequence[Row], *, show_bytes: bool = False) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,6 +25,7 @@ import _bench  # noqa: E402
 from _bench import OpenSSH, Row  # noqa: E402
 
 from lepton_infra.inventory import Inventory  # noqa: E402
+from lepton_infra.local.sshd_config import KEX_ALGORITHMS  # noqa: E402
 from lepton_infra.workload.ssh import NodeConnection, connect_all, parallel  # noqa: E402
 
 
@@ -58,7 +60,7 @@ def openssh_xargs(ssh: OpenSSH, inv: Inventory, command: str, *extra: str) -> No
 
 
 @contextlib.contextmanager
-def control_masters(ssh: OpenSSH, inv: Inventory, sock_dir: Path):  # type: ignore[no-untyped-def]
+def control_masters(ssh: OpenSSH, inv: Inventory, sock_dir: Path) -> Iterator[list[str]]:
     """One persistent master per node (opened before timing, closed in finally)."""
     sock_dir.mkdir(parents=True, exist_ok=True)
     path = f"ControlPath={sock_dir}/%C"
@@ -126,7 +128,11 @@ def main() -> int:
             ssh = OpenSSH(inv, work)
             cold = Row("lepton cold (connect pinned + exec)", note="paramiko, host keys pinned")
             warm = Row("lepton warm (open connections)", note="one connection per node, reused")
-            plain = Row("openssh xargs -P N", note="default kex")
+            plain = Row(
+                "openssh xargs -P N (client default kex)",
+                # The pool's sshd offers no post-quantum kex, so this already lands on curve25519.
+                note=f"server offers {KEX_ALGORITHMS[0]} first",
+            )
             curve = Row("openssh xargs -P N, curve25519-sha256")
             master = Row("openssh controlmaster (persistent)", note="masters opened before timing")
             kex = ("-o", "KexAlgorithms=curve25519-sha256")
