@@ -247,3 +247,18 @@ def test_user_data_with_real_keys_fits_the_ec2_limit() -> None:
     )
     assert host_private.strip().splitlines()[1] in text and login in text
     assert len(text.encode()) < USER_DATA_LIMIT // 2  # room left for what `extra` users add
+
+
+# EC2 accepts only these characters in a VPC security group's and its rules' descriptions; anything
+# else fails at deploy time, never under mocks, so check the text here.
+_SG_TEXT = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._-:/()#,@[]+=&;{}!$*")
+
+
+def test_security_group_descriptions_use_only_characters_ec2_accepts() -> None:
+    _, rec = harness.build(lambda: aws.AwsGpuVmPool("p", pool_args()))
+    (sg,) = rec.of("aws:ec2/securityGroup:SecurityGroup")
+    texts = [sg.inputs["description"]] + [
+        rule["description"] for rule in sg.inputs["ingress"] + sg.inputs["egress"]
+    ]
+    for text in texts:
+        assert 0 < len(text) <= 255 and set(text) <= _SG_TEXT, text
