@@ -388,3 +388,22 @@ def test_pulumi_yaml_defaults_are_the_component_defaults() -> None:
             assert "default" not in declared[spec.name], spec.name
         else:
             assert declared[spec.name].get("default") == default, spec.name
+
+
+def test_one_args_object_can_build_two_clusters_each_with_its_own_name_and_key() -> None:
+    args = cluster_args(nodes=1)
+
+    def program() -> dict[str, Any]:
+        first, second = TrainingCluster("alpha", args), TrainingCluster("beta", args)
+        return {"alpha": first.inventory, "beta": second.inventory, "beta_key": second.private_key}
+
+    out, rec = harness.build(program, stack="dev")
+    assert args.cluster is None and args.ssh_public_key is None  # the caller's args are left alone
+    assert json.loads(out["alpha"])["cluster"] == "alpha" and json.loads(out["beta"])["cluster"] == "beta"
+    assert "PRIVATE KEY" in out["beta_key"]
+    keys = {r.name: r.outputs["publicKeyOpenssh"].strip() for r in rec.of(LOGIN_KEY)}
+    by_cluster = {
+        i.inputs["tags"][TAG_CLUSTER]: i.inputs["userData"] for i in rec.of("aws:ec2/instance:Instance")
+    }
+    assert keys["alpha-login"] in by_cluster["alpha"] and keys["beta-login"] not in by_cluster["alpha"]
+    assert keys["beta-login"] in by_cluster["beta"]

@@ -4,6 +4,7 @@ is used, so an AWS stack never loads the GCP or Azure SDKs."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Protocol
 
@@ -113,6 +114,9 @@ class TrainingCluster(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: TrainingClusterArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        # A copy: the cluster fills in its name, env and generated key, and the caller's args may
+        # build further clusters (each must get its own name tags and its own key).
+        args = dataclasses.replace(args)
         entry = args.validate() if args.ssh_public_key is not None else _validate_without_key(args)
         super().__init__("lepton:index:TrainingCluster", name, None, opts)
         cluster = args.cluster or name
