@@ -407,3 +407,47 @@ def test_one_args_object_can_build_two_clusters_each_with_its_own_name_and_key()
     }
     assert keys["alpha-login"] in by_cluster["alpha"] and keys["beta-login"] not in by_cluster["alpha"]
     assert keys["beta-login"] in by_cluster["beta"]
+
+
+# ---------------------------------------------------------------- the program, configured like the engine does
+
+
+def run_program_with_engine_config(monkeypatch: pytest.MonkeyPatch, config: dict[str, str]) -> dict[str, Any]:
+    """The language host hands a program its stack config as JSON in PULUMI_CONFIG (not through
+    `set_all_config`); `__main__.py` must read and check keys that arrive that way too."""
+    import runpy
+
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+
+    def program() -> dict[str, Any]:
+        namespace = runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        return {"inventory": namespace["cluster"].inventory}
+
+    out, _ = harness.build(program, stack="dev-aws")
+    return out
+
+
+ENGINE_CONFIG = {
+    "lepton:cloud": "aws",
+    "lepton:region": "us-east-1",
+    "lepton:accelerator": "T4",
+    "lepton:nodes": "2",
+    "lepton:allowedSshCidrs": '["203.0.113.0/24"]',
+}
+
+
+def test_the_program_reads_stack_config_handed_over_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = run_program_with_engine_config(monkeypatch, ENGINE_CONFIG)
+    inventory = Inventory.from_json(out["inventory"])
+    assert inventory.cluster.endswith("-dev-aws")  # <project>-<stack>
+    assert len(inventory.nodes) == 2
+
+
+def test_a_misspelled_key_in_the_environment_is_rejected_before_any_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match="unknown config key lepton:node \\(did you mean lepton:nodes"):
+        run_program_with_engine_config(monkeypatch, {**ENGINE_CONFIG, "lepton:node": "3"})
+    assert harness.MOCKS.resources == []
