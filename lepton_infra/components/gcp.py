@@ -9,7 +9,6 @@ Naming, tags, validation, host keys, cloud-init and the `extra` merge come from 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from lepton_infra.components.common import (
     PoolNode,
     child,
     gcp_labels,
+    ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
     tags_for,
@@ -219,25 +219,6 @@ def check_identity_mapping(identity: Mapping[str, Any] | None) -> str | None:
     return email
 
 
-def split_ssh_cidrs(cidrs: Sequence[str]) -> list[str]:
-    """The IPv4 CIDRs of `allowed_ssh_cidrs`. The pool's subnet and external IPs are IPv4-only, so
-    IPv6 sources could never reach a node; they are dropped with a warning (and a list of only IPv6
-    sources is an error, since nobody could then log in)."""
-    v4: list[str] = []
-    v6: list[str] = []
-    for cidr in cidrs:
-        net = ipaddress.ip_network(str(cidr), strict=False)
-        (v4 if net.version == 4 else v6).append(str(net))
-    if v6 and not v4:
-        raise ConfigError(
-            f"allowed_ssh_cidrs={list(cidrs)!r} has only IPv6 ranges, but GCP pool nodes have IPv4 "
-            "addresses only: add the IPv4 range(s) you connect from"
-        )
-    if v6:
-        pulumi.log.warn(f"gcp: ignoring IPv6 SSH sources {v6}: the pool's nodes are IPv4-only")
-    return v4
-
-
 # --------------------------------------------------------------------------- typed args from dicts
 
 
@@ -311,7 +292,7 @@ class GcpNetwork(pulumi.ComponentResource):
         super().__init__("lepton:gcp:Network", name, None, opts)
         stem = gcp_slug(name)
         self.tag = tag
-        sources = split_ssh_cidrs(allowed_ssh_cidrs)
+        sources = ipv4_ssh_cidrs(allowed_ssh_cidrs, "gcp")
         if existing is None:
             self.vpc = compute.Network(
                 f"{stem}-vpc",
