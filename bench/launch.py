@@ -37,7 +37,7 @@ MARK = "first line from"
 TRAIN_PY = f"""import os, socket
 print("{MARK} rank", os.environ.get("RANK", "-"), "node", os.environ.get("LEPTON_NODE_NAME", "-"), flush=True)
 """
-PHASES = ("connect", "prepare", "ship", "launch", "launch_to_first_log", "run", "collect", "total")
+PHASES = ("connect", "prepare", "ship", "launch", "launch_to_first_log", "run", "job", "collect", "total")
 
 
 class _FirstLine(RunEvents):
@@ -193,8 +193,9 @@ def main() -> int:
             }
             print("  " + "  ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
             print(
-                "  (run = launch start to the last node's end; launch_to_first_log includes torchrun "
-                "start-up and the 0.1-0.5 s log polling)\n"
+                "  (run = launch start to the last node's end as the controller saw it; job = first "
+                "node's start to last node's end as the nodes recorded it; launch_to_first_log includes "
+                "torchrun start-up and the 0.1-0.5 s log polling)\n"
             )
             _bench.ratio("launch", "first-line lepton/openssh-torchrun", rows["l_first"], rows["t_first"])
             _bench.ratio("launch", "whole-run lepton/openssh-torchrun", rows["l_total"], rows["t_total"])
