@@ -286,8 +286,12 @@ class NodeConnection:
         """Run `command` with `producer` writing its stdin. Returns (result, producer's value, bytes sent)."""
         channel = self._open(command, timeout)
         writer = _ChannelWriter(channel)
+        # tarfile writes in 10 KB pieces; batching them into 256 KB sends measured 1.5x faster for
+        # large files (bench/README.md) and costs nothing for small ones.
+        buffered = io.BufferedWriter(writer, 1 << 18)
         try:
-            value = producer(writer)  # type: ignore[arg-type]
+            value = producer(buffered)
+            buffered.flush()
             channel.shutdown_write()
             stdout = channel.makefile("rb").read()
         except (OSError, EOFError, paramiko.SSHException) as exc:
