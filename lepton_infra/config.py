@@ -162,10 +162,18 @@ def parse(raw: Mapping[str, Any], *, cluster: str, env: str) -> StackConfig:
     args = TrainingClusterArgs(cluster=cluster, env=env, **values)
     try:
         entry = args.validate() if args.ssh_public_key else _validate_generated_key(args)
+        _check_cloud_specifics(args)
     except ConfigError as exc:
         raise _named(exc) from exc
     price = entry.hourly_usd(args.spot)
     return StackConfig(args=args, hourly_cost_usd=None if price is None else round(price * args.nodes, 4))
+
+
+def _check_cloud_specifics(args: Any) -> None:
+    """The cloud module's own checks (zone, image, ...): they need its SDK, not any resource."""
+    from lepton_infra.components.neutral import check_pool_args
+
+    check_pool_args(args.pool_args())
 
 
 def _validate_generated_key(args: Any) -> Any:

@@ -451,3 +451,47 @@ def test_a_misspelled_key_in_the_environment_is_rejected_before_any_resource(
     with pytest.raises(ConfigError, match="unknown config key lepton:node \\(did you mean lepton:nodes"):
         run_program_with_engine_config(monkeypatch, {**ENGINE_CONFIG, "lepton:node": "3"})
     assert harness.MOCKS.resources == []
+
+
+# ---------------------------------------------------------------- each cloud's own checks, up front
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"lepton:zone": "us-west-2a"}, "lepton:zone is 'us-west-2a'; allowed on aws"),
+        ({"lepton:image": "ubuntu-22.04"}, "lepton:image is 'ubuntu-22.04'; allowed on aws"),
+        (
+            {"lepton:cloud": "gcp", "lepton:region": "us-central1", "lepton:zone": "europe-west1-b"},
+            "lepton:zone 'europe-west1-b' is not in region 'us-central1'",
+        ),
+        (
+            {"lepton:cloud": "azure", "lepton:region": "eastus", "lepton:zone": "eastus-1"},
+            "lepton:zone is 'eastus-1'; allowed on azure",
+        ),
+        (
+            {"lepton:cloud": "azure", "lepton:region": "eastus", "lepton:image": "ubuntu"},
+            "lepton:image is 'ubuntu'; allowed on azure",
+        ),
+    ],
+)
+def test_a_cloud_specific_mistake_fails_the_program_before_any_resource(
+    monkeypatch: pytest.MonkeyPatch, config: dict[str, str], expected: str
+) -> None:
+    """Zone and image forms are each cloud's business, but they must still fail before the cluster's
+    store and queue exist, naming the config key."""
+    with pytest.raises(ConfigError) as info:
+        run_program_with_engine_config(monkeypatch, {**ENGINE_CONFIG, **config})
+    assert str(info.value).startswith(expected)
+    assert harness.MOCKS.resources == []
+
+
+def test_a_library_user_gets_the_cloud_checks_before_any_resource_too() -> None:
+    args = cluster_args(ssh_public_key=PUBKEY, network={"subnet_id": "subnet-1"})  # AWS needs vpc_id too
+    with pytest.raises(ConfigError, match="network for aws is"):
+        harness.build(lambda: TrainingCluster("demo", args))
+    assert harness.MOCKS.resources == []
+    typo = cluster_args(ssh_public_key=PUBKEY, extra={"metadata_option": {"http_tokens": "optional"}})
+    with pytest.raises(ConfigError, match="metadata_option"):
+        harness.build(lambda: TrainingCluster("demo", typo))
+    assert harness.MOCKS.resources == []

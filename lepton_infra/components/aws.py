@@ -20,7 +20,7 @@ import pulumi_aws.s3 as s3
 import pulumi_aws.sqs as sqs
 import pulumi_aws.ssm as ssm
 
-from lepton_infra.catalog import CatalogEntry
+from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
 from lepton_infra.components.cloudinit import cloud_init
 from lepton_infra.components.common import (
@@ -632,3 +632,16 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                 "instance_type": entry.instance_type,
             }
         )
+
+
+def check_pool_args(args: GpuVmPoolArgs) -> None:
+    """AWS's own pool checks, which register nothing (the neutral layer runs them before a cluster's
+    first resource): `network`/`identity` keys, the zone in the region, the image's form, and
+    `extra` against ec2.InstanceArgs. AwsGpuVmPool repeats them for direct users."""
+    _check_keys(args.network, _NETWORK_KEYS, "network")
+    _check_keys(args.identity, _IDENTITY_KEYS, "identity")
+    _check_zone(args.zone, _region(args))
+    if args.image is not None and not args.image.startswith("/"):
+        _ami(args.image, args.region)  # an AMI id passes as is; anything else but a parameter raises
+    entry = lookup("aws", args.accelerator, args.gpus_per_node, args.region)
+    _instance_args(merge_extra(_instance_spec(args, entry, ami="ami-probe", public=False), args.extra))

@@ -1004,3 +1004,15 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         if zones:
             spec["zones"] = zones
         return spec
+
+
+def check_pool_args(args: GpuVmPoolArgs) -> None:
+    """Azure's own pool checks, which register nothing (the neutral layer runs them before a
+    cluster's first resource): location, zone number, image URN, admin user name and the
+    `network`/`identity` mappings. AzureGpuVmPool repeats them for direct users."""
+    check_network_mapping(args.network)
+    check_identity_mapping(args.identity)
+    parse_image(args.image)
+    check_zone(args.zone)
+    resolve_location(args.region)
+    check_admin_username(args.user)

@@ -775,3 +775,13 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         else:
             sched.update(provisioning_model="STANDARD", preemptible=False)
         return sched
+
+
+def check_pool_args(args: GpuVmPoolArgs) -> None:
+    """GCP's own pool checks, which register nothing (the neutral layer runs them before a cluster's
+    first resource): region/zone names and agreement, the project, and the `network`/`identity`
+    mappings. GcpGpuVmPool repeats them for direct users."""
+    resolve_region(args.region, args.zone)
+    resolve_project(args.extra)
+    check_network_mapping(args.network)
+    check_identity_mapping(args.identity)

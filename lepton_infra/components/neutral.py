@@ -1,6 +1,12 @@
 """The cloud-neutral components users build stacks from. Each validates its args once, then hands
 them to the per-cloud class (`AwsGpuVmPool`, `GcpObjectStore`, ...), imported only when that cloud
-is used, so an AWS stack never loads the GCP or Azure SDKs."""
+is used, so an AWS stack never loads the GCP or Azure SDKs.
+
+Per-cloud module protocol (`lepton_infra.components.<cloud>`): classes `<Cloud>GpuVmPool`,
+`<Cloud>ObjectStore`, `<Cloud>JobQueue` (see `backend`), and optionally a function
+`check_pool_args(args: GpuVmPoolArgs) -> None` with the cloud's own checks (zone in region, image
+form, `network`/`identity` keys, ...), which registers nothing: the neutral layer runs it before a
+cluster registers its first resource, and `lepton_infra.config` before the program does."""
 
 from __future__ import annotations
 
@@ -29,6 +35,15 @@ class QueueLike(Protocol):
 
 class PoolLike(Protocol):
     nodes: list[PoolNode]
+
+
+def check_pool_args(args: GpuVmPoolArgs) -> None:
+    """The cloud module's own pool checks (if it has any), run before anything is registered, so a
+    bad zone or image fails the whole cluster up front instead of after its store and queue."""
+    module = importlib.import_module(f"lepton_infra.components.{args.cloud}")
+    check = getattr(module, "check_pool_args", None)
+    if check is not None:
+        check(args)
 
 
 def backend(cloud: str, kind: str) -> Any:
@@ -85,6 +100,7 @@ class GpuVmPool(pulumi.ComponentResource):
         queue: Any = None,
     ) -> None:
         self.entry = args.validate()
+        check_pool_args(args)
         super().__init__("lepton:compute:GpuVmPool", name, None, opts)
         self.impl = backend(args.cloud, "GpuVmPool")(
             name, args, child(self), store=getattr(store, "impl", store), queue=getattr(queue, "impl", queue)
@@ -118,6 +134,7 @@ class TrainingCluster(pulumi.ComponentResource):
         # build further clusters (each must get its own name tags and its own key).
         args = dataclasses.replace(args)
         entry = args.validate() if args.ssh_public_key is not None else _validate_without_key(args)
+        check_pool_args(args.pool_args())
         super().__init__("lepton:index:TrainingCluster", name, None, opts)
         cluster = args.cluster or name
         env = args.env or pulumi.get_stack()
