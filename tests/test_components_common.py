@@ -466,6 +466,10 @@ def test_a_misspelled_key_in_the_environment_is_rejected_before_any_resource(
             "lepton:zone 'europe-west1-b' is not in region 'us-central1'",
         ),
         (
+            {"lepton:cloud": "gcp", "lepton:region": "us-central1", "lepton:image": "ubuntu 22.04"},
+            "lepton:image is 'ubuntu 22.04'; allowed on gcp",
+        ),
+        (
             {"lepton:cloud": "azure", "lepton:region": "eastus", "lepton:zone": "eastus-1"},
             "lepton:zone is 'eastus-1'; allowed on azure",
         ),

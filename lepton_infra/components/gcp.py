@@ -644,6 +644,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         zone = args.zone or default_zone(region)
         existing_network = check_network_mapping(args.network)
         sa_email = check_identity_mapping(args.identity)
+        check_image(args.image)
         args.validate()
         project = resolve_project(extra)
         self.entry = entry = lookup("gcp", args.accelerator, args.gpus_per_node, region)
@@ -777,11 +778,25 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         return sched
 
 
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9._:/-]+$")
+
+
+def check_image(image: str | None) -> None:
+    """Every form GCE accepts (`projects/P/global/images/family/F`, `P/F`, `family/F`, an image name,
+    an image URL) is made of these characters; a space or other stray character is a typo."""
+    if image is not None and (not isinstance(image, str) or not _IMAGE_RE.match(image)):
+        raise ConfigError(
+            f"image is {image!r}; allowed on gcp: an image or image family like {DEFAULT_IMAGE!r}, "
+            "'<project>/<image>', 'family/<family>' or an image URL"
+        )
+
+
 def check_pool_args(args: GpuVmPoolArgs) -> None:
     """GCP's own pool checks, which register nothing (the neutral layer runs them before a cluster's
-    first resource): region/zone names and agreement, the project, and the `network`/`identity`
-    mappings. GcpGpuVmPool repeats them for direct users."""
+    first resource): region/zone names and agreement, the project, the image's form and the
+    `network`/`identity` mappings. GcpGpuVmPool repeats them for direct users."""
     resolve_region(args.region, args.zone)
+    check_image(args.image)
     resolve_project(args.extra)
     check_network_mapping(args.network)
     check_identity_mapping(args.identity)
