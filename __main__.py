@@ -9,6 +9,13 @@ from pulumi.runtime.config import CONFIG, get_config_env
 
 from lepton_infra import config as stack_config
 from lepton_infra.components import TrainingCluster
+from lepton_infra.errors import ConfigError
+
+
+class StackConfigError(ConfigError, pulumi.RunError):
+    """A bad `lepton:*` value. Also a pulumi.RunError, which `pulumi preview`/`up` print as the
+    message alone (as for Pulumi's own config errors) instead of a traceback with program source."""
+
 
 raw = {spec.name: pulumi.Config(stack_config.NAMESPACE).get(spec.name) for spec in stack_config.KEYS}
 unknown = [
@@ -16,11 +23,14 @@ unknown = [
     for key in {*CONFIG.get(), *get_config_env()}  # every key set for the stack, to reject typos
     if key.startswith(f"{stack_config.NAMESPACE}:") and key.split(":", 1)[1] not in raw
 ]
-validated = stack_config.parse(
-    {**{k: v for k, v in raw.items() if v is not None}, **dict.fromkeys(unknown, "")},
-    cluster=pulumi.get_project() + "-" + pulumi.get_stack(),
-    env=pulumi.get_stack(),
-)
+try:
+    validated = stack_config.parse(
+        {**{k: v for k, v in raw.items() if v is not None}, **dict.fromkeys(unknown, "")},
+        cluster=pulumi.get_project() + "-" + pulumi.get_stack(),
+        env=pulumi.get_stack(),
+    )
+except ConfigError as exc:
+    raise StackConfigError(str(exc)) from None
 
 cluster = TrainingCluster(pulumi.get_stack(), validated.args)
 

@@ -499,3 +499,12 @@ def test_a_library_user_gets_the_cloud_checks_before_any_resource_too() -> None:
     with pytest.raises(ConfigError, match="metadata_option"):
         harness.build(lambda: TrainingCluster("demo", typo))
     assert harness.MOCKS.resources == []
+
+
+def test_a_config_mistake_reaches_pulumi_as_a_clean_run_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pulumi.RunError is printed as its message alone (Pulumi's own config errors are RunErrors),
+    not as a traceback with program source; it is still a ConfigError for code and tests."""
+    with pytest.raises(pulumi.RunError) as info:
+        run_program_with_engine_config(monkeypatch, {**ENGINE_CONFIG, "lepton:nodes": "0"})
+    assert isinstance(info.value, ConfigError)
+    assert str(info.value) == "lepton:nodes is 0; allowed: a whole number from 1 to 64"
