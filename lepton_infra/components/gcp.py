@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
@@ -686,7 +686,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         for i, host_key in enumerate(self.host_keys):
             user_data = cloud_init(
                 user=args.user,
-                authorized_key=args.ssh_public_key,
+                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
                 host_private_key=host_key.private_key_openssh,
                 host_public_key=host_key.public_key_openssh,
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
@@ -746,9 +746,12 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             )
             self.instances.append(instance)
             nic = instance.network_interfaces.apply(lambda nics: nics[0])
-            private_ip = nic.apply(lambda n: n.network_ip)
+            # A created instance always has these addresses (the provider types them Optional).
+            private_ip = nic.apply(lambda n: cast(str, n.network_ip))
             host = (
-                nic.apply(lambda n: n.access_configs[0].nat_ip if n.access_configs else n.network_ip)
+                nic.apply(
+                    lambda n: cast(str, n.access_configs[0].nat_ip if n.access_configs else n.network_ip)
+                )
                 if public
                 else private_ip
             )
