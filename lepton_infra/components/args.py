@@ -228,31 +228,11 @@ class JobQueueArgs:
 
 
 @dataclass
-class TrainingClusterArgs:
-    """Everything for one training cluster: the pool's fields by the same names, plus the store and
-    queue options. Without `ssh_public_key` a key pair is generated and exported as a secret."""
+class TrainingClusterArgs(GpuVmPoolArgs):
+    """Everything for one training cluster: the pool's fields (inherited, so they cannot drift from
+    GpuVmPoolArgs), plus the store and queue options. Without `ssh_public_key` a key pair is
+    generated and exported as a secret."""
 
-    cloud: str
-    accelerator: str
-    gpus_per_node: int = 1
-    nodes: int = 1
-    region: str | None = None
-    zone: str | None = None
-    spot: bool = False
-    image: str | None = None
-    disk_gb: int = 200
-    allowed_ssh_cidrs: Sequence[str] = ()
-    allow_world_ssh: bool = False
-    ssh_public_key: pulumi.Input[str] | None = None
-    network: Mapping[str, Any] | None = None
-    identity: Mapping[str, Any] | None = None
-    idle_shutdown_minutes: int = 60
-    max_lifetime_hours: int = 24
-    tags: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    user: str = "lepton"
-    cluster: str | None = None
-    env: str | None = None
     store: bool = True
     store_versioning: bool = True
     store_retention_days: int | None = None
