@@ -738,6 +738,29 @@ def _local_dir(runs_dir: Path, run_id: str) -> Path:
     return Path(runs_dir) / run_id
 
 
+def _update_record(
+    inventory: Inventory,
+    run_id: str,
+    nodes: Sequence[_NodeRun],
+    local_dir: Path,
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
+    """Merge the nodes' current state (and `timings`) into the local run.json, write it, return it:
+    what a later process (`collect`, `attach`) does after talking to the nodes."""
+    status = run_status_of([n.status.state if n.status else "unknown" for n in nodes])
+    record = _record(
+        run_id=run_id,
+        inventory=inventory,
+        status=status,
+        nodes=nodes,
+        local_dir=local_dir,
+        base=_read_json(local_dir / RECORD) or {},
+        timings={**timings, **_job_seconds(nodes)},
+    )
+    _write_json(local_dir / RECORD, record)
+    return record
+
+
 def collect(
     inventory: Inventory, run_id: str, *, runs_dir: Path = Path("runs"), connect_timeout: float = 10.0
 ) -> RunResult:
@@ -751,19 +774,7 @@ def collect(
     finally:
         for n in nodes:
             n.conn.close()
-    base = _read_json(local_dir / RECORD) or {}
-    status = run_status_of([n.status.state if n.status else "unknown" for n in nodes])
-    timings = {"collect": round(time.monotonic() - t0, 3), **_job_seconds(nodes)}
-    record = _record(
-        run_id=run_id,
-        inventory=inventory,
-        status=status,
-        nodes=nodes,
-        local_dir=local_dir,
-        base=base,
-        timings=timings,
-    )
-    _write_json(local_dir / RECORD, record)
+    record = _update_record(inventory, run_id, nodes, local_dir, {"collect": round(time.monotonic() - t0, 3)})
     return _result(record, local_dir)
 
 
@@ -806,19 +817,8 @@ def attach(
     finally:
         for n in nodes:
             n.conn.close()
-    base = _read_json(local_dir / RECORD) or {}
-    status = run_status_of([n.status.state if n.status else "unknown" for n in nodes])
-    timings = {"attach": round(time.monotonic() - t0, 3), **_job_seconds(nodes)}
-    record = _record(
-        run_id=run_id,
-        inventory=inventory,
-        status=status,
-        nodes=nodes,
-        local_dir=local_dir,
-        base=base,
-        timings=timings,
-    )
-    _write_json(local_dir / RECORD, record)
+    record = _update_record(inventory, run_id, nodes, local_dir, {"attach": round(time.monotonic() - t0, 3)})
+    status = record["status"]
     events.on_phase("done", f"run {run_id} {status}; results in {local_dir}/")
     return _result(record, local_dir)
 
