@@ -34,6 +34,8 @@ def schema() -> dict[str, Any]:
     from pulumi.provider.experimental.component import ComponentProvider
 
     provider = ComponentProvider(components(), PACKAGE, None, __version__)
+    if provider.schema is None:
+        raise RuntimeError("the component provider produced no schema")
     doc: dict[str, Any] = json.loads(provider.schema)
     return doc
 

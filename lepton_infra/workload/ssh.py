@@ -288,7 +288,7 @@ class NodeConnection:
         writer = _ChannelWriter(channel)
         # tarfile writes in 10 KB pieces; batching them into 256 KB sends measured 1.5x faster for
         # large files (bench/README.md) and costs nothing for small ones.
-        buffered = io.BufferedWriter(writer, 1 << 18)
+        buffered = io.BufferedWriter(writer, 1 << 18)  # type: ignore[type-var]  # write() is narrowed to bytes
         try:
             value = producer(buffered)
             buffered.flush()
