@@ -3,11 +3,37 @@
 
 from __future__ import annotations
 
+import re
+
+# Private key material in any of the forms a user might paste where a path belongs: a PEM/OpenSSH
+# block (whole or cut off; its newlines raw or escaped by repr), the base64 body of an OpenSSH key
+# ("openssh-key-v1" encodes to b3BlbnNzaC1rZXktdjE), or any run of three or more base64 lines.
+_NL = r"(?:\\n|\n)"
+_KEY_MATERIAL = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)"
+    r"|b3BlbnNzaC1rZXktdjE(?:[A-Za-z0-9+/=]|" + _NL + r")*"
+    r"|[A-Za-z0-9+/=]{16,}(?:" + _NL + r"[A-Za-z0-9+/=]{16,}){2,}"
+    r"|-----END [A-Z0-9 ]*PRIVATE KEY-----",
+    re.DOTALL,
+)
+REDACTED = "<private key material, not shown>"
+
+
+def redact(text: str) -> str:
+    """`text` with any private key material replaced: every message that may quote user input (a
+    path, a field value) goes through this before it can reach a terminal or a log."""
+    return _KEY_MATERIAL.sub(REDACTED, text)
+
 
 class LeptonError(Exception):
-    """Base class. `exit_code` is what the CLI exits with when this error reaches it."""
+    """Base class. `exit_code` is what the CLI exits with when this error reaches it.
+
+    The message is redacted (see `redact`) so a key pasted where a path belongs is never echoed."""
 
     exit_code: int = 3
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(LeptonError, ValueError):

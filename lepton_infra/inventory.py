@@ -8,7 +8,16 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lepton_infra.errors import ConfigError
 
@@ -51,23 +60,45 @@ class Node(_Strict):
 
     @field_validator("host_key")
     @classmethod
-    def _host_key(cls, value: str) -> str:
-        parts = value.split()
-        if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
-            raise ValueError(
-                f"must be an OpenSSH public key line like 'ssh-ed25519 AAAA...', got {value[:40]!r}; "
-                "host keys are pinned, so every node needs one"
-            )
-        return " ".join(parts[:2])
+    def _host_key(cls, value: str, info: ValidationInfo) -> str:
+        return check_host_key(value, str(info.data.get("name", "?")))
+
+
+def check_host_key(value: str, owner: str) -> str:
+    """The 'type base64' part of an OpenSSH public key line, parsed for real (a key that does not
+    parse would only fail later, at connect time, blamed on the network). `owner` names the node
+    (or the jump host) in the message."""
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
+        shown = "<not shown: looks like a private key>" if "PRIVATE KEY" in value else repr(value[:40])
+        raise ValueError(
+            f"host key of {owner!r} must be an OpenSSH public key line like 'ssh-ed25519 AAAA...', "
+            f"got {shown}; host keys are pinned, so every node needs one"
+        )
+    line = " ".join(parts[:2])
+    try:
+        load_ssh_public_key(line.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, TypeError) as exc:
+        raise ValueError(
+            f"host key of {owner!r} is not a valid {parts[0]} public key ({exc}); copy the node's "
+            "/etc/ssh/ssh_host_*_key.pub line exactly"
+        ) from None
+    return line
 
 
 class Jump(_Strict):
-    """Reserved for bastion (ProxyJump) access to private-only nodes; not used by the workload layer yet."""
+    """The bastion (ProxyJump) through which private-only nodes are reached. Its host key is pinned
+    like the nodes': the client accepts exactly this key for the first hop."""
 
-    host: str
+    host: str = Field(min_length=1)
     port: int = Field(default=22, ge=1, le=65535)
-    user: str
+    user: str = Field(min_length=1)
     host_key: str
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str) -> str:
+        return check_host_key(value, "jump")
 
 
 class Inventory(_Strict):
@@ -83,14 +114,24 @@ class Inventory(_Strict):
     jump: Jump | None = None
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Inventory:
-        seen: set[str] = set()
+    def _unique_nodes(self) -> Inventory:
+        """Two entries for one node (same name, or same host:port) would run two ranks of the job
+        on one machine and collect one machine's results twice."""
+        names: set[str] = set()
+        addresses: dict[tuple[str, int], str] = {}
         for node in self.nodes:
-            if node.name in seen:
+            if node.name in names:
                 raise ValueError(
                     f"duplicate node name {node.name!r} in nodes; every node needs a unique name"
                 )
-            seen.add(node.name)
+            names.add(node.name)
+            address = (node.host.lower(), node.port)
+            if address in addresses:
+                raise ValueError(
+                    f"nodes {addresses[address]!r} and {node.name!r} both are {node.host}:{node.port}; "
+                    "every node needs its own host:port"
+                )
+            addresses[address] = node.name
         return self
 
     @field_validator("store")
@@ -148,8 +189,12 @@ class Inventory(_Strict):
                 f"inventory file {str(path)!r} does not exist; create one with `lepton-infra local up` "
                 "or `lepton-infra inventory --stack NAME`"
             ) from exc
-        except OSError as exc:
-            raise ConfigError(f"inventory file {str(path)!r} cannot be read: {exc.strerror}") from exc
+        except (OSError, ValueError) as exc:
+            # ValueError: a NUL in the path; UnicodeDecodeError: not a text file (a key, a binary)
+            reason = getattr(exc, "strerror", None) or (
+                "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not a usable path"
+            )
+            raise ConfigError(f"inventory file {str(path)!r} cannot be read: {reason}") from None
         return cls.from_json(text, source=str(path))
 
     def to_json(self) -> str:

@@ -11,10 +11,12 @@ from lepton_infra.local.keys import fingerprint, random_host_key_line
 from lepton_infra.local.pool import (
     DEFAULT_STATE_DIR,
     INVENTORY_FILE,
+    MANIFEST_FILE,
     MAX_NODES,
     POOL_FILE,
     LocalPool,
     NodeStatus,
+    check_state_dir,
     down,
     node_address,
     node_home,
@@ -29,6 +31,7 @@ from lepton_infra.local.testing import with_foreign_host_key
 __all__ = [
     "DEFAULT_STATE_DIR",
     "INVENTORY_FILE",
+    "MANIFEST_FILE",
     "MAX_NODES",
     "POOL_FILE",
     "LocalPool",
@@ -43,5 +46,6 @@ __all__ = [
     "status",
     "stop_node",
     "up",
+    "check_state_dir",
     "with_foreign_host_key",
 ]

@@ -4,6 +4,9 @@ Each node gets its own directory `<state-dir>/nodes/node-<k>/` holding its host 
 home, PID file and log. `up` starts the sshds detached (they outlive the calling process) and writes
 `<state-dir>/inventory.json`; `<state-dir>/pool.json` records what was started so `down` stops
 exactly those processes, plus anything still running as one of the nodes (detached jobs).
+`<state-dir>/lepton-pool.json` is the pool's manifest: the files and node dirs `up` made. `down`
+touches nothing it does not list, and a folder without one is not a pool (ConfigError), so `down`
+pointed at the wrong folder (one holding a cloud inventory.json, say) deletes nothing.
 
 Host keys are regenerated on every `up`: a restarted node is a rebuilt node, so an inventory from
 an earlier `up` no longer matches and the workload layer refuses it, as it would in the cloud. The
@@ -32,13 +35,29 @@ from lepton_infra.errors import ConfigError, NodeError
 from lepton_infra.inventory import Inventory, Node
 from lepton_infra.local import procs
 from lepton_infra.local.keys import read_public_line, write_ed25519_key
-from lepton_infra.local.sshd_config import NodeConfig, account_locked, find_sshd, render
+from lepton_infra.local.sshd_config import NodeConfig, account_locked, check_config_path, find_sshd, render
 
 DEFAULT_STATE_DIR = Path(".lepton/local")
 MAX_NODES = 64
 POOL_FILE = "pool.json"
+MANIFEST_FILE = "lepton-pool.json"
 INVENTORY_FILE = "inventory.json"
 CLIENT_KEY_FILE = "id_ed25519"
+_LOCK_FILE = ".lock"
+# What a pool directory holds. A folder holding only these (an older lepton-infra's pool, which had
+# no manifest) may be reused by `up`; any other content means the folder is someone else's.
+_POOL_ENTRIES = frozenset(
+    {
+        MANIFEST_FILE,
+        POOL_FILE,
+        POOL_FILE + ".tmp",
+        CLIENT_KEY_FILE,
+        CLIENT_KEY_FILE + ".pub",
+        "authorized_keys",
+        "nodes",
+        _LOCK_FILE,
+    }
+)
 STARTUP_TIMEOUT_S = 30.0
 _POOL_FILE_VERSION = 1
 # Listening ports are drawn from below Linux's ephemeral range (32768-60999), so an outgoing
@@ -114,11 +133,90 @@ def _validate_nodes(nodes: object) -> int:
     return nodes
 
 
+def check_state_dir(state_dir: Path) -> Path:
+    """The absolute state dir, or ConfigError, before anything is written: a path sshd_config cannot
+    hold, a file (or a file on the way), a folder we may not write, or a folder with other content
+    (it may hold a cloud inventory.json that `up` would overwrite)."""
+    state_dir = Path(state_dir).expanduser().absolute()
+    check_config_path(state_dir)
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"--state-dir {state_dir} is a file; the local pool needs a directory there")
+    existing = state_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--state-dir {state_dir}: {existing} is a file, so no directory can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--state-dir {state_dir}: {existing} is not writable by this user")
+    if state_dir.is_dir() and _read_manifest(state_dir) is None:
+        foreign = sorted(p.name for p in state_dir.iterdir() if p.name not in _POOL_ENTRIES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ConfigError(
+                f"--state-dir {state_dir} is not empty and is not a local pool's folder (it has {shown} "
+                f"and no {MANIFEST_FILE}); choose an empty or new folder"
+            )
+    return state_dir
+
+
+def _read_manifest(state_dir: Path) -> dict[str, object] | None:
+    """The pool's manifest; for a pool made before manifests existed, one built from its pool.json."""
+    path = state_dir / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        old = state_dir / POOL_FILE
+        try:
+            legacy = json.loads(old.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(legacy, dict) or legacy.get("state_dir") != str(state_dir):
+            return None
+        return {
+            "files": [POOL_FILE, INVENTORY_FILE],
+            "nodes": [n.get("name") for n in legacy.get("nodes", [])],
+        }
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable local pool manifest ({exc}); delete the folder by hand"
+        ) from exc
+    if not isinstance(data, dict) or data.get("kind") != "lepton-local-pool":
+        raise ConfigError(f"{path}: not a lepton-infra local pool manifest")
+    return data
+
+
+def _write_manifest(state_dir: Path, nodes: list[str]) -> None:
+    files = [
+        POOL_FILE,
+        INVENTORY_FILE,
+        CLIENT_KEY_FILE,
+        CLIENT_KEY_FILE + ".pub",
+        "authorized_keys",
+        _LOCK_FILE,
+    ]
+    data = {
+        "kind": "lepton-local-pool",
+        "version": 1,
+        "state_dir": str(state_dir),
+        "files": files,
+        "nodes": nodes,
+    }
+    tmp = state_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(state_dir / MANIFEST_FILE)
+
+
+def _manifest_node_dirs(state_dir: Path, manifest: dict[str, object]) -> set[Path]:
+    names = manifest.get("nodes")
+    listed = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return {state_dir / "nodes" / n for n in listed if (state_dir / "nodes" / n).is_dir()}
+
+
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     """Serialise up/down on one state dir (two `up`s at once would both see 'no pool')."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "a") as fh:
+    with open(state_dir / _LOCK_FILE, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -310,14 +408,18 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
     pool left behind (machine rebooted, processes killed) is cleaned up and replaced."""
     nodes = _validate_nodes(nodes)
     sshd = find_sshd()
-    state_dir = Path(state_dir).resolve()
-    if state_dir.exists() and not state_dir.is_dir():
-        raise ConfigError(f"--state-dir {state_dir} is a file; the local pool needs a directory there")
+    state_dir = check_state_dir(state_dir).resolve()
     fresh_dir = not state_dir.exists()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-dir {state_dir} cannot be created: {exc.strerror}") from exc
     if fresh_dir:
         state_dir.chmod(0o700)  # holds the pool's private client key
     with _locked(state_dir):
+        listed = (_read_manifest(state_dir) or {}).get("nodes")
+        known = {n for n in listed if isinstance(n, str)} if isinstance(listed, list) else set()
+        _write_manifest(state_dir, sorted(known | {f"node-{k}" for k in range(nodes)}))
         previous = _read_pool(state_dir)
         if previous is not None:
             running = [r for r in previous if r.alive()]
@@ -411,7 +513,7 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
 
 def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[NodeStatus]:
     """One row per node of the pool in `state_dir`; empty when no pool was started there."""
-    records = _read_pool(Path(state_dir).resolve())
+    records = _read_pool(Path(state_dir).expanduser().resolve())
     return [r.status() for r in records or []]
 
 
@@ -452,16 +554,41 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> list[NodeStatus]:
 
     Only processes proven to be this pool's are signalled: its recorded sshds (cmdline and start
     time checked, so a reused PID is never hit) and processes running as one of its nodes.
-    Idempotent. Removes pool.json and inventory.json; keeps keys, homes and logs."""
-    state_dir = Path(state_dir).resolve()
-    if not state_dir.is_dir():
+    Idempotent. Removes pool.json and inventory.json (the latter only while it is still this pool's
+    inventory); keeps keys, homes, logs and the manifest. A folder without the pool's manifest is
+    not touched at all: ConfigError."""
+    state_dir = Path(state_dir).expanduser().resolve()
+    if not state_dir.exists():
         return []
+    if not state_dir.is_dir():
+        raise ConfigError(f"--state-dir {state_dir} is a file, not a local pool's folder")
+    if _read_manifest(state_dir) is None:
+        raise ConfigError(
+            f"--state-dir {state_dir} is not a local pool's folder (no {MANIFEST_FILE}); nothing was "
+            "stopped or deleted. Point --state-dir at the folder `local up` used"
+        )
     with _locked(state_dir):
+        manifest = _read_manifest(state_dir) or {}
         records = _read_pool(state_dir) or []
-        stopped = _stop(records, set(_node_dirs(state_dir)))
-        (state_dir / POOL_FILE).unlink(missing_ok=True)
-        (state_dir / INVENTORY_FILE).unlink(missing_ok=True)
+        stopped = _stop(records, _manifest_node_dirs(state_dir, manifest))
+        listed = manifest.get("files")
+        files = set(listed) if isinstance(listed, list) else set()
+        if POOL_FILE in files:
+            (state_dir / POOL_FILE).unlink(missing_ok=True)
+        if INVENTORY_FILE in files and _is_pool_inventory(state_dir / INVENTORY_FILE, records):
+            (state_dir / INVENTORY_FILE).unlink(missing_ok=True)
         return stopped
+
+
+def _is_pool_inventory(path: Path, records: list[_NodeRecord]) -> bool:
+    """True if `path` is still the inventory `up` wrote (a local one pinning this pool's host keys),
+    not a file someone put there since."""
+    try:
+        inventory = Inventory.load(path)
+    except ConfigError:
+        return False
+    keys = {r.host_key for r in records}
+    return inventory.cloud == "local" and (not keys or {n.host_key for n in inventory.nodes} <= keys)
 
 
 def stop_node(state_dir: Path, name: str) -> NodeStatus:

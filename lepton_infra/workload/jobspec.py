@@ -119,9 +119,30 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def check_nproc(nproc_per_node: int) -> int:
+# Processes per node when the inventory names no GPUs (CPU nodes, the local pool): more than this
+# is a typo, not a plan (the largest GPU nodes have 8 or 16 GPUs).
+MAX_CPU_NPROC = 64
+
+
+def check_nproc(nproc_per_node: int, inventory: Inventory | None = None) -> int:
+    """`nproc_per_node` checked against the inventory: at most the GPUs of every node that has
+    some (one process per GPU; more would share a GPU or fail at cuda:N), at most MAX_CPU_NPROC
+    on nodes without GPUs."""
     if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) or nproc_per_node < 1:
-        raise ConfigError(f"nproc_per_node must be an integer >= 1, got {nproc_per_node!r}")
+        raise ConfigError(
+            f"nproc_per_node (--nproc-per-node) must be an integer >= 1, got {nproc_per_node!r}"
+        )
+    for node in inventory.nodes if inventory is not None else ():
+        if node.gpus and nproc_per_node > node.gpus:
+            raise ConfigError(
+                f"--nproc-per-node {nproc_per_node} is more than node {node.name!r} has GPUs "
+                f"({node.gpus} x {node.accelerator or 'GPU'}); use at most {node.gpus}"
+            )
+        if not node.gpus and nproc_per_node > MAX_CPU_NPROC:
+            raise ConfigError(
+                f"--nproc-per-node {nproc_per_node} is more than {MAX_CPU_NPROC} processes on node "
+                f"{node.name!r}, which has no GPUs in the inventory; use at most {MAX_CPU_NPROC}"
+            )
     return nproc_per_node
 
 

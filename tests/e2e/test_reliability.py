@@ -1,0 +1,240 @@
+"""Hostile input and faults on real sshd nodes (README "Reliability"): nothing crashes the
+controller, nothing leaks, nothing is lost. One section per class of fault; each test is named
+after what the user sees."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lepton_infra.errors import ConfigError
+from lepton_infra.inventory import Inventory
+from lepton_infra.local import MANIFEST_FILE, LocalPool, down, up
+from lepton_infra.workload import jobspec
+from lepton_infra.workload.ssh import connect_all
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `lepton-infra` in a subprocess: what a user sees, tracebacks included."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "lepton_infra.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def _private_key_text(encrypted: bool = False) -> str:
+    algorithm = (
+        serialization.BestAvailableEncryption(b"correct horse") if encrypted else serialization.NoEncryption()
+    )
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, algorithm)
+        .decode()
+    )
+
+
+def _key_body_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("-----")]
+
+
+def _with_key(inventory: Inventory, key_path: str, out: Path) -> Path:
+    inventory.model_copy(update={"private_key_path": key_path}).save(out)
+    return out
+
+
+# --------------------------------------------------------------------------- class 7: local down
+
+
+def test_local_down_on_a_folder_that_is_not_a_pool_deletes_nothing_and_exits_2(tmp_path: Path) -> None:
+    folder = tmp_path / "cloud"
+    folder.mkdir()
+    cloud_inventory = folder / "inventory.json"
+    cloud_inventory.write_text('{"version": 1, "cloud": "aws"}\n')
+    done = cli("local", "down", "--state-dir", str(folder))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not a local pool" in done.stderr and "Traceback" not in done.stderr
+    assert cloud_inventory.read_text() == '{"version": 1, "cloud": "aws"}\n'
+    assert sorted(p.name for p in folder.iterdir()) == ["inventory.json"]  # not even a lock file
+
+
+def test_local_down_removes_only_what_up_made(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    pool: LocalPool = local_pool_factory(1)
+    notes = pool.state_dir / "notes.txt"
+    notes.write_text("mine")
+    manifest = json.loads((pool.state_dir / MANIFEST_FILE).read_text())
+    assert "inventory.json" in manifest["files"] and manifest["nodes"] == ["node-0"]
+    down(pool.state_dir)
+    assert notes.read_text() == "mine"
+    assert not (pool.state_dir / "inventory.json").exists()
+    assert down(pool.state_dir) == []  # idempotent: the manifest stays
+
+
+def test_local_down_keeps_an_inventory_that_is_no_longer_the_pools(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    pool: LocalPool = local_pool_factory(1)
+    replaced = pool.inventory.model_copy(update={"cloud": "aws", "cluster": "prod"})
+    replaced.save(pool.inventory_path)
+    down(pool.state_dir)
+    assert Inventory.load(pool.inventory_path).cluster == "prod"
+
+
+# --------------------------------------------------------------------------- class 8: secrets
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "expected"),
+    [
+        ("encrypted", 0o600, "passphrase"),
+        ("garbage", 0o600, "not a private key"),
+        ("public", 0o600, "is a public key"),
+    ],
+)
+def test_a_bad_key_file_is_a_clear_error_about_the_file_at_once(
+    local_pool: LocalPool, tmp_path: Path, content: str, mode: int, expected: str
+) -> None:
+    key = tmp_path / "id_bad"
+    if content == "encrypted":
+        key.write_text(_private_key_text(encrypted=True))
+    elif content == "garbage":
+        key.write_bytes(b"\x00\x01garbage\xff" * 10)
+    else:
+        key.write_text(local_pool.inventory.nodes[0].host_key + "\n")
+    key.chmod(mode)
+    inv = _with_key(local_pool.inventory, str(key), tmp_path / "inv.json")
+    started = time.monotonic()
+    done = cli("status", "some-run", "--inventory", str(inv))
+    took = time.monotonic() - started
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr and str(key) in done.stderr
+    assert "node-" not in done.stderr, "the key's problem must not be blamed on a node"
+    assert "Traceback" not in done.stderr
+    assert took < 8, f"took {took:.1f} s: the key must be refused before any retry loop"
+
+
+def test_a_group_readable_key_gets_a_warning_and_still_works(
+    local_pool: LocalPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = tmp_path / "id_open"
+    assert local_pool.inventory.private_key_path is not None
+    shutil.copyfile(local_pool.inventory.private_key_path, key)
+    key.chmod(0o644)
+    inv = local_pool.inventory.model_copy(update={"private_key_path": str(key)})
+    with caplog.at_level(logging.WARNING, logger="lepton_infra.ssh"):
+        conns = connect_all(inv)
+    try:
+        assert all(c.run("true").exit_status == 0 for c in conns)
+    finally:
+        for c in conns:
+            c.close()
+    assert any("0644" in r.getMessage() and "chmod 600" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_key_file_is_a_clear_error(local_pool: LocalPool, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file: an unreadable key cannot be made here")
+    key = tmp_path / "id_locked"
+    key.write_text(_private_key_text())
+    key.chmod(0)
+    inv = _with_key(local_pool.inventory, str(key), tmp_path / "inv.json")
+    done = cli("status", "some-run", "--inventory", str(inv))
+    assert done.returncode == 2 and "cannot be read" in done.stderr
+
+
+@pytest.mark.parametrize("where", ["private_key_path", "--inventory"])
+def test_key_contents_given_as_a_path_are_never_echoed(
+    local_pool: LocalPool, tmp_path: Path, where: str
+) -> None:
+    secret = _private_key_text()
+    if where == "private_key_path":
+        inv = _with_key(local_pool.inventory, secret, tmp_path / "inv.json")
+        done = cli("status", "some-run", "--inventory", str(inv))
+    else:
+        done = cli("status", "some-run", "--inventory", secret)
+    shown = done.stdout + done.stderr
+    assert done.returncode == 2, shown
+    assert "Traceback" not in shown
+    for line in _key_body_lines(secret):
+        assert line not in shown
+    assert "not shown" in shown or "key material" in shown
+
+
+# --------------------------------------------------------------------------- class 9: inventory checks
+
+
+def _inventory_dict(local_pool: LocalPool) -> dict[str, object]:
+    data: dict[str, object] = json.loads(local_pool.inventory.to_json())
+    return data
+
+
+def test_two_nodes_with_the_same_host_and_port_are_refused(local_pool: LocalPool, tmp_path: Path) -> None:
+    data = _inventory_dict(local_pool)
+    nodes = data["nodes"]
+    assert isinstance(nodes, list)
+    nodes[1] = {**nodes[1], "host": nodes[0]["host"], "port": nodes[0]["port"]}
+    path = tmp_path / "inv.json"
+    path.write_text(json.dumps(data))
+    done = cli("status", "some-run", "--inventory", str(path))
+    assert done.returncode == 2
+    assert "node-0" in done.stderr and "node-1" in done.stderr and "host:port" in done.stderr
+
+
+def test_a_host_key_that_does_not_parse_is_refused_naming_the_node(
+    local_pool: LocalPool, tmp_path: Path
+) -> None:
+    data = _inventory_dict(local_pool)
+    nodes = data["nodes"]
+    assert isinstance(nodes, list)
+    nodes[2] = {**nodes[2], "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBROKEN"}
+    path = tmp_path / "inv.json"
+    path.write_text(json.dumps(data))
+    done = cli("status", "some-run", "--inventory", str(path))
+    assert done.returncode == 2, done.stderr
+    assert "node-2" in done.stderr and "not a valid ssh-ed25519 public key" in done.stderr
+
+
+def test_nproc_per_node_beyond_the_gpus_or_a_sane_bound_is_refused(local_pool: LocalPool) -> None:
+    cpu = local_pool.inventory
+    with pytest.raises(ConfigError, match="has no GPUs"):
+        jobspec.check_nproc(jobspec.MAX_CPU_NPROC + 1, cpu)
+    gpu_nodes = [n.model_copy(update={"gpus": 4 if n.name != "node-1" else 2}) for n in cpu.nodes]
+    gpu = cpu.model_copy(update={"nodes": gpu_nodes})
+    assert jobspec.check_nproc(2, gpu) == 2
+    with pytest.raises(ConfigError, match=r"node 'node-1' has GPUs \(2 x"):
+        jobspec.check_nproc(3, gpu)
+
+
+@pytest.mark.parametrize("bad", ["with space", "per%cent", "hash#tag", "quote'd"])
+def test_a_state_dir_sshd_cannot_hold_is_refused_before_anything_is_written(tmp_path: Path, bad: str) -> None:
+    target = tmp_path / bad / "state"
+    done = cli("local", "up", "--nodes", "1", "--state-dir", str(target))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--state-dir" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_state_dir_under_a_file_or_full_of_other_things_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        up(1, tmp_path / "afile" / "state")
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "inventory.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a local pool's folder"):
+        up(1, other)
+    assert sorted(p.name for p in other.iterdir()) == ["inventory.json"]
