@@ -195,6 +195,21 @@ def test_master_port_is_stable_per_run_and_spread_over_the_range() -> None:
         ('XLEPTON_PROGRESS {"step": 1}', None),
         ('LEPTON_PROGRESS{"step": 1}', None),
         ("epoch 1 loss 0.5", None),
+        # malformed progress is a plain line, never a crash further down
+        ('LEPTON_PROGRESS {"epoch": "one", "epochs": 2}', None),
+        ('LEPTON_PROGRESS {"epoch": 1.5, "epochs": 2}', None),
+        ('LEPTON_PROGRESS {"epoch": true}', None),
+        ('LEPTON_PROGRESS {"step": -1}', None),
+        ('LEPTON_PROGRESS {"step": 1e400}', None),
+        ('LEPTON_PROGRESS {"steps": 10000000000000000000000}', None),
+        ('LEPTON_PROGRESS {"loss": NaN}', None),
+        ('LEPTON_PROGRESS {"loss": "low"}', None),
+        ('LEPTON_PROGRESS {"epoch": 3, "epochs": 2}', None),
+        ("LEPTON_PROGRESS " + "[" * 100000 + "]" * 100000, None),
+        (
+            'LEPTON_PROGRESS {"step": 1, "note": "[bold]x[/]", "nested": {"a": 1}}',
+            {"step": 1, "note": "[bold]x[/]"},
+        ),
     ],
 )
 def test_progress_lines_are_parsed_and_other_lines_are_not(line: str, expected: object) -> None:

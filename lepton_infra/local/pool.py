@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import NamedTuple
 
 from lepton_infra.errors import ConfigError, NodeError
-from lepton_infra.inventory import Inventory, Node
-from lepton_infra.local import procs
+from lepton_infra.inventory import Inventory, Jump, Node
+from lepton_infra.local import netns, procs
 from lepton_infra.local.keys import read_public_line, write_ed25519_key
 from lepton_infra.local.sshd_config import NodeConfig, account_locked, check_config_path, find_sshd, render
 
@@ -59,6 +59,7 @@ _POOL_ENTRIES = frozenset(
     }
 )
 STARTUP_TIMEOUT_S = 30.0
+BASTION = "bastion"  # the jump host's name in pool.json, status and the node dirs
 _POOL_FILE_VERSION = 1
 # Listening ports are drawn from below Linux's ephemeral range (32768-60999), so an outgoing
 # connection can never take a port between our probe and sshd's bind; the draw is random so pools
@@ -98,6 +99,7 @@ class _NodeRecord:
     log: str
     host_key: str = ""
     log_offset: int = field(default=0, repr=False)
+    netns: str = ""  # the private network namespace the sshd runs in (`up --bastion`), if any
 
     def alive(self) -> bool:
         return procs.is_expected(self.pid, self.cmdline, self.start_time)
@@ -237,8 +239,19 @@ def _read_pool(state_dir: Path) -> list[_NodeRecord] | None:
         ) from exc
 
 
-def _write_pool(state_dir: Path, records: list[_NodeRecord], sshd: Path) -> None:
+def _read_network(state_dir: Path) -> netns.PrivateNet | None:
+    try:
+        data = json.loads((state_dir / POOL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return netns.from_dict(data.get("network")) if isinstance(data, dict) else None
+
+
+def _write_pool(
+    state_dir: Path, records: list[_NodeRecord], sshd: Path, network: netns.PrivateNet | None = None
+) -> None:
     data = {
+        "network": network.to_dict() if network else None,
         "version": _POOL_FILE_VERSION,
         "state_dir": str(state_dir),
         "sshd": str(sshd),
@@ -301,8 +314,9 @@ def _spawn(record: _NodeRecord, cfg: NodeConfig, sshd: Path) -> None:
         record.log_offset = out.tell()
         # New session: Ctrl-C in the terminal that ran `local up` must not reach the nodes, and
         # the nodes keep running after that process exits.
+        prefix = [_tool_nsenter(), f"--net=/run/netns/{record.netns}", "--"] if record.netns else []
         proc = subprocess.Popen(
-            record.cmdline,
+            prefix + record.cmdline,  # nsenter execs sshd: the PID and cmdline are sshd's
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -314,6 +328,20 @@ def _spawn(record: _NodeRecord, cfg: NodeConfig, sshd: Path) -> None:
     _children[proc.pid] = proc
     record.pid = proc.pid
     record.start_time = procs.start_time(proc.pid)
+
+
+def _tool_nsenter() -> str:
+    return netns.PrivateNet("", "", "", "").exec_prefix()[0]
+
+
+def _ready(record: _NodeRecord) -> bool:
+    """sshd answers: an SSH banner on its socket; inside a private namespace (unreachable from
+    here by design), its own log line saying it listens."""
+    if record.netns:
+        return f"Server listening on {record.host} port {record.port}" in _log_tail(
+            Path(record.log), record.log_offset, lines=40
+        )
+    return _answers_ssh(record.host, record.port)
 
 
 def _answers_ssh(host: str, port: int) -> bool:
@@ -366,7 +394,7 @@ def _wait_ready(
                     f"sshd exited while starting on {record.host}:{record.port}; "
                     f"last lines of {record.log}:\n{_log_tail(Path(record.log), record.log_offset)}",
                 )
-            if _answers_ssh(record.host, record.port):
+            if _ready(record):
                 del pending[name]
         if not pending:
             return
@@ -401,13 +429,20 @@ def _ensure_privsep_dir() -> None:
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
-def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = None) -> Inventory:
+def up(
+    nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = None, bastion: bool = False
+) -> Inventory:
     """Start `nodes` sshd nodes, write `<state_dir>/inventory.json`, and return the inventory.
 
-    Refuses (ConfigError) while a pool started from the same state dir is still running. A dead
-    pool left behind (machine rebooted, processes killed) is cleaned up and replaced."""
+    With `bastion`, the nodes live in a private network (a network namespace, see local/netns.py)
+    that only one more sshd, the bastion, can reach; the inventory's `jump` names it, and a
+    direct connection to a node is refused. Refuses (ConfigError) while a pool started from the
+    same state dir is still running. A dead pool left behind (machine rebooted, processes killed)
+    is cleaned up and replaced."""
     nodes = _validate_nodes(nodes)
     sshd = find_sshd()
+    if bastion:
+        netns.require()
     state_dir = check_state_dir(state_dir).resolve()
     fresh_dir = not state_dir.exists()
     try:
@@ -419,7 +454,8 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
     with _locked(state_dir):
         listed = (_read_manifest(state_dir) or {}).get("nodes")
         known = {n for n in listed if isinstance(n, str)} if isinstance(listed, list) else set()
-        _write_manifest(state_dir, sorted(known | {f"node-{k}" for k in range(nodes)}))
+        wanted = {f"node-{k}" for k in range(nodes)} | ({BASTION} if bastion else set())
+        _write_manifest(state_dir, sorted(known | wanted))
         previous = _read_pool(state_dir)
         if previous is not None:
             running = [r for r in previous if r.alive()]
@@ -431,6 +467,9 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
                     "or use another --state-dir"
                 )
             _stop(previous, set(_node_dirs(state_dir)))
+            old_network = _read_network(state_dir)
+            if old_network is not None:
+                netns.delete(old_network)
         _ensure_privsep_dir()
         user = _current_user()
         use_pam = os.geteuid() == 0 and account_locked(user)
@@ -441,49 +480,49 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
 
         records: list[_NodeRecord] = []
         configs: dict[str, NodeConfig] = {}
+        network = netns.create(state_dir) if bastion else None
+        common = {"authorized_keys": authorized_keys, "user": user, "use_pam": use_pam}
         try:
             for k in range(nodes):
-                name = f"node-{k}"
-                ndir = state_dir / "nodes" / name
-                home = ndir / "home"
-                home.mkdir(parents=True, exist_ok=True)
                 host = node_address(k)
-                host_key = write_ed25519_key(ndir / "ssh_host_ed25519_key", f"{name}@lepton-local")
-                port = _pick_port(host)
-                cfg = NodeConfig(
-                    name=name,
-                    listen_address=host,
-                    port=port,
-                    host_key=host_key.path,
-                    pid_file=ndir / "sshd.pid",
-                    authorized_keys=authorized_keys,
-                    home=home,
-                    node_dir=ndir,
-                    user=user,
-                    use_pam=use_pam,
-                )
-                record = _NodeRecord(
-                    name=name,
-                    host=host,
-                    port=port,
-                    pid=0,
-                    start_time=None,
-                    cmdline=[],
-                    node_dir=str(ndir),
-                    home=str(home),
-                    config=str(ndir / "sshd_config"),
-                    log=str(ndir / "sshd.log"),
-                    host_key=" ".join(host_key.public_line.split()[:2]),
+                # Behind a bastion: listening on the namespace's own loopback (unreachable from
+                # outside), logins only from inside it (the bastion's forwarded connections).
+                record, cfg = _new_node(
+                    state_dir,
+                    f"node-{k}",
+                    host,
+                    _pick_port(host),
+                    netns=network.name if network else "",
+                    allow_from="127.0.0.1" if network else None,
+                    **common,  # type: ignore[arg-type]
                 )
                 _spawn(record, cfg, sshd)
                 records.append(record)
-                configs[name] = cfg
+                configs[record.name] = cfg
             # Recorded before waiting: if this process dies now, `down` still finds the sshds.
-            _write_pool(state_dir, records, sshd)
+            _write_pool(state_dir, records, sshd, network)
             _wait_ready(records, configs, sshd, STARTUP_TIMEOUT_S)
-            _write_pool(state_dir, records, sshd)  # ports may have changed on a clash
+            jump: Jump | None = None
+            if network is not None:
+                record, cfg = _new_node(
+                    state_dir,
+                    BASTION,
+                    network.bastion_addr,
+                    _pick_port(network.outer_addr),
+                    netns=network.name,
+                    permit_open=tuple(f"{r.host}:{r.port}" for r in records),
+                    **common,  # type: ignore[arg-type]
+                )
+                _spawn(record, cfg, sshd)
+                records.append(record)
+                _write_pool(state_dir, records, sshd, network)
+                _wait_ready([record], {BASTION: cfg}, sshd, STARTUP_TIMEOUT_S)
+                jump = Jump(host=record.host, port=record.port, user=user, host_key=record.host_key)
+            _write_pool(state_dir, records, sshd, network)  # ports may have changed on a clash
         except BaseException:
             _stop(records, set())
+            if network is not None:
+                netns.delete(network)
             (state_dir / POOL_FILE).unlink(missing_ok=True)
             raise
 
@@ -505,10 +544,61 @@ def up(nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = 
                     gpus=0,
                 )
                 for r in records
+                if r.name != BASTION
             ],
+            jump=jump,
         )
         inventory.save(state_dir / INVENTORY_FILE)
         return inventory
+
+
+def _new_node(
+    state_dir: Path,
+    name: str,
+    host: str,
+    port: int,
+    *,
+    authorized_keys: Path,
+    user: str,
+    use_pam: bool,
+    netns: str = "",
+    allow_from: str | None = None,
+    permit_open: tuple[str, ...] | None = None,
+) -> tuple[_NodeRecord, NodeConfig]:
+    """A node's (or the bastion's) dir, fresh host key, config and record; not started yet."""
+    ndir = state_dir / "nodes" / name
+    home = ndir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    host_key = write_ed25519_key(ndir / "ssh_host_ed25519_key", f"{name}@lepton-local")
+    cfg = NodeConfig(
+        name=name,
+        listen_address=host,
+        port=port,
+        host_key=host_key.path,
+        pid_file=ndir / "sshd.pid",
+        authorized_keys=authorized_keys,
+        home=home,
+        node_dir=ndir,
+        user=user,
+        use_pam=use_pam,
+        allow_from=allow_from,
+        permit_open=permit_open,
+    )
+    record = _NodeRecord(
+        name=name,
+        host=host,
+        port=port,
+        pid=0,
+        start_time=None,
+        cmdline=[],
+        node_dir=str(ndir),
+        home=str(home),
+        config=str(ndir / "sshd_config"),
+        log=str(ndir / "sshd.log"),
+        host_key=" ".join(host_key.public_line.split()[:2]),
+        netns=netns,
+    )
+    return record, cfg
 
 
 def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[NodeStatus]:
@@ -571,6 +661,9 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> list[NodeStatus]:
         manifest = _read_manifest(state_dir) or {}
         records = _read_pool(state_dir) or []
         stopped = _stop(records, _manifest_node_dirs(state_dir, manifest))
+        network = _read_network(state_dir)
+        if network is not None:
+            netns.delete(network)
         listed = manifest.get("files")
         files = set(listed) if isinstance(listed, list) else set()
         if POOL_FILE in files:
@@ -630,9 +723,14 @@ class LocalPool(NamedTuple):
 
     @classmethod
     def start(
-        cls, nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = None
+        cls,
+        nodes: int,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        *,
+        python: str | None = None,
+        bastion: bool = False,
     ) -> LocalPool:
-        inventory = up(nodes, state_dir, python=python)
+        inventory = up(nodes, state_dir, python=python, bastion=bastion)
         return cls(inventory, Path(state_dir).resolve())
 
     @classmethod

@@ -53,6 +53,10 @@ class NodeConfig:
     # even for key logins, and some images lock root; otherwise no PAM (works as non-root, and
     # container PAM session modules are slow or fail).
     use_pam: bool = False
+    # Logins only from this address (`AllowUsers user@addr`): the nodes behind a bastion.
+    allow_from: str | None = None
+    # The bastion: no shell, only `direct-tcpip` forwarding to exactly these host:port targets.
+    permit_open: tuple[str, ...] | None = None
 
 
 def account_locked(user: str, shadow: Path = Path("/etc/shadow")) -> bool:
@@ -112,7 +116,7 @@ def render(cfg: NodeConfig) -> str:
         "PermitEmptyPasswords no",
         # We may run as root (CI containers); root may log in with the pool key only.
         "PermitRootLogin prohibit-password",
-        f"AllowUsers {cfg.user}",
+        f"AllowUsers {cfg.user}@{cfg.allow_from}" if cfg.allow_from else f"AllowUsers {cfg.user}",
         # PAM needs root and a system login stack; without it a non-root sshd works (FACTS.md).
         f"UsePAM {'yes' if cfg.use_pam else 'no'}",
         # A non-root sshd cannot insist on root-owned key files, and the state dir may sit in /tmp.
@@ -120,7 +124,17 @@ def render(cfg: NodeConfig) -> str:
         "Subsystem sftp internal-sftp",
         "X11Forwarding no",
         "AllowAgentForwarding no",
-        "AllowTcpForwarding no",
+        *(
+            # ProxyJump is a direct-tcpip channel: allow that, to the pool's nodes only, and nothing else.
+            [
+                "AllowTcpForwarding local",
+                f"PermitOpen {' '.join(cfg.permit_open)}",
+                "PermitTTY no",
+                "ForceCommand /bin/false",
+            ]
+            if cfg.permit_open
+            else ["AllowTcpForwarding no"]
+        ),
         "AllowStreamLocalForwarding no",
         "GatewayPorts no",
         "PermitTunnel no",

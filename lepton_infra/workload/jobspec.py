@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -214,9 +215,23 @@ def node_env(
     return env
 
 
+# The progress fields a UI reads, and what each must be. A line whose fields break these rules is
+# not progress: it is shown as the plain log line it is (whatever a job prints, the controller keeps
+# going). Counts are bounded so no arithmetic on them can blow up a renderer.
+_PROGRESS_COUNTS = ("epoch", "epochs", "step", "steps")
+_PROGRESS_NUMBERS = ("loss",)
+_MAX_COUNT = 10**12
+MAX_PROGRESS_LINE = 1 << 16
+
+
 def parse_progress(line: str) -> dict[str, Any] | None:
-    """The JSON object of a `LEPTON_PROGRESS {...}` line, or None for any other line. Tolerates a
-    prefix ending in space, ':' or ']' (torchrun's `[default0]:` tee prefix)."""
+    """The JSON object of a well-formed `LEPTON_PROGRESS {...}` line, or None for any other line
+    (including a malformed progress line). Tolerates a prefix ending in space, ':' or ']'
+    (torchrun's `[default0]:` tee prefix). Well-formed: `epoch`, `epochs`, `step`, `steps` are
+    whole numbers from 0 to 10**12 with epoch <= epochs and step <= steps, `loss` a finite number;
+    other keys are kept only when their values are strings, numbers, booleans or null."""
+    if len(line) > MAX_PROGRESS_LINE:
+        return None
     idx = line.find(PROGRESS_TAG)
     if idx < 0 or (idx > 0 and line[idx - 1] not in " :]\t"):
         return None
@@ -225,6 +240,24 @@ def parse_progress(line: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(rest)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in _PROGRESS_COUNTS:
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= _MAX_COUNT:
+                return None
+        elif key in _PROGRESS_NUMBERS:
+            if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+                return None
+        elif not (item is None or isinstance(item, str | bool | int | float)):
+            continue
+        elif isinstance(item, float) and not math.isfinite(item):
+            continue
+        out[key] = item
+    for part, whole in (("epoch", "epochs"), ("step", "steps")):
+        if part in out and whole in out and out[part] > out[whole]:
+            return None
+    return out

@@ -238,3 +238,165 @@ def test_a_state_dir_under_a_file_or_full_of_other_things_is_refused(tmp_path: P
     with pytest.raises(ConfigError, match="not a local pool's folder"):
         up(1, other)
     assert sorted(p.name for p in other.iterdir()) == ["inventory.json"]
+
+
+# --------------------------------------------------------------------------- class 2: malformed output
+
+_MALFORMED_JOB = r"""
+import os, sys
+name = os.environ["LEPTON_NODE_NAME"]
+print('LEPTON_PROGRESS {"epoch": "one", "epochs": 2, "step": 1, "steps": 2}', flush=True)
+print('LEPTON_PROGRESS {"epoch": 1, "epochs": 2, "step": 1, "steps": 2, "loss": "low"}', flush=True)
+print('LEPTON_PROGRESS {"epoch": 1e999, "epochs": 2}', flush=True)
+print('LEPTON_PROGRESS {"epoch": 1, "epochs": 0, "step": 1, "steps": 0}', flush=True)
+print('LEPTON_PROGRESS {', flush=True)
+print('LEPTON_PROGRESS ' + '[' * 50000, flush=True)
+sys.stdout.buffer.write(b"bytes \xff\xfe\x00 not utf-8\n")
+print('LEPTON_PROGRESS {"epoch": 1, "epochs": 1, "step": 2, "steps": 2, "loss": 0.5}', flush=True)
+print(f"still going on {name}", flush=True)
+open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "ok"), "w").write("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_json", [False, True])
+def test_malformed_progress_lines_are_plain_lines_and_the_run_completes(
+    local_pool: LocalPool, make_workload, tmp_path: Path, as_json: bool
+) -> None:  # type: ignore[no-untyped-def]
+    runs = tmp_path / "runs"
+    run_id = f"malformed-{int(as_json)}"
+    args = ["run", str(make_workload(job=_MALFORMED_JOB)), "--inventory", str(local_pool.inventory_path)]
+    args += ["--run-id", run_id, "--runs-dir", str(runs)] + (["--json"] if as_json else [])
+    done = cli(*args, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    record = json.loads((runs / run_id / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    for node in local_pool.inventory.nodes:
+        log = (runs / run_id / node.name / "logs" / "node.log").read_text(errors="replace")
+        assert f"still going on {node.name}" in log and 'LEPTON_PROGRESS {"epoch": "one"' in log
+        assert (runs / run_id / node.name / "output" / "ok").read_text() == "ok"
+    if not as_json:
+        assert 'LEPTON_PROGRESS {"epoch": "one"' in done.stdout  # shown as the plain line it is
+
+
+# --------------------------------------------------------------------------- class 10: full disk
+
+_FILL_JOB = r"""
+import os, time
+rank = int(os.environ["LEPTON_NODE_RANK"])
+print(f"rank {rank} starting", flush=True)
+if rank == 1:
+    chunk = b"x" * (256 * 1024)
+    with open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "fill.bin"), "wb") as f:
+        while True:
+            f.write(chunk)
+            f.flush()
+for i in range(600):
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_a_node_is_reported_as_such_and_the_others_are_stopped(
+    local_pool_factory, make_workload, tmp_path: Path, leftover_processes
+) -> None:  # type: ignore[no-untyped-def]
+    from lepton_infra.workload import run_job
+
+    pool: LocalPool = local_pool_factory(2)
+    small = pool.home("node-1") / ".lepton"
+    small.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        runs = tmp_path / "runs"
+        result = run_job(pool.inventory, make_workload(job=_FILL_JOB), [], run_id="full-1", runs_dir=runs)
+        full = result.node("node-1")
+        assert result.status == "failed"
+        assert full.state == "failed"
+        assert "no space left on device" in full.detail and ".lepton/runs/full-1" in full.detail
+        assert result.node("node-0").state == "cancelled"
+        node_state = json.loads((small / "runs" / "full-1" / "state.json").read_text())
+        assert node_state["state"] == "failed" and "no space" in node_state["detail"]
+        assert leftover_processes("full-1") == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+# --------------------------------------------------------------------------- jump host (issue 8 item 6)
+
+_FROM_INSIDE = r"""
+import socket, sys, paramiko
+src, host, port, user, key = sys.argv[1:6]
+sock = socket.create_connection((host, int(port)), timeout=10, source_address=(src, 0))
+t = paramiko.Transport(sock)
+t.start_client(timeout=10)
+try:
+    t.auth_publickey(user, paramiko.PKey.from_path(key))
+    print("accepted")
+except paramiko.AuthenticationException:
+    print("refused")
+"""
+
+
+@pytest.mark.slow
+def test_a_job_runs_through_the_bastion_and_direct_connections_to_nodes_are_refused(
+    tmp_path_factory: pytest.TempPathFactory, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from lepton_infra.errors import HostKeyMismatch, NodeError
+    from lepton_infra.local import pool_processes, random_host_key_line
+    from lepton_infra.local.sshd_config import find_sshd
+    from lepton_infra.workload import run_job
+
+    find_sshd()
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("a bastion pool needs root, ip and nsenter (its nodes live in a network namespace)")
+    pool = LocalPool.start(2, tmp_path_factory.mktemp("bastion"), bastion=True)
+    try:
+        inv = pool.inventory
+        assert inv.jump is not None and inv.jump.host not in {n.host for n in inv.nodes}
+        # Straight to a node, as without a bastion: nothing answers (the nodes are private).
+        with pytest.raises(NodeError, match="node-0|node-1"):
+            connect_all(inv.model_copy(update={"jump": None}), connect_timeout=2)
+        # From inside the private network but not through the bastion's sshd: the node refuses.
+        node = inv.nodes[0]
+        network = json.loads((pool.state_dir / "pool.json").read_text())["network"]
+        inside = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{network['name']}",
+                "--",
+                sys.executable,
+                "-c",
+                _FROM_INSIDE,
+                inv.jump.host,
+                node.host,
+                str(node.port),
+                inv.user,
+                str(inv.private_key_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert inside.stdout.strip() == "refused", inside.stderr[-2000:]
+        # The bastion's host key is pinned like a node's.
+        impostor = inv.jump.model_copy(update={"host_key": random_host_key_line()})
+        with pytest.raises(HostKeyMismatch, match="jump"):
+            connect_all(inv.model_copy(update={"jump": impostor}), connect_timeout=5)
+        # Through the bastion: the whole job, results from both nodes.
+        runs = tmp_path / "runs"
+        result = run_job(inv, make_workload(), ["lines=3", "delay=0.01"], run_id="jump-1", runs_dir=runs)
+        assert result.status == "succeeded", [(n.name, n.state, n.detail) for n in result.nodes]
+        for n in inv.nodes:
+            out = json.loads((runs / "jump-1" / n.name / "output" / "result.json").read_text())
+            assert out["node"] == n.name and out["num_nodes"] == "2"
+    finally:
+        pool.down()
+    assert not any(pool_processes(pool.state_dir).values())
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert network["name"] not in namespaces

@@ -17,6 +17,7 @@ left behind. Nothing here depends on the controller staying alive: state lives i
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -44,12 +45,56 @@ def read_state(run_dir: str) -> dict[str, Any] | None:
         return None
 
 
+# state.json is padded with spaces (valid JSON whitespace) to this size, so that on a full disk it
+# can still be rewritten in place: the blocks it needs are already its own.
+STATE_PAD = 8192
+LOW_SPACE_BYTES = 1 << 20  # less than this free where the run lives, after a failure: disk full
+
+
+def _encode_state(state: dict[str, Any], size: int) -> bytes:
+    data = json.dumps(state).encode("utf-8")
+    if len(data) > size and state.get("detail"):
+        state = {**state, "detail": str(state["detail"])[:200]}
+        data = json.dumps(state).encode("utf-8")
+    return data + b" " * max(0, size - len(data))
+
+
 def write_state(run_dir: str, state: dict[str, Any]) -> None:
-    # tmp + rename: a reader (the controller over SFTP) sees the old or the new file, never half.
+    """tmp + rename, so a reader (the controller over SFTP) sees the old or the new file, never half.
+    On a full disk (no room for the tmp file) the padded file is rewritten in place instead: the
+    state must never stay "running" because the disk filled up."""
     tmp = _path(run_dir, f".state.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f)
-    os.replace(tmp, _path(run_dir, "state.json"))
+    final = _path(run_dir, "state.json")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_encode_state(state, STATE_PAD))
+        os.replace(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        with open(final, "r+b") as f:  # FileNotFoundError: nothing to rewrite, the error stands
+            size = os.fstat(f.fileno()).st_size
+            data = _encode_state(state, size)
+            if len(data) > size:
+                raise
+            f.write(data)
+
+
+def disk_full(path: str) -> str | None:
+    """A message naming the path and saying "no space left on device" when the filesystem holding
+    `path` is (nearly) full, else None."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < LOW_SPACE_BYTES or (st.f_files and st.f_favail == 0):
+        return f"no space left on device: {path} ({free} bytes free)"
+    return None
 
 
 def _pid_alive(pid: int | None, needle: str | None = None) -> bool:
@@ -181,17 +226,22 @@ def supervise(run_dir: str) -> int:
                 break
             except subprocess.TimeoutExpired:
                 state["heartbeat"] = time.time()
-                write_state(run_dir, state)
+                try:
+                    write_state(run_dir, state)
+                except OSError:
+                    pass  # a missed heartbeat is survivable; a dead supervisor is not
     # The job is over; nothing of it may outlive it (torchrun's workers run in their own sessions).
     _kill_leftovers(run_dir, proc.pid)
     cancelled = os.path.exists(_path(run_dir, "cancel"))
+    detail = "cancelled" if cancelled else (f"killed by signal {-code}" if code < 0 else f"exit {code}")
+    full = disk_full(run_dir) if code != 0 and not cancelled else None
     state.update(
         exit_code=code if code >= 0 else 128 - code,
         signal=-code if code < 0 else None,
         ended=time.time(),
         heartbeat=time.time(),
         state="cancelled" if cancelled else ("succeeded" if code == 0 else "failed"),
-        detail="cancelled" if cancelled else (f"killed by signal {-code}" if code < 0 else f"exit {code}"),
+        detail=f"{detail}; {full}" if full else detail,
     )
     write_state(run_dir, state)
     return 0
@@ -229,7 +279,7 @@ def launch(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
     with open(_path(run_dir, "logs", "agent.log"), "ab") as agent_log:
         # All three stdio redirected + a new session: the SSH exec channel closes at once and the
         # supervisor survives the SSH session and the controller.
-        subprocess.Popen(
+        supervisor = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "supervise", run_dir],
             stdin=subprocess.DEVNULL,
             stdout=agent_log,
@@ -242,6 +292,10 @@ def launch(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         state = read_state(run_dir)
         if state is not None and state["state"] != "starting":
             return status(run_dir)
+        if state is None and supervisor.poll() is not None:
+            # It died before its first state write (a full disk, say): say so, never "running".
+            why = disk_full(run_dir) or f"supervisor exited with {supervisor.returncode}; see logs/agent.log"
+            return {"state": "failed", "exit_code": None, "detail": why, "run_dir": run_dir}
         time.sleep(0.02)
     return status(run_dir)
 
@@ -284,6 +338,17 @@ def pack(run_dir: str, out: IO[bytes]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The controller shows this line (the command's stderr) as the node's error.
+            print(f"lepton agent: no space left on device: {exc.filename or argv[-1]}", file=sys.stderr)
+            return 3
+        raise
+
+
+def _main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[1] not in ("launch", "status", "cancel", "pack", "supervise"):
         print("usage: agent.py launch|status|cancel|pack|supervise RUN_DIR", file=sys.stderr)
         return 2
