@@ -400,3 +400,51 @@ def test_a_job_runs_through_the_bastion_and_direct_connections_to_nodes_are_refu
     assert not any(pool_processes(pool.state_dir).values())
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert network["name"] not in namespaces
+
+
+# --------------------------------------------------------------------------- class 5: hung node
+
+
+def _sshd_pids(pool: LocalPool, node: str) -> list[int]:
+    from lepton_infra.local import pool_processes
+
+    return [p.pid for p in pool_processes(pool.state_dir)[node] if p.reason in ("sshd", "sshd child")]
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def test_every_remote_operation_on_a_frozen_sshd_ends_at_its_deadline(local_pool_factory) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    from lepton_infra.errors import NodeError
+    from lepton_infra.workload.ssh import NodeConnection
+
+    pool: LocalPool = local_pool_factory(1)
+    node = pool.inventory.nodes[0]
+    conn = NodeConnection(pool.inventory, node, connect_timeout=3, op_timeout=1.5).connect()
+    try:
+        assert conn.read_file("/etc/hostname") is not None  # the SFTP channel is open
+        frozen = _sshd_pids(pool, "node-0")
+        _signal_all(frozen, signal.SIGSTOP)
+        try:
+            for call in (
+                lambda: conn.read_file("/etc/hostname"),
+                lambda: conn.run("true", timeout=1.5),
+                lambda: conn.reconnect(),
+            ):
+                started = time.monotonic()
+                with pytest.raises(NodeError, match="node-0"):
+                    call()
+                assert time.monotonic() - started < 20, "an operation outlived its deadline"
+        finally:
+            _signal_all(frozen, signal.SIGCONT)
+        conn.reconnect()
+        assert conn.run("echo back").stdout == b"back\n"
+    finally:
+        conn.close()
