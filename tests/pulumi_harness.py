@@ -22,6 +22,8 @@ AWS_ACCOUNT = "123456789012"
 AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 AZURE_TENANT = "00000000-0000-0000-0000-0000000000aa"
 DEEP_LEARNING_AMI = "ami-0123456789abcdef0"
+# The VPC that `gcp.compute.get_subnetwork` says any looked-up subnet belongs to.
+SUBNETWORK_VPC = "https://www.googleapis.com/compute/v1/projects/host-proj/global/networks/shared"
 
 
 _SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi's wire marker for a secret value
@@ -52,6 +54,8 @@ class Recorded:
     outputs: dict[str, Any]
     id: str
     provider: str | None = None  # the explicit provider reference, if any (the policy harness needs it)
+    # Logical names of the resources this one waits for (explicit depends_on and inputs' sources).
+    depends_on: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Recorder(pulumi.runtime.Mocks):
     resources: list[Recorded] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     project_number: str = "123456789012"
+    # (type, name) -> dependencies of a registration in flight (monitor calls may run on threads).
+    pending_dependencies: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ queries for tests
     def of(self, typ: str) -> list[Recorded]:
@@ -153,7 +159,8 @@ class Recorder(pulumi.runtime.Mocks):
                 f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey{idx}\n-----END OPENSSH PRIVATE KEY-----\n"
             )
             state["privateKeyPem"] = state["privateKeyOpenssh"]
-        self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None))
+        deps = self.pending_dependencies.pop((typ, name), [])
+        self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None, deps))
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
@@ -161,6 +168,9 @@ class Recorder(pulumi.runtime.Mocks):
         self.calls.append((token, inputs))
         if token == "gcp:organizations/getProject:getProject":
             return {"number": self.project_number, "projectId": GCP_PROJECT}
+        if token == "gcp:compute/getSubnetwork:getSubnetwork":
+            link = str(inputs.get("selfLink", ""))
+            return {"selfLink": link, "name": link.rsplit("/", 1)[-1], "network": SUBNETWORK_VPC}
         if token == "aws:ssm/getParameter:getParameter":
             return {
                 "name": inputs.get("name"),
@@ -188,10 +198,33 @@ class Recorder(pulumi.runtime.Mocks):
 
 MOCKS = Recorder()
 
+_register_resource = pulumi.runtime.mocks.MockMonitor.RegisterResource
 
-def install(mocks: Recorder = MOCKS, *, stack: str = "test", config: dict[str, str] | None = None) -> None:
-    """(Re)install the mocks: other harnesses in the same pytest process may have set their own."""
-    pulumi.runtime.set_mocks(mocks, project="lepton-infra", stack=stack, preview=False)
+
+def _register_recording_dependencies(self: Any, request: Any) -> Any:
+    """The mock monitor's RegisterResource, after noting the request's dependencies (URNs end in
+    the logical name) for the `new_resource` call it makes with the same type and name."""
+    mocks = getattr(self, "mocks", None)
+    if isinstance(mocks, Recorder):
+        mocks.pending_dependencies[(request.type, request.name)] = sorted(
+            {str(u).rsplit("::", 1)[-1] for u in request.dependencies}
+        )
+    return _register_resource(self, request)
+
+
+pulumi.runtime.mocks.MockMonitor.RegisterResource = _register_recording_dependencies  # type: ignore[method-assign]
+
+
+def install(
+    mocks: Recorder = MOCKS,
+    *,
+    stack: str = "test",
+    config: dict[str, str] | None = None,
+    preview: bool = False,
+) -> None:
+    """(Re)install the mocks: other harnesses in the same pytest process may have set their own.
+    `preview=True` runs the program as `pulumi preview` does (the graph must be whole then too)."""
+    pulumi.runtime.set_mocks(mocks, project="lepton-infra", stack=stack, preview=preview)
     pulumi.runtime.set_all_config({"gcp:project": GCP_PROJECT, "aws:region": AWS_REGION, **(config or {})})
 
 
@@ -199,14 +232,18 @@ install()
 
 
 def build(
-    fn: Callable[[], Any], *, stack: str = "test", config: dict[str, str] | None = None
+    fn: Callable[[], Any],
+    *,
+    stack: str = "test",
+    config: dict[str, str] | None = None,
+    preview: bool = False,
 ) -> tuple[dict[str, Any], Recorder]:
     """Run `fn` inside a mocked Pulumi program; return its resolved outputs (when `fn` returns a
     dict of outputs) and a recorder holding exactly the resources it registered. Exceptions raised
     by `fn` (e.g. ConfigError) propagate."""
     MOCKS.resources = []
     MOCKS.calls = []
-    install(MOCKS, stack=stack, config=config)
+    install(MOCKS, stack=stack, config=config, preview=preview)
     box: dict[str, Any] = {}
 
     @pulumi.runtime.test

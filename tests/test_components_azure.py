@@ -195,7 +195,7 @@ def test_nics_sit_in_the_subnet_behind_the_nsg_in_the_pool_group_with_a_standard
 
 def test_ssh_only_from_internal_networks_gets_no_public_ip_and_the_private_address_as_host() -> None:
     out, rec = one_pool(allowed_ssh_cidrs=["10.8.0.0/16", "100.64.0.0/10"])
-    assert rec.of(PIP) == []
+    assert [p.name for p in rec.of(PIP)] == ["p-nat-ip"], "only the NAT gateway's address, no node's"
     (nic,) = rec.of(NIC)
     assert "publicIPAddress" not in nic.inputs["ipConfigurations"][0]
     assert out["hosts"] == out["private_ips"] == [nic.outputs["ipConfigurations"][0]["privateIPAddress"]]
@@ -668,3 +668,97 @@ def test_store_queue_and_pool_can_share_one_resource_group() -> None:
     assert [g.name for g in rec.of(RG)] == ["shared"]
     groups = {r.inputs.get("resourceGroupName") for r in rec.resources if r.type.startswith("azure-native:")}
     assert groups - {None} == {out["group"]}
+
+
+# --------------------------------------------------------------------------- egress and placement
+
+NAT = "azure-native:network:NatGateway"
+AVSET = "azure-native:compute:AvailabilitySet"
+PPG = "azure-native:compute:ProximityPlacementGroup"
+
+
+def test_the_subnet_has_no_default_outbound_access_and_a_public_pool_no_nat(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    (subnet,) = rec.of(SUBNET)
+    assert subnet.inputs["defaultOutboundAccess"] is False, "Azure is retiring implicit outbound access"
+    assert "natGateway" not in subnet.inputs
+    assert rec.of(NAT) == []
+
+
+def test_a_private_pool_goes_out_through_a_nat_gateway_on_its_subnet() -> None:
+    _, rec = one_pool(allowed_ssh_cidrs=["10.8.0.0/16"])
+    (nat,) = rec.of(NAT)
+    (subnet,) = rec.of(SUBNET)
+    (nat_ip,) = rec.of(PIP)  # the NAT's address is the only public IP: the node has none
+    assert subnet.inputs["natGateway"] == {"id": nat.id}
+    assert subnet.inputs["defaultOutboundAccess"] is False
+    assert nat.inputs["sku"] == {"name": "Standard"}
+    assert nat.inputs["publicIpAddresses"] == [{"id": nat_ip.id}]
+    assert nat_ip.inputs["sku"] == {"name": "Standard", "tier": "Regional"}
+    assert "publicIPAddress" not in rec.of(NIC)[0].inputs["ipConfigurations"][0]
+
+
+def test_an_existing_subnet_keeps_its_own_egress() -> None:
+    subnet_id = (
+        "/subscriptions/s/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/shared/subnets/gpu"
+    )
+    _, rec = one_pool(allowed_ssh_cidrs=["10.8.0.0/16"], network={"subnet_id": subnet_id})
+    assert rec.of(NAT) == [] and rec.of(SUBNET) == []
+
+
+def test_every_nic_has_accelerated_networking(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    _, rec = cluster
+    assert [n.inputs["enableAcceleratedNetworking"] for n in rec.of(NIC)] == [True, True]
+
+
+@pytest.mark.parametrize(("accelerator", "gpus"), [("A100-40GB", 8), ("A100-80GB", 8), ("H100", 8)])
+def test_multi_node_nd_pools_share_one_availability_set_for_infiniband(accelerator: str, gpus: int) -> None:
+    _, rec = build(
+        lambda: azure.AzureGpuVmPool("nd", pool_args(accelerator=accelerator, gpus_per_node=gpus, nodes=2))
+    )
+    (avset,) = rec.of(AVSET)
+    (ppg,) = rec.of(PPG)
+    assert avset.inputs["proximityPlacementGroup"] == {"id": ppg.id}
+    assert avset.inputs["platformFaultDomainCount"] == 1
+    assert avset.inputs["sku"] == {"name": "Aligned"}
+    vms = rec.of(VM)
+    assert len(vms) == 2
+    for vm in vms:
+        assert vm.inputs["availabilitySet"] == {"id": avset.id}
+        assert vm.inputs["proximityPlacementGroup"] == {"id": ppg.id}
+        assert vm.inputs["hardwareProfile"]["vmSize"].startswith("Standard_ND96")
+    assert all(n.inputs["enableAcceleratedNetworking"] is True for n in rec.of(NIC))
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "gpus", "nodes"), [("A100-40GB", 8, 1), ("T4", 1, 3), ("A100-80GB", 4, 2)]
+)
+def test_single_nodes_and_non_infiniband_sizes_get_no_availability_set(
+    accelerator: str, gpus: int, nodes: int
+) -> None:
+    _, rec = build(
+        lambda: azure.AzureGpuVmPool(
+            "nc", pool_args(accelerator=accelerator, gpus_per_node=gpus, nodes=nodes)
+        )
+    )
+    assert rec.of(AVSET) == [] and rec.of(PPG) == []
+    assert all("availabilitySet" not in vm.inputs for vm in rec.of(VM))
+
+
+def test_a_zone_with_a_multi_node_nd_pool_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="availability set cannot be zonal"):
+        build(
+            lambda: azure.AzureGpuVmPool(
+                "nd", pool_args(accelerator="H100", gpus_per_node=8, nodes=2, zone="1")
+            )
+        )
+
+
+def test_preview_registers_the_same_graph_as_an_update() -> None:
+    _, up = build(full_cluster())
+    _, preview = build(full_cluster(), preview=True)
+    assert sorted((r.type, r.name) for r in preview.resources) == sorted(
+        (r.type, r.name) for r in up.resources
+    )

@@ -146,7 +146,7 @@ def test_instances_sit_in_the_subnet_with_the_firewall_tag_and_an_external_ip(
     assert out["private_ips"] == [rec.network_ip(i.name) for i in instances]
 
 
-def test_gpu_instances_terminate_on_host_maintenance_and_are_shielded(
+def test_gpu_instances_terminate_on_host_maintenance_and_are_shielded_without_secure_boot(
     cluster: tuple[dict[str, Any], Recorder],
 ) -> None:
     _, rec = cluster
@@ -156,11 +156,20 @@ def test_gpu_instances_terminate_on_host_maintenance_and_are_shielded(
         assert sched["automaticRestart"] is False
         assert sched["provisioningModel"] == "STANDARD"
         assert sched["preemptible"] is False
+        # Secure Boot would refuse the unsigned NVIDIA driver (no GPU); measured boot stays on.
         assert inst.inputs["shieldedInstanceConfig"] == {
-            "enableSecureBoot": True,
+            "enableSecureBoot": False,
             "enableVtpm": True,
             "enableIntegrityMonitoring": True,
         }
+
+
+def test_secure_boot_can_be_turned_back_on_through_extra_for_a_signed_driver_image() -> None:
+    extra = {"shielded_instance_config": {"enable_secure_boot": True}}
+    _, rec = build(lambda: gcp.GcpGpuVmPool("signed", pool_args(nodes=1, extra=extra)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["shieldedInstanceConfig"]["enableSecureBoot"] is True
+    assert inst.inputs["shieldedInstanceConfig"]["enableVtpm"] is True
 
 
 def test_os_login_is_off_and_only_cloud_init_installs_keys(cluster: tuple[dict[str, Any], Recorder]) -> None:
@@ -241,7 +250,7 @@ def test_zone_defaults_to_an_existing_zone_of_the_region() -> None:
 
 def test_extra_is_merged_into_every_instance() -> None:
     extra = {
-        "shielded_instance_config": {"enable_secure_boot": False},
+        "shielded_instance_config": {"enable_integrity_monitoring": False},
         "min_cpu_platform": "Intel Skylake",
         "metadata": {"serial-port-logging-enable": "TRUE"},
         "boot_disk": {"initialize_params": {"type": "pd-ssd"}},
@@ -250,7 +259,7 @@ def test_extra_is_merged_into_every_instance() -> None:
     (inst,) = rec.of(INSTANCE)
     assert inst.inputs["minCpuPlatform"] == "Intel Skylake"
     # Deep merge: the user's keys win, ours stay where the user said nothing.
-    assert inst.inputs["shieldedInstanceConfig"]["enableSecureBoot"] is False
+    assert inst.inputs["shieldedInstanceConfig"]["enableIntegrityMonitoring"] is False
     assert inst.inputs["shieldedInstanceConfig"]["enableVtpm"] is True
     assert inst.inputs["metadata"]["serial-port-logging-enable"] == "TRUE"
     assert inst.inputs["metadata"]["enable-oslogin"] == "FALSE"
@@ -438,7 +447,12 @@ def test_queue_limits_outside_pubsub_ranges_are_config_errors(field: str, value:
         ({"zone": "europe-west4-a"}, "zone 'europe-west4-a' is not in region 'us-central1'"),
         ({"region": "us-central1-a"}, "region 'us-central1-a' is not a GCP region"),
         ({"region": "US_CENTRAL1"}, "not a GCP region"),
-        ({"network": {"subnetwork": "s"}}, "missing: \\['network'\\]"),
+        ({"network": {"network": "n"}}, "missing: \\['subnetwork'\\]"),
+        ({"network": {"subnetwork": "gpu"}}, "self link"),
+        (
+            {"network": {"subnetwork": "projects/p/regions/europe-west4/subnetworks/gpu"}},
+            "region 'europe-west4', but the pool is in 'us-central1'",
+        ),
         ({"network": {"network": "n", "subnetwork": "s", "vpc_id": "v"}}, "unknown: \\['vpc_id'\\]"),
         ({"identity": {"instance_profile": "x"}}, "service_account_email"),
         ({"identity": {"service_account_email": "not-an-email"}}, "not-an-email"),
@@ -482,3 +496,156 @@ def test_the_gcp_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[str
     # own (it is the end of the line; giving it one would only move poison messages in a circle).
     others = [f for f in findings if not (f.type == SUBSCRIPTION and "deadLetterPolicy" in f.message)]
     assert others == []
+
+
+# --------------------------------------------------------------------------- public IP, project APIs
+
+
+def test_ssh_only_from_internal_ranges_gets_no_external_ip_and_the_private_address_as_host() -> None:
+    def make() -> dict[str, Any]:
+        pool = gcp.GcpGpuVmPool("vpn", pool_args(allowed_ssh_cidrs=["10.8.0.0/16"]))
+        return {
+            "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
+            "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
+        }
+
+    out, rec = build(make)
+    for inst in rec.of(INSTANCE):
+        assert inst.inputs["networkInterfaces"][0].get("accessConfigs", []) == []
+    assert out["hosts"] == out["private_ips"]
+    # The SSH rule still admits the VPN range (the internal address is reachable from it).
+    ssh = next(r for r in rec.of(FIREWALL) if r.name.endswith("-ssh"))
+    assert ssh.inputs["sourceRanges"] == ["10.8.0.0/16"]
+
+
+def test_one_public_ssh_source_among_internal_ones_gives_external_ips() -> None:
+    _, rec = build(
+        lambda: gcp.GcpGpuVmPool("mixed", pool_args(nodes=1, allowed_ssh_cidrs=["10.8.0.0/16", CIDR]))
+    )
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["networkInterfaces"][0]["accessConfigs"] == [{"networkTier": "PREMIUM"}]
+
+
+SERVICE = "gcp:projects/service:Service"
+
+
+def test_apis_are_left_alone_unless_asked(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    _, rec = cluster
+    assert rec.of(SERVICE) == []
+
+
+def test_enable_apis_turns_on_each_components_apis_first_and_never_disables_them() -> None:
+    def make() -> dict[str, Any]:
+        on = {"enable_apis": True}
+        store = gcp.GcpObjectStore("s", ObjectStoreArgs(cloud="gcp", extra=on))
+        queue = gcp.GcpJobQueue("q", JobQueueArgs(cloud="gcp", extra=on))
+        gcp.GcpGpuVmPool("p", pool_args(nodes=1, extra=on), store=store, queue=queue)
+        return {}
+
+    _, rec = build(make)
+    services = rec.of(SERVICE)
+    assert sorted(s.inputs["service"] for s in services) == sorted(
+        ["storage.googleapis.com", "pubsub.googleapis.com", "cloudresourcemanager.googleapis.com"]
+        + ["compute.googleapis.com", "iam.googleapis.com", "secretmanager.googleapis.com"]
+    )
+    for service in services:
+        assert service.inputs["project"] == GCP_PROJECT
+        assert service.inputs["disableOnDestroy"] is False, "other workloads of the project may use it"
+    names = {s.inputs["service"]: s.name for s in services}
+    (inst,) = rec.of(INSTANCE)
+    assert names["compute.googleapis.com"] in inst.depends_on
+    (vpc,) = rec.of(NETWORK)
+    assert names["compute.googleapis.com"] in vpc.depends_on, "the network is created after the API too"
+    (account,) = rec.of(ACCOUNT)
+    assert names["iam.googleapis.com"] in account.depends_on
+    (bucket,) = rec.of(BUCKET)
+    assert names["storage.googleapis.com"] in bucket.depends_on
+    for topic in rec.of(TOPIC):
+        assert names["pubsub.googleapis.com"] in topic.depends_on
+    # The switch is ours, not the provider's: it reaches no resource's arguments.
+    assert all("enableApis" not in r.inputs for r in rec.resources)
+
+
+def test_enable_apis_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match="enable_apis"):
+        gcp.check_pool_args(pool_args(extra={"enable_apis": "yes"}))
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def test_preview_registers_the_same_graph_as_an_update() -> None:
+    """`pulumi preview` (pull requests) must show every resource `pulumi up` would create: nothing
+    is created inside an apply that only runs once values are known."""
+    _, up = build(full_cluster())
+    _, preview = build(full_cluster(), preview=True)
+    assert sorted((r.type, r.name) for r in preview.resources) == sorted(
+        (r.type, r.name) for r in up.resources
+    )
+
+
+# --------------------------------------------------------------------------- private pools, placement
+
+ROUTER = "gcp:compute/router:Router"
+ROUTER_NAT = "gcp:compute/routerNat:RouterNat"
+POLICY = "gcp:compute/resourcePolicy:ResourcePolicy"
+
+
+def test_a_public_pool_needs_no_nat(cluster: tuple[dict[str, Any], Recorder]) -> None:
+    _, rec = cluster
+    assert rec.of(ROUTER) == [] and rec.of(ROUTER_NAT) == []
+
+
+def test_a_private_pool_gets_cloud_nat_and_private_google_access_on_its_own_subnet() -> None:
+    _, rec = build(lambda: gcp.GcpGpuVmPool("priv", pool_args(nodes=1, allowed_ssh_cidrs=["10.8.0.0/16"])))
+    (vpc,) = rec.of(NETWORK)
+    (subnet,) = rec.of(SUBNET)
+    (router,) = rec.of(ROUTER)
+    (nat,) = rec.of(ROUTER_NAT)
+    assert subnet.inputs["privateIpGoogleAccess"] is True, "GCS, Pub/Sub, Secret Manager without NAT"
+    assert router.inputs["network"] == vpc.outputs["selfLink"]
+    assert router.inputs["region"] == nat.inputs["region"] == "us-central1"
+    assert nat.inputs["router"] == router.outputs["name"]
+    assert nat.inputs["natIpAllocateOption"] == "AUTO_ONLY"
+    assert nat.inputs["sourceSubnetworkIpRangesToNat"] == "LIST_OF_SUBNETWORKS"
+    assert nat.inputs["subnetworks"] == [{"name": subnet.id, "sourceIpRangesToNats": ["ALL_IP_RANGES"]}]
+
+
+def test_an_existing_subnetwork_alone_is_used_with_its_vpc_looked_up_and_no_nat_added() -> None:
+    link = "https://www.googleapis.com/compute/v1/projects/host-proj/regions/us-central1/subnetworks/gpu"
+    _, rec = build(
+        lambda: gcp.GcpGpuVmPool(
+            "byo", pool_args(nodes=1, allowed_ssh_cidrs=["10.8.0.0/16"], network={"subnetwork": link})
+        )
+    )
+    assert rec.of(NETWORK) == [] and rec.of(SUBNET) == [] and rec.of(ROUTER_NAT) == []
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["networkInterfaces"][0]["subnetwork"] == link
+    lookups = [args for token, args in rec.calls if token == "gcp:compute/getSubnetwork:getSubnetwork"]
+    assert lookups == [{"selfLink": link}]
+    assert {r.inputs["network"] for r in rec.of(FIREWALL)} == {harness.SUBNETWORK_VPC}
+
+
+@pytest.mark.parametrize(("accelerator", "gpus"), [("A100-40GB", 8), ("A100-80GB", 4), ("H100", 8)])
+def test_multi_node_a100_and_h100_pools_are_placed_compactly(accelerator: str, gpus: int) -> None:
+    _, rec = build(
+        lambda: gcp.GcpGpuVmPool("big", pool_args(accelerator=accelerator, gpus_per_node=gpus, nodes=3))
+    )
+    (policy,) = rec.of(POLICY)
+    assert policy.inputs["region"] == "us-central1"
+    assert policy.inputs["groupPlacementPolicy"] == {"collocation": "COLLOCATED", "vmCount": 3}
+    instances = rec.of(INSTANCE)
+    assert len(instances) == 3
+    for inst in instances:
+        assert inst.inputs["resourcePolicies"] == policy.outputs["selfLink"]
+
+
+@pytest.mark.parametrize(("accelerator", "gpus", "nodes"), [("A100-40GB", 8, 1), ("T4", 1, 4), ("L4", 8, 2)])
+def test_single_nodes_and_other_families_get_no_placement_policy(
+    accelerator: str, gpus: int, nodes: int
+) -> None:
+    _, rec = build(
+        lambda: gcp.GcpGpuVmPool("small", pool_args(accelerator=accelerator, gpus_per_node=gpus, nodes=nodes))
+    )
+    assert rec.of(POLICY) == []
+    assert all("resourcePolicies" not in i.inputs for i in rec.of(INSTANCE))

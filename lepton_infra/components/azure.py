@@ -83,6 +83,9 @@ ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"  # read/writ
 ROLE_QUEUE_MESSAGE_PROCESSOR = "8a0f0c08-91a1-4084-bc3d-661d67233fed"  # peek, receive, delete messages
 ROLE_QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # add messages
 
+# ND sizes with InfiniBand (the "r" in the family name: RDMA); NCCL uses it between nodes.
+INFINIBAND_FAMILIES = frozenset({"NDasr_v4", "NDamsrA100_v4", "NDisrH100_v5"})
+
 # NSG rule priorities: lower wins. The explicit deny sits below ours and above Azure's default
 # AllowVnetInBound / AllowAzureLoadBalancerInBound (65000+), so only our two allows remain.
 PRIORITY_SSH = 100
@@ -151,6 +154,11 @@ def parse_image(image: str | None) -> dict[str, str]:
         )
     publisher, offer, sku, version = parts
     return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+
+
+def needs_infiniband_group(entry: CatalogEntry, nodes: int) -> bool:
+    """Whether the pool's VMs must share an availability set to reach each other over InfiniBand."""
+    return nodes > 1 and entry.family in INFINIBAND_FAMILIES
 
 
 def check_admin_username(user: str) -> str:
@@ -560,10 +568,17 @@ class AzureNetwork(pulumi.ComponentResource):
     (tcp/22) only from `allowed_ssh_cidrs`, everything between the pool's NICs (an application
     security group, so not the whole VNet), and an explicit deny of all other inbound traffic. The
     NSG is associated with the subnet we create and with every NIC (the NIC association is what
-    protects the nodes in an existing subnet)."""
+    protects the nodes in an existing subnet).
+
+    Egress: the subnet we create turns Azure's implicit "default outbound access" off (Azure is
+    retiring it for new VNets); nodes with a public IP go out through it, and a private pool
+    (`nat=True`) gets a NAT gateway with its own static public IP on the subnet. An existing subnet
+    keeps its own egress."""
 
     vnet: azure_network.VirtualNetwork | None
     subnet: azure_network.Subnet | None
+    nat_ip: azure_network.PublicIPAddress | None
+    nat_gateway: azure_network.NatGateway | None
     nsg: azure_network.NetworkSecurityGroup
     asg: azure_network.ApplicationSecurityGroup
     subnet_id: pulumi.Input[str]
@@ -579,6 +594,8 @@ class AzureNetwork(pulumi.ComponentResource):
         existing_subnet_id: str | None = None,
         vnet_cidr: str = VNET_CIDR,
         subnet_cidr: str = SUBNET_CIDR,
+        nat: bool = False,
+        zones: list[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("lepton:azure:Network", name, None, opts)
@@ -638,11 +655,40 @@ class AzureNetwork(pulumi.ComponentResource):
             ),
             opts=child(self),
         )
+        self.nat_ip = None
+        self.nat_gateway = None
         if existing_subnet_id is not None:
             self.vnet = None
             self.subnet = None
             self.subnet_id = existing_subnet_id
         else:
+            if nat:
+                self.nat_ip = azure_network.PublicIPAddress(
+                    f"{name}-nat-ip",
+                    azure_network.PublicIPAddressInitArgs(
+                        resource_group_name=rg,
+                        location=location,
+                        sku=azure_network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
+                        public_ip_allocation_method="Static",
+                        public_ip_address_version="IPv4",
+                        zones=zones,
+                        tags=dict(tags),
+                    ),
+                    opts=child(self),
+                )
+                self.nat_gateway = azure_network.NatGateway(
+                    f"{name}-nat",
+                    azure_network.NatGatewayInitArgs(
+                        resource_group_name=rg,
+                        location=location,
+                        sku=azure_network.NatGatewaySkuArgs(name="Standard"),
+                        public_ip_addresses=[azure_network.SubResourceArgs(id=self.nat_ip.id)],
+                        idle_timeout_in_minutes=10,
+                        zones=zones,
+                        tags=dict(tags),
+                    ),
+                    opts=child(self),
+                )
             self.vnet = azure_network.VirtualNetwork(
                 f"{name}-vnet",
                 azure_network.VirtualNetworkInitArgs(
@@ -661,6 +707,13 @@ class AzureNetwork(pulumi.ComponentResource):
                     virtual_network_name=self.vnet.name,
                     address_prefix=subnet_cidr,
                     network_security_group=azure_network.NetworkSecurityGroupArgs(id=self.nsg.id),
+                    # No implicit outbound: nodes go out through their own public IP or the NAT gateway.
+                    default_outbound_access=False,
+                    nat_gateway=(
+                        azure_network.SubResourceArgs(id=self.nat_gateway.id)
+                        if self.nat_gateway is not None
+                        else None
+                    ),
                 ),
                 opts=child(self),
             )
@@ -763,6 +816,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     resource_group_name: pulumi.Input[str]
     network: AzureNetwork
     identity: AzureNodeIdentity
+    proximity_group: compute.ProximityPlacementGroup | None
+    availability_set: compute.AvailabilitySet | None
     host_keys: list[Any]
     public_ips: list[azure_network.PublicIPAddress]
     nics: list[azure_network.NetworkInterface]
@@ -796,6 +851,11 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                     f"{what} is a {type(given).__name__}; an Azure pool can only be granted an Azure {what} "
                     f"({cls.__name__} or a neutral one with cloud='azure')"
                 )
+        if zone is not None and needs_infiniband_group(entry, args.nodes):
+            raise ConfigError(
+                f"zone is {zone!r}, but {args.nodes} {entry.instance_type} nodes need one availability set "
+                "to share an InfiniBand network, and an availability set cannot be zonal: leave zone unset"
+            )
         zones = [zone] if zone else None
         vm_spec = functools.partial(
             self._vm_spec,
@@ -825,6 +885,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             self, name, location, tags, existing_net.get("resource_group_name")
         )
         self.resource_group_name = rg
+        public = ssh_needs_public_ip(ssh_sources)
         self.network = AzureNetwork(
             name,
             resource_group_name=rg,
@@ -832,8 +893,38 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             allowed_ssh_cidrs=ssh_sources,
             tags=tags,
             existing_subnet_id=existing_net.get("subnet_id"),
+            nat=not public,
+            zones=zones,
             opts=child(self),
         )
+        self.proximity_group, self.availability_set = None, None
+        if needs_infiniband_group(entry, args.nodes):
+            # InfiniBand joins only VMs of one availability set (or scale set): without it each ND
+            # node sits on its own IB fabric and NCCL falls back to TCP. The proximity placement
+            # group keeps them in one datacenter; one fault domain keeps them on one IB network.
+            self.proximity_group = compute.ProximityPlacementGroup(
+                f"{name}-ppg",
+                compute.ProximityPlacementGroupArgs(
+                    resource_group_name=rg,
+                    location=location,
+                    proximity_placement_group_type="Standard",
+                    tags=dict(tags),
+                ),
+                opts=child(self),
+            )
+            self.availability_set = compute.AvailabilitySet(
+                f"{name}-ib",
+                compute.AvailabilitySetArgs(
+                    resource_group_name=rg,
+                    location=location,
+                    sku=compute.SkuArgs(name="Aligned"),  # managed disks
+                    platform_fault_domain_count=1,
+                    platform_update_domain_count=1,
+                    proximity_placement_group=compute.SubResourceArgs(id=self.proximity_group.id),
+                    tags=dict(tags),
+                ),
+                opts=child(self),
+            )
         self.identity = AzureNodeIdentity(
             name,
             resource_group_name=rg,
@@ -845,7 +936,6 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
         self.host_keys = node_host_keys(name, args.nodes, self)
-        public = ssh_needs_public_ip(ssh_sources)
         stem = azure_slug(name, 56)
 
         self.public_ips, self.nics, self.instances, self.nodes = [], [], [], []
@@ -911,6 +1001,9 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 identity_id=self.identity.id,
                 tags=node_tags,
             )
+            if self.availability_set is not None and self.proximity_group is not None:
+                base["availability_set"] = {"id": self.availability_set.id}
+                base["proximity_placement_group"] = {"id": self.proximity_group.id}
             vm = compute.VirtualMachine(
                 f"{name}-{i}",
                 typed(compute.VirtualMachineArgs, merge_extra(base, args.extra), compute),

@@ -4,6 +4,10 @@ of GPU Compute Engine instances that boot with the neutral layer's cloud-init.
 
 Naming, tags, validation, host keys, cloud-init and the `extra` merge come from the neutral layer
 (`args.py`, `common.py`, `cloudinit.py`); this module only maps them onto `pulumi_gcp` resources.
+
+`extra={"enable_apis": True}` on a pool, store or queue enables the Google APIs that component
+calls (`POOL_APIS`, `STORE_APIS`, `QUEUE_APIS`) before its first resource, for a fresh project; it
+needs `serviceusage.services.enable` (e.g. Editor) and never disables an API on destroy.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pulumi
-from pulumi_gcp import compute, organizations, pubsub, serviceaccount, storage
+from pulumi_gcp import compute, organizations, projects, pubsub, serviceaccount, storage
 
 from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
@@ -29,6 +33,7 @@ from lepton_infra.components.common import (
     ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
+    ssh_needs_public_ip,
     tags_for,
     typed_args,
 )
@@ -61,6 +66,9 @@ _PROJECT_ENV_VARS = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT",
 _PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$|^[a-z0-9.-]+:[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 
 _NETWORK_KEYS = frozenset({"network", "subnetwork"})
+# Machine families whose multi-node pools get a compact placement policy (A100: a2, H100: a3);
+# both support it, and both are where NCCL's all-reduce between nodes dominates a step.
+COMPACT_PLACEMENT_FAMILIES = frozenset({"a2", "a3"})
 _IDENTITY_KEYS = frozenset({"service_account_email"})
 
 
@@ -180,26 +188,45 @@ def check_queue_limits(visibility_timeout_s: int, max_receive_count: int) -> Non
         )
 
 
-def check_network_mapping(network: Mapping[str, Any] | None) -> dict[str, str] | None:
-    """Validate `network={"network": ..., "subnetwork": ...}` (names or self links of an existing
-    VPC and subnet in the pool's region)."""
+_SUBNETWORK_LINK_RE = re.compile(
+    r"^(?:https://www\.googleapis\.com/compute/v1/)?projects/[^/]+/regions/(?P<region>[^/]+)/subnetworks/[^/]+$"
+)
+
+
+def check_network_mapping(
+    network: Mapping[str, Any] | None, region: str | None = None
+) -> dict[str, str] | None:
+    """Validate `network={"subnetwork": ..., "network": ...}`: an existing subnet (its self link,
+    `projects/<p>/regions/<r>/subnetworks/<name>`, or its name together with `network`) in the
+    pool's region, and optionally its VPC (looked up from the subnet when left out)."""
     if network is None:
         return None
     if not isinstance(network, Mapping):
-        raise ConfigError(f"network must be a mapping with keys network, subnetwork on gcp, got {network!r}")
+        raise ConfigError(f"network must be a mapping with keys subnetwork, network on gcp, got {network!r}")
     unknown = sorted(set(network) - _NETWORK_KEYS)
-    missing = sorted(_NETWORK_KEYS - set(network))
+    missing = ["subnetwork"] if "subnetwork" not in network else []
     if unknown or missing:
         raise ConfigError(
-            f"network on gcp takes exactly the keys network, subnetwork (an existing VPC and its subnet); "
-            f"got {sorted(network)}"
+            "network on gcp takes the keys subnetwork (an existing subnet's self link) and optionally "
+            f"network (its VPC); got {sorted(network)}"
             + (f", unknown: {unknown}" if unknown else "")
             + (f", missing: {missing}" if missing else "")
         )
-    for key in sorted(_NETWORK_KEYS):
+    for key in sorted(set(network)):
         if not isinstance(network[key], str) or not network[key]:
             raise ConfigError(f"network[{key!r}] must be a non-empty name or self link, got {network[key]!r}")
-    return {k: str(network[k]) for k in _NETWORK_KEYS}
+    link = _SUBNETWORK_LINK_RE.match(network["subnetwork"])
+    if link is None and "network" not in network:
+        raise ConfigError(
+            f"network['subnetwork'] is {network['subnetwork']!r}: without network['network'] it must be the "
+            "subnet's self link, 'projects/<project>/regions/<region>/subnetworks/<name>'"
+        )
+    if link is not None and region is not None and link.group("region") != region:
+        raise ConfigError(
+            f"network['subnetwork'] is in region {link.group('region')!r}, but the pool is in {region!r}: "
+            "a VM can only use a subnet of its own region"
+        )
+    return {k: str(v) for k, v in network.items()}
 
 
 def check_identity_mapping(identity: Mapping[str, Any] | None) -> str | None:
@@ -261,16 +288,65 @@ def _unwrap(component: Any) -> Any:
     return getattr(component, "impl", component)
 
 
+# --------------------------------------------------------------------------- project APIs
+
+# The services each component calls. A new project has Cloud Storage on but not Compute Engine,
+# Pub/Sub, Secret Manager or IAM, and creating anything of a disabled service fails with
+# SERVICE_DISABLED; Cloud Resource Manager answers the project-number lookup of the queue.
+POOL_APIS = ("compute.googleapis.com", "iam.googleapis.com", "secretmanager.googleapis.com")
+STORE_APIS = ("storage.googleapis.com",)
+QUEUE_APIS = ("pubsub.googleapis.com", "cloudresourcemanager.googleapis.com")
+
+
+def pop_enable_apis(extra: dict[str, Any]) -> bool:
+    """Take the GCP-only switch `extra["enable_apis"]` out of `extra` (it is no provider argument)."""
+    value = extra.pop("enable_apis", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"extra['enable_apis'] is {value!r}; allowed: true or false")
+    return value
+
+
+def enable_apis(parent: pulumi.Resource, stem: str, project: str, services: Sequence[str]) -> list[Any]:
+    """One `projects.Service` per API, under `parent`. They are never disabled on destroy: other
+    workloads of the project may use the same APIs, and turning one off would break them."""
+    return [
+        projects.Service(
+            f"{stem}-api-{service.split('.')[0]}",
+            projects.ServiceArgs(
+                project=project,
+                service=service,
+                disable_on_destroy=False,
+                disable_dependent_services=False,
+            ),
+            opts=child(parent),
+        )
+        for service in services
+    ]
+
+
+def _after(parent: pulumi.Resource, opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    """Child options that keep the `depends_on` a component was given (Pulumi does not pass a
+    component's dependencies on to its children), so enabled APIs come before every resource."""
+    return child(parent, depends_on=opts.depends_on if opts is not None else None)
+
+
 # --------------------------------------------------------------------------- components
 
 
 class GcpNetwork(pulumi.ComponentResource):
     """A custom-mode VPC (no auto subnets) with one regional subnet, or an existing VPC and subnet,
     plus the pool's firewall: SSH (tcp:22) only from `allowed_ssh_cidrs` to the pool's network tag,
-    everything between instances carrying that tag, and nothing else (GCP denies other ingress)."""
+    everything between instances carrying that tag, and nothing else (GCP denies other ingress).
+
+    Egress for nodes without an external IP (`nat=True`, private pools): the subnet we create has
+    Private Google Access (GCS, Pub/Sub, Secret Manager over Google's network), and a Cloud Router
+    with Cloud NAT gives it the internet (package mirrors, PyPI, the driver installer). An existing
+    network keeps its own egress: neither is added to it."""
 
     vpc: compute.Network | None
     subnet: compute.Subnetwork | None
+    router: compute.Router | None
+    nat: compute.RouterNat | None
     ssh_firewall: compute.Firewall | None
     internal_firewall: compute.Firewall
     tag: str
@@ -287,6 +363,7 @@ class GcpNetwork(pulumi.ComponentResource):
         tag: str,
         existing: Mapping[str, str] | None = None,
         cidr: str = DEFAULT_SUBNET_CIDR,
+        nat: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("lepton:gcp:Network", name, None, opts)
@@ -302,7 +379,7 @@ class GcpNetwork(pulumi.ComponentResource):
                     routing_mode="REGIONAL",
                     description=f"lepton cluster network for {name}",
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
             self.subnet = compute.Subnetwork(
                 f"{stem}-subnet",
@@ -314,15 +391,51 @@ class GcpNetwork(pulumi.ComponentResource):
                     # Nodes reach GCS and Pub/Sub over Google's network even without an external IP.
                     private_ip_google_access=True,
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
             self.network_link = self.vpc.self_link
             self.subnetwork_link = self.subnet.self_link
         else:
             self.vpc = None
             self.subnet = None
-            self.network_link = existing["network"]
             self.subnetwork_link = existing["subnetwork"]
+            self.network_link = (
+                existing.get("network")
+                or compute.get_subnetwork_output(
+                    self_link=existing["subnetwork"], opts=pulumi.InvokeOutputOptions(parent=self)
+                ).network
+            )
+        self.router = None
+        self.nat = None
+        if nat and self.subnet is not None:
+            self.router = compute.Router(
+                f"{stem}-router",
+                compute.RouterArgs(
+                    project=project,
+                    region=region,
+                    network=self.network_link,
+                    description=f"lepton: Cloud NAT for the private nodes of {name}",
+                ),
+                opts=_after(self, opts),
+            )
+            self.nat = compute.RouterNat(
+                f"{stem}-nat",
+                compute.RouterNatArgs(
+                    project=project,
+                    region=region,
+                    router=self.router.name,
+                    nat_ip_allocate_option="AUTO_ONLY",
+                    # Only the pool's subnet, so the NAT never carries anything else's traffic.
+                    source_subnetwork_ip_ranges_to_nat="LIST_OF_SUBNETWORKS",
+                    subnetworks=[
+                        compute.RouterNatSubnetworkArgs(
+                            name=self.subnet.id, source_ip_ranges_to_nats=["ALL_IP_RANGES"]
+                        )
+                    ],
+                    log_config=compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+                ),
+                opts=_after(self, opts),
+            )
         self.internal_firewall = compute.Firewall(
             f"{stem}-internal",
             compute.FirewallArgs(
@@ -334,7 +447,7 @@ class GcpNetwork(pulumi.ComponentResource):
                 source_tags=[tag],
                 target_tags=[tag],
             ),
-            opts=child(self),
+            opts=_after(self, opts),
         )
         self.ssh_firewall = None
         if sources:
@@ -349,7 +462,7 @@ class GcpNetwork(pulumi.ComponentResource):
                     source_ranges=sources,
                     target_tags=[tag],
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
         self.register_outputs({"network": self.network_link, "subnetwork": self.subnetwork_link, "tag": tag})
 
@@ -387,7 +500,7 @@ class GcpNodeIdentity(pulumi.ComponentResource):
                     display_name=f"lepton nodes of {name}"[:100],
                     description="Dedicated identity of lepton GPU nodes: only its cluster's bucket and queue.",
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
             self.email = self.account.email
         else:
@@ -401,7 +514,7 @@ class GcpNodeIdentity(pulumi.ComponentResource):
                 storage.BucketIAMMemberArgs(
                     bucket=store.bucket.name, role="roles/storage.objectAdmin", member=member
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
         self.subscriber_member = None
         self.publisher_member = None
@@ -414,14 +527,14 @@ class GcpNodeIdentity(pulumi.ComponentResource):
                     role="roles/pubsub.subscriber",
                     member=member,
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
             self.publisher_member = pubsub.TopicIAMMember(
                 f"{stem}-queue-pub",
                 pubsub.TopicIAMMemberArgs(
                     project=project, topic=queue.topic.name, role="roles/pubsub.publisher", member=member
                 ),
-                opts=child(self),
+                opts=_after(self, opts),
             )
         self.register_outputs({"email": self.email})
 
@@ -434,11 +547,13 @@ class GcpObjectStore(pulumi.ComponentResource):
 
     bucket: storage.Bucket
     url: pulumi.Output[str]
+    apis: list[Any]
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("lepton:gcp:ObjectStore", name, None, opts)
         extra = dict(args.extra or {})
         project = resolve_project(extra)
+        self.apis = enable_apis(self, gcp_slug(name), project, STORE_APIS) if pop_enable_apis(extra) else []
         region = resolve_region(args.region)
         retention = args.retention_days
         if retention is not None and (
@@ -484,7 +599,9 @@ class GcpObjectStore(pulumi.ComponentResource):
             ]
         spec = {k: v for k, v in spec.items() if v is not None}
         self.bucket = storage.Bucket(
-            f"{gcp_slug(name)}-bucket", typed_args(storage.BucketArgs, spec), opts=child(self)
+            f"{gcp_slug(name)}-bucket",
+            typed_args(storage.BucketArgs, spec),
+            opts=child(self, depends_on=self.apis),
         )
         self.url = self.bucket.name.apply(lambda n: f"gs://{n}")
         self.register_outputs({"url": self.url, "bucket": self.bucket.name})
@@ -505,6 +622,7 @@ class GcpJobQueue(pulumi.ComponentResource):
     subscription: pubsub.Subscription
     dead_letter_topic: pubsub.Topic
     dead_letter_subscription: pubsub.Subscription
+    apis: list[Any]
     url: pulumi.Output[str]
     topic_url: pulumi.Output[str]
     dead_letter_url: pulumi.Output[str]
@@ -515,6 +633,7 @@ class GcpJobQueue(pulumi.ComponentResource):
         project = resolve_project(extra)
         check_queue_limits(args.visibility_timeout_s, args.max_receive_count)
         kms_key_name = extra.pop("kms_key_name", None)
+        self.apis = enable_apis(self, gcp_slug(name), project, QUEUE_APIS) if pop_enable_apis(extra) else []
         labels = gcp_labels(tags_for(args.cluster or name, args.env or pulumi.get_stack(), args.tags))
         stem = gcp_slug(name)
         never_expire = pubsub.SubscriptionExpirationPolicyArgs(ttl="")
@@ -522,12 +641,12 @@ class GcpJobQueue(pulumi.ComponentResource):
         self.topic = pubsub.Topic(
             f"{stem}-jobs",
             pubsub.TopicArgs(project=project, labels=labels, kms_key_name=kms_key_name),
-            opts=child(self),
+            opts=child(self, depends_on=self.apis),
         )
         self.dead_letter_topic = pubsub.Topic(
             f"{stem}-dead",
             pubsub.TopicArgs(project=project, labels=labels, kms_key_name=kms_key_name),
-            opts=child(self),
+            opts=child(self, depends_on=self.apis),
         )
         self.dead_letter_subscription = pubsub.Subscription(
             f"{stem}-dead",
@@ -539,7 +658,7 @@ class GcpJobQueue(pulumi.ComponentResource):
                 message_retention_duration=MESSAGE_RETENTION,
                 expiration_policy=never_expire,
             ),
-            opts=child(self),
+            opts=child(self, depends_on=self.apis),
         )
         base: dict[str, Any] = {
             "project": project,
@@ -566,12 +685,16 @@ class GcpJobQueue(pulumi.ComponentResource):
         spec["retry_policy"] = typed_args(pubsub.SubscriptionRetryPolicyArgs, spec.get("retry_policy"))
         spec = {k: v for k, v in spec.items() if v is not None}
         self.subscription = pubsub.Subscription(
-            f"{stem}-jobs", typed_args(pubsub.SubscriptionArgs, spec), opts=child(self)
+            f"{stem}-jobs",
+            typed_args(pubsub.SubscriptionArgs, spec),
+            opts=child(self, depends_on=self.apis),
         )
 
         # Dead-lettering is done by the project's Pub/Sub service agent: it must be allowed to publish
         # to the dead-letter topic and to ack on the source subscription, or messages never move.
-        project_number = organizations.get_project_output(project_id=project).number
+        project_number = organizations.get_project_output(
+            project_id=project, opts=pulumi.InvokeOutputOptions(parent=self, depends_on=self.apis)
+        ).number
         agent = project_number.apply(
             lambda n: f"serviceAccount:service-{n}@gcp-sa-pubsub.iam.gserviceaccount.com"
         )
@@ -583,7 +706,7 @@ class GcpJobQueue(pulumi.ComponentResource):
                 role="roles/pubsub.publisher",
                 member=agent,
             ),
-            opts=child(self),
+            opts=child(self, depends_on=self.apis),
         )
         self.agent_subscriber = pubsub.SubscriptionIAMMember(
             f"{stem}-jobs-agent",
@@ -593,7 +716,7 @@ class GcpJobQueue(pulumi.ComponentResource):
                 role="roles/pubsub.subscriber",
                 member=agent,
             ),
-            opts=child(self),
+            opts=child(self, depends_on=self.apis),
         )
 
         self.url = self.subscription.name.apply(lambda n: f"projects/{project}/subscriptions/{n}")
@@ -614,13 +737,27 @@ class GcpGpuVmPool(pulumi.ComponentResource):
     and the idle/lifetime watchdog.
 
     Secure defaults: GPUs force `on_host_maintenance=TERMINATE` (and no automatic restart), shielded
-    VM (secure boot, vTPM, integrity monitoring), OS Login off and project-wide SSH keys blocked (the
-    only key is the one cloud-init installs), an external IP only when SSH is allowed from outside.
-    `extra` is merged into every instance's arguments (e.g. `{"shielded_instance_config":
-    {"enable_secure_boot": False}}` for an image whose GPU driver is not signed)."""
+    VM with vTPM and integrity monitoring, OS Login off and project-wide SSH keys blocked (the only
+    key is the one cloud-init installs), an external IP only when SSH is allowed from outside
+    internal address space (otherwise the nodes reach out through Cloud NAT and Private Google
+    Access, and are reached through a VPN or a jump host). Multi-node A100/H100 pools (a2/a3) get a
+    compact placement policy, so NCCL's traffic between nodes stays on one low-latency network
+    (it names the exact node count, as GCE requires, so changing `nodes` there replaces the nodes).
+    `network={"subnetwork": <self link>}` puts the nodes in an existing subnet (egress is then that
+    network's own business).
+
+    Secure Boot is off on these GPU nodes: with it on, the kernel loads only modules signed by a key
+    in the VM's UEFI database, and the NVIDIA driver that Deep Learning VM images carry or install at
+    first boot (`install-nvidia-driver`) is built for the running kernel and not signed by such a
+    key, so the driver would not load and the node would have no GPU. vTPM (measured boot) and
+    integrity monitoring stay on. An image with a signed driver can turn it back on through `extra`:
+    `{"shielded_instance_config": {"enable_secure_boot": True}}`. `extra` is merged into every
+    instance's arguments."""
 
     network: GcpNetwork
     identity: GcpNodeIdentity
+    apis: list[Any]
+    placement: compute.ResourcePolicy | None
     instances: list[compute.Instance]
     host_keys: list[Any]
     nodes: list[PoolNode]
@@ -642,16 +779,21 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         extra = dict(args.extra or {})
         region = resolve_region(args.region, args.zone)
         zone = args.zone or default_zone(region)
-        existing_network = check_network_mapping(args.network)
+        existing_network = check_network_mapping(args.network, region)
         sa_email = check_identity_mapping(args.identity)
         check_image(args.image)
         args.validate()
         project = resolve_project(extra)
+        self.apis = enable_apis(self, gcp_slug(name), project, POOL_APIS) if pop_enable_apis(extra) else []
         self.entry = entry = lookup("gcp", args.accelerator, args.gpus_per_node, region)
         self.zone = zone
         cluster = args.cluster or name
         env = args.env or pulumi.get_stack()
         stem = gcp_slug(name)
+        # An external IP only when someone outside internal address space may SSH in (as on AWS and
+        # Azure); SSH from a VPN/interconnect range reaches the internal address, and egress then
+        # goes through Cloud NAT.
+        public = ssh_needs_public_ip(ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "gcp"))
 
         self.network = GcpNetwork(
             f"{name}-net",
@@ -660,15 +802,32 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             allowed_ssh_cidrs=list(args.allowed_ssh_cidrs),
             tag=node_tag(name, project),
             existing=existing_network,
-            opts=child(self),
+            nat=not public,
+            opts=child(self, depends_on=self.apis),
         )
+        self.placement = None
+        if args.nodes > 1 and entry.family in COMPACT_PLACEMENT_FAMILIES:
+            # NCCL between A100/H100 nodes wants them on one low-latency network: a compact
+            # placement policy for exactly this many VMs (GCE requires vm_count with COLLOCATED).
+            self.placement = compute.ResourcePolicy(
+                f"{stem}-compact",
+                compute.ResourcePolicyArgs(
+                    project=project,
+                    region=region,
+                    description=f"lepton: compact placement of the {args.nodes} nodes of {cluster}",
+                    group_placement_policy=compute.ResourcePolicyGroupPlacementPolicyArgs(
+                        collocation="COLLOCATED", vm_count=args.nodes
+                    ),
+                ),
+                opts=child(self, depends_on=self.apis),
+            )
         self.identity = GcpNodeIdentity(
             f"{name}-identity",
             project=project,
             store=store,
             queue=queue,
             service_account_email=sa_email,
-            opts=child(self),
+            opts=child(self, depends_on=self.apis),
         )
         self.host_keys = node_host_keys(name, args.nodes, self)
         labels = gcp_labels(
@@ -679,7 +838,6 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
             )
         )
-        public = self.network.ssh_firewall is not None
 
         self.instances = []
         self.nodes = []
@@ -704,7 +862,8 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 ),
                 "scheduling": self._scheduling(args.spot),
                 "shielded_instance_config": {
-                    "enable_secure_boot": True,
+                    # Off: the GPU driver is not signed for Secure Boot (see the class docstring).
+                    "enable_secure_boot": False,
                     "enable_vtpm": True,
                     "enable_integrity_monitoring": True,
                 },
@@ -735,6 +894,8 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                     }
                 ],
                 "service_account": {"email": self.identity.email, "scopes": [CLOUD_PLATFORM_SCOPE]},
+                # One self link (the provider takes a single policy here).
+                "resource_policies": self.placement.self_link if self.placement is not None else None,
                 "tags": [self.network.tag],
                 "labels": labels,
                 "allow_stopping_for_update": True,
@@ -742,7 +903,9 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             }
             kwargs = _instance_args(merge_extra(base, extra))
             instance = compute.Instance(
-                f"{stem}-{i}", typed_args(compute.InstanceArgs, kwargs), opts=child(self)
+                f"{stem}-{i}",
+                typed_args(compute.InstanceArgs, kwargs),
+                opts=child(self, depends_on=self.apis),
             )
             self.instances.append(instance)
             nic = instance.network_interfaces.apply(lambda nics: nics[0])
@@ -798,8 +961,9 @@ def check_pool_args(args: GpuVmPoolArgs) -> None:
     """GCP's own pool checks, which register nothing (the neutral layer runs them before a cluster's
     first resource): region/zone names and agreement, the project, the image's form and the
     `network`/`identity` mappings. GcpGpuVmPool repeats them for direct users."""
-    resolve_region(args.region, args.zone)
+    region = resolve_region(args.region, args.zone)
     check_image(args.image)
     resolve_project(args.extra)
-    check_network_mapping(args.network)
+    pop_enable_apis(dict(args.extra or {}))
+    check_network_mapping(args.network, region)
     check_identity_mapping(args.identity)
