@@ -128,3 +128,35 @@ def test_status_of_a_run_that_was_never_launched(tmp_path: Path) -> None:
     (tmp_path / "r").mkdir()
     assert _agent("status", tmp_path / "r")["state"] == "unknown"
     assert _agent("status", tmp_path / "absent")["detail"] == "no such run on this node"
+
+
+def test_cancel_before_launch_is_recorded_and_the_job_never_starts(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "workload").mkdir(parents=True)  # shipped (or still shipping), not launched
+    assert _agent("cancel", run_dir)["state"] == "cancelled"
+    marker = tmp_path / "started"
+    spec = {
+        "run_id": "t",
+        "node": "n0",
+        "argv": [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"],
+        "env": {"LEPTON_OUTPUT_DIR": str(run_dir / "output"), "LEPTON_RUN_ID": "t"},
+        "cwd": str(run_dir / "workload"),
+    }
+    answer = _agent("launch", run_dir, spec)
+    assert answer["state"] == "cancelled" and "before launch" in answer["detail"]
+    time.sleep(1.0)
+    assert not marker.exists()
+    assert _agent("status", run_dir)["state"] == "cancelled"
+
+
+def test_a_full_disk_leaves_state_json_rewritable_in_place(tmp_path: Path) -> None:
+    """The in-place path that a full disk takes: the padded file is rewritten without new blocks."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    agent.write_state(str(run_dir), {"state": "running", "detail": ""})
+    size = (run_dir / "state.json").stat().st_size
+    assert size == agent.STATE_PAD
+    with open(run_dir / "state.json", "r+b") as f:  # what write_state does when the tmp file fails
+        f.write(agent._encode_state({"state": "failed", "detail": "x" * 10000}, size))
+    assert json.loads((run_dir / "state.json").read_text())["state"] == "failed"
+    assert (run_dir / "state.json").stat().st_size == size

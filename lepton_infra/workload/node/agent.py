@@ -200,6 +200,9 @@ def supervise(run_dir: str) -> int:
         "heartbeat": time.time(),
         "detail": "",
     }
+    if _cancel_requested(run_dir):
+        write_state(run_dir, {**state, **_cancelled_before_launch(run_dir)})
+        return 0
     write_state(run_dir, state)
     os.makedirs(_path(run_dir, "logs"), exist_ok=True)
     with open(_path(run_dir, "logs", "node.log"), "ab", buffering=0) as log:
@@ -220,6 +223,8 @@ def supervise(run_dir: str) -> int:
             return 1
         state.update(state="running", pid=proc.pid, pgid=proc.pid, heartbeat=time.time())
         write_state(run_dir, state)
+        if _cancel_requested(run_dir):  # a cancel that came while the job was being started
+            _kill_group(proc.pid, signal.SIGTERM)
         while True:
             try:
                 code = proc.wait(timeout=HEARTBEAT_S)
@@ -268,6 +273,8 @@ def status(run_dir: str) -> dict[str, Any]:
 
 
 def launch(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
+    if _cancel_requested(run_dir):
+        return status(run_dir)  # cancelled while it was being shipped: never start it
     if os.path.exists(_path(run_dir, "spec.json")):
         raise SystemExit(f"run in {run_dir} was already launched")
     for sub in ("logs", "output"):
@@ -300,12 +307,41 @@ def launch(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
     return status(run_dir)
 
 
+def _cancel_requested(run_dir: str) -> bool:
+    return os.path.exists(_path(run_dir, "cancel"))
+
+
+def _cancelled_before_launch(run_dir: str) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "state": "cancelled",
+        "exit_code": None,
+        "started": None,
+        "ended": now,
+        "heartbeat": now,
+        "detail": "cancelled before launch",
+    }
+
+
 def cancel(run_dir: str, grace: float = 5.0) -> dict[str, Any]:
+    """Stop the run at whatever phase it is in. Before launch (still shipping, or shipped), the
+    cancel marker makes any later `launch` refuse and the state says cancelled at once."""
     state = read_state(run_dir)
-    if state is None or state["state"] in TERMINAL:
+    if state is not None and state["state"] in TERMINAL:
         return status(run_dir)
     with open(_path(run_dir, "cancel"), "w", encoding="utf-8") as f:
         f.write(str(time.time()))
+    if state is None:
+        if not os.path.exists(_path(run_dir, "spec.json")):
+            write_state(run_dir, _cancelled_before_launch(run_dir))
+            return status(run_dir)
+        # A supervisor is starting: it sees the marker before (or right after) starting the job.
+        deadline = time.time() + 10.0
+        while time.time() < deadline and read_state(run_dir) is None:
+            time.sleep(0.05)
+        state = read_state(run_dir)
+        if state is None or state["state"] in TERMINAL:
+            return status(run_dir)
     pgid = state.get("pgid")
     # TERM first: torchrun forwards it to its workers and they may flush logs/checkpoints.
     _kill_group(pgid, signal.SIGTERM)
