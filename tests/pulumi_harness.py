@@ -9,6 +9,7 @@ BEFORE any component module (FACTS.md: mocks set too late make tests pass vacuou
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ def _unwrap(value: Any) -> Any:
 
 def _plain(value: Any) -> Any:
     return _unwrap(json.loads(json.dumps(value, default=str)))
+
+
+def _ed25519_public_key(seed: int) -> str:
+    """A real (parseable) ed25519 public key line, stable per seed: the inventory checks host keys."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"host-key-{seed}".encode()).digest())
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode() + "\n"
 
 
 @dataclass
@@ -154,7 +165,7 @@ class Recorder(pulumi.runtime.Mocks):
                 state["principalId"] = f"principal-{idx}"
                 state["clientId"] = f"client-{idx}"
         if typ == "tls:index/privateKey:PrivateKey":
-            state["publicKeyOpenssh"] = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey{idx:020d}x\n"
+            state["publicKeyOpenssh"] = _ed25519_public_key(idx)
             state["privateKeyOpenssh"] = (
                 f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey{idx}\n-----END OPENSSH PRIVATE KEY-----\n"
             )
