@@ -119,6 +119,9 @@ class Recorder(pulumi.runtime.Mocks):
         if typ == "aws:ec2/instance:Instance":
             state["privateIp"] = f"10.0.1.{10 + idx}"
             state["publicIp"] = f"203.0.113.{idx % 250 + 1}" if inputs.get("associatePublicIpAddress") else ""
+        if typ == "aws:secretsmanager/secret:Secret":
+            state["arn"] = f"arn:aws:secretsmanager:{AWS_REGION}:{AWS_ACCOUNT}:secret:{state['name']}-AbCdEf"
+            rid = state["arn"]  # as on AWS: a secret's id is its ARN
         if typ == "aws:kms/key:Key":
             rid = f"key-{idx:08d}"
         if typ == "aws:iam/role:Role":
@@ -188,6 +191,18 @@ class Recorder(pulumi.runtime.Mocks):
                 "value": DEEP_LEARNING_AMI,
                 "type": "String",
                 "id": inputs.get("name"),
+            }
+        if token == "aws:iam/getInstanceProfile:getInstanceProfile":
+            role = f"{inputs.get('name')}-role"
+            return {
+                "name": inputs.get("name"),
+                "roleName": role,
+                "roleArn": f"arn:aws:iam::{AWS_ACCOUNT}:role/{role}",
+                "arn": f"arn:aws:iam::{AWS_ACCOUNT}:instance-profile/{inputs.get('name')}",
+                "id": inputs.get("name"),
+                "path": "/",
+                "roleId": "AROAEXAMPLE",
+                "createDate": "2025-01-01T00:00:00Z",
             }
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": [f"{AWS_REGION}a", f"{AWS_REGION}b"], "zoneIds": ["use1-az1", "use1-az2"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,24 +18,29 @@ import pulumi_harness as harness  # noqa: I001  (mocks before components)
 import pytest
 import yaml
 
-from lepton_infra.components.cloudinit import render_cloud_init, watchdog_script
+from lepton_infra.components.cloudinit import (
+    BootFile,
+    CloudBoot,
+    host_key_install_script,
+    render_cloud_init,
+    watchdog_script,
+)
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 it's me"
-HOST_PRIV = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
-)
 HOST_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTests0000000000000000000000x\n"
+FETCH = "secret-store-cli get node-0-host-key"
 
 
-def rendered_text() -> str:
+def rendered_text(boot: CloudBoot | None = None) -> str:
     return render_cloud_init(
         user="lepton",
         authorized_key=PUBKEY,
-        host_private_key=HOST_PRIV,
         host_public_key=HOST_PUB,
+        host_key_fetch=FETCH,
         idle_shutdown_minutes=30,
         max_lifetime_hours=12,
         cluster="dev",
+        boot=boot,
     )
 
 
@@ -50,9 +56,11 @@ def test_user_key_and_pinned_host_key_are_installed_and_passwords_are_off() -> N
     assert user["name"] == "lepton" and user["lock_passwd"] is True
     assert user["ssh_authorized_keys"] == [PUBKEY]  # a quote in the comment survives YAML quoting
     assert doc["ssh_pwauth"] is False and doc["disable_root"] is True
-    # With ssh_keys given cloud-init generates no key; a pinned type satisfies its schema (minItems 1).
-    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
-    assert doc["ssh_keys"] == {"ed25519_private": HOST_PRIV, "ed25519_public": HOST_PUB.strip()}
+    # bootcmd installs the fetched key; cloud-init's ssh module then keeps it and generates none.
+    assert doc["ssh_deletekeys"] is False and doc["ssh_genkeytypes"] == ["ed25519"]
+    assert "ssh_keys" not in doc and "PRIVATE KEY" not in rendered_text()
+    (install,) = doc["bootcmd"]
+    assert FETCH in install and shlex.quote(HOST_PUB.strip()) in install
     files = {f["path"]: f for f in doc["write_files"]}
     assert "PasswordAuthentication no" in files["/etc/ssh/sshd_config.d/50-lepton.conf"]["content"]
     assert "OnUnitActiveSec=1min" in files["/etc/systemd/system/lepton-watchdog.timer"]["content"]
@@ -181,20 +189,37 @@ def test_an_unreadable_idle_mark_restarts_the_idle_clock_instead_of_breaking_the
     assert run_watchdog(tmp_path, minutes=70) == ("idle", True)
 
 
+CLOUD_BOOT = CloudBoot(
+    files=(BootFile("/etc/default/instance_configs.cfg", "[InstanceSetup]\nset_host_keys = false\n"),),
+    bootcmd=("echo early > /run/lepton-early",),
+    runcmd=("echo late > /run/lepton-late",),
+)
+
+
+def test_a_clouds_own_files_and_commands_join_the_common_ones_in_order() -> None:
+    doc = yaml.safe_load(rendered_text(CLOUD_BOOT))
+    early, install = doc["bootcmd"]
+    assert early.strip() == "echo early > /run/lepton-early" and FETCH in install  # cloud's first
+    files = {f["path"]: f for f in doc["write_files"]}
+    assert files["/etc/default/instance_configs.cfg"]["content"] == "[InstanceSetup]\nset_host_keys = false\n"
+    assert files["/etc/default/instance_configs.cfg"]["permissions"] == "0644"
+    assert doc["runcmd"][-1].strip() == "echo late > /run/lepton-late"
+    assert doc["runcmd"][:3] == rendered()["runcmd"]
+
+
+def test_key_material_is_refused_in_the_fetch_and_in_a_clouds_files() -> None:
+    with pytest.raises(ValueError, match="fetch the key"):
+        host_key_install_script("echo '-----BEGIN OPENSSH PRIVATE KEY-----'", HOST_PUB)
+    leaky = CloudBoot(files=(BootFile("/etc/x", "-----BEGIN RSA PRIVATE KEY-----\n"),))
+    with pytest.raises(ValueError, match="must not hold a private key"):
+        rendered_text(leaky)
+
+
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
-def test_cloud_init_accepts_the_document_under_its_own_schema(tmp_path: Path) -> None:
+@pytest.mark.parametrize("boot", [None, CLOUD_BOOT], ids=["common", "with-cloud-additions"])
+def test_cloud_init_accepts_the_document_under_its_own_schema(tmp_path: Path, boot: CloudBoot | None) -> None:
     doc = tmp_path / "user-data.yaml"
-    doc.write_text(
-        render_cloud_init(
-            user="lepton",
-            authorized_key=PUBKEY,
-            host_private_key=HOST_PRIV,
-            host_public_key=HOST_PUB,
-            idle_shutdown_minutes=30,
-            max_lifetime_hours=12,
-            cluster="dev",
-        )
-    )
+    doc.write_text(rendered_text(boot))
     out = subprocess.run(
         ["cloud-init", "schema", "--config-file", str(doc)], capture_output=True, text=True, timeout=120
     )

@@ -18,6 +18,7 @@ from lepton_infra.errors import ConfigError
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHCQx1eQeZq2SmnHk9VTWMekJK/k6sMZI28G16hWO2r0 me@laptop"
 INSTANCE = "aws:ec2/instance:Instance"
 SG = "aws:ec2/securityGroup:SecurityGroup"
+SECRET = "aws:secretsmanager/secret:Secret"
 
 
 def pool_args(**overrides: Any) -> GpuVmPoolArgs:
@@ -52,7 +53,7 @@ def cluster(**pool_overrides: Any) -> dict[str, Any]:
         "sg_id": pool.network.security_group.id,
         "subnet_id": pool.network.subnet_id,
         "vpc_id": pool.network.vpc_id,
-        "profile": pool.identity.instance_profile_name,
+        "profiles": pulumi.Output.all(*[i.instance_profile_name for i in pool.identities]),
     }
 
 
@@ -68,10 +69,12 @@ def test_instances_sit_in_the_subnet_behind_the_security_group_with_the_profile(
     assert out["vpc_id"] == vpc.id and subnet.inputs["vpcId"] == vpc.id
     instances = rec.of(INSTANCE)
     assert len(instances) == 2
+    # One identity per node (each may read only its own host key).
+    assert [rec.named(f"demo-node-{i}").inputs["iamInstanceProfile"] for i in range(2)] == out["profiles"]
+    assert len(set(out["profiles"])) == 2
     for inst in instances:
         assert inst.inputs["subnetId"] == out["subnet_id"]
         assert inst.inputs["vpcSecurityGroupIds"] == [out["sg_id"]]
-        assert inst.inputs["iamInstanceProfile"] == out["profile"]
         assert inst.inputs["instanceType"] == "g4dn.xlarge"
         assert inst.inputs["ami"] == harness.DEEP_LEARNING_AMI
     assert (
@@ -132,7 +135,7 @@ def test_bucket_is_private_encrypted_tls_only_versioned_and_expiring(built: Any)
     (own,) = rec.of("aws:s3/bucketOwnershipControls:BucketOwnershipControls")
     assert own.inputs["rule"]["objectOwnership"] == "BucketOwnerEnforced"
     (sse,) = rec.of("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
-    (key,) = rec.of("aws:kms/key:Key")
+    key = rec.named("demo-store-key")
     rule = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]
     assert rule["sseAlgorithm"] == "aws:kms" and rule["kmsMasterKeyId"] == key.outputs["arn"]
     assert key.inputs["enableKeyRotation"] is True
@@ -159,22 +162,61 @@ def test_queue_is_encrypted_and_dead_letters_after_max_receives(built: Any) -> N
     assert out["queue_url"] == main.outputs["url"] and out["dlq_url"] == dlq.outputs["url"]
 
 
-def test_identity_may_touch_exactly_its_bucket_key_and_queues(built: Any) -> None:
+def test_each_node_identity_may_touch_exactly_the_bucket_key_queues_and_its_own_host_key(built: Any) -> None:
     _, rec = built
-    (role,) = rec.of("aws:iam/role:Role")
-    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
-    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
-    (policy,) = rec.of("aws:iam/rolePolicy:RolePolicy")
-    resources: set[str] = set()
-    for statement in json.loads(policy.inputs["policy"])["Statement"]:
-        assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Action"])
-        found = statement["Resource"]
-        resources.update(found if isinstance(found, list) else [found])
+    roles = rec.of("aws:iam/role:Role")
+    assert len(roles) == 2
+    for role in roles:
+        trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
+        assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
     (bucket,) = rec.of("aws:s3/bucket:Bucket")
-    (key,) = rec.of("aws:kms/key:Key")
+    store_key, host_key_key = (rec.named(n) for n in ("demo-store-key", "demo-hostkeys-key"))
     arns = {q.outputs["arn"] for q in rec.of("aws:sqs/queue:Queue")}
     bucket_arn = bucket.outputs["arn"]
-    assert resources == {bucket_arn, f"{bucket_arn}/*", key.outputs["arn"], *arns}
+    secrets = [rec.named(f"demo-hostkeys-{i}").outputs["arn"] for i in range(2)]
+    assert len(rec.of("aws:iam/rolePolicy:RolePolicy")) == 2
+    for i in range(2):
+        policy = rec.named(f"demo-identity-{i}-data-access")
+        assert policy.inputs["role"] == rec.named(f"demo-identity-{i}-role").id
+        resources: set[str] = set()
+        for statement in json.loads(policy.inputs["policy"])["Statement"]:
+            assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Action"])
+            found = statement["Resource"]
+            resources.update(found if isinstance(found, list) else [found])
+            if statement["Resource"] == host_key_key.outputs["arn"]:
+                assert statement["Action"] == "kms:Decrypt"
+                assert statement["Condition"]["StringEquals"] == {
+                    "kms:EncryptionContext:SecretARN": secrets[i]
+                }
+        assert resources == {
+            bucket_arn,
+            f"{bucket_arn}/*",
+            store_key.outputs["arn"],
+            *arns,
+            secrets[i],
+            host_key_key.outputs["arn"],
+        }
+
+
+def test_host_private_keys_live_only_in_their_own_kms_encrypted_secret(built: Any) -> None:
+    _, rec = built
+    host_key_key = rec.named("demo-hostkeys-key")
+    assert host_key_key.inputs["enableKeyRotation"] is True
+    key_policy = json.loads(host_key_key.inputs["policy"])["Statement"]
+    assert [s["Principal"] for s in key_policy] == [{"AWS": f"arn:aws:iam::{harness.AWS_ACCOUNT}:root"}]
+    for i in range(2):
+        inst = rec.named(f"demo-node-{i}")
+        secret = rec.named(f"demo-hostkeys-{i}")
+        assert secret.inputs["kmsKeyId"] == host_key_key.outputs["arn"]
+        assert secret.inputs["recoveryWindowInDays"] == 0
+        version = rec.named(f"demo-hostkeys-{i}-value")
+        assert version.inputs["secretId"] == secret.outputs["arn"]
+        assert version.inputs["secretString"] == rec.named(f"demo-hostkey-{i}").outputs["privateKeyOpenssh"]
+        # The node's user data names its own secret (to fetch it) and holds no key material.
+        assert secret.outputs["arn"] in inst.inputs["userData"]
+        assert all(s.outputs["arn"] not in inst.inputs["userData"] for s in rec.of(SECRET) if s is not secret)
+        assert "PRIVATE KEY" not in inst.inputs["userData"]
+    assert not rec.of("aws:secretsmanager/secretPolicy:SecretPolicy")  # the node roles' own grants do
 
 
 def test_every_resource_carries_cluster_and_env_tags_and_nodes_carry_the_watchdog(built: Any) -> None:
@@ -220,6 +262,14 @@ def test_existing_network_and_profile_are_reused_not_created() -> None:
     assert not rec.of("aws:ec2/vpc:Vpc") and not rec.of("aws:iam/role:Role")
     (inst,) = rec.of(INSTANCE)
     assert inst.inputs["subnetId"] == "subnet-1" and inst.inputs["iamInstanceProfile"] == "p"
+    # The existing profile's role (looked up) is granted the host key by the secret and the key.
+    role_arn = f"arn:aws:iam::{harness.AWS_ACCOUNT}:role/p-role"
+    (secret_policy,) = rec.of("aws:secretsmanager/secretPolicy:SecretPolicy")
+    (grant,) = json.loads(secret_policy.inputs["policy"])["Statement"]
+    assert grant["Principal"] == {"AWS": role_arn} and grant["Action"] == "secretsmanager:GetSecretValue"
+    assert grant["Resource"] == rec.of(SECRET)[0].outputs["arn"] and secret_policy.inputs["blockPublicPolicy"]
+    statements = json.loads(rec.named("reuse-hostkeys-key").inputs["policy"])["Statement"]
+    assert statements[1]["Principal"] == {"AWS": role_arn} and statements[1]["Action"] == "kms:Decrypt"
     with pytest.raises(ConfigError, match="network for aws"):
         harness.build(lambda: aws.AwsGpuVmPool("bad", pool_args(network={"subnet": "s"})))
 

@@ -4,6 +4,7 @@ region reaching every regional resource, image and zone choices, IPv6 SSH source
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi_harness as harness  # noqa: I001  (sets the mocks before any component module is imported)
@@ -192,10 +193,12 @@ def test_without_versioning_or_retention_no_such_configuration_is_made() -> None
     assert rec.of("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
 
 
-def test_a_pool_without_store_or_queue_gets_a_role_with_no_permissions() -> None:
+def test_a_pool_without_store_or_queue_gets_a_role_allowed_only_its_host_key() -> None:
     _, rec = harness.build(lambda: aws.AwsGpuVmPool("p", pool_args()))
     assert rec.of("aws:iam/role:Role") and rec.of("aws:iam/instanceProfile:InstanceProfile")
-    assert not rec.of("aws:iam/rolePolicy:RolePolicy")
+    (policy,) = rec.of("aws:iam/rolePolicy:RolePolicy")
+    actions = [s["Action"] for s in json.loads(policy.inputs["policy"])["Statement"]]
+    assert actions == ["secretsmanager:GetSecretValue", "kms:Decrypt"]
     assert not rec.of("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
 
 
@@ -233,20 +236,21 @@ def _openssh_keys(key: Any) -> tuple[str, str]:
 
 
 def test_user_data_with_real_keys_fits_the_ec2_limit() -> None:
-    host_private, host_public = _openssh_keys(ed25519.Ed25519PrivateKey.generate())
+    _, host_public = _openssh_keys(ed25519.Ed25519PrivateKey.generate())
     # The longest login key a user plausibly has: RSA 4096 with a long comment.
     _, login = _openssh_keys(rsa.generate_private_key(public_exponent=65537, key_size=4096))
+    arn = "arn:aws:secretsmanager:ap-southeast-2:123456789012:secret:" + "n" * 200 + "-AbCdEf"
     text = render_cloud_init(
         user="lepton",
         authorized_key=f"{login} {'someone@' + 'x' * 80}",
-        host_private_key=host_private,
         host_public_key=host_public,
+        host_key_fetch=aws.host_key_fetch(arn),
         idle_shutdown_minutes=60,
         max_lifetime_hours=24,
         cluster="c" * 63,
     )
-    assert host_private.strip().splitlines()[1] in text and login in text
-    assert len(text.encode()) < USER_DATA_LIMIT // 2  # room left for what `extra` users add
+    assert arn in text and login in text and "PRIVATE KEY" not in text
+    assert len(text.encode()) < USER_DATA_LIMIT - 4096  # room left for what a cloud or `extra` adds
 
 
 # EC2 accepts only these characters in a VPC security group's and its rules' descriptions; anything

@@ -6,17 +6,23 @@ Shared logic (validation, tags, cloud-init, host keys, `extra`) comes from the n
 
 from __future__ import annotations
 
+import ast
+import functools
 import ipaddress
 import json
 import re
+import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_aws.ec2 as ec2
 import pulumi_aws.iam as iam
 import pulumi_aws.kms as kms
 import pulumi_aws.s3 as s3
+import pulumi_aws.secretsmanager as secretsmanager
 import pulumi_aws.sqs as sqs
 import pulumi_aws.ssm as ssm
 
@@ -376,12 +382,150 @@ class AwsJobQueue(pulumi.ComponentResource):
         self.register_outputs({"url": self.url, "dead_letter_url": self.dead_letter_url})
 
 
+def host_key_fetch(secret_arn: str) -> str:
+    """The shell commands (cloudinit's `host_key_fetch` hook) that print a node's host private key
+    from Secrets Manager with the instance role's IMDSv2 credentials: a stdlib-only fetcher run by
+    the image's python3 (no AWS CLI needed), told the secret's ARN, which is no secret."""
+    return f"python3 - {shlex.quote(secret_arn)} <<'LEPTON_PY'\n{_fetcher_source()}\nLEPTON_PY"
+
+
+@functools.cache
+def _fetcher_source() -> str:
+    """aws_fetch_secret.py without its docstrings (user data is limited to 16 KB)."""
+    tree = ast.parse(Path(__file__).with_name("aws_fetch_secret.py").read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                body.pop(0)
+    return ast.unparse(tree)
+
+
+class AwsHostKeySecrets(pulumi.ComponentResource):
+    """Each node's SSH host private key as its own Secrets Manager secret, encrypted with a key of
+    the pool's own (rotating, customer-managed KMS key), so user data never holds it. Reading one
+    takes `secretsmanager:GetSecretValue` on that secret and `kms:Decrypt` on this key through
+    Secrets Manager: each node's role gets exactly its own (see `AwsNodeIdentity`); AWS's
+    ReadOnlyAccess has neither. With a shared, existing instance profile (`identity`), the secrets'
+    resource policies and the key policy grant that profile's role instead (then every node of the
+    pool can read every node's key). Deleted without a recovery window: a destroyed pool's keys are
+    dead, and a fixed window would only block a redeploy."""
+
+    key: kms.Key
+    secrets: list[secretsmanager.Secret]
+    versions: list[secretsmanager.SecretVersion]
+    policies: list[secretsmanager.SecretPolicy]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        private_keys: Sequence[pulumi.Input[str]],
+        tags: Mapping[str, str],
+        region: str | None,
+        shared_role_arn: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:aws:HostKeySecrets", name, None, opts)
+        account = aws.get_caller_identity_output()
+        partition = aws.get_partition_output()
+        self.key = kms.Key(
+            f"{name}-key",
+            description="lepton: encrypts the pool's SSH host keys",
+            enable_key_rotation=True,
+            deletion_window_in_days=7,
+            policy=pulumi.Output.all(account.account_id, partition.partition, shared_role_arn).apply(
+                lambda v: json.dumps(_host_key_key_policy(v[0], v[1], v[2]))
+            ),
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        self.secrets, self.versions, self.policies = [], [], []
+        for i, private_key in enumerate(private_keys):
+            secret = secretsmanager.Secret(
+                f"{name}-{i}",
+                description=f"lepton: SSH host private key of node {i}, read by that node at first boot",
+                kms_key_id=self.key.arn,
+                recovery_window_in_days=0,
+                tags=dict(tags),
+                region=region,
+                opts=child(self),
+            )
+            self.versions.append(
+                secretsmanager.SecretVersion(
+                    f"{name}-{i}-value",
+                    secret_id=secret.arn,
+                    secret_string=pulumi.Output.secret(private_key),
+                    region=region,
+                    opts=child(self),
+                )
+            )
+            if shared_role_arn is not None:
+                self.policies.append(
+                    secretsmanager.SecretPolicy(
+                        f"{name}-{i}-policy",
+                        secret_arn=secret.arn,
+                        block_public_policy=True,
+                        policy=pulumi.Output.all(secret.arn, shared_role_arn).apply(
+                            lambda v: json.dumps(
+                                {
+                                    "Version": "2012-10-17",
+                                    "Statement": [
+                                        {
+                                            "Sid": "NodeReadsItsHostKey",
+                                            "Effect": "Allow",
+                                            "Principal": {"AWS": v[1]},
+                                            "Action": "secretsmanager:GetSecretValue",
+                                            "Resource": v[0],
+                                        }
+                                    ],
+                                }
+                            )
+                        ),
+                        region=region,
+                        opts=child(self),
+                    )
+                )
+            self.secrets.append(secret)
+        self.register_outputs({"secret_arns": [s.arn for s in self.secrets], "key_arn": self.key.arn})
+
+
+def _host_key_key_policy(account: str, partition: str, shared_role_arn: str | None) -> dict[str, Any]:
+    """The host-key KMS key's policy: the account's IAM policies decide (AWS's default key policy,
+    which keeps the key manageable); a shared existing role may decrypt through Secrets Manager."""
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "AccountIamPoliciesDecide",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ]
+    if shared_role_arn:
+        statements.append(
+            {
+                "Sid": "NodesDecryptTheirHostKeys",
+                "Effect": "Allow",
+                "Principal": {"AWS": shared_role_arn},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {"StringLike": {"kms:ViaService": "secretsmanager.*.amazonaws.com"}},
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
 class AwsNodeIdentity(pulumi.ComponentResource):
     """An IAM role (EC2 trust) + instance profile whose only permissions are the cluster's bucket
-    (and its KMS key) and queue (and its dead-letter queue). Nothing account-wide."""
+    (and its KMS key), queue (and its dead-letter queue) and, when given, one node's host-key
+    secret (and `kms:Decrypt` of it through Secrets Manager). Nothing account-wide. The pool makes
+    one per node, so no node can read another's host key."""
 
     instance_profile_name: pulumi.Output[str]
     role: iam.Role | None
+    policy: iam.RolePolicy | None
 
     def __init__(
         self,
@@ -390,11 +534,13 @@ class AwsNodeIdentity(pulumi.ComponentResource):
         tags: Mapping[str, str],
         store: AwsObjectStore | None = None,
         queue: AwsJobQueue | None = None,
+        host_key_secret: secretsmanager.Secret | None = None,
+        host_key_kms: kms.Key | None = None,
         existing_profile: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("lepton:aws:NodeIdentity", name, None, opts)
-        self.role = None
+        self.role = self.policy = None
         if existing_profile is not None:
             self.instance_profile_name = pulumi.Output.from_input(existing_profile)
             self.register_outputs({"instance_profile": self.instance_profile_name})
@@ -455,8 +601,32 @@ class AwsNodeIdentity(pulumi.ComponentResource):
                     ]
                 )
             )
+        if host_key_secret is not None and host_key_kms is not None:
+            grants.append(
+                pulumi.Output.all(host_key_secret.arn, host_key_kms.arn).apply(
+                    lambda a: [
+                        {
+                            "Sid": "ReadOwnHostKey",
+                            "Effect": "Allow",
+                            "Action": "secretsmanager:GetSecretValue",
+                            "Resource": a[0],
+                        },
+                        {
+                            "Sid": "DecryptOwnHostKey",
+                            "Effect": "Allow",
+                            "Action": "kms:Decrypt",
+                            "Resource": a[1],
+                            # Secrets Manager names the secret in the encryption context.
+                            "Condition": {
+                                "StringEquals": {"kms:EncryptionContext:SecretARN": a[0]},
+                                "StringLike": {"kms:ViaService": "secretsmanager.*.amazonaws.com"},
+                            },
+                        },
+                    ]
+                )
+            )
         if grants:
-            iam.RolePolicy(
+            self.policy = iam.RolePolicy(
                 f"{name}-data-access",
                 role=self.role.id,
                 policy=pulumi.Output.all(*grants).apply(
@@ -532,7 +702,8 @@ class AwsGpuVmPool(pulumi.ComponentResource):
     node never comes back half-configured). `extra` is merged into every `ec2.Instance`'s args."""
 
     network: AwsNetwork
-    identity: AwsNodeIdentity
+    identities: list[AwsNodeIdentity]
+    host_key_secrets: AwsHostKeySecrets
     instances: list[ec2.Instance]
     host_keys: list[Any]
     nodes: list[PoolNode]
@@ -583,22 +754,47 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             existing=existing_network,
             opts=child(self),
         )
-        self.identity = AwsNodeIdentity(
-            f"{name}-identity",
+        self.host_keys = node_host_keys(name, args.nodes, self)
+        profile = (existing_identity or {}).get("instance_profile")
+        shared_role = (
+            iam.get_instance_profile_output(name=profile, opts=pulumi.InvokeOptions(parent=self)).role_arn
+            if profile is not None
+            else None
+        )
+        self.host_key_secrets = AwsHostKeySecrets(
+            f"{name}-hostkeys",
+            private_keys=[k.private_key_openssh for k in self.host_keys],
             tags=tags,
-            store=store,
-            queue=queue,
-            existing_profile=(existing_identity or {}).get("instance_profile"),
+            region=args.region,
+            shared_role_arn=shared_role,
             opts=child(self),
         )
-        self.host_keys = node_host_keys(name, args.nodes, self)
+        secrets = self.host_key_secrets
+        if profile is not None:
+            self.identities = [
+                AwsNodeIdentity(f"{name}-identity", tags=tags, existing_profile=profile, opts=child(self))
+            ]
+        else:
+            self.identities = [
+                AwsNodeIdentity(
+                    f"{name}-identity-{i}",
+                    tags=tags,
+                    store=store,
+                    queue=queue,
+                    host_key_secret=secrets.secrets[i],
+                    host_key_kms=secrets.key,
+                    opts=child(self),
+                )
+                for i in range(args.nodes)
+            ]
         self.instances, self.nodes = [], []
         for i, host_key in enumerate(self.host_keys):
+            identity = self.identities[i % len(self.identities)]
             user_data = cloud_init(
                 user=args.user,
                 authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
-                host_private_key=host_key.private_key_openssh,
                 host_public_key=host_key.public_key_openssh,
+                host_key_fetch=secrets.secrets[i].arn.apply(host_key_fetch),
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
@@ -607,13 +803,19 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             spec.update(
                 subnet_id=self.network.subnet_id,
                 vpc_security_group_ids=[self.network.security_group.id],
-                iam_instance_profile=self.identity.instance_profile_name,
+                iam_instance_profile=identity.instance_profile_name,
                 user_data=user_data,
                 tags={**node_tags, "Name": f"{cluster}-node-{i}"},
                 volume_tags=dict(tags),
             )
+            # The node reads its key at first boot: the value and the grant exist before it starts.
+            ready: list[pulumi.Resource] = [secrets.versions[i], *secrets.policies[i : i + 1]]
+            if identity.policy is not None:
+                ready.append(identity.policy)
             instance = ec2.Instance(
-                f"{name}-node-{i}", _instance_args(merge_extra(spec, args.extra)), opts=child(self)
+                f"{name}-node-{i}",
+                _instance_args(merge_extra(spec, args.extra)),
+                opts=child(self, depends_on=ready),
             )
             self.instances.append(instance)
             host = instance.public_ip if public else instance.private_ip

@@ -1,13 +1,31 @@
 """cloud-init user data for every node, on every cloud: the login user with its one authorized key,
-the node's pinned host key (generated in the Pulumi program, so clients know it before first boot),
-password login off, and a watchdog that powers the node off when idle or too old (no leaked GPUs).
+the node's pinned host key, password login off, and a watchdog that powers the node off when idle or
+too old (no leaked GPUs).
+
+The host key pair is generated in the Pulumi program (clients pin the public half before the VM
+boots). The private half never travels in user data or metadata, which read-only cloud roles and
+every process on the node (through the metadata service) can read: the cloud puts it in its secret
+store, readable only by that node's identity, and the node fetches it at first boot.
+
+Hook for the per-cloud modules (all plain text; none of it may hold key material):
+- `host_key_fetch`: POSIX shell commands that print the node's OpenSSH host private key on stdout,
+  e.g. a call to the cloud's secret store with the node's own identity. They run as root in
+  cloud-init's `bootcmd` (init stage: network up, before cloud-init's ssh module and before sshd
+  starts), are retried for about ten minutes, and their output is installed as
+  /etc/ssh/ssh_host_ed25519_key only when it matches the pinned public key; sshd is then restarted
+  without waiting (`systemctl --no-block`, as a blocking restart from inside cloud-init deadlocks).
+- `boot` (`CloudBoot`): cloud-specific `files` (cloud-init `write_files`), `bootcmd` lines (run at
+  every boot, before the key fetch) and `runcmd` lines (final stage, after the common ones).
 
 `render_cloud_init` is pure and returns readable text, so it can be tested and reviewed;
 `cloud_init` is the same over Pulumi outputs."""
 
 from __future__ import annotations
 
+import shlex
 import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pulumi
 
@@ -101,11 +119,82 @@ PermitRootLogin no
 """
 
 
+# Installs the node's host key from the cloud's secret store (see the module docstring). POSIX sh:
+# cloud-init runs `bootcmd` with /bin/sh. Paths, tries and the restart command can be pointed
+# elsewhere through the environment, so tests run the real script against a temporary folder.
+HOST_KEY_INSTALL = r"""# lepton: install this node's pinned SSH host key from the cloud's secret store (user data holds none)
+lepton_fetch_host_key() {
+__FETCH__
+}
+lepton_pinned=__PINNED__
+lepton_ssh_dir="${LEPTON_SSH_DIR:-/etc/ssh}"
+lepton_served() { ssh-keygen -y -f "$1" 2>/dev/null | cut -d' ' -f1,2; }
+if [ "$(lepton_served "$lepton_ssh_dir/ssh_host_ed25519_key")" != "$lepton_pinned" ]; then
+  lepton_tmp=$(umask 077 && mktemp "${LEPTON_KEY_TMPDIR:-/run}/lepton-host-key.XXXXXX")
+  lepton_try=1
+  until (umask 077 && lepton_fetch_host_key > "$lepton_tmp") && [ "$(lepton_served "$lepton_tmp")" = "$lepton_pinned" ]; do
+    if [ "$lepton_try" -ge "${LEPTON_HOST_KEY_TRIES:-60}" ]; then
+      echo "lepton: no host key matching the pinned one after $lepton_try tries; sshd keeps none of ours, so clients will refuse this node" >&2
+      break
+    fi
+    lepton_try=$((lepton_try + 1))
+    sleep "${LEPTON_HOST_KEY_WAIT:-10}"
+  done
+  if [ "$(lepton_served "$lepton_tmp")" = "$lepton_pinned" ]; then
+    rm -f "$lepton_ssh_dir"/ssh_host_*_key "$lepton_ssh_dir"/ssh_host_*_key.pub
+    install -m 0600 "$lepton_tmp" "$lepton_ssh_dir/ssh_host_ed25519_key"
+    printf '%s\n' "$lepton_pinned" > "$lepton_ssh_dir/ssh_host_ed25519_key.pub"
+    chmod 0644 "$lepton_ssh_dir/ssh_host_ed25519_key.pub"
+    ${LEPTON_RESTART_SSHD:-systemctl --no-block try-restart ssh.service} || true
+    echo "lepton: pinned host key installed"
+  fi
+  rm -f "$lepton_tmp"
+fi
+"""
+
+
+@dataclass(frozen=True)
+class BootFile:
+    """A file cloud-init writes (`write_files`, init stage, before sshd starts)."""
+
+    path: str
+    content: str
+    permissions: str = "0644"
+
+
+@dataclass(frozen=True)
+class CloudBoot:
+    """A cloud's own additions to every node's cloud-init (plain text, never key material):
+    `files` (write_files), `bootcmd` (every boot, before the host key is fetched) and `runcmd`
+    (first boot, final stage, after the common commands)."""
+
+    files: Sequence[BootFile] = ()
+    bootcmd: Sequence[str] = ()
+    runcmd: Sequence[str] = ()
+
+
 def watchdog_script(user: str, idle_shutdown_minutes: int, max_lifetime_hours: int) -> str:
     return (
         WATCHDOG_SCRIPT.replace("__IDLE__", str(int(idle_shutdown_minutes)))
         .replace("__LIFETIME__", str(int(max_lifetime_hours)))
         .replace("__RUNS__", f"/home/{user}/.lepton/runs")
+    )
+
+
+def public_key_line(public_key: str) -> str:
+    """`type base64` of an OpenSSH public key line (no comment), as sshd serves and clients pin it."""
+    return " ".join(public_key.split()[:2])
+
+
+def host_key_install_script(host_key_fetch: str, host_public_key: str) -> str:
+    """The `bootcmd` script that installs the host key `host_key_fetch` prints, if it matches
+    `host_public_key` (a fetched key that does not match is never installed)."""
+    if "PRIVATE KEY" in host_key_fetch:
+        raise ValueError("host_key_fetch must fetch the key, not contain it")
+    # Not indented: a here-document's terminator (a fetcher's embedded script) must start its line.
+    body = host_key_fetch.strip("\n") or "false"
+    return HOST_KEY_INSTALL.replace("__FETCH__", body).replace(
+        "__PINNED__", shlex.quote(public_key_line(host_public_key))
     )
 
 
@@ -119,30 +208,63 @@ def _block(text: str, indent: int) -> str:
     return textwrap.indent(text.rstrip("\n") + "\n", " " * indent)
 
 
+def _commands(commands: Sequence[str]) -> str:
+    """Shell commands as YAML sequence items (literal blocks, so any text stays a string)."""
+    return "".join(f"  - |\n{_block(c, 4)}" for c in commands)
+
+
 def render_cloud_init(
     *,
     user: str,
     authorized_key: str,
-    host_private_key: str,
     host_public_key: str,
+    host_key_fetch: str | None = None,
     idle_shutdown_minutes: int,
     max_lifetime_hours: int,
     cluster: str,
+    boot: CloudBoot | None = None,
+    host_private_key: str | None = None,
 ) -> str:
     """#cloud-config for one node. Keys are inserted as YAML literal blocks / quoted scalars, never
-    interpolated into shell, so key text cannot change the document's structure."""
-    host_public = " ".join(host_public_key.split()[:2])
+    interpolated into shell (the pinned public key is shell-quoted), so key text cannot change the
+    document's structure. Holds no private key: `host_key_fetch` fetches it at first boot.
+
+    `host_private_key` (instead of `host_key_fetch`) is the old way, the key inside user data, kept
+    only until GCP and Azure fetch theirs from their secret stores; do not use it in new code."""
+    boot = boot or CloudBoot()
+    if (host_key_fetch is None) == (host_private_key is None):
+        raise ValueError("give exactly one of host_key_fetch and host_private_key")
     files = [
         (WATCHDOG_PATH, "0755", watchdog_script(user, idle_shutdown_minutes, max_lifetime_hours)),
         ("/etc/systemd/system/lepton-watchdog.service", "0644", WATCHDOG_SERVICE),
         ("/etc/systemd/system/lepton-watchdog.timer", "0644", WATCHDOG_TIMER),
         ("/etc/ssh/sshd_config.d/50-lepton.conf", "0644", SSHD_HARDENING),
+        *((f.path, f.permissions, f.content) for f in boot.files),
     ]
     write_files = "".join(
-        f"  - path: {path}\n    owner: root:root\n    permissions: '{mode}'\n    content: |\n{_block(body, 6)}"
+        f"  - path: {_quoted(path)}\n    owner: root:root\n    permissions: '{mode}'\n    content: |\n{_block(body, 6)}"
         for path, mode, body in files
     )
-    return (
+    bootcmd = list(boot.bootcmd)
+    if host_key_fetch is not None:
+        bootcmd.append(host_key_install_script(host_key_fetch, host_public_key))
+        host_keys = (
+            "# bootcmd installs the pinned host key before cloud-init's ssh module runs; that module must\n"
+            "# neither delete it nor add others (it generates only missing types, and ed25519 is there).\n"
+            "ssh_deletekeys: false\n"
+            "ssh_genkeytypes: [ed25519]\n"
+        )
+    else:
+        host_keys = (
+            "ssh_deletekeys: true\n"
+            # cloud-init ignores ssh_genkeytypes when ssh_keys is given; `[]` fails its schema (minItems 1).
+            "ssh_genkeytypes: [ed25519]\n"
+            "ssh_keys:\n"
+            "  ed25519_private: |\n"
+            f"{_block(host_private_key or '', 4)}"
+            f"  ed25519_public: {_quoted(public_key_line(host_public_key))}\n"
+        )
+    text = (
         "#cloud-config\n"
         f"# lepton node of cluster {cluster}: login user, pinned host key, idle/lifetime watchdog.\n"
         "users:\n"
@@ -154,43 +276,45 @@ def render_cloud_init(
         f"      - {_quoted(authorized_key.strip())}\n"
         "disable_root: true\n"
         "ssh_pwauth: false\n"
-        "# Install the host key generated by Pulumi (the inventory pins it) and generate no others.\n"
-        "ssh_deletekeys: true\n"
-        # cloud-init ignores ssh_genkeytypes when ssh_keys is given; `[]` fails its schema (minItems 1).
-        "ssh_genkeytypes: [ed25519]\n"
-        "ssh_keys:\n"
-        "  ed25519_private: |\n"
-        f"{_block(host_private_key, 4)}"
-        f"  ed25519_public: {_quoted(host_public)}\n"
-        "write_files:\n"
+        f"{host_keys}" + (f"bootcmd:\n{_commands(bootcmd)}" if bootcmd else "") + "write_files:\n"
         f"{write_files}"
         "runcmd:\n"
         "  - [systemctl, daemon-reload]\n"
         "  - [systemctl, enable, --now, lepton-watchdog.timer]\n"
         "  - [systemctl, reload-or-restart, ssh]\n"
+        f"{_commands(boot.runcmd)}"
     )
+    if host_private_key is None and "PRIVATE KEY" in text:  # e.g. pasted into a cloud's files
+        raise ValueError("cloud-init user data must not hold a private key")
+    return text
 
 
 def cloud_init(
     *,
     user: str,
     authorized_key: pulumi.Input[str],
-    host_private_key: pulumi.Input[str],
     host_public_key: pulumi.Input[str],
+    host_key_fetch: pulumi.Input[str] | None = None,
     idle_shutdown_minutes: int,
     max_lifetime_hours: int,
     cluster: str,
+    boot: CloudBoot | None = None,
+    host_private_key: pulumi.Input[str] | None = None,
 ) -> pulumi.Output[str]:
-    """`render_cloud_init` over Pulumi outputs. Secret, because it carries the host's private key."""
-    rendered = pulumi.Output.all(authorized_key, host_private_key, host_public_key).apply(
+    """`render_cloud_init` over Pulumi outputs (`host_key_fetch` usually names a secret's id, known
+    only after deployment). Not a secret, as it holds no key material; the old `host_private_key`
+    form (see `render_cloud_init`) is one."""
+    rendered = pulumi.Output.all(authorized_key, host_public_key, host_key_fetch, host_private_key).apply(
         lambda v: render_cloud_init(
             user=user,
             authorized_key=v[0],
-            host_private_key=v[1],
-            host_public_key=v[2],
+            host_public_key=v[1],
+            host_key_fetch=v[2],
             idle_shutdown_minutes=idle_shutdown_minutes,
             max_lifetime_hours=max_lifetime_hours,
             cluster=cluster,
+            boot=boot,
+            host_private_key=v[3],
         )
     )
-    return pulumi.Output.secret(rendered)
+    return pulumi.Output.secret(rendered) if host_private_key is not None else rendered
