@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lepton_infra.errors import ConfigError
-from lepton_infra.workload.manifest import IgnoreRules, build_manifest, write_stream
+from lepton_infra.workload.manifest import (
+    IgnoreRules,
+    build_manifest,
+    write_blob,
+    write_end,
+    write_header,
+    write_stream,
+)
 from lepton_infra.workload.node import bootstrap
 from lepton_infra.workload.runner import AGENT_DIGEST, AGENT_SOURCE
 
@@ -89,7 +96,10 @@ def test_manifest_of_a_missing_dir_is_a_config_error(tmp_path: Path) -> None:
 def test_symlink_loops_do_not_hang_the_walk(tmp_path: Path) -> None:
     _tree(tmp_path, {"train.py": "x", "d/f.py": "y"})
     (tmp_path / "d" / "loop").symlink_to(tmp_path / "d")
-    assert sorted(build_manifest(tmp_path).files) == ["d/f.py", "train.py"]
+    manifest = build_manifest(tmp_path)
+    assert sorted(manifest.files) == ["d/f.py", "train.py"]
+    assert manifest.links == {"d/loop": "."}  # inside the folder: ships as a link
+    assert sorted(build_manifest(tmp_path, follow_links=True).files) == ["d/f.py", "train.py"]
 
 
 @pytest.fixture
@@ -107,7 +117,9 @@ def _ship_locally(workload: Path, run_id: str) -> tuple[dict, dict, int]:
     buf = io.BytesIO()
     sent = write_stream(manifest, answer.get("missing", []), AGENT_SOURCE, AGENT_DIGEST, buf)
     buf.seek(0)
-    received = bootstrap.receive(answer["run_dir"], buf) if not answer["exists"] else {}
+    received = (
+        bootstrap.receive(answer["run_dir"], buf, settle_in_background=False) if not answer["exists"] else {}
+    )
     return answer, received, sent
 
 
@@ -118,6 +130,7 @@ def test_receiver_materialises_the_workload_and_an_unchanged_file_is_never_sent_
     first, received, sent = _ship_locally(workload, "run-1")
     assert sent == len("print('hi')\n") + len("X = 1\n")
     assert received["files"] == 2 and received["received"] == 3  # two files + the agent
+    assert received["reused"] is False
     run_dir = Path(first["run_dir"])
     assert run_dir == node_home / ".lepton" / "runs" / "run-1"
     assert (run_dir / "workload" / "lib" / "util.py").read_text() == "X = 1\n"
@@ -139,39 +152,39 @@ def test_a_run_id_can_be_reserved_only_once_per_node(tmp_path: Path, node_home: 
     assert bootstrap.prepare({"run_id": "same", "blobs": {}})["exists"] is True
 
 
-def test_receiver_refuses_a_corrupted_blob(tmp_path: Path, node_home: Path) -> None:
-    import tarfile
-
-    run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
+def _stream(node_manifest: dict, blobs: list[tuple[str, bytes]]) -> io.BytesIO:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w|") as tar:
-        info = tarfile.TarInfo("blobs/" + hashlib.sha256(b"good").hexdigest())
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"bad"))
+    write_header(buf, {"agent": AGENT_DIGEST, **node_manifest})
+    for digest, data in blobs:
+        write_blob(buf, digest, data)
+    write_end(buf)
     buf.seek(0)
+    return buf
+
+
+def test_receiver_refuses_a_corrupted_blob(tmp_path: Path, node_home: Path) -> None:
+    run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
+    good = hashlib.sha256(b"good").hexdigest()
+    buf = _stream({"files": {"f.txt": [good, 0o644]}}, [(good, b"bad!")])
     with pytest.raises(ValueError, match="corrupted"):
-        bootstrap.receive(str(run_dir), buf)
-    assert not any(
-        p.name.endswith(hashlib.sha256(b"good").hexdigest())
-        for p in (node_home / ".lepton" / "cache").iterdir()
-    )
+        bootstrap.receive(str(run_dir), buf, settle_in_background=False)
+    assert not any(p.name.endswith(good) for p in (node_home / ".lepton" / "cache").iterdir())
+    assert not (run_dir / "workload" / "f.txt").exists()
+
+
+def test_receiver_refuses_a_stream_that_ends_inside_a_blob(node_home: Path) -> None:
+    run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
+    good = hashlib.sha256(b"good").hexdigest()
+    data = _stream({"files": {"f.txt": [good, 0o644]}}, [(good, b"good")]).getvalue()
+    with pytest.raises(ValueError, match="ended"):
+        bootstrap.receive(str(run_dir), io.BytesIO(data[:-40]), settle_in_background=False)
 
 
 def test_receiver_refuses_paths_outside_the_workload(tmp_path: Path, node_home: Path) -> None:
-    import tarfile
-
     run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w|") as tar:
-        data = json.dumps(
-            {"files": {"../../evil.py": [hashlib.sha256(b"").hexdigest(), 0o644]}, "agent": "x"}
-        ).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
+    buf = _stream({"files": {"../../evil.py": [hashlib.sha256(b"").hexdigest(), 0o644]}}, [])
     with pytest.raises(ValueError, match="unsafe path"):
-        bootstrap.receive(str(run_dir), buf)
+        bootstrap.receive(str(run_dir), buf, settle_in_background=False)
 
 
 def test_rendezvous_port_probe_skips_a_port_in_use(node_home: Path) -> None:
@@ -185,3 +198,201 @@ def test_rendezvous_port_probe_skips_a_port_in_use(node_home: Path) -> None:
             {"run_id": "p", "blobs": {}, "port_probe": {"addr": "127.0.0.1", "port": port}}
         )
     assert answer["port"] != port and port < answer["port"] < port + 64
+
+
+# --------------------------------------------------------------------------- symlinks (issue 12, class 3)
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/etc", "/nonexistent/secret"])
+def test_a_symlink_leaving_the_folder_is_refused_naming_it(tmp_path: Path, target: str) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "x"})
+    (workload / "sub").mkdir()
+    (workload / "sub" / "key").symlink_to(target)
+    with pytest.raises(ConfigError, match=r"'sub/key' points outside the workload folder .*--follow-links"):
+        build_manifest(workload)
+
+
+def test_a_symlink_to_the_parent_folder_is_refused(tmp_path: Path) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "x"})
+    (tmp_path / "secret.pem").write_text("KEY")
+    (workload / "up").symlink_to("..")
+    with pytest.raises(ConfigError, match="'up' points outside"):
+        build_manifest(workload)
+
+
+def test_follow_links_ships_what_an_outside_link_points_to(tmp_path: Path) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "x"})
+    _tree(tmp_path / "shared", {"lib.py": "L = 1\n", "deep/more.py": "M\n"})
+    (workload / "data.py").symlink_to(tmp_path / "shared" / "lib.py")
+    (workload / "shared").symlink_to(tmp_path / "shared")
+    manifest = build_manifest(workload, follow_links=True)
+    assert sorted(manifest.files) == ["data.py", "shared/deep/more.py", "shared/lib.py", "train.py"]
+    assert manifest.files["data.py"].sha256 == hashlib.sha256(b"L = 1\n").hexdigest()
+    assert manifest.links == {}
+
+
+def test_an_ignored_outside_link_is_simply_not_shipped(tmp_path: Path) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "x", ".leptonignore": ".venv/\n"})
+    (workload / ".venv").symlink_to("/usr")
+    assert sorted(build_manifest(workload).files) == [".leptonignore", "train.py"]
+
+
+def test_links_inside_the_folder_ship_as_relative_links_and_arrive_as_links(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print(1)\n", "data/a.txt": "A\n"})
+    (workload / "latest.txt").symlink_to("data/a.txt")
+    (workload / "data" / "abs.txt").symlink_to(workload / "data" / "a.txt")  # absolute, inside
+    (workload / "alias").symlink_to("data")  # a directory
+    (workload / "data" / "dangling").symlink_to("missing.txt")  # inside, dangling: still a link
+    manifest = build_manifest(workload)
+    assert manifest.links == {
+        "alias": "data",
+        "data/abs.txt": "a.txt",
+        "data/dangling": "missing.txt",
+        "latest.txt": "data/a.txt",
+    }
+    assert sorted(manifest.files) == ["data/a.txt", "train.py"]  # nothing twice through the link
+    answer, _, _ = _ship_locally(workload, "links-1")
+    shipped = Path(answer["run_dir"]) / "workload"
+    assert os.readlink(shipped / "data" / "abs.txt") == "a.txt"
+    assert (shipped / "alias").is_symlink() and (shipped / "alias" / "a.txt").read_text() == "A\n"
+    assert (shipped / "latest.txt").read_text() == "A\n"
+
+
+@pytest.mark.parametrize(
+    ("rel", "target"), [("x", "/etc/passwd"), ("x", ".."), ("a/x", "../.."), ("a/x", "b/../../..")]
+)
+def test_receiver_refuses_a_link_that_would_leave_the_tree(node_home: Path, rel: str, target: str) -> None:
+    run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
+    with pytest.raises(ValueError, match="unsafe link"):
+        bootstrap.receive(
+            str(run_dir), _stream({"files": {}, "links": {rel: target}}, []), settle_in_background=False
+        )
+
+
+# --------------------------------------------------------------------------- the node cache (class 4)
+
+
+def _cache_file(node_home: Path, text: str) -> Path:
+    return node_home / ".lepton" / "cache" / hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_job_editing_its_files_cannot_reach_the_cache_and_the_next_run_gets_the_original(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('hi')\n", "cfg.txt": "lr=1\n"})
+    first, _, _ = _ship_locally(workload, "edit-1")
+    shipped = Path(first["run_dir"]) / "workload" / "cfg.txt"
+    cached = _cache_file(node_home, "lr=1\n")
+    assert cached.is_file()
+    assert os.stat(shipped).st_ino != os.stat(cached).st_ino  # its own file, not the cache's
+    # What a careless job does, even one that makes the file writable first: edit in place.
+    os.chmod(shipped, 0o644)
+    with open(shipped, "r+") as f:
+        f.write("lr=9")
+    assert cached.read_text() == "lr=1\n"
+    second, _, sent = _ship_locally(workload, "edit-2")
+    assert sent == 0
+    assert (Path(second["run_dir"]) / "workload" / "cfg.txt").read_text() == "lr=1\n"
+
+
+def test_the_cache_checks_content_by_hash_not_size(tmp_path: Path, node_home: Path) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('hi')\n", "cfg.txt": "lr=1\n"})
+    _ship_locally(workload, "hash-1")
+    cached = _cache_file(node_home, "lr=1\n")
+    os.chmod(cached, 0o644)
+    cached.write_text("lr=9\n")  # same size, different content, written behind our back
+    for spare in (node_home / ".lepton" / "trees").glob("*"):
+        if spare.is_dir():  # no spare tree either, so the cache itself must be checked
+            import shutil
+
+            shutil.rmtree(spare)
+    second, _, sent = _ship_locally(workload, "hash-2")
+    assert second["missing"] == [hashlib.sha256(b"lr=1\n").hexdigest()] and sent == len("lr=1\n")
+    assert (Path(second["run_dir"]) / "workload" / "cfg.txt").read_text() == "lr=1\n"
+    assert cached.read_text() == "lr=1\n" and not os.stat(cached).st_mode & 0o222
+
+
+def test_an_unchanged_tree_reuses_the_spare_tree_built_after_the_first_run(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('hi')\n", "a/b.txt": "B\n", "a/c.txt": "B\n"})
+    (workload / "link").symlink_to("a/b.txt")
+    _, first, _ = _ship_locally(workload, "spare-1")
+    assert first["reused"] is False
+    _, second, _ = _ship_locally(workload, "spare-2")
+    assert second["reused"] is True and second["tree"] == first["tree"]
+    shipped = node_home / ".lepton" / "runs" / "spare-2" / "workload"
+    assert (shipped / "a" / "c.txt").read_text() == "B\n" and (shipped / "link").read_text() == "B\n"
+    # The spare went to that run; the next one gets a fresh spare, never the same files.
+    _, third, _ = _ship_locally(workload, "spare-3")
+    assert third["reused"] is True
+    third_file = node_home / ".lepton" / "runs" / "spare-3" / "workload" / "a" / "b.txt"
+    assert os.stat(third_file).st_ino != os.stat(shipped / "a" / "b.txt").st_ino
+
+
+def test_a_tampered_spare_tree_is_not_used(tmp_path: Path, node_home: Path) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('hi')\n", "cfg.txt": "lr=1\n"})
+    _, first, _ = _ship_locally(workload, "tamper-1")
+    spare_cfg = node_home / ".lepton" / "trees" / first["tree"] / "cfg.txt"
+    spare_cfg.write_text("lr=9\n")
+    answer, second, _ = _ship_locally(workload, "tamper-2")
+    assert second["reused"] is False
+    assert (Path(answer["run_dir"]) / "workload" / "cfg.txt").read_text() == "lr=1\n"
+
+
+def test_the_controller_rehashes_a_file_whose_stat_changed_even_with_its_old_mtime(
+    tmp_path: Path,
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "x", "cfg.txt": "lr=1\n"})
+    old = os.stat(workload / "cfg.txt").st_mtime_ns - 10 * 10**9
+    os.utime(workload / "cfg.txt", ns=(old, old))  # not "racy": old enough to be remembered
+    cache_dir = tmp_path / "hash-cache"
+    first = build_manifest(workload, hash_cache_dir=cache_dir)
+    assert len(list(cache_dir.iterdir())) == 1
+    (workload / "cfg.txt").write_text("lr=9\n")
+    os.utime(workload / "cfg.txt", ns=(old, old))  # same size, same mtime: only ctime tells
+    second = build_manifest(workload, hash_cache_dir=cache_dir)
+    assert second.files["cfg.txt"].sha256 == hashlib.sha256(b"lr=9\n").hexdigest()
+    assert second.files["cfg.txt"].sha256 != first.files["cfg.txt"].sha256
+
+
+# --------------------------------------------------------------------------- on real sshd nodes
+
+EDITING_JOB = """\
+import os
+print("cfg:", open("cfg.txt").read().strip(), "link:", os.readlink("latest"), flush=True)
+os.chmod("cfg.txt", 0o644)
+with open("cfg.txt", "r+") as f:  # a job that edits a shipped file in place
+    f.write("lr=9")
+with open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "seen.txt"), "w") as f:
+    f.write(open("latest").read())
+"""
+
+
+def test_on_real_nodes_links_stay_links_outside_links_are_refused_and_edits_never_leak(
+    local_pool: Any, tmp_path: Path
+) -> None:
+    from lepton_infra.workload import run_job
+
+    inventory = local_pool.inventory
+    workload = _tree(
+        tmp_path / "w", {"train.py": EDITING_JOB, "cfg.txt": f"lr=1 {os.urandom(8).hex()}\n", "d/x": "X"}
+    )
+    (workload / "latest").symlink_to("d/x")
+    runs = tmp_path / "runs"
+    (workload / "key").symlink_to(inventory.private_key_path or "/etc/passwd")
+    with pytest.raises(ConfigError, match="'key' points outside the workload folder"):
+        run_job(inventory, workload, run_id="links-0", runs_dir=runs)
+    assert not (runs / "links-0").exists()
+    (workload / "key").unlink()
+
+    cfg = (workload / "cfg.txt").read_text().strip()
+    for run_id in ("edit-a", "edit-b"):  # the second run of the unchanged tree must not see lr=9
+        result = run_job(inventory, workload, run_id=run_id, runs_dir=runs)
+        assert result.status == "succeeded", result
+        for node in result.nodes:
+            log = (runs / run_id / node.name / "logs" / "node.log").read_text()
+            assert f"cfg: {cfg} link: d/x" in log
+            assert (runs / run_id / node.name / "output" / "seen.txt").read_text() == "X"

@@ -3,34 +3,73 @@
 Sent as `python -c "<this source>" prepare|receive ...` because it has to work on a node where
 nothing was shipped yet. Standard library only. Layout it maintains on the node:
 
-    ~/.lepton/cache/<sha256>             one read-only file per distinct content (shared by runs)
-    ~/.lepton/runs/<run-id>/workload/    the workload, hard-linked (or copied) from the cache
+    ~/.lepton/cache/<sha256>             one sealed, read-only file per distinct content
+    ~/.lepton/trees/<tree-id>/           a spare, never-used copy of a whole tree (see below)
+    ~/.lepton/runs/<run-id>/workload/    the run's own copy of the workload (cwd of the job)
     ~/.lepton/runs/<run-id>/.agent/agent.py
 
 `prepare` (JSON request on stdin) creates the run directory with one `mkdir`, which is atomic, so a
 run id can never be taken twice on a node; it answers which blobs the cache lacks and, on node 0,
-a free rendezvous port. `receive RUN_DIR` reads one tar stream of `blobs/<sha256>` members plus a
-`manifest.json` on stdin, verifies every blob's hash, moves it into the cache and materialises
-the workload tree."""
+a free rendezvous port. `receive RUN_DIR` reads one stream on stdin (STREAM_MAGIC, the manifest as
+length-prefixed JSON, then `<sha256><size><bytes>` per missing blob, then 32 zero bytes: a framing
+with no per-file header to parse, unlike tar), verifies every blob's hash and writes the run's tree.
+
+The cache is immutable, whatever a job does:
+- A run never gets a cache file (no hard links into the cache): its tree is its own files, written
+  straight from the stream, copied (or reflinked, where the filesystem can) from the cache, or a
+  spare tree renamed into place. A job, even as root, can edit only its own copy.
+- Cache files are sealed when stored: read-only and mtime set to SEAL_NS. Any write to one
+  changes its mtime, so a broken seal means "re-hash before use": a blob is trusted by its hash,
+  never by its size, and a blob whose hash no longer matches is removed and sent again.
+- Filling the cache with the small files written straight to the run's tree, and building the
+  spare tree for the next run of the same tree, happen after `receive` has answered, in a
+  detached process (off the critical path). Filling hashes what it copies: a file the job already
+  changed does not match its digest and is not cached.
+- A spare tree is handed to exactly one run (an atomic rename), so an unchanged tree costs one
+  rename instead of one file per path; it is checked (every file's size and seal) before use."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import stat
+import struct
 import sys
-import tarfile
+import time
+from collections.abc import Iterator
 from typing import IO, Any
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SEAL_NS = 1_000_000_000 * 10**9  # 2001-09-09T01:46:40Z: the mtime of every sealed cache file
+CACHE_TEE_BYTES = 1 << 20  # blobs this large go to the cache while they stream in (else: later)
+SPARE_TREES = 3  # spare trees kept per node (the most recently built)
+SPARE_WAIT_S = 10.0  # how long `receive` waits for a spare tree that is being built
+STREAM_MAGIC = b"LEPTON-SHIP-1\n"
+BLOB_HEAD = struct.Struct(">32sQ")  # raw sha256, size; an all-zero digest ends the stream
+MANIFEST_HEAD = struct.Struct(">Q")
+FETCH_TIMEOUT_S = 120.0  # a peer's fetch from node 0 with no byte for this long has failed
+FETCH_IDLE_S = 60.0  # node 0's blob server ends after this long without a request
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (copy-on-write), btrfs/xfs
 
 
 def lepton_home() -> str:
     # $HOME, not the passwd entry: local pool nodes share a user but each has its own HOME.
     return os.path.join(os.path.expanduser("~"), ".lepton")
+
+
+def _cache() -> str:
+    return os.path.join(lepton_home(), "cache")
+
+
+def _trees() -> str:
+    return os.path.join(lepton_home(), "trees")
 
 
 def _port_free(addr: str, port: int) -> bool:
@@ -43,26 +82,57 @@ def _port_free(addr: str, port: int) -> bool:
     return True
 
 
+def _hash_file(path: str) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _seal(path: str) -> None:
+    os.chmod(path, 0o444)
+    os.utime(path, ns=(SEAL_NS, SEAL_NS))
+
+
+def cached(digest: str, size: int) -> bool:
+    """Is a good copy of this blob in the cache? The seal (read-only, mtime SEAL_NS, right size)
+    says nobody wrote it since it was verified; without it the blob is re-hashed, and removed if
+    its content is not what its name says."""
+    path = os.path.join(_cache(), digest)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return False
+    if st.st_mtime_ns == SEAL_NS and not st.st_mode & 0o222:
+        return True
+    try:
+        good = _hash_file(path) == digest
+    except OSError:
+        good = False
+    with contextlib.suppress(OSError):
+        if good:
+            _seal(path)
+        else:
+            os.unlink(path)
+    return good
+
+
 def prepare(request: dict[str, Any]) -> dict[str, Any]:
     home = lepton_home()
     runs = os.path.join(home, "runs")
-    cache = os.path.join(home, "cache")
     os.makedirs(runs, exist_ok=True)
-    os.makedirs(cache, exist_ok=True)
+    os.makedirs(_cache(), exist_ok=True)
     run_dir = os.path.join(runs, request["run_id"])
     try:
         os.mkdir(run_dir)
     except FileExistsError:
         return {"home": os.path.expanduser("~"), "run_dir": run_dir, "exists": True}
-    missing = []
-    for digest, size in sorted(request.get("blobs", {}).items()):
-        try:
-            # A size check is cheap and catches a cache file a job overwrote through a hard link.
-            if os.stat(os.path.join(cache, digest)).st_size == size:
-                continue
-        except OSError:
-            pass
-        missing.append(digest)
+    missing = [d for d, size in sorted(request.get("blobs", {}).items()) if not cached(d, int(size))]
     port = None
     probe = request.get("port_probe")
     if probe:
@@ -80,6 +150,9 @@ def prepare(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- the tree
+
+
 def _safe_rel(rel: str) -> str:
     norm = os.path.normpath(rel)
     if os.path.isabs(norm) or norm == ".." or norm.startswith("../") or norm == ".":
@@ -87,64 +160,490 @@ def _safe_rel(rel: str) -> str:
     return norm
 
 
-def _place(src: str, dst: str, mode: int) -> str:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if not mode & 0o111:
+def _safe_link(rel: str, target: str) -> str:
+    """A link target must stay inside the tree: relative, its `..` only leading and no more of them
+    than the link's depth (the controller writes exactly that form)."""
+    parts = target.split("/")
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    rest = parts[ups:]
+    depth = len(_safe_rel(rel).split("/")) - 1
+    if target.startswith("/") or ".." in rest or ups > depth or not target:
+        raise ValueError(f"unsafe link in manifest: {rel!r} -> {target!r}")
+    return target
+
+
+def tree_id(manifest: dict[str, Any]) -> str:
+    """One id for a tree's exact paths, contents, modes and links (not the agent)."""
+    view = {"files": manifest.get("files", {}), "links": manifest.get("links", {})}
+    return hashlib.sha256(json.dumps(view, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _copy(src: str, dst: str) -> None:
+    """dst becomes a file of its own with src's content: a reflink where the filesystem shares
+    extents copy-on-write, else a kernel-side copy."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
         try:
-            os.link(src, dst)
-            return "linked"
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
         except OSError:
-            pass  # another filesystem, or links not allowed: fall back to a copy
-    shutil.copyfile(src, dst)
-    os.chmod(dst, mode & 0o777 or 0o644)
-    return "copied"
+            pass
+        _kernel_copy(fin, fout)
 
 
-def receive(run_dir: str, stream: IO[bytes]) -> dict[str, Any]:
-    cache = os.path.join(lepton_home(), "cache")
-    os.makedirs(cache, exist_ok=True)
-    manifest = None
-    received = 0
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if member.name == "manifest.json":
-                fobj = tar.extractfile(member)
-                assert fobj is not None
-                manifest = json.loads(fobj.read().decode("utf-8"))
-                continue
-            digest = member.name[len("blobs/") :]
-            if not member.name.startswith("blobs/") or not _HEX64.match(digest) or not member.isfile():
-                raise ValueError(f"unexpected member in workload stream: {member.name!r}")
-            fobj = tar.extractfile(member)
-            assert fobj is not None
-            tmp = os.path.join(cache, f".{digest}.{os.getpid()}.tmp")
-            hasher = hashlib.sha256()
-            with open(tmp, "wb") as out:
-                while True:
-                    chunk = fobj.read(1 << 20)
-                    if not chunk:
-                        break
-                    hasher.update(chunk)
-                    out.write(chunk)
-            if hasher.hexdigest() != digest:
-                os.unlink(tmp)
-                raise ValueError(f"blob {digest} arrived corrupted (sha256 {hasher.hexdigest()})")
-            # Read-only, then an atomic rename: a concurrent run never sees half a blob.
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, os.path.join(cache, digest))
-            received += 1
-    if manifest is None:
-        raise ValueError("workload stream has no manifest.json")
-    counts = {"linked": 0, "copied": 0}
+def _kernel_copy(fin: IO[bytes], fout: IO[bytes]) -> None:
+    size = os.fstat(fin.fileno()).st_size
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(fout.fileno(), fin.fileno(), offset, size - offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            fin.seek(offset)
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            return
+        if sent == 0:
+            break
+        offset += sent
+
+
+class _Tree:
+    """Writes one tree's files under `base`, creating each parent directory once."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.dirs: set[str] = set()
+
+    def path(self, rel: str) -> str:
+        dst = os.path.join(self.base, _safe_rel(rel))
+        parent = os.path.dirname(dst)
+        if parent not in self.dirs:
+            os.makedirs(parent, exist_ok=True)
+            self.dirs.add(parent)
+        return dst
+
+    def links(self, links: dict[str, str]) -> None:
+        """Links last, so no file is ever written through one; none may sit below another."""
+        for rel, target in sorted(links.items()):
+            dst = self.path(rel)
+            for i in range(len(rel.split("/")) - 1):
+                ancestor = os.path.join(self.base, *rel.split("/")[: i + 1])
+                if os.path.islink(ancestor):
+                    raise ValueError(f"unsafe link in manifest: {rel!r} lies under link {ancestor!r}")
+            os.symlink(_safe_link(rel, target), dst)
+
+
+def _by_digest(files: dict[str, list[Any]]) -> dict[str, list[tuple[str, int]]]:
+    out: dict[str, list[tuple[str, int]]] = {}
+    for rel, (digest, mode) in sorted(files.items()):
+        out.setdefault(str(digest), []).append((rel, int(mode)))
+    return out
+
+
+def _mode(mode: int) -> int:
+    return (mode & 0o777) | 0o600 or 0o644  # the run's own copy: its owner may always write it
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise ValueError(f"workload stream ended early ({len(data)} of {n} bytes)")
+    return data
+
+
+def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
+    left = size
+    while left:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            raise ValueError(f"workload stream ended inside a blob ({size - left} of {size} bytes)")
+        left -= len(chunk)
+        yield chunk
+
+
+def _receive_blob(chunks: Iterator[bytes], digest: str, dsts: list[str], to_cache: bool) -> None:
+    """Stream one blob to its first place in the tree (and the cache, when asked), hashing as it
+    goes; a corrupted blob leaves nothing behind."""
+    tmp = os.path.join(_cache(), f".{digest}.{os.getpid()}.tmp") if to_cache else None
+    outs = [open(p, "wb") for p in ([dsts[0]] if dsts else []) + ([tmp] if tmp else [])]
+    hasher = hashlib.sha256()
+    try:
+        for chunk in chunks:
+            hasher.update(chunk)
+            for out in outs:
+                out.write(chunk)
+    finally:
+        for out in outs:
+            out.close()
+    if hasher.hexdigest() != digest:
+        for p in ([dsts[0]] if dsts else []) + ([tmp] if tmp else []):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        raise ValueError(f"blob {digest} arrived corrupted (sha256 {hasher.hexdigest()})")
+    if tmp is not None:
+        # Sealed, then an atomic rename: a concurrent run never sees half a blob.
+        _seal(tmp)
+        os.replace(tmp, os.path.join(_cache(), digest))
+
+
+def _take_spare(tid: str, workload: str, files: dict[str, list[Any]], sizes: dict[str, int]) -> bool:
+    """Rename the spare tree for `tid` into `workload` (waiting a little for one being built); True
+    if it is there and every file in it still has its size and seal."""
+    spare = os.path.join(_trees(), tid)
+    if not os.path.isdir(spare) and not os.path.exists(spare + ".lock"):
+        return False
+    with _locked(spare + ".lock", wait=SPARE_WAIT_S) as got:
+        if not got:
+            return False
+        try:
+            os.rename(spare, workload)
+        except OSError:
+            return False
+    try:
+        for rel, (digest, _) in files.items():
+            st = os.lstat(os.path.join(workload, rel))
+            if st.st_size != sizes.get(str(digest), -1) or st.st_mtime_ns != SEAL_NS:
+                raise ValueError(rel)
+    except (OSError, ValueError):
+        shutil.rmtree(workload, ignore_errors=True)
+        return False
+    return True  # its files keep the seal's mtime: touching 2,000 inodes would cost what we saved
+
+
+@contextlib.contextmanager
+def _locked(path: str, *, wait: float) -> Any:
+    """An exclusive flock on `path` (created), tried for up to `wait` seconds; yields whether held."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _read_header(stream: IO[bytes]) -> dict[str, Any]:
+    if stream.read(len(STREAM_MAGIC)) != STREAM_MAGIC:
+        raise ValueError("not a workload stream (bad magic)")
+    (length,) = MANIFEST_HEAD.unpack(_read_exact(stream, MANIFEST_HEAD.size))
+    manifest = json.loads(_read_exact(stream, length).decode("utf-8"))
+    if not isinstance(manifest, dict):
+        raise ValueError("workload stream: manifest is not an object")
+    for rel in manifest.get("files", {}):
+        _safe_rel(rel)
+    for rel, target in manifest.get("links", {}).items():
+        _safe_link(rel, target)
+    return manifest
+
+
+class _Receiver:
+    """Takes blob frames (from the controller's stream, or from node 0 over the cluster network)
+    and puts each blob in its first place in the run's tree, or in the cache."""
+
+    def __init__(self, workload: str, manifest: dict[str, Any]) -> None:
+        self.tree = _Tree(workload)
+        self.manifest = manifest
+        self.by_digest = _by_digest(manifest.get("files", {}))
+        self.placed: set[str] = set()
+        self.sizes: dict[str, int] = {}
+        self.received = 0
+        self.bytes = 0
+
+    def take(self, stream: IO[bytes]) -> None:
+        while True:
+            raw, size = BLOB_HEAD.unpack(_read_exact(stream, BLOB_HEAD.size))
+            if raw == bytes(32):
+                return
+            digest = raw.hex()
+            self.sizes[digest] = size
+            targets = self.by_digest.get(digest, [])
+            # Large blobs (and the agent, which is no file of the tree) go to the cache as they
+            # stream in; small ones only to the tree now, to the cache after the answer.
+            to_cache = size >= CACHE_TEE_BYTES or not targets or digest == self.manifest.get("agent")
+            dsts = [self.tree.path(r) for r, _ in targets[:1]]
+            _receive_blob(_chunks(stream, size), digest, dsts, to_cache)
+            if targets:
+                self.placed.add(digest)
+            self.received += 1
+            self.bytes += size
+
+
+def _fetch(receiver: _Receiver, fetch: dict[str, Any]) -> None:
+    """Pull this node's missing blobs from node 0 (its `serve`), over the cluster's own network."""
+    import http.client
+
+    conn = http.client.HTTPConnection(fetch["addr"], int(fetch["port"]), timeout=FETCH_TIMEOUT_S)
+    try:
+        body = json.dumps(fetch["digests"]).encode()
+        conn.request("POST", "/blobs", body, {"X-Lepton-Token": fetch["token"]})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise ValueError(f"node 0 refused the blob fetch: HTTP {response.status}")
+        receiver.take(response)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise ValueError(f"cannot fetch blobs from {fetch['addr']}:{fetch['port']}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = True) -> dict[str, Any]:
+    """Read the controller's stream, fetch from node 0 what the manifest says to fetch there, and
+    write the run's tree. With `serve` in the manifest (node 0 of a relayed ship), answer with the
+    port of a short-lived server the other nodes fetch their missing blobs from."""
+    os.makedirs(_cache(), exist_ok=True)
     workload = os.path.join(run_dir, "workload")
+    shutil.rmtree(workload, ignore_errors=True)  # what an earlier, failed attempt left
+    manifest = _read_header(stream)
+    receiver = _Receiver(workload, manifest)
+    receiver.take(stream)
+    relayed = 0
+    if manifest.get("fetch"):
+        before = receiver.bytes
+        _fetch(receiver, manifest["fetch"])
+        relayed = receiver.bytes - before
+    files = manifest.get("files", {})
+    by_digest, sizes, placed, tree = receiver.by_digest, receiver.sizes, receiver.placed, receiver.tree
+    cache = _cache()
+    for digest in by_digest:
+        if digest not in sizes:
+            with contextlib.suppress(OSError):
+                sizes[digest] = os.stat(os.path.join(cache, digest)).st_size
+    tid = tree_id(manifest)
+    counts = {"written": len(placed), "copied": 0}
+    # Nothing of the tree came in the stream: an unchanged tree, perhaps with a spare ready.
+    reused = not placed and not os.path.exists(workload) and _take_spare(tid, workload, files, sizes)
+    if not reused:
+        for digest, targets in by_digest.items():
+            src = tree.path(targets[0][0]) if digest in placed else os.path.join(cache, digest)
+            if digest not in placed and not os.path.isfile(src):
+                raise ValueError(f"blob {digest} is neither in the stream nor in the node's cache")
+            for rel, _ in targets[1 if digest in placed else 0 :]:
+                _copy(src, tree.path(rel))
+                counts["copied"] += 1
+        created = 0o666 & ~_umask()
+        for rel, (_digest, mode) in files.items():
+            if _mode(int(mode)) != created:
+                os.chmod(tree.path(rel), _mode(int(mode)))
+        tree.links(manifest.get("links", {}))
     os.makedirs(workload, exist_ok=True)
-    for rel, (digest, mode) in sorted(manifest["files"].items()):
-        dst = os.path.join(workload, _safe_rel(rel))
-        counts[_place(os.path.join(cache, digest), dst, int(mode))] += 1
     agent_dir = os.path.join(run_dir, ".agent")
     os.makedirs(agent_dir, exist_ok=True)
-    _place(os.path.join(cache, manifest["agent"]), os.path.join(agent_dir, "agent.py"), 0o644)
-    return {"received": received, "files": len(manifest["files"]), **counts}
+    _copy(os.path.join(cache, manifest["agent"]), os.path.join(agent_dir, "agent.py"))
+    answer: dict[str, Any] = {
+        "received": receiver.received,
+        "bytes": receiver.bytes,
+        "relayed_bytes": relayed,
+        "files": len(files),
+        "reused": reused,
+        "tree": tid,
+        **counts,
+    }
+    server = _Server.start(workload, manifest, manifest["serve"]) if manifest.get("serve") else None
+    if server is not None:
+        answer["serve"] = {"port": server.port}
+
+    def after() -> None:
+        if server is not None:
+            server.run()
+        settle(workload, manifest, sizes)
+
+    if settle_in_background:
+        _detach(after)
+    else:
+        after()
+    return answer
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _Server:
+    """Node 0's short-lived blob server for a relayed ship: stdlib HTTP on the cluster's private
+    address, one POST /blobs per peer (the body lists digests; the answer is blob frames), a
+    one-time token from the controller, gone after every peer fetched or FETCH_IDLE_S of silence.
+    Serves from the cache, or from node 0's freshly written tree (the job has not started yet;
+    the peer checks every hash anyway)."""
+
+    def __init__(self, httpd: Any, peers: int, state: dict[str, float], lock: Any) -> None:
+        self.httpd = httpd
+        self.peers = peers
+        self.state = state
+        self.lock = lock
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @classmethod
+    def start(cls, workload: str, manifest: dict[str, Any], serve: dict[str, Any]) -> _Server:
+        import hmac
+        import http.server
+        import threading
+
+        token = str(serve["token"])
+        where = {d: os.path.join(workload, t[0][0]) for d, t in _by_digest(manifest.get("files", {})).items()}
+        lock = threading.Lock()
+        state: dict[str, float] = {"done": 0, "last": time.monotonic()}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                with lock:
+                    state["last"] = time.monotonic()
+                if not hmac.compare_digest(self.headers.get("X-Lepton-Token", ""), token):
+                    self.send_error(403)
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length", "0"))
+                    digests = json.loads(self.rfile.read(length))
+                    paths = [(d, _blob_path(d, where)) for d in digests]
+                except (ValueError, KeyError):
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.end_headers()
+                for digest, path in paths:
+                    with open(path, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        self.wfile.write(BLOB_HEAD.pack(bytes.fromhex(digest), size))
+                        if size:
+                            self.connection.sendfile(f)
+                self.wfile.write(BLOB_HEAD.pack(bytes(32), 0))
+                with lock:
+                    state["done"] += 1
+                    state["last"] = time.monotonic()
+
+        httpd = http.server.ThreadingHTTPServer((serve["addr"], 0), Handler)
+        httpd.daemon_threads = True
+        return cls(httpd, int(serve.get("peers", 1)), state, lock)
+
+    def run(self) -> None:
+        import threading
+
+        thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            while True:
+                time.sleep(0.05)
+                with self.lock:
+                    done = self.state["done"] >= self.peers
+                    idle = time.monotonic() - self.state["last"] > FETCH_IDLE_S
+                if done or idle:
+                    break
+        finally:
+            self.httpd.shutdown()
+            thread.join()
+            self.httpd.server_close()
+
+
+def _blob_path(digest: str, where: dict[str, str]) -> str:
+    if not _HEX64.match(digest):
+        raise ValueError(digest)
+    cached_path = os.path.join(_cache(), digest)
+    if os.path.isfile(cached_path):
+        return cached_path
+    return where[digest]
+
+
+# --------------------------------------------------------------------------- after the answer
+
+
+def _detach(work: Any) -> None:
+    """Run `work` in a grandchild in its own session with no stdio, so the SSH command ends now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        work()
+    finally:
+        os._exit(0)
+
+
+def settle(workload: str, manifest: dict[str, Any], sizes: dict[str, int]) -> None:
+    """Cache what only the run's tree holds (hash-checked: a file the job already changed is left
+    out), then build the spare tree for the next run of this tree and keep the newest few."""
+    cache = _cache()
+    files = manifest.get("files", {})
+    by_digest = _by_digest(files)
+    for digest, targets in by_digest.items():
+        if digest not in sizes or cached(digest, sizes[digest]):
+            continue
+        src = os.path.join(workload, targets[0][0])
+        tmp = os.path.join(cache, f".{digest}.{os.getpid()}.tmp")
+        try:
+            _copy(src, tmp)
+            if _hash_file(tmp) != digest:
+                os.unlink(tmp)
+                continue
+            _seal(tmp)
+            os.replace(tmp, os.path.join(cache, digest))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    trees = _trees()
+    os.makedirs(trees, exist_ok=True)
+    tid = tree_id(manifest)
+    spare = os.path.join(trees, tid)
+    with _locked(spare + ".lock", wait=0) as got:
+        if not got or os.path.isdir(spare):
+            return
+        build = os.path.join(trees, f".{tid}.{os.getpid()}.tmp")
+        shutil.rmtree(build, ignore_errors=True)
+        try:
+            tree = _Tree(build)
+            os.makedirs(build)
+            for rel, (digest, mode) in sorted(files.items()):
+                dst = tree.path(rel)
+                _copy(os.path.join(cache, str(digest)), dst)
+                os.chmod(dst, _mode(int(mode)))
+                os.utime(dst, ns=(SEAL_NS, SEAL_NS))
+            tree.links(manifest.get("links", {}))
+            os.rename(build, spare)
+        except (OSError, ValueError):
+            shutil.rmtree(build, ignore_errors=True)
+            return
+    _prune(trees)
+
+
+def _prune(trees: str) -> None:
+    """Keep the SPARE_TREES newest spare trees (and remove builds that died half-way)."""
+    spares = []
+    for name in os.listdir(trees):
+        path = os.path.join(trees, name)
+        if _HEX64.match(name):
+            with contextlib.suppress(OSError):
+                spares.append((os.stat(path).st_ctime, path))
+        elif name.endswith(".tmp") and time.time() - os.stat(path).st_mtime > 3600:
+            shutil.rmtree(path, ignore_errors=True)
+    for _, path in sorted(spares, reverse=True)[SPARE_TREES:]:
+        with _locked(path + ".lock", wait=0) as got:
+            if got:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
