@@ -41,13 +41,13 @@ def _workload(tmp_path: Path) -> Path:
                             "name": "n",
                             "host": "127.0.0.2",
                             "private_ip": "127.0.0.2",
-                            "host_key": "ssh-ed25519 AAAA",
+                            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAPRfoDvPXhjB/H1PTfXEsTKSjb51aCFhVbS0jJoDBX3",
                         },
                         {
                             "name": "n",
                             "host": "127.0.0.3",
                             "private_ip": "127.0.0.3",
-                            "host_key": "ssh-ed25519 AAAA",
+                            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAPRfoDvPXhjB/H1PTfXEsTKSjb51aCFhVbS0jJoDBX3",
                         },
                     ],
                 }
