@@ -1,7 +1,7 @@
 """The workload layer: run a PyTorch job on every node of an inventory over SSH (SPEC §3).
 
     from lepton_infra.workload import run_job
-    result = run_job(Inventory.load(".lepton/local/inventory.json"), Path("workloads/cifar10"), ["--epochs", "1"])
+    result = run_job(Inventory.load(".lepton/local/inventory.json"), Path("workloads/cifar10"), ["--data", "synthetic", "--epochs", "1"])
 
 `run_job` ships the workload (content-hashed), starts it under torchrun on every node detached
 from SSH, streams logs/progress to a `RunEvents`, and collects outputs, logs and `run.json` into
