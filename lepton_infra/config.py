@@ -70,7 +70,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "queueMaxReceiveCount", "queue_max_receive_count", "integer", "receives before a job is dead-lettered"
     ),
-    Key("python", "python", "string", "interpreter with torch on the nodes"),
+    Key("python", "python", "string", "interpreter with torch on the nodes (default: the image's own)"),
 )
 _BY_NAME = {k.name: k for k in KEYS}
 _BY_FIELD = {k.field: k for k in KEYS}

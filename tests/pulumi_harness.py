@@ -17,12 +17,16 @@ from typing import Any
 
 import pulumi
 
+from lepton_infra.components.images import IMAGES
+
 GCP_PROJECT = "lepton-test-project"
 AWS_REGION = "us-east-1"
 AWS_ACCOUNT = "123456789012"
 AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 AZURE_TENANT = "00000000-0000-0000-0000-0000000000aa"
 DEEP_LEARNING_AMI = "ami-0123456789abcdef0"
+# AWS's public SSM parameters the mocks know: exactly the image table's AWS rows.
+PUBLIC_PARAMETERS = frozenset(row.image for row in IMAGES if row.cloud == "aws")
 # The VPC that `gcp.compute.get_subnetwork` says any looked-up subnet belongs to.
 SUBNETWORK_VPC = "https://www.googleapis.com/compute/v1/projects/host-proj/global/networks/shared"
 
@@ -186,6 +190,10 @@ class Recorder(pulumi.runtime.Mocks):
             link = str(inputs.get("selfLink", ""))
             return {"selfLink": link, "name": link.rsplit("/", 1)[-1], "network": SUBNETWORK_VPC}
         if token == "aws:ssm/getParameter:getParameter":
+            name = str(inputs.get("name"))
+            if name.startswith("/aws/service/") and name not in PUBLIC_PARAMETERS:
+                # AWS answers a public parameter that does not exist with ParameterNotFound.
+                raise ValueError(f"ParameterNotFound: {name} (not in lepton_infra.components.images)")
             return {
                 "name": inputs.get("name"),
                 "value": DEEP_LEARNING_AMI,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pulumi
 import pulumi_harness as harness  # noqa: I001  (sets the mocks before any component module is imported)
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -97,13 +98,53 @@ def test_an_ami_id_image_is_used_as_is_without_a_lookup() -> None:
 
 
 def test_an_ssm_parameter_image_is_looked_up() -> None:
-    param = (
-        "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04/latest/ami-id"
-    )
+    param = "/my-org/images/gpu-training/latest"  # the user's own parameter holding an AMI id
     _, rec = harness.build(lambda: aws.AwsGpuVmPool("p", pool_args(image=param)))
     (inst,) = rec.of(INSTANCE)
     assert inst.inputs["ami"] == harness.DEEP_LEARNING_AMI  # what the mocked parameter holds
     assert [c[1]["name"] for c in rec.calls if c[0] == SSM] == [param]
+
+
+def test_the_default_image_is_the_pytorch_dlami_and_the_inventory_names_its_python() -> None:
+    from lepton_infra.components.images import default_image
+
+    row = default_image("aws")
+    assert row is not None and row.python == "/opt/pytorch/bin/python"
+    assert "oss-nvidia-driver-gpu-pytorch-" in row.image and row.image.endswith("/latest/ami-id")
+    args = TrainingClusterArgs(
+        cloud="aws", accelerator="T4", region="us-east-1", allowed_ssh_cidrs=["203.0.113.0/24"]
+    )
+    out, rec = harness.build(lambda: {"inventory": TrainingCluster("c", args).inventory})
+    assert [c[1]["name"] for c in rec.calls if c[0] == SSM] == [row.image]
+    assert json.loads(out["inventory"])["python"] == "/opt/pytorch/bin/python"
+    # The user's interpreter wins; an image not in the table gets python3.
+    for image, python, expected in (
+        (None, "/opt/venv/bin/python", "/opt/venv/bin/python"),
+        ("ami-0a1b2c3d4e5f67890", None, "python3"),
+    ):
+        args = TrainingClusterArgs(
+            cloud="aws",
+            accelerator="T4",
+            region="us-east-1",
+            allowed_ssh_cidrs=["203.0.113.0/24"],
+            image=image,
+            python=python,
+        )
+        out, _ = harness.build(lambda a=args: {"inventory": TrainingCluster("c", a).inventory})
+        assert json.loads(out["inventory"])["python"] == expected
+
+
+def test_a_public_parameter_missing_from_the_image_table_fails_as_on_aws() -> None:
+    """The mocks answer AWS's public parameters only for the table's names (a typo fails)."""
+    typo = "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-2404/latest/ami-id"
+    with pytest.raises(Exception, match="ParameterNotFound"):
+        harness.build(
+            lambda: {
+                "ids": pulumi.Output.all(
+                    *[i.id for i in aws.AwsGpuVmPool("p", pool_args(image=typo)).instances]
+                )
+            }
+        )
 
 
 @pytest.mark.parametrize(

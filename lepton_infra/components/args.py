@@ -19,6 +19,7 @@ from typing import Any
 import pulumi
 
 from lepton_infra.catalog import CLOUDS, CatalogEntry, lookup
+from lepton_infra.components.images import python_for
 from lepton_infra.errors import ConfigError
 
 WORLD_CIDRS = frozenset({"0.0.0.0/0", "::/0"})
@@ -231,7 +232,8 @@ class JobQueueArgs:
 class TrainingClusterArgs(GpuVmPoolArgs):
     """Everything for one training cluster: the pool's fields (inherited, so they cannot drift from
     GpuVmPoolArgs), plus the store and queue options. Without `ssh_public_key` a key pair is
-    generated and exported as a secret."""
+    generated and exported as a secret. `python` (the inventory's interpreter with torch) defaults
+    to the image's own, from the image table (`lepton_infra.components.images`)."""
 
     store: bool = True
     store_versioning: bool = True
@@ -242,7 +244,7 @@ class TrainingClusterArgs(GpuVmPoolArgs):
     queue_visibility_timeout_s: int = 300
     queue_max_receive_count: int = 5
     queue_extra: Mapping[str, Any] = field(default_factory=dict)
-    python: str = "python3"
+    python: str | None = None
 
     def pool_args(self) -> GpuVmPoolArgs:
         names = {f.name for f in fields(GpuVmPoolArgs)}
@@ -280,8 +282,5 @@ class TrainingClusterArgs(GpuVmPoolArgs):
             self.store_args().validate()
         if self.queue:
             self.queue_args().validate()
-        if not isinstance(self.python, str) or not self.python.strip():
-            raise ConfigError(
-                f"python is {self.python!r}; allowed: the interpreter on the nodes, e.g. 'python3'"
-            )
+        python_for(self.cloud, self.image, self.python)  # a set `python` must name an interpreter
         return entry

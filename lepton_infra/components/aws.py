@@ -27,6 +27,7 @@ import pulumi_aws.sqs as sqs
 import pulumi_aws.ssm as ssm
 
 from lepton_infra.catalog import CatalogEntry, lookup
+from lepton_infra.components import images
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
 from lepton_infra.components.cloudinit import cloud_init
 from lepton_infra.components.common import (
@@ -43,10 +44,9 @@ from lepton_infra.components.common import (
 )
 from lepton_infra.errors import ConfigError
 
-# AWS's public SSM parameter for the current Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04).
-DEEP_LEARNING_AMI_PARAMETER = (
-    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
-)
+# AWS's public SSM parameter for the current PyTorch Deep Learning AMI (the image table's default row:
+# torch in /opt/pytorch/bin/python, which the inventory names).
+DEEP_LEARNING_AMI_PARAMETER = images.default_image("aws").image  # type: ignore[union-attr]
 VPC_CIDR = "10.40.0.0/16"
 SUBNET_CIDR = "10.40.1.0/24"
 _NETWORK_KEYS = frozenset({"subnet_id", "vpc_id"})

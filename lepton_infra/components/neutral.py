@@ -20,6 +20,7 @@ import pulumi_tls as tls
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
 from lepton_infra.components.common import PoolNode, child, inventory_json
+from lepton_infra.components.images import python_for
 
 _PREFIX = {"aws": "Aws", "gcp": "Gcp", "azure": "Azure"}
 
@@ -168,7 +169,7 @@ class TrainingCluster(pulumi.ComponentResource):
             gpus=entry.gpus,
             store_url=self.store_url,
             queue_url=self.queue_url,
-            python=args.python,
+            python=python_for(args.cloud, args.image, args.python),
         )
         outputs: dict[str, Any] = {
             "inventory": self.inventory,

@@ -85,7 +85,8 @@ class TrainingClusterInputs(TypedDict):
     queue_extra: NotRequired[dict[str, Any]]
     """Raw provider arguments merged into the queue (escape hatch)."""
     python: NotRequired[str]
-    """Interpreter with torch on the nodes, written into the inventory (default python3)."""
+    """Interpreter with torch on the nodes, written into the inventory (default: the image's own,
+    from the image table; python3 for an image not in it)."""
 
 
 class ObjectStoreInputs(TypedDict):

@@ -1,0 +1,71 @@
+"""Which image each cloud's nodes boot, and which interpreter on it has torch: one table for all
+three clouds, each row with the date it was read and where. The pools take their default image from
+here and the inventory its `python`, so the two cannot drift apart; the test mocks answer image
+look-ups (SSM parameters, image families) only for names in this table, as the real clouds would
+fail for a name that does not exist. Pure data: imports no Pulumi."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lepton_infra.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NodeImage:
+    """One image and its interpreter. `image` is what the pool passes to the cloud: an SSM
+    parameter holding an AMI id (AWS), an image family (GCP), a publisher:offer:sku:version URN
+    (Azure). `torch` is the torch version the image carries, or how it gets one."""
+
+    cloud: str
+    image: str
+    python: str
+    torch: str
+    read_on: str  # YYYY-MM-DD
+    source: str
+    default: bool = False
+
+
+# AWS: the DLAMI parameter name is the AMI's name without "Deep", "Learning" and "AMI"
+# (https://docs.aws.amazon.com/dlami/latest/devguide/find-dlami-id.html). The x86_64 PyTorch 2.9
+# DLAMI supports G4dn, G5, G6, G6e, P4, P4de, P5, P5e, P5en and keeps torch in /opt/pytorch. (The
+# Base DLAMI, the old default, has the driver and CUDA but no torch.) GCP and Azure rows come with
+# those pools' defaults.
+_DLAMI_PYTORCH_29 = (
+    "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id"
+)
+
+IMAGES: tuple[NodeImage, ...] = (
+    NodeImage(
+        cloud="aws",
+        image=_DLAMI_PYTORCH_29,
+        python="/opt/pytorch/bin/python",
+        torch="2.9",
+        read_on="2026-12-02",
+        source="https://docs.amazonaws.cn/dlami/latest/devguide/aws-deep-learning-ami-gpupt29oss-ul2404-2026-03-20.md",
+        default=True,
+    ),
+)
+
+
+def default_image(cloud: str) -> NodeImage | None:
+    """The row a pool on `cloud` boots when no `image` is given (None: the cloud has no row yet)."""
+    return next((row for row in IMAGES if row.cloud == cloud and row.default), None)
+
+
+def image_row(cloud: str, image: str | None) -> NodeImage | None:
+    """The row for `image` on `cloud` (the default row for None); None for an image not in the table."""
+    if image is None:
+        return default_image(cloud)
+    return next((row for row in IMAGES if row.cloud == cloud and row.image == image), None)
+
+
+def python_for(cloud: str, image: str | None, python: str | None) -> str:
+    """The inventory's `python`: the user's choice, else the table's interpreter for the image, else
+    `python3` (an image not in the table; the preflight then says whether it has torch)."""
+    if python is not None:
+        if not isinstance(python, str) or not python.strip():
+            raise ConfigError(f"python is {python!r}; allowed: the interpreter on the nodes, e.g. 'python3'")
+        return python
+    row = image_row(cloud, image)
+    return row.python if row is not None else "python3"
