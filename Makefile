@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lepton-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup sshd demo test test-fast bench lint clean
+.PHONY: setup sshd demo test test-fast bench chaos lint clean
 
 setup: sshd $(STAMP) node_modules/.installed
 
@@ -50,6 +50,11 @@ test-fast: setup
 
 bench: setup
 	@for b in bench/[!_]*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+# The full seeded fault loop (a bounded subset runs in `make test`): CHAOS_ARGS="--iterations 50 --seed 7".
+CHAOS_ARGS ?=
+chaos: setup
+	$(PY) tests/chaos/run.py $(CHAOS_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check lepton_infra tests workloads bench policy __main__.py
