@@ -17,24 +17,17 @@ from typing import IO, Any
 import obstore
 
 from lepton_infra.data.store import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
-from lepton_infra.data.urls import StoreUrl
+from lepton_infra.data.urls import StoreUrl, azure_connection_settings
 from lepton_infra.errors import ConfigError
 
 # A missing bucket or refused credential should fail within seconds, not after object_store's
 # default three minutes of retries.
-_RETRY = {
+_RETRY: Any = {
     "max_retries": 4,
     "backoff": {"init_backoff": timedelta(milliseconds=100)},
     "retry_timeout": timedelta(seconds=30),
 }
-_CLIENT = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(minutes=10)}
-
-
-def azure_connection_settings() -> dict[str, str]:
-    """The key=value pairs of `AZURE_STORAGE_CONNECTION_STRING` (empty when unset)."""
-    raw = os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
-    pairs = (part.split("=", 1) for part in raw.split(";") if "=" in part)
-    return {k.strip(): v.strip() for k, v in pairs}
+_CLIENT: Any = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(minutes=10)}
 
 
 def _s3_store(url: StoreUrl) -> Any:
@@ -49,8 +42,8 @@ def _s3_store(url: StoreUrl) -> Any:
             "on a node the instance profile provides them"
         )
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config: dict[str, Any] = {"region": session.region_name or "us-east-1"}
-    client = dict(_CLIENT)
+    config: Any = {"region": session.region_name or "us-east-1"}
+    client: Any = dict(_CLIENT)
     if endpoint:
         config["endpoint"] = endpoint
         client["allow_http"] = endpoint.startswith("http://")
@@ -67,8 +60,8 @@ def _azure_store(url: StoreUrl) -> Any:
     from obstore.store import AzureStore
 
     settings = azure_connection_settings()
-    config: dict[str, Any] = {"account_name": url.account}
-    client = dict(_CLIENT)
+    config: Any = {"account_name": url.account}
+    client: Any = dict(_CLIENT)
     if settings.get("AccountName") == url.account and settings.get("AccountKey"):
         config["account_key"] = settings["AccountKey"]
         if settings.get("BlobEndpoint"):

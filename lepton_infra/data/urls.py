@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -67,3 +68,10 @@ def parse_store_url(url: str) -> StoreUrl:
             account=parts.netloc,
         )
     return StoreUrl(url=url.rstrip("/"), scheme=scheme, bucket=parts.netloc, prefix="/".join(segments))
+
+
+def azure_connection_settings() -> dict[str, str]:
+    """The key=value pairs of `AZURE_STORAGE_CONNECTION_STRING` (empty when unset)."""
+    raw = os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    pairs = (part.split("=", 1) for part in raw.split(";") if "=" in part)
+    return {k.strip(): v.strip() for k, v in pairs}

@@ -94,3 +94,78 @@ def make_bucket(
 @pytest.fixture(params=STORE_BACKENDS)
 def store_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> str:
     return make_bucket(request, monkeypatch, request.param, tmp_path)
+
+
+MAX_RECEIVES = 5  # Pub/Sub accepts 5..100 delivery attempts; the same number for every backend
+
+
+def make_queue(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    tmp_path: object,
+    max_receives: int,
+) -> str:
+    """A fresh queue with a dead-letter queue on backend `kind`, provisioned as the JobQueue
+    components do (redrive policy, dead-letter policy, poison-queue metadata); returns its URL."""
+    name = unique("lepton-jobs-")
+    if kind == "local":
+        from lepton_infra.data.queue_local import create_local_queue
+
+        return create_local_queue(tmp_path / "queue.db", max_receive_count=max_receives)  # type: ignore[operator]
+    if kind == "sqs":
+        import json
+
+        import boto3
+
+        use_env(monkeypatch, request.getfixturevalue("moto_emulator"))
+        sqs = boto3.client("sqs")
+        dlq = sqs.create_queue(QueueName=name + "-dlq")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives})
+        return str(sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})["QueueUrl"])
+    if kind == "pubsub":
+        from google.cloud import pubsub_v1
+
+        use_env(monkeypatch, request.getfixturevalue("pubsub_emulator"))
+        pub, sub = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        project = "lepton-test"
+        topic, dead = f"projects/{project}/topics/{name}", f"projects/{project}/topics/{name}-dead"
+        pub.create_topic(name=topic)
+        pub.create_topic(name=dead)
+        sub.create_subscription(
+            request={"name": f"projects/{project}/subscriptions/{name}-dead", "topic": dead}
+        )
+        url = f"projects/{project}/subscriptions/{name}"
+        sub.create_subscription(
+            request={
+                "name": url,
+                "topic": topic,
+                "ack_deadline_seconds": 10,
+                "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": max_receives},
+            }
+        )
+        return url
+    if kind == "azure":
+        from azure.storage.queue import QueueServiceClient
+
+        emulator = request.getfixturevalue("azurite_emulator")
+        use_env(monkeypatch, emulator)
+        service = QueueServiceClient.from_connection_string(emulator.env["AZURE_STORAGE_CONNECTION_STRING"])
+        service.create_queue(name + "-poison")
+        service.create_queue(
+            name,
+            metadata={"lepton_max_receive_count": str(max_receives), "lepton_poison_queue": name + "-poison"},
+        )
+        endpoint = [
+            p
+            for p in emulator.env["AZURE_STORAGE_CONNECTION_STRING"].split(";")
+            if p.startswith("QueueEndpoint=")
+        ]
+        return endpoint[0].split("=", 1)[1].rstrip("/") + "/" + name
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=QUEUE_BACKENDS)
+def queue_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> str:
+    return make_queue(request, monkeypatch, request.param, tmp_path, MAX_RECEIVES)
