@@ -526,6 +526,9 @@ def up(
             (state_dir / POOL_FILE).unlink(missing_ok=True)
             raise
 
+        from lepton_infra.data.local_plane import provision  # the pool's store + queue (issue 9)
+
+        store_url, queue_url = provision(state_dir)
         inventory = Inventory(
             version=1,  # INVENTORY_VERSION, spelled as the Literal the model requires
             cluster=state_dir.name or "local",
@@ -547,6 +550,8 @@ def up(
                 if r.name != BASTION
             ],
             jump=jump,
+            store=store_url,
+            queue=queue_url,
         )
         inventory.save(state_dir / INVENTORY_FILE)
         return inventory
