@@ -216,3 +216,15 @@ def test_table_rows_and_json_show_every_entry() -> None:
     assert [d["gpus"] for d in data] == [1, 2, 4]
     assert data[0]["gcp_accelerator_type"] == "nvidia-tesla-t4"
     assert data[0]["price_read_on"] == "2025-05-01"
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "pre_cut_usd"), [("A100-40GB", 32.7726), ("A100-80GB", 40.9657), ("H100", 98.32)]
+)
+def test_aws_p4_and_p5_prices_are_the_ones_after_the_june_2025_cut(
+    accelerator: str, pre_cut_usd: float
+) -> None:
+    """AWS cut P4 (about a third) and P5 (about 45%) on-demand prices in June 2025."""
+    entry = lookup("aws", accelerator, 8)
+    assert entry.price_read_on >= date(2025, 6, 5)
+    assert entry.on_demand_usd is not None and 0.5 * pre_cut_usd < entry.on_demand_usd < 0.7 * pre_cut_usd

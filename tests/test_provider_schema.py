@@ -154,6 +154,15 @@ def test_schema_types_the_inputs_users_set_most(pkg: dict[str, Any]) -> None:
     # Plain: the component needs known values to validate and to lay out the resource graph.
     assert all(p.get("plain") for p in ins.values())
     assert tc["properties"]["inventory"]["type"] == "string"
+    # What a YAML/TypeScript program needs beside the inventory (issue: a generated key was unusable).
+    outs = tc["properties"]
+    assert {k: outs[k]["type"] for k in ("privateKey", "storeUrl", "queueUrl", "hourlyCostUsd")} == {
+        "privateKey": "string",
+        "storeUrl": "string",
+        "queueUrl": "string",
+        "hourlyCostUsd": "number",
+    }
+    assert tc["required"] == ["inventory"]
     q = pkg["resources"]["lepton-infra:index:JobQueue"]["properties"]
     assert set(q) == {"url", "deadLetterUrl"}
     assert set(pkg["resources"]["lepton-infra:index:ObjectStore"]["properties"]) == {"url"}
@@ -239,6 +248,29 @@ def test_object_store_wrapper_builds_the_real_component_as_its_child(mocks: Reco
         assert "aws:s3/bucket:Bucket" in types
 
     return pulumi.Output.all(wrapper.store.urn, wrapper.url).apply(check)
+
+
+@pulumi.runtime.test
+def test_training_cluster_wrapper_exports_the_generated_key_as_a_secret_and_the_urls(
+    mocks: RecordingMocks,
+) -> Any:
+    from lepton_infra.provider.components import TrainingCluster
+
+    wrapper = TrainingCluster(
+        "c",
+        {"cloud": "aws", "accelerator": "T4", "region": "us-east-1", "allowed_ssh_cidrs": ["203.0.113.0/24"]},
+    )
+    secret = wrapper.private_key.is_secret()
+
+    def check(values: list[Any]) -> None:
+        key, is_secret, store, queue, cost = values
+        assert "OPENSSH PRIVATE KEY" in key and is_secret is True
+        assert store.startswith("s3://") and queue.startswith("https://sqs.")
+        assert cost > 0
+
+    return pulumi.Output.all(
+        wrapper.private_key, secret, wrapper.store_url, wrapper.queue_url, wrapper.hourly_cost_usd
+    ).apply(check)
 
 
 @pulumi.runtime.test

@@ -222,6 +222,16 @@ def test_preview_runs_only_on_pull_requests_with_a_matrix_from_the_stacks_job() 
     assert "stacks/Pulumi.*.yaml" in matrix_script()
 
 
+def test_fork_pull_requests_get_a_clear_notice_instead_of_a_failing_preview() -> None:
+    jobs = load("preview.yml")["jobs"]
+    same_repo = "github.event.pull_request.head.repo.full_name == github.repository"
+    assert same_repo in jobs["preview"]["if"]
+    fork = jobs["fork"]
+    assert fork["if"] == same_repo.replace("==", "!=") and fork["permissions"] == {}
+    (step,) = fork["steps"]
+    assert "::notice" in step["run"] and "GITHUB_STEP_SUMMARY" in step["run"] and "forks" in step["run"]
+
+
 def test_preview_job_has_oidc_ready_least_privilege_permissions() -> None:
     wf = load("preview.yml")
     assert wf["permissions"] == {}

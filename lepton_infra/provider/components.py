@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import pulumi
 
@@ -58,6 +58,14 @@ class TrainingCluster(pulumi.ComponentResource):
         "The cluster inventory (JSON, version 1) for `lepton-infra run --inventory`: nodes, pinned "
         "host keys, store and queue. Secret when it carries key material."
     )
+    private_key: pulumi.Output[Optional[str]]  # noqa: UP045  (the schema analyzer reads Optional)
+    """The generated login key (OpenSSH private key, a secret) when `sshPublicKey` was not given."""
+    store_url: pulumi.Output[Optional[str]]  # noqa: UP045
+    """The object store's URL (`s3://`, `gs://`, `az://`); unset with `store: false`."""
+    queue_url: pulumi.Output[Optional[str]]  # noqa: UP045
+    """The job queue's URL; unset with `queue: false`."""
+    hourly_cost_usd: pulumi.Output[Optional[float]]  # noqa: UP045
+    """The pool's catalog price per hour in USD, all nodes (the spot price with `spot: true`)."""
 
     def __init__(
         self, name: str, args: TrainingClusterInputs, opts: pulumi.ResourceOptions | None = None
@@ -70,7 +78,20 @@ class TrainingCluster(pulumi.ComponentResource):
             name, to_dataclass(TrainingClusterArgs, args), pulumi.ResourceOptions(parent=self)
         )
         self.inventory = self.cluster.inventory
-        self.register_outputs({"inventory": self.inventory})
+        cluster = self.cluster
+        self.private_key = pulumi.Output.from_input(cluster.private_key)
+        self.store_url = pulumi.Output.from_input(cluster.store_url)
+        self.queue_url = pulumi.Output.from_input(cluster.queue_url)
+        self.hourly_cost_usd = pulumi.Output.from_input(cluster.hourly_cost_usd)
+        self.register_outputs(
+            {
+                "inventory": self.inventory,
+                "privateKey": self.private_key,
+                "storeUrl": self.store_url,
+                "queueUrl": self.queue_url,
+                "hourlyCostUsd": self.hourly_cost_usd,
+            }
+        )
 
 
 class ObjectStore(pulumi.ComponentResource):
