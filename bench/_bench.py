@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # Runnable as `python bench/x.py` from a checkout without installing: the repo root on sys.path.
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,11 +39,28 @@ CAVEAT = (
 )
 
 
+# Everything printed as a table or a ratio, for `--json` (see finish()).
+RECORD: dict[str, Any] = {"environment": {}, "tables": [], "ratios": []}
+
+
 def parser(description: str, *, nodes: int, repeat: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--nodes", type=int, default=nodes, help=f"local sshd nodes (default {nodes})")
     p.add_argument("--repeat", type=int, default=repeat, help=f"repeats per approach (default {repeat})")
+    p.add_argument(
+        "--json", type=Path, default=None, help="also write every table and ratio to this JSON file"
+    )
     return p
+
+
+def finish(args: argparse.Namespace) -> None:
+    """Write what was printed (environment, tables with every sample, ratios) as JSON, if asked."""
+    path = getattr(args, "json", None)
+    if path is None:
+        return
+    RECORD["command"] = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    Path(path).write_text(json.dumps(RECORD, indent=2) + "\n", encoding="utf-8")
+    print(f"json: {path}")
 
 
 def check_counts(args: argparse.Namespace, *names: str) -> None:
@@ -73,6 +91,17 @@ def print_environment(title: str) -> None:
     print(f"# {title}")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"environment: {os.cpu_count()} cores, load average {load}, {platform.platform()}")
+    RECORD["environment"] = {
+        "title": title,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "paramiko": _dist("paramiko"),
+        "openssh": _version(["ssh", "-V"]),
+        "rsync": _version(["rsync", "--version"]),
+    }
     print(
         f"  python {platform.python_version()}, paramiko {_dist('paramiko')}, "
         f"parallel-ssh {_dist('parallel-ssh')}"
@@ -182,6 +211,22 @@ def human_bytes(n: int | None) -> str:
 
 
 def print_table(title: str, rows: Sequence[Row], *, show_bytes: bool = False) -> None:
+    RECORD["tables"].append(
+        {
+            "title": title,
+            "rows": [
+                {
+                    "name": r.name,
+                    "seconds": r.seconds,
+                    "median_s": None if r.skipped is not None else r.median,
+                    "bytes_moved": r.bytes_moved,
+                    "note": r.note,
+                    "skipped": r.skipped,
+                }
+                for r in rows
+            ],
+        }
+    )
     print(f"## {title}")
     head = f"{'approach':<44} {'median s':>9} {'min s':>8} {'max s':>8}"
     if show_bytes:
@@ -203,9 +248,11 @@ def ratio(bench: str, label: str, ours: Row, theirs: Row) -> None:
     if ours.skipped is not None or theirs.skipped is not None:
         reason = ours.skipped if ours.skipped is not None else theirs.skipped
         print(f"ratio {bench} {label} = n/a (skipped: {reason})")
+        RECORD["ratios"].append({"bench": bench, "label": label, "value": None, "skipped": reason})
         return
     value = ours.median / theirs.median if theirs.median > 0 else float("inf")
     print(f"ratio {bench} {label} = {value:.2f}x (lower is better)")
+    RECORD["ratios"].append({"bench": bench, "label": label, "value": round(value, 4)})
 
 
 def run_checked(cmd: Sequence[str], *, input: str | None = None, timeout: float = 300) -> str:

@@ -205,6 +205,7 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+    _bench.finish(args)
     return 0
 
 

@@ -21,6 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import _bench  # noqa: E402
 
 from lepton_infra.local import LocalPool  # noqa: E402
 
@@ -38,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--lines", type=int, default=50_000)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     opts = parser.parse_args()
+    _bench.print_environment(f"logs: {opts.nodes} nodes x {opts.lines} lines through `lepton-infra run`")
     with tempfile.TemporaryDirectory(prefix="lepton-bench-logs-") as tmp:
         root = Path(tmp)
         workload = root / "workload"
@@ -68,6 +73,16 @@ def main() -> None:
         print(f"  controller wall (total)  {wall:7.1f} s")
         print(f"  lines kept in node.log   {kept} of {opts.nodes * opts.lines}")
         print(f"  lines shown on terminal  {shown}")
+        _bench.RECORD["logs"] = {
+            "nodes": opts.nodes,
+            "lines": opts.lines,
+            "job_s": job,
+            "run_phase_s": float(timings.get("run", 0.0)),
+            "controller_wall_s": wall,
+            "lines_kept": kept,
+            "lines_shown": shown,
+        }
+    _bench.finish(opts)
 
 
 if __name__ == "__main__":

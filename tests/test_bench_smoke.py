@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Tiny sizes: enough that every approach runs once on more than one node.
 SCRIPTS = {
     "fanout.py": (["--nodes", "2", "--repeat", "1"], 4),
-    "ship.py": (["--nodes", "2", "--repeat", "1", "--files", "20", "--big-mb", "1"], 3),
+    "ship.py": (["--nodes", "2", "--repeat", "1", "--files", "20", "--big-mb", "1", "--one-file-mb", "1"], 5),
+    "logs.py": (["--nodes", "2", "--lines", "200"], 0),
     "launch.py": (["--nodes", "2", "--repeat", "1", "--warmup", "0"], 4),
 }
 RATIO = re.compile(r"^ratio (\S+) (.+?) = (\d+\.\d+)x \(lower is better\)$", re.M)

@@ -586,7 +586,20 @@ def _detach(work: Any) -> None:
 
 def settle(workload: str, manifest: dict[str, Any], sizes: dict[str, int]) -> None:
     """Cache what only the run's tree holds (hash-checked: a file the job already changed is left
-    out), then build the spare tree for the next run of this tree and keep the newest few."""
+    out), then build the spare tree for the next run of this tree and keep the newest few. While
+    it works, `~/.lepton/trees/.settling-<pid>` exists (benchmarks wait for it to go)."""
+    os.makedirs(_trees(), exist_ok=True)
+    marker = os.path.join(_trees(), f".settling-{os.getpid()}")
+    with open(marker, "w"):
+        pass
+    try:
+        _settle(workload, manifest, sizes)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+
+
+def _settle(workload: str, manifest: dict[str, Any], sizes: dict[str, int]) -> None:
     cache = _cache()
     files = manifest.get("files", {})
     by_digest = _by_digest(files)
