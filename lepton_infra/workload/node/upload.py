@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 MANIFEST = "_lepton_manifest.json"
@@ -74,6 +75,8 @@ def _obstore_writer(
     import obstore
     from obstore.store import AzureStore, S3Store
 
+    store: Any
+
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = {"endpoint": endpoint} if endpoint else {}
@@ -95,7 +98,7 @@ def _obstore_writer(
         store = AzureStore(bucket, config=config, client_options=client)  # type: ignore[arg-type]
 
     def write(key: str, source: str | None, data: bytes | None, sha: str) -> None:
-        payload = open(source, "rb") if source is not None else data  # noqa: SIM115 (closed below)
+        payload: Any = open(source, "rb") if source is not None else data  # noqa: SIM115 (closed below)
         try:
             size = os.path.getsize(source) if source is not None else len(data or b"")
             obstore.put(
@@ -204,11 +207,11 @@ def main(argv: list[str]) -> int:
         json.dumps(
             {
                 "url": f"{url.rstrip('/')}/{prefix.strip('/')}",
-                "files": len(manifest["files"]),
+                "files": len(manifest["files"]),  # type: ignore[arg-type]
                 "bytes": manifest["bytes"],
             }
         )
-    )  # type: ignore[arg-type]
+    )
     return 0
 
 
