@@ -332,6 +332,35 @@ def test_an_unchanged_tree_reuses_the_spare_tree_built_after_the_first_run(
     assert os.stat(third_file).st_ino != os.stat(shipped / "a" / "b.txt").st_ino
 
 
+def test_prepare_of_an_unchanged_tree_writes_it_at_once_and_needs_no_receive(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('hi')\n", "a/b.txt": "B\n"})
+    (workload / "link").symlink_to("a/b.txt")
+    _ship_locally(workload, "pre-1")
+    manifest = build_manifest(workload)
+    request = {
+        "run_id": "pre-2",
+        "blobs": {**manifest.blobs(), AGENT_DIGEST: len(AGENT_SOURCE)},
+        "tree": {**manifest.node_view(), "agent": AGENT_DIGEST},
+    }
+    answer = bootstrap.prepare(request, settle_in_background=False)
+    assert answer["missing"] == [] and answer["shipped"]["reused"] is True
+    run_dir = Path(answer["run_dir"])
+    assert (run_dir / "workload" / "link").read_text() == "B\n"
+    assert (run_dir / ".agent" / "agent.py").read_bytes() == AGENT_SOURCE
+    (workload / "a" / "b.txt").write_text("changed\n")  # now something is missing: no shortcut
+    changed = build_manifest(workload)
+    request = {
+        "run_id": "pre-3",
+        "blobs": {**changed.blobs(), AGENT_DIGEST: len(AGENT_SOURCE)},
+        "tree": {**changed.node_view(), "agent": AGENT_DIGEST},
+    }
+    answer = bootstrap.prepare(request, settle_in_background=False)
+    assert len(answer["missing"]) == 1 and answer["shipped"] is None
+    assert not (Path(answer["run_dir"]) / "workload").exists()
+
+
 def test_a_tampered_spare_tree_is_not_used(tmp_path: Path, node_home: Path) -> None:
     workload = _tree(tmp_path / "w", {"train.py": "print('hi')\n", "cfg.txt": "lr=1\n"})
     _, first, _ = _ship_locally(workload, "tamper-1")
