@@ -1,0 +1,294 @@
+"""Sweeps: one queue message per (configuration, repeat), a detached worker per node taking them
+(`lepton_infra.data.sweep_worker`), results in `<store>/sweeps/<sweep-id>/<job-id>/`.
+
+The controller only submits and reports: after `submit` returns, the workers finish the sweep
+without it, and `status` reads everything back from the store and the dead-letter queue."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import shlex
+import tarfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import lepton_infra
+from lepton_infra.data import open_queue, open_store
+from lepton_infra.data.queue import Queue
+from lepton_infra.data.store import Store
+from lepton_infra.data.sweep_worker import job_prefix
+from lepton_infra.errors import ConfigError
+from lepton_infra.inventory import Inventory
+from lepton_infra.workload import jobspec
+from lepton_infra.workload.ssh import connect_all, parallel
+
+_SKIP_DIRS = {".git", "__pycache__", "runs", ".mypy_cache", ".ruff_cache", ".pytest_cache", "outputs"}
+_PKG = Path(lepton_infra.__file__).parent
+# What a node needs to run the worker: our error types and the data package (stdlib-only for local).
+_SHIPPED_LIB = ["__init__.py", "errors.py", "data"]
+DEFAULT_METRIC = "final_test_accuracy"
+
+
+def remote_dir(sweep_id: str) -> str:
+    return '"$HOME"/.lepton/sweeps/' + shlex.quote(sweep_id)
+
+
+def parse_value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[int | float | str]]:
+    """`["lr=0.1,0.01", "batch_size=64,128"]` -> {"lr": [0.1, 0.01], "batch_size": [64, 128]}."""
+    grid: dict[str, list[int | float | str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"--grid {item!r}: expected NAME=V1,V2,... (NAME letters, digits, '_' or '-')")
+        parsed = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
+        if not parsed:
+            raise ConfigError(f"--grid {item!r}: no values after '='")
+        if key in grid:
+            raise ConfigError(f"--grid {key!r} given twice; put all its values in one --grid {key}=V1,V2")
+        grid[key] = parsed
+    return grid
+
+
+def plan_jobs(
+    sweep_id: str, workload: str, grid: dict[str, list[int | float | str]], repeats: int, args: Sequence[str]
+) -> list[dict[str, Any]]:
+    if repeats < 1:
+        raise ConfigError(f"--repeats is {repeats}; it must be at least 1")
+    keys = list(grid)
+    jobs = []
+    for c, combo in enumerate(itertools.product(*(grid[k] for k in keys)) if keys else [()]):
+        for r in range(repeats):
+            jobs.append(
+                {
+                    "sweep_id": sweep_id,
+                    "job_id": f"c{c:03d}-r{r}",
+                    "config": f"c{c:03d}",
+                    "repeat": r,
+                    "workload": workload,
+                    "params": dict(zip(keys, combo, strict=True)),
+                    "args": list(args),
+                }
+            )
+    return jobs
+
+
+@dataclass
+class Sweep:
+    sweep_id: str
+    store: str
+    queue: str
+    jobs: list[dict[str, Any]]
+    workers: dict[str, str] = field(default_factory=dict)  # node -> worker dir on the node
+
+
+def _bundle(workload_dir: Path, out: IO[bytes]) -> None:
+    with tarfile.open(fileobj=out, mode="w|") as tar:
+        for path in sorted(workload_dir.rglob("*")):
+            rel = path.relative_to(workload_dir)
+            if any(part in _SKIP_DIRS for part in rel.parts) or not path.is_file():
+                continue
+            tar.add(path, arcname=f"workload/{rel.as_posix()}", recursive=False)
+        for name in _SHIPPED_LIB:
+            src = _PKG / name
+            files = [src] if src.is_file() else sorted(src.glob("*.py"))
+            for f in files:
+                tar.add(f, arcname=f"lib/lepton_infra/{f.relative_to(_PKG).as_posix()}", recursive=False)
+
+
+def open_plane(inventory: Inventory) -> tuple[Store, Queue]:
+    """The inventory's store and queue, checked: ConfigError naming the URL before any job exists."""
+    if not inventory.store or not inventory.queue:
+        missing = " and ".join(k for k in ("store", "queue") if not getattr(inventory, k))
+        raise ConfigError(
+            f"inventory of {inventory.cluster!r} has no {missing}; sweeps need both (a cluster with "
+            "store and queue, or `lepton-infra local up`)"
+        )
+    store, queue = open_store(inventory.store), open_queue(inventory.queue)
+    store.check()
+    queue.check()
+    return store, queue
+
+
+def submit(
+    inventory: Inventory,
+    workload_dir: Path,
+    grid: dict[str, list[int | float | str]],
+    *,
+    repeats: int = 1,
+    args: Sequence[str] = (),
+    sweep_id: str | None = None,
+    visibility_timeout_s: int = 300,
+    idle_exit_s: float | None = None,
+    connect_timeout: float = 10.0,
+) -> Sweep:
+    """Check the store and queue, enqueue every job, ship the workload and start one worker per node."""
+    workload_dir = Path(workload_dir)
+    if not workload_dir.is_dir():
+        raise ConfigError(f"workload {str(workload_dir)!r} is not a directory")
+    entrypoint = jobspec.read_entrypoint(workload_dir)
+    sweep_id = jobspec.check_run_id(
+        sweep_id or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    )
+    store, queue = open_plane(inventory)
+    if store.exists(f"sweeps/{sweep_id}/sweep.json"):
+        raise ConfigError(f"sweep id {sweep_id!r} already exists in {store.url}; choose another")
+    workload = workload_dir.resolve().name
+    jobs = plan_jobs(sweep_id, workload, grid, repeats, args)
+    conns = connect_all(inventory, connect_timeout)  # every node reachable before anything is queued
+    try:
+        record = {
+            "sweep_id": sweep_id,
+            "workload": workload,
+            "grid": grid,
+            "repeats": repeats,
+            "args": list(args),
+            "jobs": jobs,
+            "submitted": time.time(),
+            "nodes": [n.name for n in inventory.nodes],
+        }
+        store.put(f"sweeps/{sweep_id}/sweep.json", json.dumps(record, indent=1).encode())
+        for job in jobs:
+            queue.send(json.dumps(job))
+        idle = idle_exit_s if idle_exit_s is not None else visibility_timeout_s + 60
+        sweep = Sweep(sweep_id, store.url, queue.url, jobs)
+
+        def start(conn: Any) -> str:
+            d = remote_dir(sweep_id)
+            worker = [
+                inventory.python, "-m", "lepton_infra.data.sweep_worker",
+                "--queue", queue.url, "--store", store.url, "--sweep-id", sweep_id,
+                "--workload", workload, "--entrypoint", entrypoint, "--node", conn.name,
+                "--visibility-timeout-s", str(visibility_timeout_s), "--idle-exit-s", str(idle),
+            ]  # fmt: skip
+            # Unpack in the foreground (a background list reads /dev/null, not our stream), then
+            # start the worker in its own session with all three stdio redirected, so it outlives SSH.
+            command = (
+                f'D={d}; mkdir -p "$D" && tar -x -C "$D" && cd "$D" && '
+                f'{{ PYTHONPATH="$D/lib" setsid {" ".join(shlex.quote(w) for w in worker)} --workdir "$D" '
+                f'< /dev/null > "$D/worker.log" 2>&1 & echo $! > "$D/worker.pid"; }} && echo "$D"'
+            )
+            result, _, _ = conn.run_upload(command, lambda out: _bundle(workload_dir, out))
+            return result.stdout.decode().strip().splitlines()[-1]
+
+        for conn, path in zip(conns, parallel(conns, start), strict=True):
+            sweep.workers[conn.name] = path
+    finally:
+        for conn in conns:
+            conn.close()
+    return sweep
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    config: str
+    params: dict[str, Any]
+    state: str  # done | dead | pending
+    node: str | None = None
+    metric: float | None = None
+    detail: str = ""
+
+
+def status(store: Store, queue: Queue, sweep_id: str, metric: str = DEFAULT_METRIC) -> list[JobRow]:
+    """Every job of the sweep: done (result committed), dead (in the dead-letter queue, with the
+    reason) or pending (queued or running)."""
+    try:
+        record = json.loads(store.get(f"sweeps/{sweep_id}/sweep.json"))
+    except Exception as exc:
+        raise ConfigError(f"no sweep {sweep_id!r} in {store.url} ({exc})") from exc
+    committed = {
+        o.key.split("/")[2]
+        for o in store.list(f"sweeps/{sweep_id}")
+        if o.key.endswith("/_lepton_manifest.json")
+    }
+    dead: dict[str, str] = {}
+    for letter in queue.dead_letters(limit=1000):
+        try:
+            body = json.loads(letter.body)
+            if body.get("sweep_id") == sweep_id:
+                dead[str(body.get("job_id"))] = letter.reason
+        except (ValueError, AttributeError):
+            continue
+    rows = []
+    for job in record["jobs"]:
+        job_id = job["job_id"]
+        if job_id in committed:
+            value, node = _result(store, sweep_id, job_id, metric)
+            rows.append(JobRow(job_id, job["config"], job["params"], "done", node, value))
+        elif job_id in dead:
+            rows.append(JobRow(job_id, job["config"], job["params"], "dead", detail=dead[job_id]))
+        else:
+            rows.append(JobRow(job_id, job["config"], job["params"], "pending"))
+    return rows
+
+
+def _result(store: Store, sweep_id: str, job_id: str, metric: str) -> tuple[float | None, str | None]:
+    prefix = job_prefix(sweep_id, job_id)
+    node = None
+    try:
+        node = json.loads(store.get(f"{prefix}/job.json")).get("node")
+        value = json.loads(store.get(f"{prefix}/output/metrics.json")).get(metric)
+        return (float(value) if isinstance(value, int | float) else None), node
+    except Exception:
+        return None, node
+
+
+def summary(rows: Sequence[JobRow], *, minimize: bool = False) -> list[dict[str, Any]]:
+    """One row per configuration: mean metric over its finished repeats, best first."""
+    by_config: dict[str, list[JobRow]] = {}
+    for row in rows:
+        by_config.setdefault(row.config, []).append(row)
+    out: list[dict[str, Any]] = []
+    for config, group in by_config.items():
+        values = [r.metric for r in group if r.metric is not None]
+        out.append(
+            {
+                "config": config,
+                "params": group[0].params,
+                "done": sum(r.state == "done" for r in group),
+                "dead": sum(r.state == "dead" for r in group),
+                "jobs": len(group),
+                "mean": sum(values) / len(values) if values else None,
+            }
+        )
+    missing = float("inf") if minimize else float("-inf")
+    out.sort(key=lambda s: s["mean"] if s["mean"] is not None else missing, reverse=not minimize)
+    return out
+
+
+def plot(summary_rows: Sequence[dict[str, Any]], metric: str, dest: Path) -> Path | None:
+    """A bar chart of the metric per configuration, best first (None when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [s for s in summary_rows if s["mean"] is not None]
+    labels = [", ".join(f"{k}={v}" for k, v in s["params"].items()) or s["config"] for s in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
+    ax.bar(range(len(rows)), [s["mean"] for s in rows])
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title("sweep: best first")
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=100)
+    plt.close(fig)
+    return dest

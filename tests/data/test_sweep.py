@@ -1,0 +1,164 @@
+"""Sweeps: jobs from the queue, results in the store, the guarantees of issue 9 each a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lepton_infra.data import open_queue, open_store
+from lepton_infra.data.queue_local import create_local_queue
+from lepton_infra.errors import ConfigError
+from lepton_infra.inventory import Inventory
+from lepton_infra.workload import sweep
+
+# A stand-in training job: its "accuracy" depends on lr, it sleeps a little, and --fail makes it exit 3.
+JOB = textwrap.dedent(
+    """\
+    import argparse, json, os, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--fail", type=int, default=0)
+    a = p.parse_args()
+    print("job", os.environ["LEPTON_JOB_ID"], "lr", a.lr, flush=True)
+    time.sleep(a.sleep)
+    if a.fail:
+        raise SystemExit(3)
+    out = os.environ["LEPTON_OUTPUT_DIR"]
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({"final_test_accuracy": 1.0 - a.lr, "batch_size": a.batch_size}, f)
+    """
+)
+
+
+def _workload(tmp_path: Path) -> Path:
+    wl = tmp_path / "toyjob"
+    wl.mkdir()
+    (wl / "train.py").write_text(JOB)
+    return wl
+
+
+def test_grid_becomes_one_job_per_configuration_and_repeat() -> None:
+    grid = sweep.parse_grid(["lr=0.1,0.01", "batch_size=64,128,256"])
+    assert grid == {"lr": [0.1, 0.01], "batch_size": [64, 128, 256]}
+    jobs = sweep.plan_jobs("s1", "toy", grid, 2, ["--epochs", "1"])
+    assert len(jobs) == 12 and len({j["job_id"] for j in jobs}) == 12
+    assert jobs[0]["params"] == {"lr": 0.1, "batch_size": 64} and jobs[0]["args"] == ["--epochs", "1"]
+    for bad in (["lr"], ["=1"], ["lr="], ["lr=1", "lr=2"], ["l r=1"]):
+        with pytest.raises(ConfigError, match="--grid"):
+            sweep.parse_grid(bad)
+
+
+def _worker(workdir: Path, queue: str, store: str, sweep_id: str, **extra: str) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "lepton_infra.data.sweep_worker", "--queue", queue, "--store", store,
+        "--sweep-id", sweep_id, "--workload", "toyjob", "--node", "local-worker", "--workdir", str(workdir),
+        "--visibility-timeout-s", "30", "--idle-exit-s", "3",
+    ]  # fmt: skip
+    for k, v in extra.items():
+        argv += [f"--{k.replace('_', '-')}", v]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_bad_messages_and_failing_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "workload").mkdir()
+    (workdir / "workload" / "train.py").write_text(JOB)
+    (tmp_path / "store").mkdir()
+    store_url = f"file://{tmp_path / 'store'}"
+    queue = open_queue(create_local_queue(tmp_path / "q.db", max_receive_count=2))
+    job = {"sweep_id": "s1", "workload": "toyjob", "params": {"lr": 0.5}, "args": []}
+    queue.send("this is not json")
+    queue.send(json.dumps({**job, "job_id": "a", "workload": "someone-else"}))
+    queue.send(json.dumps({**job, "job_id": "b", "params": {"lr": [1, 2]}}))
+    queue.send(json.dumps({**job, "job_id": "c", "args": ["--fail", "1"]}))
+    queue.send(json.dumps({**job, "job_id": "good"}))
+
+    proc = _worker(workdir, queue.url, store_url, "s1")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out.decode()
+
+    reasons = {d.body: d.reason for d in queue.dead_letters()}
+    assert reasons["this is not json"].startswith("not JSON")
+    assert "unknown workload 'someone-else'" in next(r for b, r in reasons.items() if '"a"' in b)
+    assert "bad args" in next(r for b, r in reasons.items() if '"b"' in b)
+    failed = next(r for b, r in reasons.items() if '"c"' in b)
+    assert "failed 2 time(s)" in failed and "exit code 3" in failed
+    store = open_store(store_url)
+    result = json.loads(store.get("sweeps/s1/good/output/metrics.json"))
+    assert result["final_test_accuracy"] == pytest.approx(0.5)
+    assert store.manifest("sweeps/s1/c") is None
+
+
+def test_sweep_with_unusable_store_fails_before_any_job(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inventory = Inventory.load(local_pool.inventory_path)
+    queue = open_queue(inventory.queue or "")
+    before = queue.receive(max_messages=10, visibility_timeout_s=1)
+    workload = _workload(tmp_path)
+    for url in ("ftp://nowhere/x", f"file://{tmp_path}/does-not-exist"):
+        bad = inventory.model_copy(update={"store": url})
+        with pytest.raises(ConfigError) as err:
+            sweep.submit(bad, workload, {"lr": [0.1]})
+        assert url in str(err.value)
+    assert before == [] and queue.receive(max_messages=10, visibility_timeout_s=1) == []
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_job_reappears_and_every_result_is_stored_exactly_once(
+    local_pool_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    pool = local_pool_factory(3)
+    inventory = Inventory.load(pool.inventory_path)
+    grid = sweep.parse_grid(["lr=0.1,0.2,0.3", "batch_size=64,128"])
+    started = sweep.submit(
+        inventory, _workload(tmp_path), grid, args=["--sleep", "3"], visibility_timeout_s=4, idle_exit_s=25
+    )
+    assert len(started.jobs) == 6 and set(started.workers) == {"node-0", "node-1", "node-2"}
+    logs = {node: Path(d) / "worker.log" for node, d in started.workers.items()}
+
+    # Kill the first worker seen running a job, with everything it started (its job dies with it).
+    victim, killed_job = None, None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline:
+        for node, log in logs.items():
+            text = log.read_text() if log.exists() else ""
+            if ": start" in text:
+                victim = node
+                killed_job = text.split("job ", 1)[1].split(":", 1)[0]
+                break
+        time.sleep(0.2)
+    assert victim is not None, "no worker started a job"
+    pid = int((Path(started.workers[victim]) / "worker.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+
+    store, queue = open_store(started.store), open_queue(started.queue)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        rows = sweep.status(store, queue, started.sweep_id)
+        if all(r.state == "done" for r in rows):
+            break
+        time.sleep(1)
+    assert [r.state for r in rows] == ["done"] * 6, rows
+    redone = next(r for r in rows if r.job_id == killed_job)
+    assert redone.node != victim  # another node finished it
+    done_lines = [line for log in logs.values() for line in log.read_text().splitlines() if ": done" in line]
+    assert sorted(line.split("job ")[1].split(":")[0] for line in done_lines) == sorted(
+        r.job_id for r in rows
+    )
+    info = json.loads(store.get(f"sweeps/{started.sweep_id}/{killed_job}/job.json"))
+    assert info["receive_count"] >= 2
+    best = sweep.summary(rows)
+    assert [s["params"]["lr"] for s in best][:2] == [0.1, 0.1] and best[0]["mean"] == pytest.approx(0.9)
+    assert queue.dead_letters() == []
