@@ -22,6 +22,7 @@ SCRIPTS = {
     "ship.py": (["--nodes", "2", "--repeat", "1", "--files", "20", "--big-mb", "1", "--one-file-mb", "1"], 5),
     "logs.py": (["--nodes", "2", "--lines", "200"], 0),
     "launch.py": (["--nodes", "2", "--repeat", "1", "--warmup", "0"], 4),
+    "store.py": (["--mb", "1", "--repeat", "1"], 6),  # against the S3, GCS and Azure emulators
 }
 RATIO = re.compile(r"^ratio (\S+) (.+?) = (\d+\.\d+)x \(lower is better\)$", re.M)
 SKIPPED = re.compile(r"^ratio (\S+) (.+?) = n/a \(skipped: (.+)\)$", re.M)
