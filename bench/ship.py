@@ -40,9 +40,9 @@ from _bench import OpenSSH, Row  # noqa: E402
 
 from lepton_infra.inventory import Inventory  # noqa: E402
 from lepton_infra.local import LocalPool  # noqa: E402
+from lepton_infra.workload import steps  # noqa: E402
+from lepton_infra.workload.group import NodeGroup  # noqa: E402
 from lepton_infra.workload.manifest import build_manifest, default_hash_cache_dir  # noqa: E402
-from lepton_infra.workload.runner import _NodeRun, _prepare, _ship  # noqa: E402
-from lepton_infra.workload.ssh import connect_all  # noqa: E402
 
 HASH_CACHE = default_hash_cache_dir()
 
@@ -89,21 +89,16 @@ def lepton_ship(inv: Inventory, tree: Path, run_id: str) -> Shipped:
 
     manifest = build_manifest(tree)
     lap("hash")
-    conns = connect_all(inv)
-    lap("connect")
-    try:
-        nodes = [_NodeRun(conn, rank) for rank, conn in enumerate(conns)]
-        _prepare(nodes, run_id, manifest, inv)
+    with NodeGroup.connect(inv, 10.0) as group:
+        lap("connect")
+        steps.prepare(group, run_id, manifest, inv)
         lap("prepare")
-        stats = _ship(nodes, manifest, inv)
+        stats = steps.ship(group, manifest, inv)
         lap("ship")
         sent = getattr(stats, "controller_bytes", None)
         if sent is None:  # a ship step that does not count its wire bytes: the content sent
-            sent = sum(n.bytes_shipped for n in nodes)
-        return Shipped(sent, [n.run_dir for n in nodes], phases)
-    finally:
-        for c in conns:
-            c.close()
+            sent = sum(m.bytes_shipped for m in group)
+        return Shipped(sent, [m.run_dir for m in group], phases)
 
 
 def phase_note(samples: list[dict[str, float]]) -> str:

@@ -213,9 +213,9 @@ def test_node_whose_supervisor_vanished_is_lost_and_the_others_are_stopped(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lepton_infra.workload import runner
+    from lepton_infra.workload import monitor
 
-    monkeypatch.setattr(runner, "STALE_AFTER_S", 3.0)  # the default (30 s) is too patient for a test
+    monkeypatch.setattr(monitor, "STALE_AFTER_S", 3.0)  # the default (30 s) is too patient for a test
     runs = tmp_path / "runs"
     workload = make_workload()
     thread, box = _in_thread(

@@ -1,0 +1,61 @@
+"""The commands the controller sends to a node, and how their answers are read.
+
+Two node-side programs exist, both standard library only (a node has no `lepton_infra`):
+`node/bootstrap.py`, sent inline as `python -c SOURCE` because it must work before anything was
+shipped (prepare, receive), and `node/agent.py`, shipped with each run into
+`~/.lepton/runs/<run-id>/.agent/` (launch, status, cancel, pack). Both answer one JSON object on
+the last line of stdout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from lepton_infra.errors import NodeError
+from lepton_infra.workload.ssh import NodeConnection
+
+_NODE_CODE = Path(__file__).parent / "node"
+BOOTSTRAP_SOURCE = (_NODE_CODE / "bootstrap.py").read_text(encoding="utf-8")
+AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
+AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
+NO_SUCH_RUN = "no such run on this node"
+
+
+def remote_run_dir(run_id: str) -> str:
+    """The run's folder on a node, as a shell word (`$HOME` expands on the node)."""
+    return '"$HOME"/.lepton/runs/' + shlex.quote(run_id)
+
+
+def bootstrap_cmd(python: str, *args: str) -> str:
+    return " ".join([shlex.quote(python), "-c", shlex.quote(BOOTSTRAP_SOURCE), *map(shlex.quote, args)])
+
+
+def agent_cmd(python: str, run_id: str, verb: str) -> str:
+    """The agent shipped with the run; a node without the run answers 'unknown' instead of failing."""
+    missing = json.dumps({"state": "unknown", "detail": NO_SUCH_RUN})
+    return (
+        f'R={remote_run_dir(run_id)}; if [ -f "$R/.agent/agent.py" ]; then '
+        f'exec {shlex.quote(python)} "$R/.agent/agent.py" {verb} "$R"; '
+        f"else echo {shlex.quote(missing)}; fi"
+    )
+
+
+def json_answer(conn: NodeConnection, data: bytes, what: str) -> dict[str, Any]:
+    """The JSON object a node-side program printed last. NodeError naming the node otherwise."""
+    try:
+        # Login shells may print banners first: the program's answer is the last line.
+        value = json.loads(data.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise NodeError(conn.name, f"unreadable answer from {what}: {data[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise NodeError(conn.name, f"unexpected answer from {what}: {value!r}")
+    return value
+
+
+def agent(conn: NodeConnection, run_id: str, verb: str, *, stdin: bytes | None = None) -> dict[str, Any]:
+    """Run one agent verb (launch, status, cancel) on the node and return its answer."""
+    result = conn.run(agent_cmd(conn.inventory.python, run_id, verb), stdin=stdin)
+    return json_answer(conn, result.stdout, f"agent {verb}")

@@ -1,0 +1,180 @@
+"""The steps of a run over a `NodeGroup`: prepare (reserve the run dir, learn missing blobs),
+ship (one tar stream per node), launch (start the supervisor detached), collect (one tar stream
+back). Per node each step is ONE command on the node's one connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from lepton_infra.errors import ConfigError
+from lepton_infra.inventory import Inventory
+from lepton_infra.workload import jobspec
+from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
+from lepton_infra.workload.manifest import Manifest, write_stream
+from lepton_infra.workload.models import NodeStatus
+from lepton_infra.workload.remote import (
+    AGENT_DIGEST,
+    AGENT_SOURCE,
+    agent,
+    agent_cmd,
+    bootstrap_cmd,
+    json_answer,
+)
+
+
+def check_timeout(connect_timeout: float) -> None:
+    if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
+        raise ConfigError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+
+
+def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Inventory) -> int:
+    """Reserve the run dir everywhere, learn the missing blobs; returns the rendezvous port.
+    ConfigError (and nothing left behind) when any node already has this run id."""
+    blobs = manifest.blobs()
+    blobs[AGENT_DIGEST] = len(AGENT_SOURCE)
+    preferred = jobspec.master_port_for(run_id)
+
+    def one(m: NodeRun) -> dict[str, Any]:
+        request: dict[str, Any] = {"run_id": run_id, "blobs": blobs}
+        if m.rank == 0:
+            request["port_probe"] = {"addr": inventory.master.private_ip, "port": preferred}
+        result = m.conn.run(bootstrap_cmd(inventory.python, "prepare"), stdin=json.dumps(request).encode())
+        answer = json_answer(m.conn, result.stdout, "prepare")
+        m.run_dir = answer["run_dir"]
+        m.missing = list(answer.get("missing", []))
+        return answer
+
+    answers = group.run(one)
+    # Undo our own reservations if anything went wrong; never touch an existing run's files.
+    created = group.subset(
+        lambda m: m.name in answers.succeeded and not answers.succeeded[m.name].get("exists")
+    )
+    taken = [name for name, a in answers.succeeded.items() if a.get("exists")]
+    if answers.failed or taken:
+        remove_run_dirs(created)
+    answers.raise_first()
+    if taken:
+        raise ConfigError(
+            f"run id {run_id!r} already exists on node(s) {', '.join(taken)}; choose another --run-id "
+            "(run ids must be unique so two runs never mix files)"
+        )
+    port = answers.succeeded[group.members[0].name].get("port")
+    return int(port) if port else preferred
+
+
+def remove_run_dirs(group: NodeGroup) -> None:
+    """Best effort: a node that cannot be reached keeps its (empty or partial) run dir."""
+    group.run(lambda m: m.conn.run(f"rm -rf {shlex.quote(m.run_dir)}", check=False) if m.run_dir else None)
+
+
+def ship(group: NodeGroup, manifest: Manifest, inventory: Inventory) -> int:
+    """Send each node the blobs it lacks (plus the agent), as one stream per node; returns the
+    content bytes sent to all nodes together."""
+
+    def one(m: NodeRun) -> None:
+        def produce(out: IO[bytes]) -> int:
+            return write_stream(manifest, m.missing, AGENT_SOURCE, AGENT_DIGEST, out)
+
+        cmd = bootstrap_cmd(inventory.python, "receive", m.run_dir)
+        result, content, _wire = m.conn.run_upload(cmd, produce)
+        m.bytes_shipped = content
+        m.files_shipped = len([d for d in m.missing if d != AGENT_DIGEST])
+        json_answer(m.conn, result.stdout, "receive")
+
+    group.run(one).raise_first()
+    return sum(m.bytes_shipped for m in group)
+
+
+def launch(
+    group: NodeGroup,
+    *,
+    inventory: Inventory,
+    run_id: str,
+    entrypoint: str,
+    args: Sequence[str],
+    nproc_per_node: int,
+    master_port: int,
+    env: Mapping[str, str],
+) -> None:
+    """Start torchrun under the node agent's supervisor on every node. All or nothing: if any node
+    refuses, the started ones are cancelled, so nothing half-run stays behind."""
+
+    def one(m: NodeRun) -> NodeStatus:
+        spec = {
+            "run_id": run_id,
+            "node": m.name,
+            "argv": jobspec.torchrun_argv(
+                python=inventory.python,
+                nnodes=len(group),
+                node_rank=m.rank,
+                nproc_per_node=nproc_per_node,
+                master_addr=inventory.master.private_ip,
+                master_port=master_port,
+                entrypoint=entrypoint,
+                args=args,
+            ),
+            "env": jobspec.node_env(
+                inventory,
+                rank=m.rank,
+                run_id=run_id,
+                output_dir=f"{m.run_dir}/output",
+                nproc_per_node=nproc_per_node,
+                extra=env,
+            ),
+            "cwd": f"{m.run_dir}/workload",
+        }
+        answer = agent(m.conn, run_id, "launch", stdin=json.dumps(spec).encode())
+        m.status = NodeStatus.from_agent(m.name, answer)
+        return m.status
+
+    started = group.run(one)
+    if started.failed:
+        group.subset(lambda m: m.name in started.succeeded).run(lambda m: agent(m.conn, run_id, "cancel"))
+        started.raise_first()
+
+
+def _extract_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None  # e.g. a symlink pointing outside: skip it rather than lose the rest
+
+
+def collect(group: NodeGroup, run_id: str, local_dir: Path) -> GroupResult[None]:
+    """Bring every node's outputs, logs and state into `local_dir/<node>/`. One unreachable node
+    must not cost the others' results: its error is in the returned `.failed`."""
+
+    def one(m: NodeRun) -> None:
+        dest = local_dir / m.name
+        dest.mkdir(parents=True, exist_ok=True)
+
+        def consume(stream: IO[bytes]) -> None:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                tar.extractall(dest, filter=_extract_filter)
+
+        _, _, count = m.conn.run_download(agent_cmd(m.conn.inventory.python, run_id, "pack"), consume)
+        m.bytes_collected = count
+        try:
+            state = json.loads((dest / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if isinstance(state, dict) and (m.status is None or not m.status.terminal):
+            m.status = NodeStatus.from_agent(m.name, state)
+
+    return group.run(one)
+
+
+def job_seconds(group: NodeGroup) -> dict[str, float]:
+    """The job's own wall time: first node's start to last node's end, as the nodes measured it."""
+    starts, ends = [], []
+    for m in group:
+        if m.status and m.status.started and m.status.ended:
+            starts.append(dt.datetime.fromisoformat(m.status.started).timestamp())
+            ends.append(dt.datetime.fromisoformat(m.status.ended).timestamp())
+    return {"job": round(max(ends) - min(starts), 3)} if starts else {}
