@@ -22,7 +22,7 @@ class Key:
 
     name: str
     field: str
-    kind: str  # "string" | "integer" | "boolean" | "array"
+    kind: str  # "string" | "integer" | "boolean" | "array" | "json" (an object, given as JSON text)
     description: str
     required: bool = False
 
@@ -71,6 +71,18 @@ KEYS: tuple[Key, ...] = (
         "queueMaxReceiveCount", "queue_max_receive_count", "integer", "receives before a job is dead-lettered"
     ),
     Key("python", "python", "string", "interpreter with torch on the nodes (default: the image's own)"),
+    Key(
+        "privateEgress",
+        "private_egress",
+        "string",
+        "how nodes without a public IP get out: nat (internet via a NAT gateway) or endpoints (cloud services only)",
+    ),
+    Key(
+        "jump",
+        "jump",
+        "json",
+        'bastion for private nodes, JSON: {"host": ..., "port": 22, "user": ..., "host_key": "ssh-ed25519 ..."}',
+    ),
 )
 _BY_NAME = {k.name: k for k in KEYS}
 _BY_FIELD = {k.field: k for k in KEYS}
@@ -124,7 +136,17 @@ def _array(key: str, raw: Any) -> list[str]:
     return value
 
 
+def _json(key: str, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw  # structured config arrives already parsed
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"lepton:{key} is {raw!r}; allowed: a JSON object ({exc.msg})") from exc
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "json": _json,
     "boolean": _bool,
     "integer": _int,
     "array": _array,
@@ -199,7 +221,9 @@ def schema() -> dict[str, dict[str, Any]]:
     """Pulumi.yaml's `config:` block for these keys (tests check the file matches)."""
     out: dict[str, dict[str, Any]] = {}
     for spec in KEYS:
-        entry: dict[str, Any] = {"type": spec.kind, "description": spec.description}
+        # Pulumi.yaml's config types are string/integer/boolean/array: an object travels as JSON text.
+        kind = "string" if spec.kind == "json" else spec.kind
+        entry: dict[str, Any] = {"type": kind, "description": spec.description}
         if spec.kind == "array":
             entry["items"] = {"type": "string"}
         out[f"{NAMESPACE}:{spec.name}"] = entry

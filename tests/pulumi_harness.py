@@ -25,6 +25,8 @@ AWS_ACCOUNT = "123456789012"
 AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 AZURE_TENANT = "00000000-0000-0000-0000-0000000000aa"
 DEEP_LEARNING_AMI = "ami-0123456789abcdef0"
+# Where EC2 offers an instance type (DescribeInstanceTypeOfferings); others: zones a and b.
+OFFERED_ZONES: dict[str, list[str]] = {"p5.48xlarge": [f"{AWS_REGION}c"], "p4de.24xlarge": []}
 # AWS's public SSM parameters the mocks know: exactly the image table's AWS rows.
 PUBLIC_PARAMETERS = frozenset(row.image for row in IMAGES if row.cloud == "aws")
 # The VPC that `gcp.compute.get_subnetwork` says any looked-up subnet belongs to.
@@ -126,6 +128,9 @@ class Recorder(pulumi.runtime.Mocks):
         if typ == "aws:secretsmanager/secret:Secret":
             state["arn"] = f"arn:aws:secretsmanager:{AWS_REGION}:{AWS_ACCOUNT}:secret:{state['name']}-AbCdEf"
             rid = state["arn"]  # as on AWS: a secret's id is its ARN
+        if typ == "aws:ec2/eip:Eip":
+            state["publicIp"] = f"198.51.100.{idx % 250 + 1}"
+            state["allocationId"] = f"eipalloc-{idx:08d}"
         if typ == "aws:kms/key:Key":
             rid = f"key-{idx:08d}"
         if typ == "aws:iam/role:Role":
@@ -211,6 +216,15 @@ class Recorder(pulumi.runtime.Mocks):
                 "path": "/",
                 "roleId": "AROAEXAMPLE",
                 "createDate": "2025-01-01T00:00:00Z",
+            }
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            (wanted,) = [f["values"][0] for f in inputs.get("filters", []) if f["name"] == "instance-type"]
+            zones = OFFERED_ZONES.get(wanted, [f"{AWS_REGION}b", f"{AWS_REGION}a"])
+            return {
+                "id": AWS_REGION,
+                "instanceTypes": [wanted] * len(zones),
+                "locations": zones,
+                "locationTypes": ["availability-zone"] * len(zones),
             }
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": [f"{AWS_REGION}a", f"{AWS_REGION}b"], "zoneIds": ["use1-az1", "use1-az2"]}

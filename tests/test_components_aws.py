@@ -117,7 +117,7 @@ def test_public_ip_only_when_ssh_comes_from_outside_private_space(built: Any) ->
     assert all(i.inputs["associatePublicIpAddress"] is True for i in rec.of(INSTANCE))
     assert rec.of("aws:ec2/internetGateway:InternetGateway")
     assert all(h.startswith("203.0.113.") for h in out["hosts"])
-    out, rec = harness.build(lambda: cluster(allowed_ssh_cidrs=["10.8.0.0/16"]))
+    out, rec = harness.build(lambda: cluster(allowed_ssh_cidrs=["10.8.0.0/16"], private_egress="endpoints"))
     assert all(i.inputs["associatePublicIpAddress"] is False for i in rec.of(INSTANCE))
     assert not rec.of("aws:ec2/internetGateway:InternetGateway")
     assert out["hosts"] == out["private_ips"]

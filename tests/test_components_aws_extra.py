@@ -184,7 +184,9 @@ def test_ipv6_ssh_sources_are_dropped_and_do_not_earn_a_public_ip() -> None:
     (inst,) = rec.of(INSTANCE)
     assert inst.inputs["associatePublicIpAddress"] is False
     assert out["host"].startswith("10.")
-    assert not rec.of("aws:ec2/internetGateway:InternetGateway")
+    # Private nodes leave through the NAT gateway: their route table has no internet gateway route.
+    (route,) = rec.named("p-net-routes").inputs["routes"]
+    assert "gatewayId" not in route and route["natGatewayId"] == rec.named("p-net-nat").id
 
 
 def test_a_network_built_directly_lists_ipv4_and_ipv6_ssh_sources_separately() -> None:

@@ -23,6 +23,7 @@ from lepton_infra.components.images import python_for
 from lepton_infra.errors import ConfigError
 
 WORLD_CIDRS = frozenset({"0.0.0.0/0", "::/0"})
+PRIVATE_EGRESS = ("nat", "endpoints")
 MAX_NODES = 64
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -114,6 +115,40 @@ def _check_name(value: str | None, field_name: str) -> None:
         )
 
 
+def check_jump(jump: object, allowed_ssh_cidrs: Sequence[str]) -> dict[str, Any] | None:
+    """The bastion the inventory names for private nodes (`host`, `port`, `user`, `host_key`,
+    pinned like the nodes'). The nodes must accept SSH from it: a bastion given as an address
+    outside every `allowed_ssh_cidrs` range could never reach them."""
+    if jump is None:
+        return None
+    from pydantic import ValidationError
+
+    from lepton_infra.inventory import Jump
+
+    try:
+        model = Jump.model_validate(jump)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'jump'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"jump is {jump!r}: {problems}; allowed: {{host, port (default 22), user, host_key}} with "
+            "host_key the bastion's public host key line"
+        ) from exc
+    try:
+        address = ipaddress.ip_address(model.host)
+    except ValueError:
+        address = None  # a DNS name: what it resolves to cannot be checked here
+    if address is not None and not any(
+        address in ipaddress.ip_network(c, strict=False) for c in allowed_ssh_cidrs
+    ):
+        raise ConfigError(
+            f"jump host {model.host} is outside allowed_ssh_cidrs {list(allowed_ssh_cidrs)!r}: the "
+            f"nodes would refuse the bastion; add its address (e.g. '{model.host}/32')"
+        )
+    return model.model_dump()
+
+
 @dataclass
 class GpuVmPoolArgs:
     """A pool of identical GPU VMs. `accelerator`/`gpus_per_node` select a catalog row (the instance
@@ -142,9 +177,15 @@ class GpuVmPoolArgs:
     user: str = "lepton"
     cluster: str | None = None
     env: str | None = None
+    private_egress: str = "nat"
 
     def validate(self) -> CatalogEntry:
-        """Check every field; returns the catalog row the pool will use."""
+        """Check every field; returns the catalog row the pool will use.
+
+        `private_egress` matters only for nodes without a public IP in a network the pool creates:
+        "nat" gives them the internet through a NAT gateway (package mirrors, pip) besides the
+        cloud's private access to its own services; "endpoints" gives them only the latter (AWS:
+        S3 gateway + SQS and Secrets Manager interface endpoints; GCP: Private Google Access)."""
         self.cloud = check_cloud(self.cloud)
         check_int(self.nodes, "nodes", 1, MAX_NODES)
         check_int(self.gpus_per_node, "gpus_per_node", 1, 16)
@@ -176,6 +217,11 @@ class GpuVmPoolArgs:
         _check_mapping(self.identity, "identity")
         _check_name(self.cluster, "cluster")
         _check_name(self.env, "env")
+        if self.private_egress not in PRIVATE_EGRESS:
+            raise ConfigError(
+                f"private_egress is {self.private_egress!r}; allowed: {', '.join(PRIVATE_EGRESS)} "
+                "(nat: internet through a NAT gateway; endpoints: only the cloud's own services)"
+            )
         return lookup(self.cloud, self.accelerator, self.gpus_per_node, self.region)
 
 
@@ -245,6 +291,7 @@ class TrainingClusterArgs(GpuVmPoolArgs):
     queue_max_receive_count: int = 5
     queue_extra: Mapping[str, Any] = field(default_factory=dict)
     python: str | None = None
+    jump: Mapping[str, Any] | None = None
 
     def pool_args(self) -> GpuVmPoolArgs:
         names = {f.name for f in fields(GpuVmPoolArgs)}
@@ -283,4 +330,5 @@ class TrainingClusterArgs(GpuVmPoolArgs):
         if self.queue:
             self.queue_args().validate()
         python_for(self.cloud, self.image, self.python)  # a set `python` must name an interpreter
+        self.jump = check_jump(self.jump, self.allowed_ssh_cidrs)
         return entry

@@ -49,7 +49,11 @@ from lepton_infra.errors import ConfigError
 DEEP_LEARNING_AMI_PARAMETER = images.default_image("aws").image  # type: ignore[union-attr]
 VPC_CIDR = "10.40.0.0/16"
 SUBNET_CIDR = "10.40.1.0/24"
+NAT_SUBNET_CIDR = "10.40.0.0/28"  # the NAT gateway's own public subnet
 _NETWORK_KEYS = frozenset({"subnet_id", "vpc_id"})
+# Network cards (one EFA interface each) of the catalog's EFA instance types, from EC2's instance
+# type specifications: p4d/p4de.24xlarge have 4, p5.48xlarge 32.
+EFA_NETWORK_CARDS = {"p4d.24xlarge": 4, "p4de.24xlarge": 4, "p5.48xlarge": 32}
 _IDENTITY_KEYS = frozenset({"instance_profile"})
 _AMI_RE = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 # A zone is its region plus a letter; Local/Wavelength Zones add a location in between
@@ -110,13 +114,23 @@ def _check_keys(
 
 class AwsNetwork(pulumi.ComponentResource):
     """A VPC and subnet (unless `existing` names them) and the pool's security group: SSH only from
-    `allowed_ssh_cidrs`, everything between members of the group (NCCL/gloo), nothing else in."""
+    `allowed_ssh_cidrs`, everything between members of the group (NCCL/gloo, and EFA's traffic,
+    which must be allowed to and from the group itself), nothing else in.
+
+    A VPC made here always gets an S3 gateway endpoint (free; bucket traffic stays inside AWS).
+    Nodes with public IPs leave through an internet gateway. Private nodes (no public IP) leave by
+    `private_egress`: "nat", a NAT gateway in a small public subnet (package mirrors, pip, and every
+    AWS API), or "endpoints", no internet at all, only interface endpoints for SQS and Secrets
+    Manager (the queue and the host keys) beside the S3 gateway endpoint. An existing network
+    (`existing`) is used as it is: its routes and endpoints are its owner's."""
 
     vpc_id: pulumi.Output[str]
     subnet_id: pulumi.Output[str]
     security_group: ec2.SecurityGroup
     vpc: ec2.Vpc | None
     subnet: ec2.Subnet | None
+    endpoints: list[ec2.VpcEndpoint]
+    nat_gateway: ec2.NatGateway | None
 
     def __init__(
         self,
@@ -125,56 +139,20 @@ class AwsNetwork(pulumi.ComponentResource):
         allowed_ssh_cidrs: Sequence[str],
         public: bool,
         tags: Mapping[str, str],
-        zone: str | None = None,
+        zone: pulumi.Input[str] | None = None,
         region: str | None = None,
         existing: Mapping[str, Any] | None = None,
+        private_egress: str = "nat",
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("lepton:aws:Network", name, None, opts)
-        self.vpc = self.subnet = None
+        self.vpc = self.subnet = self.nat_gateway = None
+        self.endpoints = []
         if existing:
             self.vpc_id = pulumi.Output.from_input(existing["vpc_id"])
             self.subnet_id = pulumi.Output.from_input(existing["subnet_id"])
         else:
-            self.vpc = ec2.Vpc(
-                f"{name}-vpc",
-                cidr_block=VPC_CIDR,
-                enable_dns_support=True,
-                enable_dns_hostnames=True,
-                tags=dict(tags),
-                region=region,
-                opts=child(self),
-            )
-            self.subnet = ec2.Subnet(
-                f"{name}-subnet",
-                vpc_id=self.vpc.id,
-                cidr_block=SUBNET_CIDR,
-                availability_zone=zone,
-                map_public_ip_on_launch=False,
-                tags=dict(tags),
-                region=region,
-                opts=child(self),
-            )
-            if public:
-                gateway = ec2.InternetGateway(
-                    f"{name}-igw", vpc_id=self.vpc.id, tags=dict(tags), region=region, opts=child(self)
-                )
-                routes = ec2.RouteTable(
-                    f"{name}-routes",
-                    vpc_id=self.vpc.id,
-                    routes=[ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
-                    tags=dict(tags),
-                    region=region,
-                    opts=child(self),
-                )
-                ec2.RouteTableAssociation(
-                    f"{name}-routes-assoc",
-                    subnet_id=self.subnet.id,
-                    route_table_id=routes.id,
-                    region=region,
-                    opts=child(self),
-                )
-            self.vpc_id, self.subnet_id = self.vpc.id, self.subnet.id
+            self._build(name, public=public, tags=tags, zone=zone, region=region, egress=private_egress)
         v4 = [c for c in allowed_ssh_cidrs if ipaddress.ip_network(c).version == 4]
         v6 = [c for c in allowed_ssh_cidrs if ipaddress.ip_network(c).version == 6]
         self.security_group = ec2.SecurityGroup(
@@ -191,7 +169,7 @@ class AwsNetwork(pulumi.ComponentResource):
                     ipv6_cidr_blocks=v6 or None,
                 ),
                 ec2.SecurityGroupIngressArgs(
-                    description="pool members (NCCL/gloo rendezvous and collectives)",
+                    description="pool members (NCCL/gloo rendezvous and collectives, EFA)",
                     protocol="-1",
                     from_port=0,
                     to_port=0,
@@ -206,15 +184,186 @@ class AwsNetwork(pulumi.ComponentResource):
                     to_port=0,
                     cidr_blocks=["0.0.0.0/0"],
                     ipv6_cidr_blocks=["::/0"],
+                ),
+                # EFA's OS-bypass traffic is not IP: it needs a rule naming the group itself.
+                ec2.SecurityGroupEgressArgs(
+                    description="pool members (EFA)",
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    self=True,
+                ),
+            ],
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        if self.vpc is not None and not public and private_egress == "endpoints":
+            self._interface_endpoints(name, tags=tags, region=region)
+        self.register_outputs(
+            {"vpc_id": self.vpc_id, "subnet_id": self.subnet_id, "security_group_id": self.security_group.id}
+        )
+
+    def _build(
+        self,
+        name: str,
+        *,
+        public: bool,
+        tags: Mapping[str, str],
+        zone: pulumi.Input[str] | None,
+        region: str | None,
+        egress: str,
+    ) -> None:
+        """The VPC, the nodes' subnet and its route table, and the way out (see the class docstring)."""
+        self.vpc = ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=VPC_CIDR,
+            enable_dns_support=True,
+            enable_dns_hostnames=True,  # interface endpoints' private DNS needs both
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        self.subnet = ec2.Subnet(
+            f"{name}-subnet",
+            vpc_id=self.vpc.id,
+            cidr_block=SUBNET_CIDR,
+            availability_zone=zone,
+            map_public_ip_on_launch=False,
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        self.vpc_id, self.subnet_id = self.vpc.id, self.subnet.id
+        default_route: list[ec2.RouteTableRouteArgs] = []
+        if public or egress == "nat":
+            gateway = ec2.InternetGateway(
+                f"{name}-igw", vpc_id=self.vpc.id, tags=dict(tags), region=region, opts=child(self)
+            )
+            if public:
+                default_route = [ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)]
+            else:
+                self.nat_gateway = self._nat(name, gateway, tags=tags, zone=zone, region=region)
+                default_route = [
+                    ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=self.nat_gateway.id)
+                ]
+        routes = ec2.RouteTable(
+            f"{name}-routes",
+            vpc_id=self.vpc.id,
+            routes=default_route,
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        ec2.RouteTableAssociation(
+            f"{name}-routes-assoc",
+            subnet_id=self.subnet.id,
+            route_table_id=routes.id,
+            region=region,
+            opts=child(self),
+        )
+        self.endpoints.append(
+            ec2.VpcEndpoint(
+                f"{name}-s3",
+                vpc_id=self.vpc.id,
+                service_name=_service_name("s3", region),
+                vpc_endpoint_type="Gateway",
+                route_table_ids=[routes.id],
+                tags=dict(tags),
+                region=region,
+                opts=child(self),
+            )
+        )
+
+    def _nat(
+        self,
+        name: str,
+        gateway: ec2.InternetGateway,
+        *,
+        tags: Mapping[str, str],
+        zone: pulumi.Input[str] | None,
+        region: str | None,
+    ) -> ec2.NatGateway:
+        """A NAT gateway with its own address in a small public subnet beside the nodes' one."""
+        assert self.vpc is not None
+        public_subnet = ec2.Subnet(
+            f"{name}-nat-subnet",
+            vpc_id=self.vpc.id,
+            cidr_block=NAT_SUBNET_CIDR,
+            availability_zone=zone,
+            map_public_ip_on_launch=False,
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        public_routes = ec2.RouteTable(
+            f"{name}-nat-routes",
+            vpc_id=self.vpc.id,
+            routes=[ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+        ec2.RouteTableAssociation(
+            f"{name}-nat-routes-assoc",
+            subnet_id=public_subnet.id,
+            route_table_id=public_routes.id,
+            region=region,
+            opts=child(self),
+        )
+        address = ec2.Eip(f"{name}-nat-ip", domain="vpc", tags=dict(tags), region=region, opts=child(self))
+        return ec2.NatGateway(
+            f"{name}-nat",
+            allocation_id=address.allocation_id,
+            subnet_id=public_subnet.id,
+            connectivity_type="public",
+            tags=dict(tags),
+            region=region,
+            opts=child(self, depends_on=[gateway]),
+        )
+
+    def _interface_endpoints(self, name: str, *, tags: Mapping[str, str], region: str | None) -> None:
+        """SQS (the queue) and Secrets Manager (the host keys) inside the VPC, for nodes without a
+        way to the internet; HTTPS from the VPC only."""
+        assert self.vpc is not None
+        endpoint_sg = ec2.SecurityGroup(
+            f"{name}-endpoints-sg",
+            vpc_id=self.vpc_id,
+            description="lepton GPU pool: HTTPS from the VPC to its AWS service endpoints",
+            ingress=[
+                ec2.SecurityGroupIngressArgs(
+                    description="HTTPS from the VPC",
+                    protocol="tcp",
+                    from_port=443,
+                    to_port=443,
+                    cidr_blocks=[VPC_CIDR],
                 )
             ],
             tags=dict(tags),
             region=region,
             opts=child(self),
         )
-        self.register_outputs(
-            {"vpc_id": self.vpc_id, "subnet_id": self.subnet_id, "security_group_id": self.security_group.id}
-        )
+        for service in ("sqs", "secretsmanager"):
+            self.endpoints.append(
+                ec2.VpcEndpoint(
+                    f"{name}-{service}",
+                    vpc_id=self.vpc_id,
+                    service_name=_service_name(service, region),
+                    vpc_endpoint_type="Interface",
+                    subnet_ids=[self.subnet_id],
+                    security_group_ids=[endpoint_sg.id],
+                    private_dns_enabled=True,
+                    tags=dict(tags),
+                    region=region,
+                    opts=child(self),
+                )
+            )
+
+
+def _service_name(service: str, region: str | None) -> pulumi.Output[str]:
+    """`com.amazonaws.<region>.<service>`, the region being the pool's or else the provider's."""
+    where = pulumi.Output.from_input(region) if region else aws.get_region_output().region
+    return where.apply(lambda r: f"com.amazonaws.{r}.{service}")
 
 
 class AwsObjectStore(pulumi.ComponentResource):
@@ -684,6 +833,8 @@ def _instance_args(spec: Mapping[str, Any]) -> ec2.InstanceArgs:
     spec = dict(spec)
     spec["metadata_options"] = typed_args(ec2.InstanceMetadataOptionsArgs, spec.get("metadata_options"))
     spec["root_block_device"] = typed_args(ec2.InstanceRootBlockDeviceArgs, spec.get("root_block_device"))
+    if isinstance(spec.get("launch_template"), Mapping):
+        spec["launch_template"] = typed_args(ec2.InstanceLaunchTemplateArgs, spec["launch_template"])
     market = spec.get("instance_market_options")
     if isinstance(market, Mapping):
         market = dict(market)
@@ -702,6 +853,9 @@ class AwsGpuVmPool(pulumi.ComponentResource):
     node never comes back half-configured). `extra` is merged into every `ec2.Instance`'s args."""
 
     network: AwsNetwork
+    zone: pulumi.Output[str] | None
+    placement_group: ec2.PlacementGroup | None
+    launch_template: ec2.LaunchTemplate | None
     identities: list[AwsNodeIdentity]
     host_key_secrets: AwsHostKeySecrets
     instances: list[ec2.Instance]
@@ -744,16 +898,28 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
         )
         public = ssh_needs_public_ip(ssh_sources)
+        self.zone = _pool_zone(args, entry, existing_network, self)
         self.network = AwsNetwork(
             f"{name}-net",
             allowed_ssh_cidrs=ssh_sources,
             public=public,
             tags=tags,
-            zone=args.zone,
+            zone=self.zone,
             region=args.region,
             existing=existing_network,
+            private_egress=args.private_egress,
             opts=child(self),
         )
+        # P4/P5: one cluster placement group (nodes on one network spine) and EFA interfaces, so NCCL
+        # runs over EFA instead of falling back to plain TCP sockets.
+        efa_cards = EFA_NETWORK_CARDS.get(entry.instance_type, 0)
+        self.placement_group = self.launch_template = None
+        if efa_cards:
+            self.placement_group = ec2.PlacementGroup(
+                f"{name}-placement", strategy="cluster", tags=dict(tags), region=args.region, opts=child(self)
+            )
+            self.launch_template = self._efa_template(name, efa_cards, tags=tags, region=args.region)
+        self.addresses: list[ec2.Eip] = []
         self.host_keys = node_host_keys(name, args.nodes, self)
         profile = (existing_identity or {}).get("instance_profile")
         shared_role = (
@@ -801,13 +967,24 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             )
             spec = _instance_spec(args, entry, ami=ami, public=public)
             spec.update(
-                subnet_id=self.network.subnet_id,
-                vpc_security_group_ids=[self.network.security_group.id],
                 iam_instance_profile=identity.instance_profile_name,
                 user_data=user_data,
                 tags={**node_tags, "Name": f"{cluster}-node-{i}"},
                 volume_tags=dict(tags),
             )
+            if self.launch_template is not None and self.placement_group is not None:
+                # The template's EFA interfaces carry the subnet and security group; an instance
+                # with several network cards cannot be given a public IP at launch (an EIP below).
+                del spec["associate_public_ip_address"]
+                spec.update(
+                    launch_template={"id": self.launch_template.id, "version": "$Latest"},
+                    placement_group=self.placement_group.name,
+                )
+            else:
+                spec.update(
+                    subnet_id=self.network.subnet_id,
+                    vpc_security_group_ids=[self.network.security_group.id],
+                )
             # The node reads its key at first boot: the value and the grant exist before it starts.
             ready: list[pulumi.Resource] = [secrets.versions[i], *secrets.policies[i : i + 1]]
             if identity.policy is not None:
@@ -819,6 +996,17 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             )
             self.instances.append(instance)
             host = instance.public_ip if public else instance.private_ip
+            if public and self.launch_template is not None:
+                address = ec2.Eip(
+                    f"{name}-node-{i}-ip",
+                    domain="vpc",
+                    instance=instance.id,
+                    tags=dict(tags),
+                    region=args.region,
+                    opts=child(self),
+                )
+                self.addresses.append(address)
+                host = address.public_ip
             self.nodes.append(
                 PoolNode(
                     name=f"node-{i}",
@@ -832,8 +1020,74 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                 "hosts": [n.host for n in self.nodes],
                 "private_ips": [n.private_ip for n in self.nodes],
                 "instance_type": entry.instance_type,
+                "zone": self.zone,
             }
         )
+
+    def _efa_template(
+        self, name: str, cards: int, *, tags: Mapping[str, str], region: str | None
+    ) -> ec2.LaunchTemplate:
+        """One EFA interface per network card (the first is the instance's primary interface), in the
+        pool's subnet and security group."""
+        return ec2.LaunchTemplate(
+            f"{name}-efa",
+            description="lepton GPU pool: EFA interfaces on every network card",
+            # The instances set IMDSv2 themselves; the template says the same for anything else
+            # launched from it.
+            metadata_options=ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            network_interfaces=[
+                ec2.LaunchTemplateNetworkInterfaceArgs(
+                    network_card_index=card,
+                    device_index=0 if card == 0 else 1,
+                    interface_type="efa",
+                    subnet_id=self.network.subnet_id,
+                    security_groups=[self.network.security_group.id],
+                    delete_on_termination="true",
+                )
+                for card in range(cards)
+            ],
+            tags=dict(tags),
+            region=region,
+            opts=child(self),
+        )
+
+
+def _pool_zone(
+    args: GpuVmPoolArgs, entry: CatalogEntry, existing_network: Mapping[str, Any] | None, parent: Any
+) -> pulumi.Output[str] | None:
+    """The availability zone of the pool: the user's `zone`; else, for a network made here, the
+    first (by name) zone of the region that offers the instance type, as EC2 reports it
+    (`DescribeInstanceTypeOfferings`), logged so the user sees which; an existing subnet fixes its
+    own zone (None here)."""
+    if args.zone is not None:
+        return pulumi.Output.from_input(args.zone)
+    if existing_network:
+        return None
+    offers = ec2.get_instance_type_offerings_output(
+        location_type="availability-zone",
+        filters=[ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[entry.instance_type])],
+        region=args.region,
+        opts=pulumi.InvokeOutputOptions(parent=parent),
+    )
+    where = args.region or "the provider's region"
+
+    def pick(zones: list[str] | None) -> str:
+        if not zones:
+            raise ConfigError(
+                f"accelerator {entry.accelerator} x{entry.gpus} ({entry.instance_type}) is offered in no "
+                f"availability zone of {where}; allowed: another region (lepton:region) or accelerator"
+            )
+        zone = sorted(zones)[0]
+        pulumi.log.info(
+            f"aws: {entry.instance_type} is offered in {', '.join(sorted(zones))} of {where}; the pool "
+            f"goes to {zone} (set zone to choose another)",
+            resource=parent,
+        )
+        return zone
+
+    return offers.locations.apply(pick)
 
 
 def check_pool_args(args: GpuVmPoolArgs) -> None:

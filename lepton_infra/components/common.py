@@ -151,6 +151,7 @@ def inventory_json(
     store_url: pulumi.Input[str] | None = None,
     queue_url: pulumi.Input[str] | None = None,
     python: str = "python3",
+    jump: Mapping[str, Any] | None = None,
 ) -> pulumi.Output[str]:
     """The SPEC §2 inventory (version 1) as JSON, resolved from the pool's outputs. It holds no key
     material (host keys are public); a generated login key is a separate secret stack output."""
@@ -180,6 +181,8 @@ def inventory_json(
             "store": store,
             "queue": queue,
         }
+        if jump is not None:
+            doc["jump"] = dict(jump)
         return json.dumps(doc, indent=2)
 
     flat: list[Any] = [store_url, queue_url]

@@ -170,6 +170,7 @@ class TrainingCluster(pulumi.ComponentResource):
             store_url=self.store_url,
             queue_url=self.queue_url,
             python=python_for(args.cloud, args.image, args.python),
+            jump=args.jump,
         )
         outputs: dict[str, Any] = {
             "inventory": self.inventory,

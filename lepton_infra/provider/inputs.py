@@ -84,6 +84,10 @@ class TrainingClusterInputs(TypedDict):
     """Receives before a message moves to the dead-letter queue (default 5)."""
     queue_extra: NotRequired[dict[str, Any]]
     """Raw provider arguments merged into the queue (escape hatch)."""
+    private_egress: NotRequired[str]
+    """How nodes without a public IP get out: `nat` (internet via a NAT gateway, default) or `endpoints` (cloud services only)."""
+    jump: NotRequired[dict[str, Any]]
+    """A bastion for private nodes, written into the inventory: `host`, `port`, `user`, `host_key` (pinned like the nodes')."""
     python: NotRequired[str]
     """Interpreter with torch on the nodes, written into the inventory (default: the image's own,
     from the image table; python3 for an image not in it)."""
