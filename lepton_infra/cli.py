@@ -622,6 +622,126 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return "-" if not isinstance(value, int | float) else f"{value:{spec}}{suffix}"
 
 
+# --------------------------------------------------------------------------- sweeps
+
+
+@app.command()
+@_handles_errors
+def sweep(
+    workload: Annotated[str, typer.Argument(help="Workload folder, or `status` followed by a sweep id.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for every job (after --).")] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", help="NAME=V1,V2,... (repeatable): one job per combination.")
+    ] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Jobs per combination.")] = 1,
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    sweep_id: Annotated[str | None, typer.Option("--sweep-id", help="Default: timestamp + suffix.")] = None,
+    visibility_timeout: Annotated[
+        int, typer.Option("--visibility-timeout", help="Seconds a taken job stays hidden between extensions.")
+    ] = 300,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Key of the job's metrics.json to rank by.")
+    ] = "final_test_accuracy",
+    minimize: Annotated[bool, typer.Option("--minimize", help="Lower metric is better.")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Submit and return; `sweep status ID` later.")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="With `status`: refresh until every job ended.")
+    ] = False,
+    runs_dir: RunsDirOpt = Path("runs"),
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run WORKLOAD once per --grid combination (x --repeats) through the cluster's queue, a worker per
+    node; results land in <store>/sweeps/<id>/<job>/. `sweep status ID` shows where a sweep stands."""
+    from lepton_infra.workload import sweep as sweeps
+
+    inv = _load_inventory(inventory)
+    if workload == "status":
+        if len(args or []) != 1:
+            raise ConfigError("usage: lepton-infra sweep status SWEEP_ID [--watch]")
+        the_id = (args or [])[0]
+    else:
+        _positive("--connect-timeout", connect_timeout)
+        started = sweeps.submit(
+            inv,
+            Path(workload),
+            sweeps.parse_grid(grid or []),
+            repeats=repeats,
+            args=list(args or []),
+            sweep_id=sweep_id,
+            visibility_timeout_s=visibility_timeout,
+            connect_timeout=connect_timeout,
+        )
+        the_id = started.sweep_id
+        if not as_json:
+            console.print(
+                f"sweep [bold]{the_id}[/]: {len(started.jobs)} job(s) queued, workers on {', '.join(started.workers)}"
+            )
+        watch = not detach
+    _sweep_report(inv, the_id, metric, minimize, watch, runs_dir, as_json)
+
+
+def _sweep_report(
+    inv: Inventory, sweep_id: str, metric: str, minimize: bool, watch: bool, runs_dir: Path, as_json: bool
+) -> None:
+    import time
+
+    from rich.live import Live
+
+    from lepton_infra.workload import sweep as sweeps
+
+    store, queue = sweeps.open_plane(inv)
+
+    def table(rows: list[Any]) -> Table:
+        t = Table(title=f"sweep {sweep_id}")
+        for column in ("job", "params", "state", "node", metric, "detail"):
+            t.add_column(column)
+        for r in rows:
+            params = " ".join(f"{k}={v}" for k, v in r.params.items())
+            t.add_row(r.job_id, params, r.state, r.node or "-", _fmt(r.metric, ".4f"), r.detail[:80])
+        return t
+
+    rows = sweeps.status(store, queue, sweep_id, metric)
+    if watch and not as_json:
+        with Live(table(rows), console=console, refresh_per_second=1) as live:
+            while any(r.state == "pending" for r in rows):
+                time.sleep(2)
+                rows = sweeps.status(store, queue, sweep_id, metric)
+                live.update(table(rows))
+    elif watch:
+        while any(r.state == "pending" for r in rows):
+            time.sleep(2)
+            rows = sweeps.status(store, queue, sweep_id, metric)
+    best = sweeps.summary(rows, minimize=minimize)
+    if as_json:
+        print(
+            json.dumps(
+                {"sweep_id": sweep_id, "jobs": [_as_dict(r) for r in rows], "summary": best}, default=str
+            )
+        )
+    else:
+        if not watch:
+            console.print(table(rows))
+        finished = not any(r.state == "pending" for r in rows)
+        summary = Table(title=f"summary by configuration ({metric}, best first)")
+        for column in ("config", "params", "done", "dead", f"mean {metric}"):
+            summary.add_column(column)
+        for s in best:
+            params = " ".join(f"{k}={v}" for k, v in s["params"].items())
+            summary.add_row(
+                s["config"], params, f"{s['done']}/{s['jobs']}", str(s["dead"]), _fmt(s["mean"], ".4f")
+            )
+        console.print(summary)
+        if finished:
+            png = sweeps.plot(best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png")
+            if png is not None:
+                console.print(f"plot: {png}")
+    if any(r.state == "dead" for r in rows) and not any(r.state == "pending" for r in rows):
+        raise JobFailed(f"sweep {sweep_id}: {sum(r.state == 'dead' for r in rows)} job(s) dead-lettered")
+
+
 def main() -> None:
     app(prog_name="lepton-infra")
 

@@ -32,6 +32,11 @@ from lepton_infra.data.queue import Message, MessageLost, Queue, open_queue
 from lepton_infra.data.store import Store, open_store
 
 _PR_SET_PDEATHSIG = 1
+_ENDED_CHECK_S = 5.0
+
+
+class ForeignJob(Exception):
+    """A well-formed job of another sweep sharing the queue: not ours to run, nor bad."""
 
 
 def job_prefix(sweep_id: str, job_id: str) -> str:
@@ -54,10 +59,12 @@ def check_job(body: str, sweep_id: str, workload: str) -> dict[str, Any]:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(job, dict):
         raise ValueError(f"not a JSON object: {type(job).__name__}")
+    if isinstance(job.get("sweep_id"), str) and job["sweep_id"] != sweep_id:
+        raise ForeignJob(job["sweep_id"])
     if job.get("workload") != workload:
         raise ValueError(f"unknown workload {job.get('workload')!r}; this sweep's workers run {workload!r}")
     if job.get("sweep_id") != sweep_id:
-        raise ValueError(f"belongs to sweep {job.get('sweep_id')!r}, not {sweep_id!r}")
+        raise ValueError(f"no sweep_id (this worker serves {sweep_id!r})")
     job_id = job.get("job_id")
     if not isinstance(job_id, str) or not job_id or "/" in job_id or job_id.startswith("."):
         raise ValueError(f"bad job_id {job_id!r}")
@@ -90,13 +97,34 @@ class Worker:
         self.store: Store = open_store(opts.store)
         self.workdir = Path(opts.workdir)
         self.node = opts.node
+        self.stopping = False
+
+    def own_sweep_ended(self) -> bool:
+        """Every job of our sweep has a committed result or sits in the dead-letter queue."""
+        try:
+            jobs = {
+                j["job_id"]
+                for j in json.loads(self.store.get(f"sweeps/{self.opts.sweep_id}/sweep.json"))["jobs"]
+            }
+            listed = self.store.list(f"sweeps/{self.opts.sweep_id}")
+            ended = {o.key.split("/")[2] for o in listed if o.key.endswith("/_lepton_manifest.json")}
+            for letter in self.queue.dead_letters(limit=1000):
+                try:
+                    body = json.loads(letter.body)
+                except ValueError:
+                    continue
+                if isinstance(body, dict) and body.get("sweep_id") == self.opts.sweep_id:
+                    ended.add(str(body.get("job_id")))
+            return jobs <= ended
+        except Exception:
+            return False
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {self.node}: {text}", flush=True)
 
     def serve(self) -> int:
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < self.opts.idle_exit_s:
+        idle_since = last_check = time.monotonic()
+        while not self.stopping and time.monotonic() - idle_since < self.opts.idle_exit_s:
             try:
                 messages = self.queue.receive(
                     1, visibility_timeout_s=self.opts.visibility_timeout_s, wait_s=1
@@ -108,12 +136,28 @@ class Worker:
             for message in messages:
                 self.handle(message)
                 idle_since = time.monotonic()
-        self.log("queue stayed empty; exiting")
+            if not messages and time.monotonic() - last_check > _ENDED_CHECK_S:
+                last_check = time.monotonic()
+                if self.own_sweep_ended():
+                    self.log("every job of this sweep has ended; exiting")
+                    self.stopping = True
+        if not self.stopping:
+            self.log("queue stayed empty; exiting")
         return 0
 
     def handle(self, message: Message) -> None:
         try:
             job = check_job(message.body, self.opts.sweep_id, self.opts.workload)
+        except ForeignJob as exc:
+            # Another sweep shares the queue: hand its job back to its own workers. Once every job of
+            # ours has ended, leave the queue to them instead of taking their jobs again and again.
+            self.queue.release(message)
+            if self.own_sweep_ended():
+                self.log(f"queue now serves sweep {exc}; ours has ended; exiting")
+                self.stopping = True
+            else:
+                time.sleep(1)
+            return
         except ValueError as exc:
             self.log(f"dead-lettering message {message.id}: {exc}")
             self.queue.dead_letter(message, str(exc))

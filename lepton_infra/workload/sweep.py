@@ -147,6 +147,13 @@ def submit(
     store, queue = open_plane(inventory)
     if store.exists(f"sweeps/{sweep_id}/sweep.json"):
         raise ConfigError(f"sweep id {sweep_id!r} already exists in {store.url}; choose another")
+    busy = running_sweeps(store, queue)
+    if busy:
+        # Workers serve one sweep; a second sweep on the same queue would wait behind the first.
+        raise ConfigError(
+            f"sweep(s) {', '.join(busy)} still have unfinished jobs on queue {queue.url!r}; wait for them "
+            "(`lepton-infra sweep status ID`) before starting another"
+        )
     workload = workload_dir.resolve().name
     jobs = plan_jobs(sweep_id, workload, grid, repeats, args)
     conns = connect_all(inventory, connect_timeout)  # every node reachable before anything is queued
@@ -211,6 +218,22 @@ def status(store: Store, queue: Queue, sweep_id: str, metric: str = DEFAULT_METR
         record = json.loads(store.get(f"sweeps/{sweep_id}/sweep.json"))
     except Exception as exc:
         raise ConfigError(f"no sweep {sweep_id!r} in {store.url} ({exc})") from exc
+    committed, dead = _ended(store, queue, sweep_id)
+    rows = []
+    for job in record["jobs"]:
+        job_id = job["job_id"]
+        if job_id in committed:
+            value, node = _result(store, sweep_id, job_id, metric)
+            rows.append(JobRow(job_id, job["config"], job["params"], "done", node, value))
+        elif job_id in dead:
+            rows.append(JobRow(job_id, job["config"], job["params"], "dead", detail=dead[job_id]))
+        else:
+            rows.append(JobRow(job_id, job["config"], job["params"], "pending"))
+    return rows
+
+
+def _ended(store: Store, queue: Queue, sweep_id: str) -> tuple[set[str], dict[str, str]]:
+    """Job ids with a committed result, and dead-lettered job ids with their reasons."""
     committed = {
         o.key.split("/")[2]
         for o in store.list(f"sweeps/{sweep_id}")
@@ -224,17 +247,20 @@ def status(store: Store, queue: Queue, sweep_id: str, metric: str = DEFAULT_METR
                 dead[str(body.get("job_id"))] = letter.reason
         except (ValueError, AttributeError):
             continue
-    rows = []
-    for job in record["jobs"]:
-        job_id = job["job_id"]
-        if job_id in committed:
-            value, node = _result(store, sweep_id, job_id, metric)
-            rows.append(JobRow(job_id, job["config"], job["params"], "done", node, value))
-        elif job_id in dead:
-            rows.append(JobRow(job_id, job["config"], job["params"], "dead", detail=dead[job_id]))
-        else:
-            rows.append(JobRow(job_id, job["config"], job["params"], "pending"))
-    return rows
+    return committed, dead
+
+
+def running_sweeps(store: Store, queue: Queue) -> list[str]:
+    """Sweeps in this store with jobs neither committed nor dead-lettered."""
+    out = []
+    for obj in store.list("sweeps"):
+        parts = obj.key.split("/")
+        if len(parts) == 3 and parts[2] == "sweep.json":
+            jobs = {j["job_id"] for j in json.loads(store.get(obj.key))["jobs"]}
+            committed, dead = _ended(store, queue, parts[1])
+            if not jobs <= committed | set(dead):
+                out.append(parts[1])
+    return out
 
 
 def _result(store: Store, sweep_id: str, job_id: str, metric: str) -> tuple[float | None, str | None]:

@@ -102,6 +102,26 @@ def test_bad_messages_and_failing_jobs_are_dead_lettered_with_a_reason_and_the_w
     assert store.manifest("sweeps/s1/c") is None
 
 
+def test_worker_whose_sweep_ended_hands_another_sweeps_job_back_and_exits(tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    (workdir / "workload").mkdir(parents=True)
+    (workdir / "workload" / "train.py").write_text(JOB)
+    (tmp_path / "store").mkdir()
+    store = open_store(f"file://{tmp_path / 'store'}")
+    store.put("sweeps/s1/sweep.json", json.dumps({"jobs": [{"job_id": "only"}]}).encode())
+    store.put("sweeps/s1/only/_lepton_manifest.json", b"{}")  # our one job is committed
+    queue = open_queue(create_local_queue(tmp_path / "q.db"))
+    theirs = {"sweep_id": "s2", "job_id": "x", "workload": "other", "params": {}, "args": []}
+    queue.send(json.dumps(theirs))
+
+    proc = _worker(workdir, queue.url, store.url, "s1", idle_exit_s="60")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"ours has ended; exiting" in out, out.decode()
+    assert queue.dead_letters() == []
+    [back] = queue.receive(visibility_timeout_s=5)
+    assert json.loads(back.body) == theirs and back.receive_count == 2  # released once, not run
+
+
 def test_sweep_with_unusable_store_fails_before_any_job(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     inventory = Inventory.load(local_pool.inventory_path)
     queue = open_queue(inventory.queue or "")
@@ -162,3 +182,55 @@ def test_sigkilled_worker_job_reappears_and_every_result_is_stored_exactly_once(
     best = sweep.summary(rows)
     assert [s["params"]["lr"] for s in best][:2] == [0.1, 0.1] and best[0]["mean"] == pytest.approx(0.9)
     assert queue.dead_letters() == []
+
+
+CLI = [sys.executable, "-m", "lepton_infra.cli"]
+
+
+def test_sweep_cli_runs_the_grid_and_reports_best_first(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    workload = _workload(tmp_path)
+    inv = str(local_pool.inventory_path)
+    done = subprocess.run(
+        [*CLI, "sweep", str(workload), "-i", inv, "--grid", "lr=0.3,0.1", "--sweep-id", "cli-sweep-1",
+         "--visibility-timeout", "20", "--", "--sleep", "0"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 job(s) queued" in done.stdout and "summary by configuration" in done.stdout
+    assert done.stdout.index("lr=0.1") < done.stdout.rindex("lr=0.3")  # best first in the summary
+    assert (tmp_path / "runs" / "sweeps" / "cli-sweep-1" / "sweep.png").is_file()
+
+    status = subprocess.run(
+        [*CLI, "sweep", "status", "cli-sweep-1", "-i", inv, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert [j["state"] for j in report["jobs"]] == ["done", "done"]
+    assert report["summary"][0]["params"] == {"lr": 0.1}
+
+
+def test_sweep_cli_with_unknown_store_scheme_exits_2_naming_the_url(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = Inventory.load(local_pool.inventory_path).model_copy(update={"store": "s4://bucket/x"})
+    path = tmp_path / "inv.json"
+    path.write_text(bad.model_dump_json())
+    done = subprocess.run(
+        [*CLI, "sweep", str(_workload(tmp_path)), "-i", str(path), "--grid", "lr=0.1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "s4://bucket/x" in done.stderr
+
+
+def test_second_sweep_on_a_busy_queue_is_refused_naming_the_first(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "store").mkdir()
+    store = open_store(f"file://{tmp_path / 'store'}")
+    store.put("sweeps/first/sweep.json", json.dumps({"jobs": [{"job_id": "c000-r0"}]}).encode())
+    inventory = Inventory.load(local_pool.inventory_path).model_copy(
+        update={"store": store.url, "queue": create_local_queue(tmp_path / "q.db")}
+    )
+    with pytest.raises(ConfigError, match="sweep\\(s\\) first still have unfinished jobs"):
+        sweep.submit(inventory, _workload(tmp_path), {"lr": [0.1]})
+    assert open_queue(inventory.queue or "").receive(wait_s=0) == []
