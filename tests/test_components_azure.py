@@ -42,6 +42,7 @@ NIC = "azure-native:network:NetworkInterface"
 VM = "azure-native:compute:VirtualMachine"
 IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
 ROLE = "azure-native:authorization:RoleAssignment"
+ROLE_DEF = "azure-native:authorization:RoleDefinition"
 ACCOUNT = "azure-native:storage:StorageAccount"
 BLOB_SERVICE = "azure-native:storage:BlobServiceProperties"
 CONTAINER = "azure-native:storage:BlobContainer"
@@ -118,8 +119,8 @@ def full_cluster(**pool_overrides: Any) -> Callable[[], dict[str, Any]]:
             "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
             "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
             "host_keys": pulumi.Output.all(*[n.host_key for n in pool.nodes]),
-            "identity_id": pool.identity.id,
-            "principal_id": pool.identity.principal_id,
+            "identity_ids": pulumi.Output.all(*[i.id for i in pool.identities]),
+            "principal_ids": pulumi.Output.all(*[i.principal_id for i in pool.identities]),
         }
 
     return make
@@ -211,9 +212,12 @@ def test_an_existing_subnet_and_resource_group_are_reused_and_the_nics_still_get
     (nsg,) = rec.of(NSG)
     assert nic.inputs["ipConfigurations"][0]["subnet"]["id"] == subnet_id
     assert nic.inputs["networkSecurityGroup"] == {"id": nsg.id}
-    assert {r.inputs["resourceGroupName"] for r in rec.resources if r.type.startswith("azure-native:")} - {
-        None
-    } == {"ml-team"}
+    assert {
+        r.inputs.get("resourceGroupName") for r in rec.resources if r.type.startswith("azure-native:")
+    } - {None} == {"ml-team"}
+    # The watchdog's role is defined for that existing group.
+    (stop_role,) = rec.of(ROLE_DEF)
+    assert stop_role.inputs["assignableScopes"] == [f"/subscriptions/{SUBSCRIPTION}/resourceGroups/ml-team"]
 
 
 # --------------------------------------------------------------------------- virtual machines
@@ -223,10 +227,12 @@ def test_vms_boot_from_their_own_nic_with_the_managed_identity(
     cluster: tuple[dict[str, Any], Recorder],
 ) -> None:
     out, rec = cluster
-    (identity,) = rec.of(IDENTITY)
-    assert out["identity_id"] == identity.id
-    for vm, nic in zip(vms_in_node_order(rec), by_node(rec, NIC), strict=True):
+    identities = sorted(rec.of(IDENTITY), key=lambda r: r.name)
+    assert [i.name for i in identities] == ["demo-0-identity", "demo-1-identity"]
+    assert out["identity_ids"] == [i.id for i in identities]
+    for vm, nic, identity in zip(vms_in_node_order(rec), by_node(rec, NIC), identities, strict=True):
         assert vm.inputs["networkProfile"] == {"networkInterfaces": [{"id": nic.id, "primary": True}]}
+        # Its own identity and no other (so IMDS needs no client id on the node).
         assert vm.inputs["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity.id]}
         assert vm.inputs["location"] == "eastus"
 
@@ -309,7 +315,7 @@ def test_tags_carry_cluster_and_env_everywhere_and_the_watchdog_settings_on_vms(
     _, rec = cluster
     taggable = (RG, VNET, NSG, ASG, PIP, NIC, VM, IDENTITY, ACCOUNT)
     tagged = [r for r in rec.resources if r.type in taggable]
-    assert len(tagged) == 3 + 1 + 1 + 1 + 2 + 2 + 2 + 1 + 2
+    assert len(tagged) == 3 + 1 + 1 + 1 + 2 + 2 + 2 + 2 + 2  # one identity per node
     for r in tagged:
         assert r.inputs["tags"]["lepton:cluster"] == "demo", r.name
         assert r.inputs["tags"]["lepton:env"] == "dev", r.name
@@ -333,17 +339,25 @@ def test_the_identity_is_granted_exactly_the_container_and_the_queues(
 ) -> None:
     out, rec = cluster
     (container,) = rec.of(CONTAINER)
+    (stop_role,) = rec.of(ROLE_DEF)
     queues = {q.inputs["queueName"]: q for q in rec.of(QUEUE)}
-    grants = sorted((g.inputs["scope"], g.inputs["roleDefinitionId"]) for g in rec.of(ROLE))
-    assert grants == sorted(
-        [
-            (container.id, role_id(azure.ROLE_BLOB_DATA_CONTRIBUTOR)),
-            (queues["demo-queue"].id, role_id(azure.ROLE_QUEUE_MESSAGE_PROCESSOR)),
-            (queues["demo-queue-poison"].id, role_id(azure.ROLE_QUEUE_MESSAGE_SENDER)),
-        ]
-    )
+    vms = vms_in_node_order(rec)
+    for node, principal in enumerate(out["principal_ids"]):
+        grants = sorted(
+            (g.inputs["scope"], g.inputs["roleDefinitionId"])
+            for g in rec.of(ROLE)
+            if g.inputs["principalId"] == principal
+        )
+        assert grants == sorted(
+            [
+                (container.id, role_id(azure.ROLE_BLOB_DATA_CONTRIBUTOR)),
+                (queues["demo-queue"].id, role_id(azure.ROLE_QUEUE_MESSAGE_PROCESSOR)),
+                (queues["demo-queue-poison"].id, role_id(azure.ROLE_QUEUE_MESSAGE_SENDER)),
+                (vms[node].id, stop_role.id),  # its own VM, no other
+            ]
+        )
+    assert len(rec.of(ROLE)) == 2 * 4
     for g in rec.of(ROLE):
-        assert g.inputs["principalId"] == out["principal_id"]
         assert g.inputs["principalType"] == "ServicePrincipal"
     # Never an account, resource group or the subscription: only the container and the queues.
     broad = {r.id for r in rec.of(ACCOUNT) + rec.of(RG)} | {f"/subscriptions/{SUBSCRIPTION}"}
@@ -364,9 +378,9 @@ def test_an_existing_identity_is_used_and_granted_the_same_resources() -> None:
     _, rec = build(make)
     assert rec.of(IDENTITY) == []
     assert rec.of(VM)[0].inputs["identity"]["userAssignedIdentities"] == [ident]
-    assert [(g.inputs["principalId"], g.inputs["scope"]) for g in rec.of(ROLE)] == [
-        ("1111", rec.of(CONTAINER)[0].id)
-    ]
+    assert sorted((g.inputs["principalId"], g.inputs["scope"]) for g in rec.of(ROLE)) == sorted(
+        [("1111", rec.of(CONTAINER)[0].id), ("1111", rec.of(VM)[0].id)]
+    )
 
 
 def test_an_existing_identity_without_principal_id_is_looked_up() -> None:
@@ -635,7 +649,12 @@ def test_the_neutral_training_cluster_on_azure_yields_a_valid_inventory() -> Non
         "ssh-ed25519"
     )
     assert {"lepton:compute:GpuVmPool", "lepton:storage:ObjectStore", "lepton:queue:JobQueue"} <= rec.types()
-    assert len(rec.of(ROLE)) == 3
+    # Per node: container, queue, poison queue, and the watchdog's right to delete its own Spot VM.
+    assert len(rec.of(ROLE)) == 2 * 4
+    (stop_role,) = rec.of(ROLE_DEF)
+    assert stop_role.inputs["permissions"] == [{"actions": [azure.ACTION_DEALLOCATE, azure.ACTION_DELETE]}], (
+        "Spot VMs are deleted when idle"
+    )
 
 
 def test_the_azure_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[str, Any], Recorder]) -> None:
@@ -762,3 +781,30 @@ def test_preview_registers_the_same_graph_as_an_update() -> None:
     assert sorted((r.type, r.name) for r in preview.resources) == sorted(
         (r.type, r.name) for r in up.resources
     )
+
+
+# --------------------------------------------------------------------------- the watchdog stops the bill
+
+
+def test_the_watchdog_role_may_only_deallocate_and_is_assigned_on_each_vm_alone(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    (stop_role,) = rec.of(ROLE_DEF)
+    (pool_rg,) = [r for r in rec.of(RG) if r.name == "demo-rg"]
+    assert stop_role.inputs["roleType"] == "CustomRole"
+    assert stop_role.inputs["permissions"] == [
+        {"actions": ["Microsoft.Compute/virtualMachines/deallocate/action"]}
+    ]
+    assert stop_role.inputs["assignableScopes"] == [pool_rg.id] == [stop_role.inputs["scope"]]
+    assert stop_role.inputs["roleName"].startswith("lepton vm stop ")
+    stops = [g for g in rec.of(ROLE) if g.inputs["roleDefinitionId"] == stop_role.id]
+    assert sorted(g.inputs["scope"] for g in stops) == sorted(vm.id for vm in rec.of(VM))
+    identities = {i.outputs["principalId"] for i in rec.of(IDENTITY)}
+    assert {g.inputs["principalId"] for g in stops} == identities and len(stops) == 2
+
+
+def test_watchdog_role_names_differ_between_stacks() -> None:
+    _, a = one_pool()
+    _, b = build(lambda: azure.AzureGpuVmPool("p", pool_args(nodes=1)), stack="other")
+    assert a.of(ROLE_DEF)[0].inputs["roleName"] != b.of(ROLE_DEF)[0].inputs["roleName"]

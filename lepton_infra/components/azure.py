@@ -58,6 +58,7 @@ from lepton_infra.components.common import (
     PoolNode,
     child,
     compact_name,
+    short_hash,
     ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
@@ -82,6 +83,10 @@ SOFT_DELETE_DAYS = 7
 ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"  # read/write/delete blobs
 ROLE_QUEUE_MESSAGE_PROCESSOR = "8a0f0c08-91a1-4084-bc3d-661d67233fed"  # peek, receive, delete messages
 ROLE_QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # add messages
+
+# The watchdog's only rights: deallocate its own VM (Spot: delete it; a deleted VM bills nothing).
+ACTION_DEALLOCATE = "Microsoft.Compute/virtualMachines/deallocate/action"
+ACTION_DELETE = "Microsoft.Compute/virtualMachines/delete"
 
 # ND sizes with InfiniBand (the "r" in the family name: RDMA); NCCL uses it between nodes.
 INFINIBAND_FAMILIES = frozenset({"NDasr_v4", "NDamsrA100_v4", "NDisrH100_v5"})
@@ -816,6 +821,9 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     resource_group_name: pulumi.Input[str]
     network: AzureNetwork
     identity: AzureNodeIdentity
+    identities: list[AzureNodeIdentity]
+    stop_role: authorization.RoleDefinition
+    stop_grants: list[authorization.RoleAssignment]
     proximity_group: compute.ProximityPlacementGroup | None
     availability_set: compute.AvailabilitySet | None
     host_keys: list[Any]
@@ -925,20 +933,47 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 ),
                 opts=child(self),
             )
-        self.identity = AzureNodeIdentity(
-            name,
-            resource_group_name=rg,
-            location=location,
-            tags=tags,
-            store=store,
-            queue=queue,
-            existing=existing_identity,
-            opts=child(self),
+        # One identity per node, the VM's only one (so every tool on the node gets it from IMDS
+        # without a client id): its host key secret and the right to stop its own VM are that
+        # node's alone. An existing identity given in `identity` is shared by all nodes instead.
+        if existing_identity is not None:
+            shared = AzureNodeIdentity(
+                name,
+                resource_group_name=rg,
+                location=location,
+                tags=tags,
+                store=store,
+                queue=queue,
+                existing=existing_identity,
+                opts=child(self),
+            )
+            self.identities = [shared] * args.nodes
+        else:
+            self.identities = [
+                AzureNodeIdentity(
+                    f"{name}-{i}",
+                    resource_group_name=rg,
+                    location=location,
+                    tags=tags,
+                    store=store,
+                    queue=queue,
+                    opts=child(self),
+                )
+                for i in range(args.nodes)
+            ]
+        self.identity = self.identities[0]
+        subscription = _client_config(self).subscription_id
+        rg_id = (
+            self.resource_group.id
+            if self.resource_group is not None
+            else pulumi.Output.concat("/subscriptions/", subscription, "/resourceGroups/", rg)
         )
+        self.stop_role = self._stop_role(name, rg_id, subscription, spot=args.spot)
         self.host_keys = node_host_keys(name, args.nodes, self)
         stem = azure_slug(name, 56)
 
         self.public_ips, self.nics, self.instances, self.nodes = [], [], [], []
+        self.stop_grants = []
         for i, host_key in enumerate(self.host_keys):
             pip = None
             if public:
@@ -998,7 +1033,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 computer_name=f"{stem}-{i}",
                 custom_data=user_data,
                 nic_id=nic.id,
-                identity_id=self.identity.id,
+                identity_id=self.identities[i].id,
                 tags=node_tags,
             )
             if self.availability_set is not None and self.proximity_group is not None:
@@ -1012,6 +1047,19 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 opts=child(self, delete_before_replace=True),
             )
             self.instances.append(vm)
+            self.stop_grants.append(
+                authorization.RoleAssignment(
+                    f"{name}-{i}-stop",
+                    authorization.RoleAssignmentArgs(
+                        principal_id=self.identities[i].principal_id,
+                        principal_type="ServicePrincipal",
+                        role_definition_id=self.stop_role.id,
+                        scope=vm.id,  # this VM alone
+                        description=f"lepton watchdog of {name} node {i}: stop this VM's bill when idle",
+                    ),
+                    opts=child(self),
+                )
+            )
             private_ip = nic.ip_configurations.apply(
                 lambda cfgs: str(cfgs[0].private_ip_address) if cfgs else ""
             )
@@ -1028,6 +1076,32 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 "vm_size": entry.instance_type,
                 "location": location,
             }
+        )
+
+    def _stop_role(
+        self, name: str, rg_id: pulumi.Input[str], subscription: pulumi.Output[str], *, spot: bool
+    ) -> authorization.RoleDefinition:
+        """The watchdog's custom role: deallocate a VM (and delete it, for Spot), nothing else; no
+        built-in role is that narrow (Virtual Machine Contributor could also run commands as root
+        on the VM). Defined for the resource group, assigned per node on that node's VM only."""
+        actions = [ACTION_DEALLOCATE] + ([ACTION_DELETE] if spot else [])
+        # Custom role names are unique in the whole tenant: name, stack and subscription in it.
+        role_name = subscription.apply(
+            lambda sub: (
+                f"lepton vm stop {short_hash(sub, pulumi.get_project(), pulumi.get_stack(), name, length=12)}"
+            )
+        )
+        return authorization.RoleDefinition(
+            f"{name}-stop-role",
+            authorization.RoleDefinitionArgs(
+                scope=rg_id,
+                role_name=role_name,
+                role_type="CustomRole",
+                description="lepton watchdog: stop the bill of the idle VM this role is assigned on",
+                permissions=[authorization.PermissionArgs(actions=actions)],
+                assignable_scopes=[rg_id],
+            ),
+            opts=child(self),
         )
 
     @staticmethod
