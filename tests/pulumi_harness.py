@@ -51,7 +51,7 @@ def _plain(value: Any) -> Any:
     return _unwrap(json.loads(json.dumps(value, default=str)))
 
 
-def _ed25519_public_key(seed: int) -> str:
+def _ed25519_public_key(seed: str) -> str:
     """A real (parseable) ed25519 public key line, stable per seed: the inventory checks host keys."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -173,13 +173,21 @@ class Recorder(pulumi.runtime.Mocks):
                 }
             if typ == "azure-native:network:PublicIPAddress":
                 state["ipAddress"] = f"198.51.100.{idx % 250 + 1}"
+            if typ == "azure-native:keyvault:Vault":
+                state["properties"] = {
+                    **state.get("properties", {}),
+                    "vaultUri": f"https://{inputs.get('vaultName')}.vault.azure.net/",
+                }
             if typ == "azure-native:managedidentity:UserAssignedIdentity":
                 state["principalId"] = f"principal-{idx}"
                 state["clientId"] = f"client-{idx}"
+        if typ == "random:index/randomString:RandomString":
+            state["result"] = hashlib.sha256(name.encode()).hexdigest()[: int(inputs.get("length", 8))]
         if typ == "tls:index/privateKey:PrivateKey":
-            state["publicKeyOpenssh"] = _ed25519_public_key(idx)
+            # Seeded by the logical name: registrations may run on threads, so `idx` can repeat.
+            state["publicKeyOpenssh"] = _ed25519_public_key(name)
             state["privateKeyOpenssh"] = (
-                f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey{idx}\n-----END OPENSSH PRIVATE KEY-----\n"
+                f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey-{name}\n-----END OPENSSH PRIVATE KEY-----\n"
             )
             state["privateKeyPem"] = state["privateKeyOpenssh"]
         deps = self.pending_dependencies.pop((typ, name), [])

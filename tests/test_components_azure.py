@@ -8,7 +8,10 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -43,6 +46,8 @@ VM = "azure-native:compute:VirtualMachine"
 IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
 ROLE = "azure-native:authorization:RoleAssignment"
 ROLE_DEF = "azure-native:authorization:RoleDefinition"
+VAULT = "azure-native:keyvault:Vault"
+KV_SECRET = "azure-native:keyvault:Secret"
 ACCOUNT = "azure-native:storage:StorageAccount"
 BLOB_SERVICE = "azure-native:storage:BlobServiceProperties"
 CONTAINER = "azure-native:storage:BlobContainer"
@@ -342,6 +347,7 @@ def test_the_identity_is_granted_exactly_the_container_and_the_queues(
     (stop_role,) = rec.of(ROLE_DEF)
     queues = {q.inputs["queueName"]: q for q in rec.of(QUEUE)}
     vms = vms_in_node_order(rec)
+    secrets = sorted(rec.of(KV_SECRET), key=lambda r: r.inputs["secretName"])
     for node, principal in enumerate(out["principal_ids"]):
         grants = sorted(
             (g.inputs["scope"], g.inputs["roleDefinitionId"])
@@ -354,9 +360,10 @@ def test_the_identity_is_granted_exactly_the_container_and_the_queues(
                 (queues["demo-queue"].id, role_id(azure.ROLE_QUEUE_MESSAGE_PROCESSOR)),
                 (queues["demo-queue-poison"].id, role_id(azure.ROLE_QUEUE_MESSAGE_SENDER)),
                 (vms[node].id, stop_role.id),  # its own VM, no other
+                (secrets[node].id, role_id(azure.ROLE_KEY_VAULT_SECRETS_USER)),  # its own host key
             ]
         )
-    assert len(rec.of(ROLE)) == 2 * 4
+    assert len(rec.of(ROLE)) == 2 * 5
     for g in rec.of(ROLE):
         assert g.inputs["principalType"] == "ServicePrincipal"
     # Never an account, resource group or the subscription: only the container and the queues.
@@ -379,7 +386,7 @@ def test_an_existing_identity_is_used_and_granted_the_same_resources() -> None:
     assert rec.of(IDENTITY) == []
     assert rec.of(VM)[0].inputs["identity"]["userAssignedIdentities"] == [ident]
     assert sorted((g.inputs["principalId"], g.inputs["scope"]) for g in rec.of(ROLE)) == sorted(
-        [("1111", rec.of(CONTAINER)[0].id), ("1111", rec.of(VM)[0].id)]
+        [("1111", rec.of(CONTAINER)[0].id), ("1111", rec.of(VM)[0].id), ("1111", rec.of(KV_SECRET)[0].id)]
     )
 
 
@@ -649,8 +656,9 @@ def test_the_neutral_training_cluster_on_azure_yields_a_valid_inventory() -> Non
         "ssh-ed25519"
     )
     assert {"lepton:compute:GpuVmPool", "lepton:storage:ObjectStore", "lepton:queue:JobQueue"} <= rec.types()
-    # Per node: container, queue, poison queue, and the watchdog's right to delete its own Spot VM.
-    assert len(rec.of(ROLE)) == 2 * 4
+    # Per node: container, queue, poison queue, its host key secret, and the watchdog's right to
+    # delete its own Spot VM.
+    assert len(rec.of(ROLE)) == 2 * 5
     (stop_role,) = rec.of(ROLE_DEF)
     assert stop_role.inputs["permissions"] == [{"actions": [azure.ACTION_DEALLOCATE, azure.ACTION_DELETE]}], (
         "Spot VMs are deleted when idle"
@@ -808,3 +816,86 @@ def test_watchdog_role_names_differ_between_stacks() -> None:
     _, a = one_pool()
     _, b = build(lambda: azure.AzureGpuVmPool("p", pool_args(nodes=1)), stack="other")
     assert a.of(ROLE_DEF)[0].inputs["roleName"] != b.of(ROLE_DEF)[0].inputs["roleName"]
+
+
+# --------------------------------------------------------------------------- host keys via Key Vault
+
+
+def test_each_nodes_host_key_is_a_key_vault_secret_only_that_nodes_identity_can_read(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    (vault,) = rec.of(VAULT)
+    props = vault.inputs["properties"]
+    assert props["enableRbacAuthorization"] is True and "accessPolicies" not in props
+    assert props["tenantId"] == harness.AZURE_TENANT
+    assert props["sku"] == {"family": "A", "name": "standard"}
+    assert re.fullmatch(r"[a-z][a-z0-9]{2,23}", vault.inputs["vaultName"]), "3-24 alphanumerics"
+    secrets = sorted(rec.of(KV_SECRET), key=lambda r: r.inputs["secretName"])
+    assert [s.inputs["secretName"] for s in secrets] == ["node-0-host-key", "node-1-host-key"]
+    readers = [
+        g for g in rec.of(ROLE) if g.inputs["roleDefinitionId"] == role_id(azure.ROLE_KEY_VAULT_SECRETS_USER)
+    ]
+    for i, secret in enumerate(secrets):
+        assert secret.inputs["vaultName"] == vault.outputs["name"]
+        assert (
+            secret.inputs["properties"]["value"]
+            == rec.named(f"demo-hostkey-{i}").outputs["privateKeyOpenssh"]
+        )
+        (reader,) = [g for g in readers if g.inputs["scope"] == secret.id]  # the secret, not the vault
+        assert reader.inputs["principalId"] == out["principal_ids"][i]
+    assert vault.id not in {g.inputs["scope"] for g in rec.of(ROLE)}
+
+
+def test_custom_data_holds_no_key_and_first_boot_fetches_the_nodes_own_secret(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    (vault,) = rec.of(VAULT)
+    uri = vault.outputs["properties"]["vaultUri"]
+    for i, vm in enumerate(vms_in_node_order(rec)):
+        text = user_data(vm)
+        assert "PRIVATE KEY" not in text and "PRIVATE KEY" not in str(vm.inputs)
+        assert f"python3 - azure {uri} node-{i}-host-key <<'LEPTON_PY'" in text
+        assert f"demo-{i}-host-key-reader" in vm.depends_on, "readable before the VM boots"
+
+
+def test_the_watchdog_on_azure_runs_the_stop_command_instead_of_a_guest_poweroff(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    import yaml
+
+    _, rec = cluster
+    for vm in rec.of(VM):
+        doc = yaml.safe_load(user_data(vm))
+        files = {f["path"]: f for f in doc["write_files"]}
+        dropin = files["/etc/systemd/system/lepton-watchdog.service.d/50-azure-stop.conf"]["content"]
+        assert (
+            dropin
+            == '[Service]\nEnvironment="LEPTON_POWEROFF=/usr/local/sbin/lepton-azure-stop deallocate"\n'
+        )
+        stop = files[azure.STOP_PATH]
+        assert stop["permissions"] == "0755" and stop["content"].startswith("#!/usr/bin/env python3\n")
+        assert "/deallocate?api-version=" in stop["content"]
+
+
+def test_spot_nodes_delete_themselves_when_idle() -> None:
+    _, rec = one_pool(spot=True)
+    assert 'LEPTON_POWEROFF=/usr/local/sbin/lepton-azure-stop delete"' in user_data(rec.of(VM)[0])
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
+def test_azure_custom_data_passes_cloud_inits_own_schema_and_fits_azures_limit(
+    cluster: tuple[dict[str, Any], Recorder], tmp_path: Path
+) -> None:
+    _, rec = cluster
+    vm = rec.of(VM)[0]
+    assert len(vm.inputs["osProfile"]["customData"]) <= 87380, (
+        "Azure: custom data at most 64 KB before base64"
+    )
+    doc = tmp_path / "user-data.yaml"
+    doc.write_text(user_data(vm))
+    out = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(doc)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

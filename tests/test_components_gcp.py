@@ -4,7 +4,10 @@ the cluster's bucket and queue) and every GCP secure default of SPEC §5 is in t
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -34,6 +37,9 @@ TOPIC = "gcp:pubsub/topic:Topic"
 SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
 SUB_MEMBER = "gcp:pubsub/subscriptionIAMMember:SubscriptionIAMMember"
 TOPIC_MEMBER = "gcp:pubsub/topicIAMMember:TopicIAMMember"
+SECRET = "gcp:secretmanager/secret:Secret"
+SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
+SECRET_MEMBER = "gcp:secretmanager/secretIamMember:SecretIamMember"
 
 
 def instances_in_node_order(rec: Recorder) -> list[Any]:
@@ -73,7 +79,7 @@ def full_cluster(**pool_overrides: Any) -> Callable[[], dict[str, Any]]:
             "hosts": pulumi.Output.all(*[n.host for n in pool.nodes]),
             "private_ips": pulumi.Output.all(*[n.private_ip for n in pool.nodes]),
             "host_keys": pulumi.Output.all(*[n.host_key for n in pool.nodes]),
-            "sa_email": pool.identity.email,
+            "sa_emails": pulumi.Output.all(*[i.email for i in pool.identities]),
             "tag": pool.network.tag,
         }
 
@@ -298,11 +304,12 @@ def test_nodes_run_as_a_dedicated_service_account_with_the_cloud_platform_scope(
     cluster: tuple[dict[str, Any], Recorder],
 ) -> None:
     out, rec = cluster
-    (account,) = rec.of(ACCOUNT)
-    assert out["sa_email"] == account.outputs["email"]
-    for inst in rec.of(INSTANCE):
+    accounts = rec.of(ACCOUNT)
+    assert sorted(out["sa_emails"]) == sorted(a.outputs["email"] for a in accounts)
+    assert len(set(out["sa_emails"])) == 2, "one service account per node"
+    for inst, email in zip(instances_in_node_order(rec), out["sa_emails"], strict=True):
         assert inst.inputs["serviceAccount"] == {
-            "email": out["sa_email"],
+            "email": email,
             "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
         }
 
@@ -311,22 +318,23 @@ def test_service_account_is_granted_exactly_its_bucket_and_queue(
     cluster: tuple[dict[str, Any], Recorder],
 ) -> None:
     out, rec = cluster
-    member = f"serviceAccount:{out['sa_email']}"
     (bucket,) = rec.of(BUCKET)
     jobs_sub = next(s for s in rec.of(SUBSCRIPTION) if "deadLetterPolicy" in s.inputs)
     jobs_topic = next(t for t in rec.of(TOPIC) if t.id == jobs_sub.inputs["topic"])
-    grants = [r for r in rec.resources if r.type.endswith("IAMMember") and r.inputs["member"] == member]
-    assert sorted((g.type, g.inputs["role"]) for g in grants) == sorted(
-        [
-            (BUCKET_MEMBER, "roles/storage.objectAdmin"),
-            (SUB_MEMBER, "roles/pubsub.subscriber"),
-            (TOPIC_MEMBER, "roles/pubsub.publisher"),
-        ]
-    )
-    by_type = {g.type: g.inputs for g in grants}
-    assert by_type[BUCKET_MEMBER]["bucket"] == bucket.outputs["name"]
-    assert by_type[SUB_MEMBER]["subscription"] == jobs_sub.outputs["name"]
-    assert by_type[TOPIC_MEMBER]["topic"] == jobs_topic.outputs["name"]
+    for email in out["sa_emails"]:
+        member = f"serviceAccount:{email}"
+        grants = [r for r in rec.resources if r.type.endswith("IAMMember") and r.inputs["member"] == member]
+        assert sorted((g.type, g.inputs["role"]) for g in grants) == sorted(
+            [
+                (BUCKET_MEMBER, "roles/storage.objectAdmin"),
+                (SUB_MEMBER, "roles/pubsub.subscriber"),
+                (TOPIC_MEMBER, "roles/pubsub.publisher"),
+            ]
+        )
+        by_type = {g.type: g.inputs for g in grants}
+        assert by_type[BUCKET_MEMBER]["bucket"] == bucket.outputs["name"]
+        assert by_type[SUB_MEMBER]["subscription"] == jobs_sub.outputs["name"]
+        assert by_type[TOPIC_MEMBER]["topic"] == jobs_topic.outputs["name"]
     # No project-, folder- or organization-level grant anywhere in the graph.
     assert not [
         r for r in rec.resources if r.type.startswith(("gcp:projects/", "gcp:organizations/", "gcp:folder/"))
@@ -558,6 +566,8 @@ def test_enable_apis_turns_on_each_components_apis_first_and_never_disables_them
     assert names["compute.googleapis.com"] in vpc.depends_on, "the network is created after the API too"
     (account,) = rec.of(ACCOUNT)
     assert names["iam.googleapis.com"] in account.depends_on
+    (secret,) = rec.of(SECRET)
+    assert names["secretmanager.googleapis.com"] in secret.depends_on
     (bucket,) = rec.of(BUCKET)
     assert names["storage.googleapis.com"] in bucket.depends_on
     for topic in rec.of(TOPIC):
@@ -649,3 +659,79 @@ def test_single_nodes_and_other_families_get_no_placement_policy(
     )
     assert rec.of(POLICY) == []
     assert all("resourcePolicies" not in i.inputs for i in rec.of(INSTANCE))
+
+
+# --------------------------------------------------------------------------- host keys via Secret Manager
+
+
+def test_each_nodes_host_key_is_a_secret_only_that_nodes_account_can_read(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    out, rec = cluster
+    secrets = sorted(rec.of(SECRET), key=lambda r: r.inputs["secretId"])
+    versions = {v.inputs["secret"]: v for v in rec.of(SECRET_VERSION)}
+    readers = {m.inputs["secretId"]: m for m in rec.of(SECRET_MEMBER)}
+    assert len(secrets) == len(versions) == len(readers) == 2
+    for i, (secret, email) in enumerate(zip(secrets, out["sa_emails"], strict=True)):
+        assert secret.inputs["secretId"].endswith(f"-host-key-{i}")
+        assert secret.inputs["replication"] == {"auto": {}}
+        assert secret.inputs["labels"]["lepton-cluster"] == "demo"
+        assert (
+            versions[secret.id].inputs["secretData"]
+            == rec.named(f"demo-hostkey-{i}").outputs["privateKeyOpenssh"]
+        )
+        reader = readers[secret.outputs["secretId"]]
+        assert reader.inputs["role"] == "roles/secretmanager.secretAccessor"
+        assert reader.inputs["member"] == f"serviceAccount:{email}", "that node's account and no other"
+
+
+def test_instance_metadata_holds_no_key_and_first_boot_fetches_its_own_secret(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    _, rec = cluster
+    secrets = sorted(rec.of(SECRET), key=lambda r: r.inputs["secretId"])
+    for inst, secret in zip(instances_in_node_order(rec), secrets, strict=True):
+        text = str(inst.inputs)
+        assert "PRIVATE KEY" not in text
+        user_data = inst.inputs["metadata"]["user-data"]
+        version = f"projects/{GCP_PROJECT}/secrets/{secret.outputs['secretId']}/versions/latest"
+        assert f"python3 - gcp {version} <<'LEPTON_PY'" in user_data
+        # The secret is readable before the instance boots: the first fetch can succeed.
+        assert {n for n in inst.depends_on if "host-key" in n} >= {
+            next(v.name for v in rec.of(SECRET_VERSION) if v.inputs["secret"] == secret.id),
+            next(m.name for m in rec.of(SECRET_MEMBER) if m.inputs["secretId"] == secret.outputs["secretId"]),
+        }
+
+
+def test_the_guest_agent_is_told_to_keep_the_pinned_host_key(
+    cluster: tuple[dict[str, Any], Recorder],
+) -> None:
+    yaml = pytest.importorskip("yaml")
+    _, rec = cluster
+    for inst in rec.of(INSTANCE):
+        doc = yaml.safe_load(inst.inputs["metadata"]["user-data"])
+        files = {f["path"]: f["content"] for f in doc["write_files"]}
+        config = files["/etc/default/instance_configs.cfg"]
+        assert "[InstanceSetup]" in config and "set_host_keys = false" in config
+        assert doc["ssh_deletekeys"] is False, "cloud-init keeps the key the bootcmd installed"
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
+def test_gcp_user_data_passes_cloud_inits_own_schema(
+    cluster: tuple[dict[str, Any], Recorder], tmp_path: Path
+) -> None:
+    _, rec = cluster
+    doc = tmp_path / "user-data.yaml"
+    doc.write_text(rec.of(INSTANCE)[0].inputs["metadata"]["user-data"])
+    out = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(doc)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_an_existing_service_account_reads_every_nodes_secret() -> None:
+    email = "trainer@other-proj.iam.gserviceaccount.com"
+    _, rec = build(
+        lambda: gcp.GcpGpuVmPool("own", pool_args(nodes=2, identity={"service_account_email": email}))
+    )
+    assert [m.inputs["member"] for m in rec.of(SECRET_MEMBER)] == [f"serviceAccount:{email}"] * 2

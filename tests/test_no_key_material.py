@@ -48,15 +48,7 @@ def test_the_scan_finds_a_key_hidden_in_base64() -> None:
 
 @pytest.mark.parametrize(
     "cloud",
-    [
-        "aws",
-        pytest.param(
-            "gcp", marks=pytest.mark.xfail(strict=True, reason="GCP moves its host keys to Secret Manager")
-        ),
-        pytest.param(
-            "azure", marks=pytest.mark.xfail(strict=True, reason="Azure moves its host keys to Key Vault")
-        ),
-    ],
+    ["aws", "gcp", "azure"],
 )
 def test_no_resource_but_the_secret_store_holds_a_private_key(cloud: str) -> None:
     args = TrainingClusterArgs(

@@ -44,28 +44,31 @@ from typing import Any
 import pulumi
 import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.compute as compute
+import pulumi_azure_native.keyvault as keyvault
 import pulumi_azure_native.managedidentity as managedidentity
 import pulumi_azure_native.network as azure_network
 import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
+import pulumi_random as random
 
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import cloud_init
+from lepton_infra.components.cloudinit import BootFile, CloudBoot, cloud_init
 from lepton_infra.components.common import (
     TAG_IDLE,
     TAG_LIFETIME,
     PoolNode,
     child,
     compact_name,
-    short_hash,
     ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
+    short_hash,
     ssh_needs_public_ip,
     tags_for,
     typed_args,
 )
+from lepton_infra.components.secret_fetch import fetch_command, node_script
 from lepton_infra.errors import ConfigError
 
 DEFAULT_LOCATION = "eastus"
@@ -83,6 +86,7 @@ SOFT_DELETE_DAYS = 7
 ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"  # read/write/delete blobs
 ROLE_QUEUE_MESSAGE_PROCESSOR = "8a0f0c08-91a1-4084-bc3d-661d67233fed"  # peek, receive, delete messages
 ROLE_QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # add messages
+ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"  # read secret values
 
 # The watchdog's only rights: deallocate its own VM (Spot: delete it; a deleted VM bills nothing).
 ACTION_DEALLOCATE = "Microsoft.Compute/virtualMachines/deallocate/action"
@@ -806,6 +810,134 @@ class AzureNodeIdentity(pulumi.ComponentResource):
         return found.principal_id
 
 
+# --------------------------------------------------------------------------- host keys and boot
+
+
+class AzureHostKeySecrets(pulumi.ComponentResource):
+    """The pool's Key Vault (RBAC authorization, no access policies) with each node's SSH host
+    private key as its own secret, so custom data never holds it (VM custom data is readable
+    through the instance metadata service by every process on the node). Each secret is readable
+    ("Key Vault Secrets User", scoped to that secret alone) only by its node's identity, which
+    fetches it at first boot with an IMDS token. The vault's name carries a random suffix: Azure
+    keeps a deleted vault's name for its soft-delete retention, so a recreated pool needs a new one."""
+
+    vault: keyvault.Vault
+    secrets: list[keyvault.Secret]
+    readers: list[authorization.RoleAssignment]
+    locations: list[pulumi.Output[Sequence[str]]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        resource_group_name: pulumi.Input[str],
+        location: str,
+        tags: Mapping[str, str],
+        private_keys: Sequence[pulumi.Input[str]],
+        readers: Sequence[pulumi.Input[str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:azure:HostKeySecrets", name, None, opts)
+        config = _client_config(self)
+        suffix = random.RandomString(
+            f"{name}-kv-suffix",
+            random.RandomStringArgs(length=6, special=False, upper=False, numeric=True),
+            opts=child(self),
+        )
+        vault_name = pulumi.Output.concat(
+            compact_name(f"kv{name}", 18, salt=pulumi.get_stack()), suffix.result
+        )
+        self.vault = keyvault.Vault(
+            f"{name}-kv",
+            typed(
+                keyvault.VaultArgs,
+                {
+                    "resource_group_name": resource_group_name,
+                    "location": location,
+                    "vault_name": vault_name,
+                    "properties": {
+                        "tenant_id": config.tenant_id,
+                        "sku": {"family": "A", "name": "standard"},
+                        "enable_rbac_authorization": True,
+                        "soft_delete_retention_in_days": 7,  # Azure's minimum
+                        "enabled_for_deployment": False,
+                        "enabled_for_template_deployment": False,
+                        "enabled_for_disk_encryption": False,
+                    },
+                    "tags": dict(tags),
+                },
+                keyvault,
+            ),
+            opts=child(self),
+        )
+        self.secrets, self.readers, self.locations = [], [], []
+        subscription = config.subscription_id
+        for i, (private_key, principal) in enumerate(zip(private_keys, readers, strict=True)):
+            secret_name = f"node-{i}-host-key"
+            secret = keyvault.Secret(
+                f"{name}-{i}-host-key",
+                keyvault.SecretArgs(
+                    resource_group_name=resource_group_name,
+                    vault_name=self.vault.name,
+                    secret_name=secret_name,
+                    properties=keyvault.SecretPropertiesArgs(
+                        value=pulumi.Output.secret(private_key), content_type="application/x-openssh-key"
+                    ),
+                    tags=dict(tags),
+                ),
+                opts=child(self),
+            )
+            self.secrets.append(secret)
+            self.readers.append(
+                authorization.RoleAssignment(
+                    f"{name}-{i}-host-key-reader",
+                    authorization.RoleAssignmentArgs(
+                        principal_id=principal,
+                        principal_type="ServicePrincipal",
+                        role_definition_id=role_definition_id(subscription, ROLE_KEY_VAULT_SECRETS_USER),
+                        scope=secret.id,  # this secret alone, not the vault
+                        description=f"lepton node {i} of {name}: read its own SSH host key",
+                    ),
+                    opts=child(self),
+                )
+            )
+            # (vault URI, secret name), resolved once the secret exists.
+            self.locations.append(
+                pulumi.Output.all(self.vault.properties.vault_uri, secret.id).apply(
+                    functools.partial(_location, secret_name)
+                )
+            )
+        self.register_outputs({"vault": self.vault.id})
+
+
+def _location(secret_name: str, values: list[Any]) -> list[str]:
+    """(vault URI, secret name): the secret's id in `values` only makes the fetch wait for it."""
+    return [str(values[0]), secret_name]
+
+
+def host_key_fetch(location: Sequence[str]) -> str:
+    """The `host_key_fetch` commands of an Azure node: `location` is (vault URI, secret name)."""
+    vault_uri, secret_name = location
+    return fetch_command("azure", vault_uri, secret_name)
+
+
+STOP_PATH = "/usr/local/sbin/lepton-azure-stop"
+
+
+def azure_boot(*, spot: bool) -> CloudBoot:
+    """Azure's additions to every node's cloud-init: the stop command (`azure_stop.py`) and a
+    systemd drop-in that makes the watchdog run it instead of a guest power-off, which would
+    leave the VM allocated and billed."""
+    action = "delete" if spot else "deallocate"
+    dropin = f'[Service]\nEnvironment="LEPTON_POWEROFF={STOP_PATH} {action}"\n'
+    return CloudBoot(
+        files=(
+            BootFile(STOP_PATH, "#!/usr/bin/env python3\n" + node_script("azure_stop.py") + "\n", "0755"),
+            BootFile("/etc/systemd/system/lepton-watchdog.service.d/50-azure-stop.conf", dropin),
+        )
+    )
+
+
 # --------------------------------------------------------------------------- the pool
 
 
@@ -823,6 +955,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     identity: AzureNodeIdentity
     identities: list[AzureNodeIdentity]
     stop_role: authorization.RoleDefinition
+    host_key_secrets: AzureHostKeySecrets
     stop_grants: list[authorization.RoleAssignment]
     proximity_group: compute.ProximityPlacementGroup | None
     availability_set: compute.AvailabilitySet | None
@@ -970,6 +1103,16 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         )
         self.stop_role = self._stop_role(name, rg_id, subscription, spot=args.spot)
         self.host_keys = node_host_keys(name, args.nodes, self)
+        self.host_key_secrets = AzureHostKeySecrets(
+            name,
+            resource_group_name=rg,
+            location=location,
+            tags=tags,
+            private_keys=[k.private_key_openssh for k in self.host_keys],
+            readers=[identity.principal_id for identity in self.identities],
+            opts=child(self),
+        )
+        boot = azure_boot(spot=args.spot)
         stem = azure_slug(name, 56)
 
         self.public_ips, self.nics, self.instances, self.nodes = [], [], [], []
@@ -1022,11 +1165,12 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             user_data = cloud_init(
                 user=args.user,
                 authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
-                host_private_key=host_key.private_key_openssh,
                 host_public_key=host_key.public_key_openssh,
+                host_key_fetch=self.host_key_secrets.locations[i].apply(host_key_fetch),
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
+                boot=boot,
             ).apply(lambda text: base64.b64encode(text.encode()).decode("ascii"))
             base = vm_spec(
                 rg=rg,
@@ -1043,8 +1187,12 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 f"{name}-{i}",
                 typed(compute.VirtualMachineArgs, merge_extra(base, args.extra), compute),
                 # custom_data cannot change in place: a new cloud-init means a new VM, and the old one
-                # must let go of the NIC first.
-                opts=child(self, delete_before_replace=True),
+                # must let go of the NIC first. Created once its host key is readable by its identity.
+                opts=child(
+                    self,
+                    delete_before_replace=True,
+                    depends_on=[self.host_key_secrets.secrets[i], self.host_key_secrets.readers[i]],
+                ),
             )
             self.instances.append(vm)
             self.stop_grants.append(

@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pulumi
-from pulumi_gcp import compute, organizations, projects, pubsub, serviceaccount, storage
+from pulumi_gcp import compute, organizations, projects, pubsub, secretmanager, serviceaccount, storage
 
 from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import cloud_init
+from lepton_infra.components.cloudinit import BootFile, CloudBoot, cloud_init
 from lepton_infra.components.common import (
     TAG_IDLE,
     TAG_LIFETIME,
@@ -37,6 +37,7 @@ from lepton_infra.components.common import (
     tags_for,
     typed_args,
 )
+from lepton_infra.components.secret_fetch import fetch_command
 from lepton_infra.errors import ConfigError
 
 # Deep Learning VM image with PyTorch and a preinstalled NVIDIA driver. Ubuntu on purpose: GCE's
@@ -539,6 +540,83 @@ class GcpNodeIdentity(pulumi.ComponentResource):
         self.register_outputs({"email": self.email})
 
 
+class GcpHostKeySecret(pulumi.ComponentResource):
+    """One node's SSH host private key as a Secret Manager secret (automatic replication), so no
+    instance metadata holds it (metadata is readable by roles/viewer and by every process on the
+    node). Only `reader` (that node's service account) is granted secretAccessor, on this secret
+    alone; the node fetches it at first boot with its metadata-server token."""
+
+    secret: secretmanager.Secret
+    version: secretmanager.SecretVersion
+    reader: secretmanager.SecretIamMember
+    version_name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        project: str,
+        secret_id: str,
+        private_key: pulumi.Input[str],
+        reader: pulumi.Input[str],
+        labels: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lepton:gcp:HostKeySecret", name, None, opts)
+        stem = gcp_slug(name)
+        self.secret = secretmanager.Secret(
+            f"{stem}-secret",
+            secretmanager.SecretArgs(
+                project=project,
+                secret_id=secret_id,
+                replication=secretmanager.SecretReplicationArgs(
+                    auto=secretmanager.SecretReplicationAutoArgs()
+                ),
+                labels=dict(labels),
+            ),
+            opts=_after(self, opts),
+        )
+        self.version = secretmanager.SecretVersion(
+            f"{stem}-version",
+            secretmanager.SecretVersionArgs(
+                secret=self.secret.id, secret_data=pulumi.Output.secret(private_key)
+            ),
+            opts=_after(self, opts),
+        )
+        self.reader = secretmanager.SecretIamMember(
+            f"{stem}-reader",
+            secretmanager.SecretIamMemberArgs(
+                project=project,
+                secret_id=self.secret.secret_id,
+                role="roles/secretmanager.secretAccessor",
+                member=pulumi.Output.from_input(reader).apply(lambda e: f"serviceAccount:{e}"),
+            ),
+            opts=_after(self, opts),
+        )
+        self.version_name = self.secret.secret_id.apply(
+            lambda sid: f"projects/{project}/secrets/{sid}/versions/latest"
+        )
+        self.register_outputs({"secret": self.secret.id})
+
+
+def host_key_fetch(version_name: str) -> str:
+    """The `host_key_fetch` commands of a GCP node: its secret's latest version, read with the
+    node's service-account token from the metadata server."""
+    return fetch_command("gcp", version_name)
+
+
+# The guest agent generates new SSH host keys on an instance's first boot (it starts after
+# network-online.target and before sshd, per its systemd unit), which would replace the pinned key
+# the bootcmd has just installed. cloud-init writes this file in its init stage, before
+# network-online.target, so the agent reads it before it would act. /etc/default/instance_configs.cfg
+# is the guest agent's user configuration file; .template and .distro hold the image's defaults.
+GUEST_AGENT_CONFIG = """[InstanceSetup]
+# lepton: keep the host key pinned in the inventory (installed from Secret Manager at first boot)
+set_host_keys = false
+"""
+GCP_BOOT = CloudBoot(files=(BootFile("/etc/default/instance_configs.cfg", GUEST_AGENT_CONFIG),))
+
+
 class GcpObjectStore(pulumi.ComponentResource):
     """A GCS bucket: uniform bucket-level access, public access prevention enforced, versioning,
     optional expiry after `retention_days`, labels. Encrypted at rest with Google-managed keys by
@@ -756,6 +834,8 @@ class GcpGpuVmPool(pulumi.ComponentResource):
 
     network: GcpNetwork
     identity: GcpNodeIdentity
+    identities: list[GcpNodeIdentity]
+    host_key_secrets: list[GcpHostKeySecret]
     apis: list[Any]
     placement: compute.ResourcePolicy | None
     instances: list[compute.Instance]
@@ -821,15 +901,44 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 ),
                 opts=child(self, depends_on=self.apis),
             )
-        self.identity = GcpNodeIdentity(
-            f"{name}-identity",
-            project=project,
-            store=store,
-            queue=queue,
-            service_account_email=sa_email,
-            opts=child(self, depends_on=self.apis),
-        )
+        # One service account per node, so each node's host key secret is readable by that node
+        # alone; an existing account given in `identity` is shared by all nodes instead.
+        if sa_email is not None:
+            shared = GcpNodeIdentity(
+                f"{name}-identity",
+                project=project,
+                store=store,
+                queue=queue,
+                service_account_email=sa_email,
+                opts=child(self, depends_on=self.apis),
+            )
+            self.identities = [shared] * args.nodes
+        else:
+            self.identities = [
+                GcpNodeIdentity(
+                    f"{name}-{i}-identity",
+                    project=project,
+                    store=store,
+                    queue=queue,
+                    opts=child(self, depends_on=self.apis),
+                )
+                for i in range(args.nodes)
+            ]
+        self.identity = self.identities[0]
         self.host_keys = node_host_keys(name, args.nodes, self)
+        secret_labels = gcp_labels(tags_for(cluster, env, args.tags))
+        self.host_key_secrets = [
+            GcpHostKeySecret(
+                f"{name}-{i}-host-key",
+                project=project,
+                secret_id=f"{gcp_slug(name, 40)}-{_stable_suffix(name, project)}-host-key-{i}",
+                private_key=host_key.private_key_openssh,
+                reader=self.identities[i].email,
+                labels=secret_labels,
+                opts=child(self, depends_on=self.apis),
+            )
+            for i, host_key in enumerate(self.host_keys)
+        ]
         labels = gcp_labels(
             tags_for(
                 cluster,
@@ -842,14 +951,16 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         self.instances = []
         self.nodes = []
         for i, host_key in enumerate(self.host_keys):
+            secret = self.host_key_secrets[i]
             user_data = cloud_init(
                 user=args.user,
                 authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
-                host_private_key=host_key.private_key_openssh,
                 host_public_key=host_key.public_key_openssh,
+                host_key_fetch=secret.version_name.apply(host_key_fetch),
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
+                boot=GCP_BOOT,
             )
             base: dict[str, Any] = {
                 "project": project,
@@ -893,7 +1004,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                         "access_configs": [{"network_tier": "PREMIUM"}] if public else [],
                     }
                 ],
-                "service_account": {"email": self.identity.email, "scopes": [CLOUD_PLATFORM_SCOPE]},
+                "service_account": {"email": self.identities[i].email, "scopes": [CLOUD_PLATFORM_SCOPE]},
                 # One self link (the provider takes a single policy here).
                 "resource_policies": self.placement.self_link if self.placement is not None else None,
                 "tags": [self.network.tag],
@@ -902,10 +1013,11 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 "description": f"lepton node {i} of {cluster}",
             }
             kwargs = _instance_args(merge_extra(base, extra))
+            # After the node's secret is readable by it, so the first-boot fetch finds its key.
             instance = compute.Instance(
                 f"{stem}-{i}",
                 typed_args(compute.InstanceArgs, kwargs),
-                opts=child(self, depends_on=self.apis),
+                opts=child(self, depends_on=[*self.apis, secret.version, secret.reader]),
             )
             self.instances.append(instance)
             nic = instance.network_interfaces.apply(lambda nics: nics[0])
