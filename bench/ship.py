@@ -95,10 +95,7 @@ def lepton_ship(inv: Inventory, tree: Path, run_id: str) -> Shipped:
         lap("prepare")
         stats = steps.ship(group, manifest, inv)
         lap("ship")
-        sent = getattr(stats, "controller_bytes", None)
-        if sent is None:  # a ship step that does not count its wire bytes: the content sent
-            sent = sum(m.bytes_shipped for m in group)
-        return Shipped(sent, [m.run_dir for m in group], phases)
+        return Shipped(stats.controller_bytes, [m.run_dir for m in group], phases)
 
 
 def phase_note(samples: list[dict[str, float]]) -> str:

@@ -425,3 +425,34 @@ def test_on_real_nodes_links_stay_links_outside_links_are_refused_and_edits_neve
             log = (runs / run_id / node.name / "logs" / "node.log").read_text()
             assert f"cfg: {cfg} link: d/x" in log
             assert (runs / run_id / node.name / "output" / "seen.txt").read_text() == "X"
+
+
+def test_on_real_nodes_the_controller_sends_each_blob_once_and_the_others_fetch_from_node_0(
+    local_pool: Any, tmp_path: Path
+) -> None:
+    from lepton_infra.workload import steps
+    from lepton_infra.workload.group import NodeGroup
+
+    inventory = local_pool.inventory
+    big = os.urandom(3 << 20)  # unique: no earlier test cached it
+    workload = _tree(tmp_path / "w", {"train.py": "print(1)\n", "lib/a.py": os.urandom(16).hex()})
+    (workload / "weights.bin").write_bytes(big)
+    manifest = build_manifest(workload, hash_cache_dir=None)
+    with NodeGroup.connect(inventory, 10.0) as group:
+        steps.prepare(group, "relay-1", manifest, inventory)
+        stats = steps.ship(group, manifest, inventory)
+        run_dirs = [Path(m.run_dir) for m in group]
+    peers = tuple(n.name for n in inventory.nodes[1:])
+    assert stats.relayed_to == peers and stats.fallbacks == ()
+    assert stats.relayed_bytes >= len(big) * len(peers)
+    # Once from the controller (plus manifests and framing), not once per node.
+    assert len(big) <= stats.controller_bytes < 1.5 * len(big)
+    for run_dir in run_dirs:
+        assert (run_dir / "workload" / "weights.bin").read_bytes() == big
+        assert (run_dir / "workload" / "lib" / "a.py").read_text() == (workload / "lib" / "a.py").read_text()
+
+    with NodeGroup.connect(inventory, 10.0) as group:  # unchanged: prepare writes every tree
+        steps.prepare(group, "relay-2", manifest, inventory)
+        assert all(m.tree_ready for m in group)
+        again = steps.ship(group, manifest, inventory)
+    assert again.controller_bytes == 0 and again.relayed_to == ()

@@ -29,6 +29,7 @@ class NodeRun:
     rank: int
     run_dir: str = ""  # absolute, on the node
     missing: list[str] = field(default_factory=list)
+    tree_ready: bool = False  # prepare already wrote the run's tree (nothing was missing)
     bytes_shipped: int = 0
     files_shipped: int = 0
     bytes_collected: int = 0

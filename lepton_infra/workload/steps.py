@@ -14,9 +14,9 @@ from typing import IO, Any
 
 from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory
-from lepton_infra.workload import jobspec
+from lepton_infra.workload import jobspec, shipping
 from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
-from lepton_infra.workload.manifest import Manifest, write_stream
+from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
 from lepton_infra.workload.remote import (
     AGENT_DIGEST,
@@ -24,8 +24,10 @@ from lepton_infra.workload.remote import (
     agent,
     agent_cmd,
     bootstrap_cmd,
+    bootstrap_install,
     json_answer,
 )
+from lepton_infra.workload.shipping import ShipStats
 
 
 def check_timeout(connect_timeout: float) -> None:
@@ -40,14 +42,19 @@ def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Invent
     blobs[AGENT_DIGEST] = len(AGENT_SOURCE)
     preferred = jobspec.master_port_for(run_id)
 
+    # The tree too: a node that lacks nothing writes it at once (no `receive` for it).
+    tree = {**manifest.node_view(), "agent": AGENT_DIGEST}
+    install = bootstrap_install()
+
     def one(m: NodeRun) -> dict[str, Any]:
-        request: dict[str, Any] = {"run_id": run_id, "blobs": blobs}
+        request: dict[str, Any] = {"run_id": run_id, "blobs": blobs, "tree": tree, "install": install}
         if m.rank == 0:
             request["port_probe"] = {"addr": inventory.master.private_ip, "port": preferred}
         result = m.conn.run(bootstrap_cmd(inventory.python, "prepare"), stdin=json.dumps(request).encode())
         answer = json_answer(m.conn, result.stdout, "prepare")
         m.run_dir = answer["run_dir"]
         m.missing = list(answer.get("missing", []))
+        m.tree_ready = bool(answer.get("shipped"))
         return answer
 
     answers = group.run(one)
@@ -73,22 +80,19 @@ def remove_run_dirs(group: NodeGroup) -> None:
     group.run(lambda m: m.conn.run(f"rm -rf {shlex.quote(m.run_dir)}", check=False) if m.run_dir else None)
 
 
-def ship(group: NodeGroup, manifest: Manifest, inventory: Inventory) -> int:
-    """Send each node the blobs it lacks (plus the agent), as one stream per node; returns the
-    content bytes sent to all nodes together."""
-
-    def one(m: NodeRun) -> None:
-        def produce(out: IO[bytes]) -> int:
-            return write_stream(manifest, m.missing, AGENT_SOURCE, AGENT_DIGEST, out)
-
-        cmd = bootstrap_cmd(inventory.python, "receive", m.run_dir)
-        result, content, _wire = m.conn.run_upload(cmd, produce)
-        m.bytes_shipped = content
-        m.files_shipped = len([d for d in m.missing if d != AGENT_DIGEST])
-        json_answer(m.conn, result.stdout, "receive")
-
-    group.run(one).raise_first()
-    return sum(m.bytes_shipped for m in group)
+def ship(group: NodeGroup, manifest: Manifest, inventory: Inventory) -> ShipStats:
+    """Send the nodes the blobs they lack (plus the agent), each blob once from the controller:
+    directly to one node, or to node 0 which the others fetch from (workload/shipping.py)."""
+    members = list(group)
+    return shipping.ship(
+        members,
+        manifest,
+        python=inventory.python,
+        bootstrap_cmd=bootstrap_cmd,
+        agent_source=AGENT_SOURCE,
+        agent_digest=AGENT_DIGEST,
+        done=frozenset(m.name for m in members if m.tree_ready),
+    )
 
 
 def launch(
