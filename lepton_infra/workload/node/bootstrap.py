@@ -48,7 +48,9 @@ from typing import IO, Any
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SEAL_NS = 1_000_000_000 * 10**9  # 2001-09-09T01:46:40Z: the mtime of every sealed cache file
-CACHE_TEE_BYTES = 1 << 20  # blobs this large go to the cache while they stream in (else: later)
+THREADED_WRITE_BYTES = 8 << 20  # blobs this large are written by a second thread (see _write_all)
+PIPE_BYTES = 1 << 20  # stdin pipe capacity asked for: 64 KB pipes cost a wakeup per 64 KB
+CHUNK = 4 << 20  # bytes per read of a blob: few Python round trips for a large file
 SPARE_TREES = 3  # spare trees kept per node (the most recently built)
 SPARE_WAIT_S = 10.0  # how long `receive` waits for a spare tree that is being built
 STREAM_MAGIC = b"LEPTON-SHIP-1\n"
@@ -151,13 +153,23 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
         os.mkdir(run_dir)
     except FileExistsError:
         return {"home": os.path.expanduser("~"), "run_dir": run_dir, "exists": True}
-    missing = [d for d, size in sorted(request.get("blobs", {}).items()) if not cached(d, int(size))]
-    shipped = None
+    blobs = {str(d): int(size) for d, size in request.get("blobs", {}).items()}
     tree = request.get("tree")
-    if isinstance(tree, dict) and not missing:
+    shipped = None
+    missing: list[str] = []
+    if isinstance(tree, dict):
+        _check_manifest(tree)
+        workload = os.path.join(run_dir, "workload")
+        agent = str(tree.get("agent"))
+        # An unchanged tree with a spare copy ready: that copy is checked file by file (size
+        # and seal), so the cache need not be; write nothing, answer at once.
+        if cached(agent, blobs.get(agent, -1)) and _take_spare(tree_id(tree), workload, tree["files"], blobs):
+            shipped = _finish(run_dir, tree, _Receiver(workload, tree), 0, settle_in_background, True)
+    if shipped is None:
+        missing = [d for d, size in sorted(blobs.items()) if not cached(d, size)]
+    if isinstance(tree, dict) and shipped is None and not missing:
         # Nothing to send: write the run's tree now and spare the controller a `receive` (one
         # command and one interpreter start less per node for an unchanged tree).
-        _check_manifest(tree)
         receiver = _Receiver(os.path.join(run_dir, "workload"), tree)
         shipped = _finish(run_dir, tree, receiver, 0, settle_in_background)
     port = None
@@ -284,24 +296,59 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes:
 def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
     left = size
     while left:
-        chunk = stream.read(min(left, 1 << 20))
+        chunk = stream.read(min(left, CHUNK))
         if not chunk:
             raise ValueError(f"workload stream ended inside a blob ({size - left} of {size} bytes)")
         left -= len(chunk)
         yield chunk
 
 
-def _receive_blob(chunks: Iterator[bytes], digest: str, dsts: list[str], to_cache: bool) -> None:
+def _write_all(outs: list[IO[bytes]], chunks: Iterator[bytes], hasher: Any, size: int) -> None:
+    """Hash and write every chunk. A large blob is written by a second thread while this one
+    reads and hashes the next chunk (both release the GIL), so the disk and the hash overlap."""
+    if size < THREADED_WRITE_BYTES:
+        for chunk in chunks:
+            hasher.update(chunk)
+            for out in outs:
+                out.write(chunk)
+        return
+    import queue
+    import threading
+
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        while (chunk := pending.get()) is not None:
+            try:
+                for out in outs:
+                    out.write(chunk)
+            except BaseException as exc:  # noqa: BLE001 - reported by the reader below
+                failed.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for chunk in chunks:
+            hasher.update(chunk)
+            pending.put(chunk)
+            if failed:
+                break
+    finally:
+        pending.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+def _receive_blob(chunks: Iterator[bytes], digest: str, size: int, dsts: list[str], to_cache: bool) -> None:
     """Stream one blob to its first place in the tree (and the cache, when asked), hashing as it
     goes; a corrupted blob leaves nothing behind."""
     tmp = os.path.join(_cache(), f".{digest}.{os.getpid()}.tmp") if to_cache else None
     outs = [open(p, "wb") for p in ([dsts[0]] if dsts else []) + ([tmp] if tmp else [])]
     hasher = hashlib.sha256()
     try:
-        for chunk in chunks:
-            hasher.update(chunk)
-            for out in outs:
-                out.write(chunk)
+        _write_all(outs, chunks, hasher, size)
     finally:
         for out in outs:
             out.close()
@@ -393,11 +440,11 @@ class _Receiver:
             digest = raw.hex()
             self.sizes[digest] = size
             targets = self.by_digest.get(digest, [])
-            # Large blobs (and the agent, which is no file of the tree) go to the cache as they
-            # stream in; small ones only to the tree now, to the cache after the answer.
-            to_cache = size >= CACHE_TEE_BYTES or not targets or digest == self.manifest.get("agent")
+            # Blobs go only to the run's tree now (one write), to the cache after the answer
+            # (settle); the agent and blobs only other nodes need go straight to the cache.
+            to_cache = not targets or digest == self.manifest.get("agent")
             dsts = [self.tree.path(r) for r, _ in targets[:1]]
-            _receive_blob(_chunks(stream, size), digest, dsts, to_cache)
+            _receive_blob(_chunks(stream, size), digest, size, dsts, to_cache)
             if targets:
                 self.placed.add(digest)
             self.received += 1
@@ -434,6 +481,8 @@ def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = Tru
     write the run's tree. With `serve` in the manifest (node 0 of a relayed ship), answer with the
     port of a short-lived server the other nodes fetch their missing blobs from."""
     os.makedirs(_cache(), exist_ok=True)
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     workload = os.path.join(run_dir, "workload")
     shutil.rmtree(workload, ignore_errors=True)  # what an earlier, failed attempt left
     manifest = _read_header(stream)
@@ -457,7 +506,12 @@ def serve(run_dir: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(
-    run_dir: str, manifest: dict[str, Any], receiver: _Receiver, relayed: int, settle_in_background: bool
+    run_dir: str,
+    manifest: dict[str, Any],
+    receiver: _Receiver,
+    relayed: int,
+    settle_in_background: bool,
+    spare_taken: bool = False,
 ) -> dict[str, Any]:
     """Complete the run's tree (copies for what did not come in the stream, or the spare tree),
     its links and modes, the agent; then serve (node 0 of a relayed ship) and settle."""
@@ -472,7 +526,9 @@ def _finish(
     tid = tree_id(manifest)
     counts = {"written": len(placed), "copied": 0}
     # Nothing of the tree came in the stream: an unchanged tree, perhaps with a spare ready.
-    reused = not placed and not os.path.exists(workload) and _take_spare(tid, workload, files, sizes)
+    reused = spare_taken or (
+        not placed and not os.path.exists(workload) and _take_spare(tid, workload, files, sizes)
+    )
     if not reused:
         for digest, targets in by_digest.items():
             src = tree.path(targets[0][0]) if digest in placed else os.path.join(cache, digest)
