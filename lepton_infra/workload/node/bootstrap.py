@@ -43,7 +43,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -303,7 +303,7 @@ def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _write_all(outs: list[IO[bytes]], chunks: Iterator[bytes], hasher: Any, size: int) -> None:
+def _write_all(outs: Sequence[IO[bytes]], chunks: Iterator[bytes], hasher: Any, size: int) -> None:
     """Hash and write every chunk. A large blob is written by a second thread while this one
     reads and hashes the next chunk (both release the GIL), so the disk and the hash overlap."""
     if size < THREADED_WRITE_BYTES:
