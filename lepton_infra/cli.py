@@ -359,6 +359,13 @@ def run(
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="Ship what symlinks leaving the workload folder point to (default: refuse them).",
+        ),
+    ] = False,
 ) -> None:
     """Ship WORKLOAD_DIR to every node, run it with torchrun, stream logs, collect results."""
     if nproc_per_node < 1:
@@ -378,6 +385,7 @@ def run(
             runs_dir=runs_dir,
             connect_timeout=connect_timeout,
             events=events,
+            follow_links=follow_links,
         )
     _finish(result, as_json)
 

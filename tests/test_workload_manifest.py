@@ -456,3 +456,40 @@ def test_on_real_nodes_the_controller_sends_each_blob_once_and_the_others_fetch_
         assert all(m.tree_ready for m in group)
         again = steps.ship(group, manifest, inventory)
     assert again.controller_bytes == 0 and again.relayed_to == ()
+
+
+def test_cli_run_refuses_an_outside_link_with_exit_2_and_follows_it_when_asked(
+    local_pool: Any, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    workload = _tree(
+        tmp_path / "w",
+        {
+            "train.py": "import os\nprint('secret:', open('outside.txt').read().strip(), os.path.islink('outside.txt'))\n"
+        },
+    )
+    (tmp_path / "elsewhere.txt").write_text("from outside")
+    (workload / "outside.txt").symlink_to(tmp_path / "elsewhere.txt")
+
+    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lepton_infra.cli", "run", str(workload), "--inventory"]
+            + [str(local_pool.inventory_path), "--runs-dir", str(tmp_path / "runs"), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "200"},
+            check=False,
+        )
+
+    refused = cli("--run-id", "cli-links-1")
+    assert refused.returncode == 2, refused.stderr
+    assert "'outside.txt' points outside the workload folder" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
+    followed = cli("--run-id", "cli-links-2", "--follow-links")
+    assert followed.returncode == 0, followed.stderr[-2000:]
+    log = (tmp_path / "runs" / "cli-links-2" / "node-0" / "logs" / "node.log").read_text()
+    assert "secret: from outside False" in log  # its content shipped, as a file of its own

@@ -88,6 +88,7 @@ def _plan(
     env: Mapping[str, str] | None,
     connect_timeout: float,
     store: RunStore,
+    follow_links: bool = False,
 ) -> _Plan:
     workload_dir = Path(workload_dir)
     entrypoint = jobspec.read_entrypoint(workload_dir)
@@ -100,7 +101,7 @@ def _plan(
         raise ConfigError(
             f"run id {run_id!r} already has results in {store.dir(run_id)}/; choose another run id"
         )
-    manifest = build_manifest(workload_dir)
+    manifest = build_manifest(workload_dir, follow_links=follow_links)
     if entrypoint not in manifest.files:
         raise ConfigError(
             f"entrypoint {entrypoint!r} of {workload_dir} is excluded by .leptonignore; it must ship"
@@ -139,9 +140,12 @@ def run_job(
     connect_timeout: float = 10.0,
     env: Mapping[str, str] | None = None,
     events: RunEvents | None = None,
+    follow_links: bool = False,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
+    A symlink leaving the workload folder is a ConfigError unless `follow_links` (then what it
+    points to ships); links inside the folder ship as links.
 
     Returns the RunResult whatever the job did (status "failed" when a node failed or was lost;
     the other nodes are then stopped). Raises ConfigError for bad input (no workload, no
@@ -151,7 +155,7 @@ def run_job(
     events = events or NullEvents()
     clock = _Clock()
     store = RunStore(runs_dir)
-    plan = _plan(workload_dir, args, nproc_per_node, run_id, env, connect_timeout, store)
+    plan = _plan(workload_dir, args, nproc_per_node, run_id, env, connect_timeout, store, follow_links)
     run_id, local_dir = plan.run_id, store.dir(plan.run_id)
 
     events.on_phase("connect", f"connecting to {len(inventory.nodes)} node(s) of {inventory.cluster}")
