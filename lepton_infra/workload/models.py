@@ -39,6 +39,8 @@ class NodeStatus:
     heartbeat: str | None = None
     heartbeat_age_s: float | None = None
     detail: str = ""
+    # The node's upload of its results to the store, when the inventory has one: {"url"} or {"error"}.
+    results: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -59,6 +61,7 @@ class NodeStatus:
             heartbeat=iso(hb),
             heartbeat_age_s=age if data.get("state") in ("starting", "running") else None,
             detail=str(data.get("detail") or ""),
+            results=data["results"] if isinstance(data.get("results"), dict) else None,
         )
 
 

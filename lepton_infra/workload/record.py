@@ -57,6 +57,9 @@ class NodeRecord(BaseModel):
     bytes_collected: int = 0
     output_dir: str = ""
     log_path: str = ""
+    # Where the node itself put its results in the inventory's store (None: no store, or not yet).
+    store_url: str | None = None
+    store_error: str | None = None
 
 
 class BytesMoved(BaseModel):
@@ -123,6 +126,11 @@ class RunRecord(BaseModel):
                             "ended": st.ended,
                             "detail": st.detail,
                         }
+                        | (
+                            {"store_url": st.results.get("url"), "store_error": st.results.get("error")}
+                            if st.results
+                            else {}
+                        )
                         if st
                         else {}
                     )

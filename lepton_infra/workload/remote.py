@@ -21,6 +21,8 @@ _NODE_CODE = Path(__file__).parent / "node"
 BOOTSTRAP_SOURCE = (_NODE_CODE / "bootstrap.py").read_text(encoding="utf-8")
 AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
+# Sent inside the launch spec; the agent runs it when the job ends (results to the store).
+UPLOADER_SOURCE = (_NODE_CODE / "upload.py").read_text(encoding="utf-8")
 NO_SUCH_RUN = "no such run on this node"
 
 

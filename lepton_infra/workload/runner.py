@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lepton_infra.errors import ConfigError
+from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec, steps
 from lepton_infra.workload.group import NodeGroup
@@ -287,10 +287,26 @@ def collect(
     Works while the run is still going (a snapshot; status "running")."""
     t0 = time.monotonic()
     store = RunStore(runs_dir)
-    with _open_run(inventory, run_id, connect_timeout) as group:
+    try:
+        group = _open_run(inventory, run_id, connect_timeout)
+    except (NodeError, ConfigError) as exc:
+        return _from_store(inventory, run_id, store, exc)
+    with group:
         _collect(group, run_id, store.dir(run_id), NullEvents())
     record = _update_record(inventory, run_id, group, store, {"collect": round(time.monotonic() - t0, 3)})
     return record.result(store.dir(run_id))
+
+
+def _from_store(inventory: Inventory, run_id: str, runs: RunStore, exc: LeptonError) -> RunResult:
+    """The nodes cannot be asked (gone, or rebuilt without the run): take what they stored, if
+    anything; otherwise the original error stands."""
+    from lepton_infra.workload import results
+
+    if isinstance(exc, ConfigError) and not str(exc).startswith("no run "):
+        raise exc  # bad input stays bad input
+    if not results.committed_nodes(inventory, run_id):
+        raise exc
+    return results.fetch_from_store(inventory, run_id, runs, str(exc)).result(runs.dir(run_id))
 
 
 def attach(
@@ -310,7 +326,12 @@ def attach(
     store = RunStore(runs_dir)
     local_dir = store.dir(run_id)
     events.on_phase("connect", f"reattaching to run {run_id} on {len(inventory.nodes)} node(s)")
-    with _open_run(inventory, run_id, connect_timeout) as group:
+    try:
+        group = _open_run(inventory, run_id, connect_timeout)
+    except (NodeError, ConfigError) as exc:
+        events.on_phase("collect", f"nodes unavailable ({exc}); fetching results from the store")
+        return _from_store(inventory, run_id, store, exc)
+    with group:
         offsets = {} if from_start else store.offsets(run_id)
         running = [m for m in group if m.status and not m.status.terminal and m.state != "unknown"]
         events.on_phase("running", f"{len(running)} of {len(group)} node(s) still running; streaming logs")

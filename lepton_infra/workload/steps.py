@@ -21,6 +21,7 @@ from lepton_infra.workload.models import NodeStatus
 from lepton_infra.workload.remote import (
     AGENT_DIGEST,
     AGENT_SOURCE,
+    UPLOADER_SOURCE,
     agent,
     agent_cmd,
     bootstrap_cmd,
@@ -28,6 +29,11 @@ from lepton_infra.workload.remote import (
     json_answer,
 )
 from lepton_infra.workload.shipping import ShipStats
+
+
+def results_prefix(run_id: str, node: str) -> str:
+    """Where a node's results go in the inventory's store."""
+    return f"runs/{run_id}/{node}"
 
 
 def check_timeout(connect_timeout: float) -> None:
@@ -133,6 +139,12 @@ def launch(
             ),
             "cwd": f"{m.run_dir}/workload",
         }
+        if inventory.store:
+            spec["results"] = {
+                "store": inventory.store,
+                "prefix": results_prefix(run_id, m.name),
+                "source": UPLOADER_SOURCE,
+            }
         answer = agent(m.conn, run_id, "launch", stdin=json.dumps(spec).encode())
         m.status = NodeStatus.from_agent(m.name, answer)
         return m.status

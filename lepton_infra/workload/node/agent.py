@@ -248,8 +248,52 @@ def supervise(run_dir: str) -> int:
         state="cancelled" if cancelled else ("succeeded" if code == 0 else "failed"),
         detail=f"{detail}; {full}" if full else detail,
     )
+    if spec.get("results"):
+        # Before the end is recorded: a node powered off once it looks idle has its results stored.
+        state["results"] = upload_results(run_dir, spec["results"], state)
     write_state(run_dir, state)
     return 0
+
+
+UPLOAD_TIMEOUT_S = 3600.0
+
+
+def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """Send output/, logs/ and the final state to `results["store"]` under `results["prefix"]` with
+    the uploader the controller shipped in the spec (stdlib for file://, the node's pinned client for
+    cloud stores). Returns its answer ({"url", "files", "bytes"} or {"error"}); never raises."""
+    final_path = _path(run_dir, ".final_state.json")
+    try:
+        with open(final_path, "w", encoding="utf-8") as f:
+            json.dump(final, f)
+        argv = [sys.executable, "-c", results["source"], results["store"], results["prefix"]]
+        argv += [
+            f"output={_path(run_dir, 'output')}",
+            f"logs={_path(run_dir, 'logs')}",
+            f"state.json={final_path}",
+        ]
+        with open(_path(run_dir, "logs", "upload.log"), "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            deadline = time.time() + UPLOAD_TIMEOUT_S
+            while True:
+                try:
+                    out, _ = proc.communicate(timeout=HEARTBEAT_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.time() > deadline:
+                        proc.kill()
+                        return {"error": f"upload took longer than {UPLOAD_TIMEOUT_S:.0f} s"}
+                    try:
+                        write_state(
+                            run_dir, {**final, "state": "running", "ended": None, "heartbeat": time.time()}
+                        )
+                    except OSError:
+                        pass
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        answer = json.loads(lines[-1]) if lines else {"error": f"uploader exited {proc.returncode} silently"}
+        return answer if isinstance(answer, dict) else {"error": f"unexpected uploader answer {answer!r}"}
+    except Exception as exc:  # the job's own result stands whatever the upload did
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def status(run_dir: str) -> dict[str, Any]:

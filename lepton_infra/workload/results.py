@@ -1,0 +1,69 @@
+"""Results from the store: when a run's nodes are gone (powered off by the idle watchdog, reclaimed
+spot capacity, a local node stopped), `collect` and `attach` fetch what each node itself uploaded to
+`<store>/runs/<run-id>/<node>/` when its job ended, verified against the node's manifest."""
+
+from __future__ import annotations
+
+import json
+
+from lepton_infra.data import NotCommitted, open_store
+from lepton_infra.inventory import Inventory
+from lepton_infra.workload.models import NodeStatus
+from lepton_infra.workload.record import NodeRecord, RunRecord, RunStore, run_status_of
+from lepton_infra.workload.steps import results_prefix
+
+
+def committed_nodes(inventory: Inventory, run_id: str) -> list[str]:
+    """Nodes whose results for `run_id` are committed in the inventory's store (none without a store)."""
+    if not inventory.store:
+        return []
+    store = open_store(inventory.store)
+    return [n.name for n in inventory.nodes if store.manifest(results_prefix(run_id, n.name)) is not None]
+
+
+def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str) -> RunRecord:
+    """Download every node's committed results into `runs/<run-id>/<node>/` and fold their final
+    states into run.json (`collected_from: store`). A node with nothing committed is recorded as
+    lost, with `why` (the reason the nodes could not be asked)."""
+    assert inventory.store
+    store = open_store(inventory.store)
+    local_dir = runs.dir(run_id)
+    record = runs.load(run_id) or RunRecord.start(run_id, inventory)
+    old = {n.name: n for n in record.nodes}
+    nodes = []
+    for rank, node in enumerate(inventory.nodes):
+        prefix = results_prefix(run_id, node.name)
+        url = f"{store.url}/{prefix}"
+        prev = old.get(node.name) or NodeRecord(name=node.name, host=node.host, rank=rank)
+        dest = local_dir / node.name
+        try:
+            manifest = store.download_dir(prefix, dest)
+        except NotCommitted:
+            nodes.append(
+                prev.model_copy(
+                    update={"state": prev.state if prev.state in ("succeeded", "failed", "cancelled") else "lost",
+                            "detail": f"unreachable ({why}) and no results in {url}", "store_url": None}
+                )
+            )  # fmt: skip
+            continue
+        state = (
+            json.loads((dest / "state.json").read_text(encoding="utf-8"))
+            if (dest / "state.json").is_file()
+            else {}
+        )
+        st = NodeStatus.from_agent(node.name, state)
+        nodes.append(
+            prev.model_copy(
+                update={
+                    "state": st.state, "exit_code": st.exit_code, "started": st.started, "ended": st.ended,
+                    "detail": st.detail, "store_url": url, "store_error": None,
+                    "bytes_collected": int(manifest.get("bytes") or 0),  # type: ignore[call-overload]
+                    "output_dir": str(dest / "output"), "log_path": str(dest / "logs" / "node.log"),
+                    "collected_from": "store",
+                }
+            )
+        )  # fmt: skip
+    record.nodes = nodes
+    record.status = run_status_of([n.state for n in nodes])
+    runs.save(record)
+    return record
