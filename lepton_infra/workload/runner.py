@@ -157,6 +157,12 @@ def run_job(
     store = RunStore(runs_dir)
     plan = _plan(workload_dir, args, nproc_per_node, run_id, env, connect_timeout, store, follow_links)
     run_id, local_dir = plan.run_id, store.dir(plan.run_id)
+    if inventory.store:
+        # The nodes upload their results there when the job ends: a missing bucket or no
+        # credentials must fail now (ConfigError naming the URL), not after the training.
+        from lepton_infra.data import open_store
+
+        open_store(inventory.store).check()
 
     events.on_phase("connect", f"connecting to {len(inventory.nodes)} node(s) of {inventory.cluster}")
     with NodeGroup.connect(inventory, connect_timeout) as group:
