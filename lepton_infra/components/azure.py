@@ -37,6 +37,7 @@ import base64
 import functools
 import inspect
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -1277,10 +1278,19 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 f"lepton vm stop {short_hash(sub, pulumi.get_project(), pulumi.get_stack(), name, length=12)}"
             )
         )
+        # The definition's id is a GUID of our choosing; a stable one keeps re-runs on the same role.
+        role_id = subscription.apply(
+            lambda sub: str(
+                uuid.uuid5(
+                    uuid.NAMESPACE_URL, f"lepton:{sub}/{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
+                )
+            )
+        )
         return authorization.RoleDefinition(
             f"{name}-stop-role",
             authorization.RoleDefinitionArgs(
                 scope=rg_id,
+                role_definition_id=role_id,
                 role_name=role_name,
                 role_type="CustomRole",
                 description="lepton watchdog: stop the bill of the idle VM this role is assigned on",
