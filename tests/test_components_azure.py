@@ -671,9 +671,7 @@ def test_the_azure_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[s
     records = [policy_harness.Recorded(r.type, r.name, r.inputs, None, r.id) for r in rec.resources]
     findings = policy_harness.analyze(records)
     assert policy_harness.mandatory(findings) == []
-    # Host keys still ride in custom data until Azure fetches them from Key Vault (the advisory rule
-    # says so; tests/test_no_key_material.py xfails the same, strictly).
-    assert [f for f in findings if f.policy != "lepton-no-private-key-in-boot-data"] == []
+    assert findings == []
 
 
 def test_ipv6_ssh_sources_are_dropped_and_alone_refused_because_nodes_are_ipv4_only() -> None:

@@ -503,9 +503,7 @@ def test_the_gcp_cluster_passes_the_projects_policy_pack(cluster: tuple[dict[str
     # The one advisory note we accept: the dead-letter subscription has no dead-letter policy of its
     # own (it is the end of the line; giving it one would only move poison messages in a circle).
     others = [f for f in findings if not (f.type == SUBSCRIPTION and "deadLetterPolicy" in f.message)]
-    # Host keys still ride in metadata until GCP fetches them from Secret Manager (the advisory rule
-    # says so; tests/test_no_key_material.py xfails the same, strictly).
-    assert [f for f in others if f.policy != "lepton-no-private-key-in-boot-data"] == []
+    assert others == []
 
 
 # --------------------------------------------------------------------------- public IP, project APIs

@@ -825,8 +825,7 @@ imdsv2_required = ResourceValidationPolicy(
 no_key_in_boot_data = ResourceValidationPolicy(
     name="lepton-no-private-key-in-boot-data",
     description="VM user data, instance metadata and custom data hold no private key (secret stores do).",
-    # Advisory until every cloud's pool fetches its host keys from a secret store.
-    enforcement_level=ADVISORY,
+    enforcement_level=MANDATORY,
     validate=_resource_validate(check_no_key_in_boot_data),
 )
 gpu_from_catalog = ResourceValidationPolicy(
