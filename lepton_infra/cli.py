@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lepton_infra.errors import ConfigError, JobFailed, LeptonError
+from lepton_infra.display import LiveView, join, plain, styled
+from lepton_infra.errors import ConfigError, JobFailed, LeptonError, redact
 
 if TYPE_CHECKING:
     from lepton_infra.inventory import Inventory
@@ -32,9 +33,13 @@ DEFAULT_INVENTORY = Path(".lepton/local/inventory.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Piped output (CI logs, `| less`) gets a wide fixed width instead of rich's 80 columns, so tables
-# are not cut to ellipses.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+# are not cut to ellipses. No markup and no emoji codes, ever: paths, names and job output are
+# data (a `[/x]` in a path must not crash rich, a `[bold]` in a log line must not restyle the
+# screen); our own styling is explicit, with `Text` (lepton_infra.display).
+console = Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(
+    stderr=True, highlight=False, markup=False, emoji=False, width=None if sys.stderr.isatty() else 200
+)
 
 app = typer.Typer(
     name="lepton-infra",
@@ -50,6 +55,10 @@ app.add_typer(local_app, name="local")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _error(kind: str, message: str) -> None:
+    err_console.print(join(styled("error", "bold red"), f" ({kind}): ", plain(message)), soft_wrap=True)
+
+
 def _handles_errors(func: F) -> F:
     """Turn library errors into a one-line message and the documented exit code (not a traceback)."""
 
@@ -63,8 +72,17 @@ def _handles_errors(func: F) -> F:
                 EXIT_INFRA: "infrastructure error",
                 EXIT_JOB_FAILED: "job failed",
             }
-            err_console.print(f"[bold red]error[/] ({kind.get(exc.exit_code, 'error')}): {exc}")
+            _error(kind.get(exc.exit_code, "error"), str(exc))
             raise typer.Exit(exc.exit_code) from exc
+        except OSError as exc:
+            # A path the user gave that the OS refuses (under a file, not writable, too long):
+            # bad input, said in one line; never a traceback that could quote file contents.
+            where = f" {exc.filename!r}" if exc.filename else ""
+            _error("bad input", redact(f"cannot use{where}: {exc.strerror or exc}"))
+            raise typer.Exit(EXIT_BAD_INPUT) from exc
+        except ValueError as exc:  # e.g. a NUL byte in a path
+            _error("bad input", redact(str(exc)))
+            raise typer.Exit(EXIT_BAD_INPUT) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -81,6 +99,13 @@ InventoryOpt = Annotated[
 ]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run results are collected.")]
 TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="Seconds to wait for each node's SSH.")]
+HeartbeatOpt = Annotated[
+    float,
+    typer.Option(
+        "--heartbeat-timeout",
+        help="A node silent this long (hung, cut off) is lost: the others are stopped and collected.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -162,17 +187,28 @@ StateDirOpt = Annotated[
 def local_up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of sshd nodes (1-64).")] = 2,
     state_dir: StateDirOpt = Path(".lepton/local"),
+    bastion: Annotated[
+        bool,
+        typer.Option(
+            "--bastion",
+            help="Nodes in a private network reachable only through one more sshd, the jump host (root).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start N real OpenSSH sshd nodes on 127.0.0.x and write <state-dir>/inventory.json."""
     from lepton_infra import local
 
-    inventory = local.up(nodes, state_dir)
+    inventory = local.up(nodes, state_dir, bastion=bastion)
     if as_json:
         print(inventory.to_json())
         return
     console.print(
-        f"[green]started {len(inventory.nodes)} node(s)[/]; inventory: {state_dir / 'inventory.json'}"
+        join(
+            styled(f"started {len(inventory.nodes)} node(s)", "green"),
+            "; inventory: ",
+            plain(state_dir / "inventory.json"),
+        )
     )
     _render_pool(local.status(state_dir))
 
@@ -209,8 +245,10 @@ def _render_pool(rows: list[Any]) -> None:
         table.add_column(column)
     for r in rows:
         d = _as_dict(r)
-        alive = "[green]yes[/]" if d.get("alive") else "[red]no[/]"
-        table.add_row(str(d.get("name")), f"{d.get('host')}:{d.get('port')}", str(d.get("pid")), alive)
+        alive = styled("yes", "green") if d.get("alive") else styled("no", "red")
+        table.add_row(
+            plain(d.get("name")), plain(f"{d.get('host')}:{d.get('port')}"), plain(d.get("pid")), alive
+        )
     console.print(table)
 
 
@@ -227,68 +265,10 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- workloads
 
 
-class _RichEvents:
-    """Live view of a run: phases, log lines prefixed by node, one progress bar per run."""
-
-    _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
-
-    def __init__(self, quiet: bool = False) -> None:
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=err_console if quiet else console,
-            transient=True,
-        )
-        self._task: Any = None
-        self._colours: dict[str, str] = {}
-
-    def _colour(self, node: str) -> str:
-        if node not in self._colours:
-            self._colours[node] = self._COLOURS[len(self._colours) % len(self._COLOURS)]
-        return self._colours[node]
-
-    def on_phase(self, phase: str, detail: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(f"[bold blue]==>[/] {phase}: {detail}")
-
-    def on_log(self, node: str, line: str) -> None:
-        if not self.quiet:
-            colour = self._colour(node)
-            self.progress.console.print(f"[{colour}]{node:>8} |[/] {line}", markup=True, soft_wrap=True)
-
-    def on_progress(self, node: str, progress: dict[str, Any]) -> None:
-        epochs, epoch = progress.get("epochs"), progress.get("epoch")
-        steps, step = progress.get("steps"), progress.get("step")
-        if not (isinstance(epochs, int) and isinstance(steps, int) and epoch and steps):
-            return
-        total = epochs * steps
-        done = (int(epoch) - 1) * steps + int(step or 0)
-        loss = progress.get("loss")
-        detail = f"epoch {epoch}/{epochs}" + (f" loss {loss:.3f}" if isinstance(loss, int | float) else "")
-        if self._task is None:
-            self.progress.start()
-            self._task = self.progress.add_task("training", total=total, detail=detail)
-        self.progress.update(self._task, completed=min(done, total), total=total, detail=detail)
-
-    def on_node_done(self, node: str, status: Any) -> None:
-        if not self.quiet:
-            state = getattr(status, "state", status)
-            colour = "green" if state == "succeeded" else "red"
-            self.progress.console.print(f"[{colour}]{node:>8} | finished: {state}[/]")
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
 @contextmanager
-def _live(quiet: bool) -> Iterator[_RichEvents]:
-    events = _RichEvents(quiet=quiet)
+def _live(quiet: bool) -> Iterator[LiveView]:
+    # --json: stdout is the JSON alone; the progress bar (if any) goes to stderr.
+    events = LiveView(err_console if quiet else console, quiet=quiet)
     try:
         yield events
     finally:
@@ -307,7 +287,7 @@ def _render_result(result: RunResult, as_json: bool) -> None:
         colour = "green" if n.state == "succeeded" else "red"
         table.add_row(
             n.name,
-            f"[{colour}]{n.state}[/]",
+            styled(n.state, colour),
             "-" if n.exit_code is None else str(n.exit_code),
             _bytes(n.bytes_shipped),
             _bytes(n.bytes_collected),
@@ -330,7 +310,11 @@ def _bytes(n: int | None) -> str:
 def _finish(result: RunResult, as_json: bool) -> None:
     _render_result(result, as_json)
     if result.status != "succeeded":
-        failed = [n.name for n in result.nodes if n.state != "succeeded"]
+        failed = [
+            f"{n.name} ({n.state}" + (f": {n.detail})" if n.detail else ")")
+            for n in result.nodes
+            if n.state != "succeeded"
+        ]
         raise JobFailed(f"run {result.run_id} {result.status}; failed nodes: {', '.join(failed) or '-'}")
 
 
@@ -358,6 +342,7 @@ def run(
     ] = None,
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
+    heartbeat_timeout: HeartbeatOpt = 30.0,
     as_json: JsonOpt = False,
     follow_links: Annotated[
         bool,
@@ -386,6 +371,7 @@ def run(
             connect_timeout=connect_timeout,
             events=events,
             follow_links=follow_links,
+            heartbeat_timeout=heartbeat_timeout,
         )
     _finish(result, as_json)
 
@@ -397,6 +383,7 @@ def attach(
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
+    heartbeat_timeout: HeartbeatOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs, collect."""
@@ -406,7 +393,14 @@ def attach(
     _positive("--connect-timeout", connect_timeout)
     inv = _load_inventory(inventory)
     with _live(quiet=as_json) as events:
-        result = attach_run(inv, run_id, runs_dir=runs_dir, connect_timeout=connect_timeout, events=events)
+        result = attach_run(
+            inv,
+            run_id,
+            runs_dir=runs_dir,
+            connect_timeout=connect_timeout,
+            events=events,
+            heartbeat_timeout=heartbeat_timeout,
+        )
     _finish(result, as_json)
 
 
@@ -566,7 +560,7 @@ def demo(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     workload = _cifar10_workload()
-    console.rule("[bold]lepton-infra demo")
+    console.rule(styled("lepton-infra demo", "bold"))
     console.print(f"1. starting {nodes} local sshd node(s) in {state_dir}")
     if (state_dir / "pool.json").exists():
         local.down(state_dir)  # a previous demo that was interrupted
@@ -604,7 +598,7 @@ def _cifar10_workload() -> Path:
 def _render_metrics(run_dir: Path) -> None:
     metrics_files = sorted(run_dir.glob("*/**/metrics.json"))
     if not metrics_files:
-        console.print(f"[yellow]no metrics.json collected under {run_dir}[/]")
+        console.print(styled(f"no metrics.json collected under {run_dir}", "yellow"))
         return
     metrics = json.loads(metrics_files[0].read_text())
     table = Table(title="CIFAR-10 LeNet, synthetic data")

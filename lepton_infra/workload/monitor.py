@@ -1,8 +1,9 @@
 """Follow a running job on every node and yield what happens as typed events.
 
 Per node, each poll is SFTP reads only (state.json, then the log from the last offset): no shell
-per poll. A heartbeat that stops moving makes the node's agent decide whether the supervisor is
-gone; a node unreachable for `LOST_AFTER_S` is lost. `run_job` and `attach` turn the events into
+per poll, each under a deadline. A heartbeat that stops moving makes the node's agent decide
+whether the supervisor is gone; a node that has not answered for `heartbeat_timeout` (a hung sshd,
+a frozen machine: its reads end at their deadline) is lost. `run_job` and `attach` turn the events into
 `RunEvents` callbacks with `deliver`."""
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from lepton_infra.workload.remote import agent
 
 POLL_INTERVAL_S = 0.5
 BUSY_POLL_INTERVAL_S = 0.1
-STALE_AFTER_S = 30.0  # heartbeat unchanged this long: ask the node whether the supervisor lives
-LOST_AFTER_S = 60.0  # node unreachable this long: it is lost
+# The heartbeat limit: a node that has not answered for this long (hung sshd, frozen machine, cut
+# network) is lost; a node that answers but whose supervisor's heartbeat has not moved for this
+# long gets its agent asked whether the supervisor still lives.
+HEARTBEAT_TIMEOUT_S = 30.0
 READ_CHUNK = 1 << 20  # what one SFTP log read returns at most
 
 
@@ -92,14 +95,19 @@ class LineSplitter:
 class _Watch:
     """Follows one node's log (SFTP reads from an offset) and state.json; never raises from poll."""
 
-    def __init__(self, member: NodeRun, offset: int) -> None:
+    def __init__(self, member: NodeRun, offset: int, heartbeat_timeout: float) -> None:
         self.member = member
         self.offset = offset
         self.lines = LineSplitter(member.name)
         self.hb: float | None = None
         self.hb_changed = time.monotonic()
-        self.unreachable_since: float | None = None
+        self.last_heard = time.monotonic()
+        self.heartbeat_timeout = heartbeat_timeout
         self.done = False
+        # Each read must end well inside the heartbeat limit, or one hung read would outlast it.
+        conn = member.conn
+        conn.op_timeout = min(conn.op_timeout, max(1.0, heartbeat_timeout / 2))
+        conn.connect_timeout = min(conn.connect_timeout, max(1.0, heartbeat_timeout / 2))
 
     def _finish(self, status: NodeStatus) -> list[Event]:
         self.done = True
@@ -122,12 +130,16 @@ class _Watch:
                     break
             self.unreachable_since = None
         except Exception as exc:  # noqa: BLE001 - any failure to read means unreachable for now
-            now = time.monotonic()
-            self.unreachable_since = self.unreachable_since or now
-            if now - self.unreachable_since > LOST_AFTER_S:
-                return events + self._finish(NodeStatus(conn.name, "lost", detail=f"unreachable: {exc}"))
+            silent = time.monotonic() - self.last_heard
+            if silent > self.heartbeat_timeout:
+                detail = f"no answer for {silent:.0f} s (heartbeat limit {self.heartbeat_timeout:g} s): {exc}"
+                return events + self._finish(NodeStatus(conn.name, "lost", detail=detail))
             return events
-        state = json.loads(raw) if raw else None
+        self.last_heard = time.monotonic()
+        try:
+            state = json.loads(raw) if raw else None
+        except ValueError:
+            state = None  # caught mid-rewrite (the in-place path of a full disk): next poll
         if not isinstance(state, dict):
             return events
         if state.get("state") in TERMINAL_STATES:
@@ -137,7 +149,7 @@ class _Watch:
         now = time.monotonic()
         if hb != self.hb:
             self.hb, self.hb_changed = hb, now
-        elif now - self.hb_changed > STALE_AFTER_S:
+        elif now - self.hb_changed > self.heartbeat_timeout:
             # Stale heartbeat: the node's agent decides (is the supervisor process still there?).
             try:
                 answer = agent(conn, str(state.get("run_id")), "status")
@@ -156,11 +168,12 @@ def monitor(
     *,
     offsets: Mapping[str, int],
     stop_gang_on_failure: bool,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
 ) -> Iterator[Event]:
     """Stream every member's log and wait for every member's end. With `stop_gang_on_failure`, the
     first node that fails or is lost gets every other node cancelled (no orphans, no 300 s
     barriers). Members' `status` is kept current as a side effect."""
-    watches = [_Watch(m, offsets.get(m.name, 0)) for m in group]
+    watches = [_Watch(m, offsets.get(m.name, 0), heartbeat_timeout) for m in group]
     by_name = {w.member.name: w for w in watches}
     gang_stopped = False
     saved: dict[str, int] = {}

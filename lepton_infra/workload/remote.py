@@ -53,12 +53,36 @@ def bootstrap_install() -> dict[str, str]:
     return {"name": BOOTSTRAP_MODULE, "source": BOOTSTRAP_SOURCE}
 
 
+CANCELLED_WHILE_SHIPPING = "cancelled while shipping"
+
+
 def agent_cmd(python: str, run_id: str, verb: str) -> str:
-    """The agent shipped with the run; a node without the run answers 'unknown' instead of failing."""
+    """The agent shipped with the run; a node without the run answers 'unknown' instead of failing.
+
+    A run exists on a node from `prepare` on (its folder), before the agent has arrived: then
+    `status` says it is being shipped, and `cancel` leaves the marker that makes the controller
+    stop shipping and any later launch refuse, and records the run as cancelled."""
     missing = json.dumps({"state": "unknown", "detail": NO_SUCH_RUN})
+    before_agent = f"echo {shlex.quote(missing)}"
+    if verb == "status":
+        before_agent = (
+            'if [ -f "$R/state.json" ]; then '
+            'printf \'{"state": "cancelled", "detail": "%s", "run_dir": "%s"}\\n\' '
+            f'{shlex.quote(CANCELLED_WHILE_SHIPPING)} "$R"; '
+            'else printf \'{"state": "preparing", "detail": "being shipped", "run_dir": "%s"}\\n\' "$R"; fi'
+        )
+    elif verb == "cancel":
+        state = json.dumps({"state": "cancelled", "detail": CANCELLED_WHILE_SHIPPING, "exit_code": None})
+        before_agent = (
+            'date +%s > "$R/cancel"; '
+            f'[ -f "$R/state.json" ] || printf %s {shlex.quote(state)} > "$R/state.json"; '
+            'printf \'{"state": "cancelled", "detail": "%s", "run_dir": "%s"}\\n\' '
+            f'{shlex.quote(CANCELLED_WHILE_SHIPPING)} "$R"'
+        )
     return (
         f'R={remote_run_dir(run_id)}; if [ -f "$R/.agent/agent.py" ]; then '
         f'exec {shlex.quote(python)} "$R/.agent/agent.py" {verb} "$R"; '
+        f'elif [ -d "$R" ]; then {before_agent}; '
         f"else echo {shlex.quote(missing)}; fi"
     )
 

@@ -26,8 +26,10 @@ ship, launch, collect), `monitor` (typed events while it runs), `record` (run.js
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +39,23 @@ from lepton_infra.workload import jobspec, steps
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
-from lepton_infra.workload.monitor import LineSplitter, LogLine, Offsets, Progress, deliver, monitor
+from lepton_infra.workload.monitor import (
+    HEARTBEAT_TIMEOUT_S,
+    LineSplitter,
+    LogLine,
+    Offsets,
+    Progress,
+    deliver,
+    monitor,
+)
 from lepton_infra.workload.record import RunRecord, RunStore, run_status_of
-from lepton_infra.workload.remote import AGENT_DIGEST, AGENT_SOURCE, NO_SUCH_RUN, agent
+from lepton_infra.workload.remote import (
+    AGENT_DIGEST,
+    AGENT_SOURCE,
+    CANCELLED_WHILE_SHIPPING,
+    NO_SUCH_RUN,
+    agent,
+)
 
 __all__ = [
     "AGENT_DIGEST",
@@ -88,12 +104,15 @@ def _plan(
     env: Mapping[str, str] | None,
     connect_timeout: float,
     store: RunStore,
+    inventory: Inventory,
+    heartbeat_timeout: float,
     follow_links: bool = False,
 ) -> _Plan:
     workload_dir = Path(workload_dir)
     entrypoint = jobspec.read_entrypoint(workload_dir)
     checked_args = jobspec.check_args(args)
-    nproc = jobspec.check_nproc(nproc_per_node)
+    nproc = jobspec.check_nproc(nproc_per_node, inventory)
+    check_heartbeat_timeout(heartbeat_timeout)
     extra_env = jobspec.check_env(env)
     run_id = jobspec.check_run_id(run_id) if run_id is not None else jobspec.new_run_id()
     steps.check_timeout(connect_timeout)
@@ -109,6 +128,11 @@ def _plan(
     return _Plan(workload_dir, entrypoint, checked_args, nproc, extra_env, run_id, manifest)
 
 
+def check_heartbeat_timeout(seconds: float) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 1 <= seconds <= 3600:
+        raise ConfigError(f"--heartbeat-timeout must be a number of seconds from 1 to 3600, got {seconds!r}")
+
+
 def _watch(
     group: NodeGroup,
     run_id: str,
@@ -116,10 +140,14 @@ def _watch(
     events: RunEvents,
     *,
     offsets: Mapping[str, int],
+    heartbeat_timeout: float,
     on_first_output: Callable[[], None] | None = None,
 ) -> None:
-    """Monitor until every node ended; a failing node gets the others stopped."""
-    for event in monitor(group, run_id, offsets=offsets, stop_gang_on_failure=True):
+    """Monitor until every node ended; a failing (or lost) node gets the others stopped."""
+    stream = monitor(
+        group, run_id, offsets=offsets, stop_gang_on_failure=True, heartbeat_timeout=heartbeat_timeout
+    )
+    for event in stream:
         if isinstance(event, Offsets):
             store.save_offsets(run_id, event.offsets)
             continue
@@ -127,6 +155,36 @@ def _watch(
             on_first_output()
             on_first_output = None
         deliver(event, events)
+
+
+@contextlib.contextmanager
+def _cancel_watch(group: NodeGroup, every_s: float = 0.5) -> Iterator[threading.Event]:
+    """While the body ships, look for the cancel marker a `cancel` leaves in a node's run folder;
+    when found, close every connection, which ends the uploads at once (the node-side receivers
+    see the end of their stream and exit). The event says whether that happened."""
+    cancelled = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            for m in group:
+                try:
+                    if m.run_dir and m.conn.stat_size(f"{m.run_dir}/cancel") is not None:
+                        cancelled.set()
+                except LeptonError:
+                    continue
+            if cancelled.is_set():
+                for m in group:
+                    m.conn.close()
+                return
+
+    thread = threading.Thread(target=watch, name="lepton-cancel-watch", daemon=True)
+    thread.start()
+    try:
+        yield cancelled
+    finally:
+        done.set()
+        thread.join()
 
 
 def run_job(
@@ -141,6 +199,7 @@ def run_job(
     env: Mapping[str, str] | None = None,
     events: RunEvents | None = None,
     follow_links: bool = False,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
@@ -155,43 +214,70 @@ def run_job(
     events = events or NullEvents()
     clock = _Clock()
     store = RunStore(runs_dir)
-    plan = _plan(workload_dir, args, nproc_per_node, run_id, env, connect_timeout, store, follow_links)
+    plan = _plan(
+        workload_dir,
+        args,
+        nproc_per_node,
+        run_id,
+        env,
+        connect_timeout,
+        store,
+        inventory,
+        heartbeat_timeout,
+        follow_links,
+    )
     run_id, local_dir = plan.run_id, store.dir(plan.run_id)
-    if inventory.store:
-        # The nodes upload their results there when the job ends: a missing bucket or no
-        # credentials must fail now (ConfigError naming the URL), not after the training.
-        from lepton_infra.data import open_store
 
-        open_store(inventory.store).check()
+    # The run exists from its first step on the nodes: a local record once they are connected
+    # (a node that fails its host key check leaves nothing behind), a folder on each from prepare.
+    record = RunRecord.start(
+        run_id,
+        inventory,
+        status="starting",
+        workload=str(plan.workload_dir.resolve()),
+        entrypoint=plan.entrypoint,
+        args=plan.args,
+        nproc_per_node=plan.nproc_per_node,
+        master_addr=inventory.master.private_ip,
+    )
 
     events.on_phase("connect", f"connecting to {len(inventory.nodes)} node(s) of {inventory.cluster}")
     with NodeGroup.connect(inventory, connect_timeout) as group:
         t = clock.lap("connect", clock.start)
+        store.save(record.observe(group, local_dir, status="starting"))
 
         files, size = len(plan.manifest.files), plan.manifest.total_bytes
         events.on_phase("prepare", f"run {run_id}: {files} file(s), {size} bytes")
-        master_port = steps.prepare(group, run_id, plan.manifest, inventory)
+        try:
+            master_port = steps.prepare(group, run_id, plan.manifest, inventory)
+        except BaseException as exc:
+            store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
+            raise
+        record.master_port = master_port
+        store.save(record.observe(group, local_dir, status="shipping"))
         t = clock.lap("prepare", t)
 
-        try:
-            need = {d for m in group for d in m.missing if d != AGENT_DIGEST}
-            events.on_phase("ship", f"sending {len(need)} changed file(s) of {len(plan.manifest.blobs())}")
-            steps.ship(group, plan.manifest, inventory)
-        except BaseException:
-            steps.remove_run_dirs(group)
-            raise
+        with _cancel_watch(group) as cancelled:
+            try:
+                need = {d for m in group for d in m.missing if d != AGENT_DIGEST}
+                events.on_phase(
+                    "ship", f"sending {len(need)} changed file(s) of {len(plan.manifest.blobs())}"
+                )
+                steps.ship(group, plan.manifest, inventory)
+            except BaseException as exc:
+                if not cancelled.is_set():
+                    steps.remove_run_dirs(group)
+                    store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
+                    raise
+        if cancelled.is_set():
+            # `cancel` marked the run on the nodes while it shipped: it never launches.
+            for m in group:
+                m.status = NodeStatus(m.name, "cancelled", detail=CANCELLED_WHILE_SHIPPING)
+            clock.lap("ship", t)
+            store.save(record.observe(group, local_dir, clock.timings))
+            events.on_phase("done", f"run {run_id} cancelled while shipping; nothing was started")
+            return record.result(local_dir)
         t = clock.lap("ship", t)
-
-        record = RunRecord.start(
-            run_id,
-            inventory,
-            workload=str(plan.workload_dir.resolve()),
-            entrypoint=plan.entrypoint,
-            args=plan.args,
-            nproc_per_node=plan.nproc_per_node,
-            master_addr=inventory.master.private_ip,
-            master_port=master_port,
-        )
         store.save(record.observe(group, local_dir, status="running"))  # so other processes know the run
 
         events.on_phase(
@@ -218,7 +304,15 @@ def run_job(
             clock.timings["launch_to_first_log"] = round(now - t_launch, 3)
 
         events.on_phase("running", f"run {run_id} started; streaming logs")
-        _watch(group, run_id, store, events, offsets={}, on_first_output=first_output)
+        _watch(
+            group,
+            run_id,
+            store,
+            events,
+            offsets={},
+            heartbeat_timeout=heartbeat_timeout,
+            on_first_output=first_output,
+        )
         t = clock.lap("run", t_launch)
 
         _collect(group, run_id, local_dir, events)
@@ -231,8 +325,13 @@ def run_job(
 
 
 def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) -> None:
-    events.on_phase("collect", f"collecting outputs and logs from {len(group)} node(s) into {local_dir}/")
-    for name, err in steps.collect(group, run_id, local_dir).failed.items():
+    # A lost node did not answer within the heartbeat limit: asking it again would only wait.
+    lost = [m.name for m in group if m.state == "lost"]
+    reachable = group.subset(lambda m: m.state != "lost")
+    events.on_phase("collect", f"collecting outputs and logs from {len(reachable)} node(s) into {local_dir}/")
+    for name in lost:
+        events.on_phase("collect", f"{name}: lost, not collected (`lepton-infra collect` once it answers)")
+    for name, err in steps.collect(reachable, run_id, local_dir).failed.items():
         events.on_phase("collect", f"{name}: could not collect: {err}")
 
 
@@ -323,6 +422,7 @@ def attach(
     connect_timeout: float = 10.0,
     events: RunEvents | None = None,
     from_start: bool = False,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
 ) -> RunResult:
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs (from the
     offsets the last controller saved, or the start), wait for the end, collect everything.
@@ -345,7 +445,7 @@ def attach(
         for m in group:
             if m.name not in known.names and m.status is not None:
                 events.on_node_done(m.name, m.status)
-        _watch(known, run_id, store, events, offsets=offsets)
+        _watch(known, run_id, store, events, offsets=offsets, heartbeat_timeout=heartbeat_timeout)
         _collect(group, run_id, local_dir, events)
     record = _update_record(inventory, run_id, group, store, {"attach": round(time.monotonic() - t0, 3)})
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")

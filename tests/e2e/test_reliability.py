@@ -269,7 +269,7 @@ def test_malformed_progress_lines_are_plain_lines_and_the_run_completes(
     args += ["--run-id", run_id, "--runs-dir", str(runs)] + (["--json"] if as_json else [])
     done = cli(*args, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr  # the controller's own; the job's log may hold its own
     record = json.loads((runs / run_id / "run.json").read_text())
     assert record["status"] == "succeeded"
     for node in local_pool.inventory.nodes:
@@ -448,3 +448,229 @@ def test_every_remote_operation_on_a_frozen_sshd_ends_at_its_deadline(local_pool
         assert conn.run("echo back").stdout == b"back\n"
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_a_hung_node_is_lost_the_gang_stopped_and_the_others_collected(
+    local_pool_factory, make_workload, tmp_path: Path, leftover_processes
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import threading
+
+    from lepton_infra.workload import cancel, run_job
+
+    pool: LocalPool = local_pool_factory(2)
+    runs = tmp_path / "runs"
+    box: dict[str, object] = {}
+    job = make_workload()
+
+    def controller() -> None:
+        try:
+            box["result"] = run_job(
+                pool.inventory,
+                job,
+                ["lines=400", "delay=0.2"],
+                run_id="hung-1",
+                runs_dir=runs,
+                heartbeat_timeout=4.0,
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            box["error"] = exc
+
+    thread = threading.Thread(target=controller, daemon=True)
+    thread.start()
+    log = pool.home("node-1") / ".lepton" / "runs" / "hung-1" / "logs" / "node.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "line 2 of 400" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    frozen = _sshd_pids(pool, "node-1")
+    _signal_all(frozen, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        thread.join(120)
+        took = time.monotonic() - started
+    finally:
+        _signal_all(frozen, signal.SIGCONT)
+    assert not thread.is_alive() and "error" not in box, box
+    result = box["result"]
+    assert result.status == "failed"  # type: ignore[attr-defined]
+    lost = result.node("node-1")  # type: ignore[attr-defined]
+    assert lost.state == "lost" and "no answer" in lost.detail
+    assert result.node("node-0").state == "cancelled"  # type: ignore[attr-defined]
+    assert "line 0 of 400 from node-0" in (runs / "hung-1" / "node-0" / "logs" / "node.log").read_text()
+    assert took < 60, f"the controller took {took:.0f} s after the node hung"
+    cancel(pool.inventory, "hung-1")  # the hung node's job, once its sshd answers again
+    assert leftover_processes("hung-1") == []
+
+
+# --------------------------------------------------------------------------- class 1: text is data
+
+_MARKUP_JOB = r"""
+import os, sys
+print("[/x] [bold]boom[/] :smile: [link=http://x]y[/link] \x1b[31mred\x1b]0;title\x07", flush=True)
+print("LEPTON_PROGRESS " + '{"epoch": 1, "epochs": 1, "step": 1, "steps": 1, "loss": 0.1, "note": "[/x]"}', flush=True)
+open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "[bold]out[x].txt"), "w").write("ok")
+"""
+
+
+@pytest.mark.slow
+def test_markup_in_paths_and_log_lines_is_printed_as_written_everywhere(
+    local_pool: LocalPool, tmp_path: Path, make_workload
+) -> None:  # type: ignore[no-untyped-def]
+    workload = make_workload(job=_MARKUP_JOB)
+    odd = tmp_path / "w [/x] [bold]"
+    shutil.copytree(workload, odd)
+    runs = tmp_path / "runs [/x]"
+    inv = ["--inventory", str(local_pool.inventory_path)]
+    for run_id, extra in (("markup-1", []), ("markup-2", ["--json"])):
+        done = cli("run", str(odd), *inv, "--run-id", run_id, "--runs-dir", str(runs), *extra, timeout=300)
+        shown = done.stdout + done.stderr
+        assert done.returncode == 0, shown[-3000:]
+        assert "Traceback" not in done.stderr and "MarkupError" not in shown
+        assert "\x1b[31m" not in done.stdout, "a job's terminal escape reached the terminal"
+        if extra:
+            assert json.loads(done.stdout)["status"] == "succeeded"
+        else:
+            assert "[/x] [bold]boom[/] :smile:" in done.stdout and "\\x1b[31mred" in done.stdout
+            assert str(runs) in done.stdout.replace("\n", "")
+        record = json.loads((runs / run_id / "run.json").read_text())
+        assert record["status"] == "succeeded"
+        assert all(
+            (runs / run_id / n.name / "output" / "[bold]out[x].txt").exists()
+            for n in local_pool.inventory.nodes
+        )
+    for command in (
+        ["attach", "markup-1", "--runs-dir", str(runs)],
+        ["logs", "markup-1"],
+        ["status", "markup-1"],
+    ):
+        done = cli(*command, *inv, timeout=120)
+        shown = done.stdout + done.stderr
+        assert done.returncode == 0, shown[-3000:]
+        assert "Traceback" not in done.stderr and "\x1b[31m" not in done.stdout
+    assert "[/x] [bold]boom[/]" in cli("logs", "markup-1", *inv).stdout
+
+
+# --------------------------------------------------------------------------- class 11: log floods
+
+_FLOOD_JOB = r"""
+import os, sys
+name, n = os.environ["LEPTON_NODE_NAME"], int(sys.argv[1])
+out = sys.stdout
+for i in range(n):
+    out.write(f"{name} flood {i}\n")
+out.flush()
+"""
+
+
+@pytest.mark.slow
+def test_a_log_flood_from_16_nodes_keeps_every_line(
+    local_pool_factory, make_workload, recorder, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Correctness only (bench/logs.py measures the time): every line of 16 x 50,000 reaches the
+    events in order and the collected files, and the live view (batched, summarising) keeps up."""
+    from lepton_infra.display import LiveView
+    from lepton_infra.workload import run_job
+
+    lines = 50_000
+    pool: LocalPool = local_pool_factory(16)
+    events = recorder()
+    runs = tmp_path / "runs"
+    result = run_job(
+        pool.inventory,
+        make_workload(job=_FLOOD_JOB),
+        [str(lines)],
+        run_id="flood-1",
+        runs_dir=runs,
+        events=events,
+    )
+    assert result.status == "succeeded"
+    for node in pool.inventory.nodes:
+        got = events.lines(node.name)
+        assert got == [f"{node.name} flood {i}" for i in range(lines)]
+        kept = (runs / "flood-1" / node.name / "logs" / "node.log").read_text().splitlines()
+        assert [x for x in kept if " flood " in x] == got
+    # The live view over the same lines: it prints some, says how many it did not, drops nothing silently.
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    view = LiveView(Console(file=out, width=200, markup=False, color_system=None))
+    for node, text in events.logs:
+        view.on_log(node, text)
+    view.close()
+    shown = out.getvalue().splitlines()
+    printed = sum(1 for x in shown if " flood " in x)
+    hidden = sum(int(x.split("... ")[1].split(" line")[0]) for x in shown if "not shown" in x)
+    assert printed + hidden == 16 * lines
+
+
+# --------------------------------------------------------------------------- class 6: cancel at every phase
+
+
+@pytest.mark.slow
+def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
+    local_pool_factory, make_workload, tmp_path: Path, leftover_processes, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from lepton_infra.workload import run_job, shipping
+
+    pool: LocalPool = local_pool_factory(2)
+    workload = make_workload({f"data/{i}.bin": os.urandom(2048) for i in range(200)})
+    real_write_stream = shipping.write_stream
+    started = threading.Event()
+
+    class SlowLink:
+        """A slow link: every write of the tar stream takes 0.2 s (the whole ship: minutes)."""
+
+        def __init__(self, out) -> None:  # type: ignore[no-untyped-def]
+            self.out = out
+
+        def write(self, data: bytes) -> int:
+            time.sleep(0.2)
+            n = self.out.write(data)
+            self.out.flush()  # on the wire at once, as on a slow link
+            return n  # type: ignore[no-any-return]
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.out, name)
+
+    def slow_write_stream(manifest, missing, agent_source, agent_digest, out, *extra):  # type: ignore[no-untyped-def]
+        started.set()
+        return real_write_stream(manifest, missing, agent_source, agent_digest, SlowLink(out), *extra)
+
+    monkeypatch.setattr(shipping, "write_stream", slow_write_stream)
+    runs = tmp_path / "runs"
+    box: dict[str, object] = {}
+
+    def controller() -> None:
+        try:
+            box["result"] = run_job(
+                pool.inventory, workload, ["lines=3"], run_id="ship-cancel", runs_dir=runs
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            box["error"] = exc
+
+    thread = threading.Thread(target=controller, daemon=True)
+    thread.start()
+    assert started.wait(60)
+    assert json.loads((runs / "ship-cancel" / "run.json").read_text())["status"] == "shipping"
+    status = cli("status", "ship-cancel", "--inventory", str(pool.inventory_path), "--json")
+    assert status.returncode == 0 and {r["state"] for r in json.loads(status.stdout)} == {"preparing"}
+    t_cancel = time.monotonic()
+    done = cli("cancel", "ship-cancel", "--inventory", str(pool.inventory_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in box, box
+    assert time.monotonic() - t_cancel < 25, "the controller kept shipping after the cancel"
+    result = box["result"]
+    assert result.status == "cancelled"  # type: ignore[attr-defined]
+    assert json.loads((runs / "ship-cancel" / "run.json").read_text())["status"] == "cancelled"
+    after = cli("status", "ship-cancel", "--inventory", str(pool.inventory_path), "--json")
+    assert {r["state"] for r in json.loads(after.stdout)} == {"cancelled"}
+    for node in pool.inventory.nodes:  # never launched: no job output, no spec
+        run_dir = pool.home(node.name) / ".lepton" / "runs" / "ship-cancel"
+        assert not (run_dir / "spec.json").exists() and not (run_dir / "output" / "result.json").exists()
+    assert leftover_processes("ship-cancel") == []

@@ -213,13 +213,18 @@ def test_node_whose_supervisor_vanished_is_lost_and_the_others_are_stopped(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lepton_infra.workload import monitor
-
-    monkeypatch.setattr(monitor, "STALE_AFTER_S", 3.0)  # the default (30 s) is too patient for a test
     runs = tmp_path / "runs"
     workload = make_workload()
+    # heartbeat_timeout: the default (30 s) is too patient for a test
     thread, box = _in_thread(
-        lambda: run_job(pool2, workload, ["lines=300", "delay=0.2"], run_id="crash-1", runs_dir=runs)
+        lambda: run_job(
+            pool2,
+            workload,
+            ["lines=300", "delay=0.2"],
+            run_id="crash-1",
+            runs_dir=runs,
+            heartbeat_timeout=3.0,
+        )
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
