@@ -11,13 +11,18 @@ PYTEST_ARGS ?=
 
 setup: sshd $(STAMP) node_modules/.installed
 
-# OpenSSH server for the local pool: from apt when missing and we are root, else say what to do.
+# System tools from apt when missing and we are root: OpenSSH's sshd (the local pool's nodes; required)
+# and cloud-init (its own schema validator checks our user data; that test skips without it).
 sshd:
-	@if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then :; \
+	@missing=""; \
+	{ [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; } || missing="openssh-server openssh-client rsync"; \
+	command -v cloud-init >/dev/null 2>&1 || missing="$$missing cloud-init"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "==> installing openssh-server (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client rsync >/dev/null; \
-	else \
+		echo "==> installing$$missing (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi; \
+	if ! { [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; }; then \
 		echo "error: the local pool needs OpenSSH's sshd. Install it (Debian/Ubuntu: sudo apt-get install openssh-server), then re-run make." >&2; \
 		exit 1; \
 	fi

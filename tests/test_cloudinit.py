@@ -216,10 +216,31 @@ def test_key_material_is_refused_in_the_fetch_and_in_a_clouds_files() -> None:
 
 
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
-@pytest.mark.parametrize("boot", [None, CLOUD_BOOT], ids=["common", "with-cloud-additions"])
-def test_cloud_init_accepts_the_document_under_its_own_schema(tmp_path: Path, boot: CloudBoot | None) -> None:
+@pytest.mark.parametrize(
+    "boot", [None, CLOUD_BOOT, "aws"], ids=["common", "with-cloud-additions", "aws-fetch"]
+)
+def test_cloud_init_accepts_the_document_under_its_own_schema(
+    tmp_path: Path, boot: CloudBoot | str | None
+) -> None:
     doc = tmp_path / "user-data.yaml"
-    doc.write_text(rendered_text(boot))
+    if boot == "aws":  # the real AWS fetcher: a here-document of Python inside bootcmd
+        from lepton_infra.components.aws import host_key_fetch
+
+        arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:demo-hostkeys-0-AbCdEf"
+        text = render_cloud_init(
+            user="lepton",
+            authorized_key=PUBKEY,
+            host_public_key=HOST_PUB,
+            host_key_fetch=host_key_fetch(arn),
+            idle_shutdown_minutes=30,
+            max_lifetime_hours=12,
+            cluster="dev",
+        )
+        (install,) = yaml.safe_load(text)["bootcmd"]
+        assert "import hmac" in install and install.rstrip().endswith("fi")
+        doc.write_text(text)
+    else:
+        doc.write_text(rendered_text(boot if isinstance(boot, CloudBoot) else None))
     out = subprocess.run(
         ["cloud-init", "schema", "--config-file", str(doc)], capture_output=True, text=True, timeout=120
     )

@@ -806,6 +806,9 @@ def test_the_watchdog_role_may_only_deallocate_and_is_assigned_on_each_vm_alone(
     ]
     assert stop_role.inputs["assignableScopes"] == [pool_rg.id] == [stop_role.inputs["scope"]]
     assert stop_role.inputs["roleName"].startswith("lepton vm stop ")
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", stop_role.inputs["roleDefinitionId"]
+    )
     stops = [g for g in rec.of(ROLE) if g.inputs["roleDefinitionId"] == stop_role.id]
     assert sorted(g.inputs["scope"] for g in stops) == sorted(vm.id for vm in rec.of(VM))
     identities = {i.outputs["principalId"] for i in rec.of(IDENTITY)}
@@ -816,6 +819,7 @@ def test_watchdog_role_names_differ_between_stacks() -> None:
     _, a = one_pool()
     _, b = build(lambda: azure.AzureGpuVmPool("p", pool_args(nodes=1)), stack="other")
     assert a.of(ROLE_DEF)[0].inputs["roleName"] != b.of(ROLE_DEF)[0].inputs["roleName"]
+    assert a.of(ROLE_DEF)[0].inputs["roleDefinitionId"] != b.of(ROLE_DEF)[0].inputs["roleDefinitionId"]
 
 
 # --------------------------------------------------------------------------- host keys via Key Vault

@@ -269,15 +269,15 @@ def test_every_resource_is_tagged_with_the_cluster_and_the_stack_as_env() -> Non
     assert all(r.inputs["tags"][TAG_CLUSTER] == "demo" and r.inputs["tags"][TAG_ENV] == "dev" for r in tagged)
 
 
-def test_user_data_carrying_the_host_private_key_is_a_secret() -> None:
+def test_user_data_holds_no_key_material_and_is_no_secret() -> None:
     from lepton_infra.components.cloudinit import cloud_init
 
     def program() -> dict[str, Any]:
         data = cloud_init(
             user="lepton",
             authorized_key=PUBKEY,
-            host_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
             host_public_key=PUBKEY,
+            host_key_fetch="secret-store-cli get node-0",
             idle_shutdown_minutes=30,
             max_lifetime_hours=12,
             cluster="demo",
@@ -285,7 +285,8 @@ def test_user_data_carrying_the_host_private_key_is_a_secret() -> None:
         return {"data": data, "secret": pulumi.Output.from_input(data.is_secret())}
 
     out, _ = harness.build(program)
-    assert out["secret"] is True and "BEGIN OPENSSH PRIVATE KEY" in out["data"]
+    assert out["secret"] is False and "PRIVATE KEY" not in out["data"]
+    assert "secret-store-cli get node-0" in out["data"]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ analyzer's gRPC server and block)."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import sys
@@ -313,6 +314,28 @@ def test_imdsv2_required_on_instances_and_launch_templates(resource_type: str) -
         violations(rules.imdsv2_required, resource_type, {"metadataOptions": {"httpEndpoint": "disabled"}})
         == []
     )
+
+
+# --------------------------------------------------------------------------- no key in boot data
+
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbg==\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "props"),
+    [
+        (rules.AWS_INSTANCE, {"userData": f"#cloud-config\nssh_keys:\n  ed25519_private: |\n{KEY}"}),
+        (rules.GCP_INSTANCE, {"metadata": {"user-data": KEY}}),
+        (rules.AZ_VM, {"osProfile": {"customData": base64.b64encode(KEY.encode()).decode()}}),
+    ],
+)
+def test_a_private_key_in_user_data_metadata_or_custom_data_is_flagged(
+    resource_type: str, props: dict[str, Any]
+) -> None:
+    (message,) = violations(rules.no_key_in_boot_data, resource_type, props)
+    assert "holds a private key" in message
+    public_only = {k: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI pinned" for k in props}
+    assert violations(rules.no_key_in_boot_data, resource_type, public_only) == []
 
 
 # --------------------------------------------------------------------------- GPU catalog

@@ -218,22 +218,16 @@ def render_cloud_init(
     user: str,
     authorized_key: str,
     host_public_key: str,
-    host_key_fetch: str | None = None,
+    host_key_fetch: str,
     idle_shutdown_minutes: int,
     max_lifetime_hours: int,
     cluster: str,
     boot: CloudBoot | None = None,
-    host_private_key: str | None = None,
 ) -> str:
     """#cloud-config for one node. Keys are inserted as YAML literal blocks / quoted scalars, never
     interpolated into shell (the pinned public key is shell-quoted), so key text cannot change the
-    document's structure. Holds no private key: `host_key_fetch` fetches it at first boot.
-
-    `host_private_key` (instead of `host_key_fetch`) is the old way, the key inside user data, kept
-    only until GCP and Azure fetch theirs from their secret stores; do not use it in new code."""
+    document's structure. Holds no private key: `host_key_fetch` fetches it at first boot."""
     boot = boot or CloudBoot()
-    if (host_key_fetch is None) == (host_private_key is None):
-        raise ValueError("give exactly one of host_key_fetch and host_private_key")
     files = [
         (WATCHDOG_PATH, "0755", watchdog_script(user, idle_shutdown_minutes, max_lifetime_hours)),
         ("/etc/systemd/system/lepton-watchdog.service", "0644", WATCHDOG_SERVICE),
@@ -245,25 +239,7 @@ def render_cloud_init(
         f"  - path: {_quoted(path)}\n    owner: root:root\n    permissions: '{mode}'\n    content: |\n{_block(body, 6)}"
         for path, mode, body in files
     )
-    bootcmd = list(boot.bootcmd)
-    if host_key_fetch is not None:
-        bootcmd.append(host_key_install_script(host_key_fetch, host_public_key))
-        host_keys = (
-            "# bootcmd installs the pinned host key before cloud-init's ssh module runs; that module must\n"
-            "# neither delete it nor add others (it generates only missing types, and ed25519 is there).\n"
-            "ssh_deletekeys: false\n"
-            "ssh_genkeytypes: [ed25519]\n"
-        )
-    else:
-        host_keys = (
-            "ssh_deletekeys: true\n"
-            # cloud-init ignores ssh_genkeytypes when ssh_keys is given; `[]` fails its schema (minItems 1).
-            "ssh_genkeytypes: [ed25519]\n"
-            "ssh_keys:\n"
-            "  ed25519_private: |\n"
-            f"{_block(host_private_key or '', 4)}"
-            f"  ed25519_public: {_quoted(public_key_line(host_public_key))}\n"
-        )
+    bootcmd = [*boot.bootcmd, host_key_install_script(host_key_fetch, host_public_key)]
     text = (
         "#cloud-config\n"
         f"# lepton node of cluster {cluster}: login user, pinned host key, idle/lifetime watchdog.\n"
@@ -276,7 +252,12 @@ def render_cloud_init(
         f"      - {_quoted(authorized_key.strip())}\n"
         "disable_root: true\n"
         "ssh_pwauth: false\n"
-        f"{host_keys}" + (f"bootcmd:\n{_commands(bootcmd)}" if bootcmd else "") + "write_files:\n"
+        "# bootcmd installs the pinned host key before cloud-init's ssh module runs; that module must\n"
+        "# neither delete it nor add others (it generates only missing types, and ed25519 is there).\n"
+        "ssh_deletekeys: false\n"
+        "ssh_genkeytypes: [ed25519]\n"
+        f"bootcmd:\n{_commands(bootcmd)}"
+        "write_files:\n"
         f"{write_files}"
         "runcmd:\n"
         "  - [systemctl, daemon-reload]\n"
@@ -284,7 +265,7 @@ def render_cloud_init(
         "  - [systemctl, reload-or-restart, ssh]\n"
         f"{_commands(boot.runcmd)}"
     )
-    if host_private_key is None and "PRIVATE KEY" in text:  # e.g. pasted into a cloud's files
+    if "PRIVATE KEY" in text:  # e.g. pasted into a cloud's files
         raise ValueError("cloud-init user data must not hold a private key")
     return text
 
@@ -294,17 +275,15 @@ def cloud_init(
     user: str,
     authorized_key: pulumi.Input[str],
     host_public_key: pulumi.Input[str],
-    host_key_fetch: pulumi.Input[str] | None = None,
+    host_key_fetch: pulumi.Input[str],
     idle_shutdown_minutes: int,
     max_lifetime_hours: int,
     cluster: str,
     boot: CloudBoot | None = None,
-    host_private_key: pulumi.Input[str] | None = None,
 ) -> pulumi.Output[str]:
     """`render_cloud_init` over Pulumi outputs (`host_key_fetch` usually names a secret's id, known
-    only after deployment). Not a secret, as it holds no key material; the old `host_private_key`
-    form (see `render_cloud_init`) is one."""
-    rendered = pulumi.Output.all(authorized_key, host_public_key, host_key_fetch, host_private_key).apply(
+    only after deployment). Not a secret: it holds no key material."""
+    return pulumi.Output.all(authorized_key, host_public_key, host_key_fetch).apply(
         lambda v: render_cloud_init(
             user=user,
             authorized_key=v[0],
@@ -314,7 +293,5 @@ def cloud_init(
             max_lifetime_hours=max_lifetime_hours,
             cluster=cluster,
             boot=boot,
-            host_private_key=v[3],
         )
     )
-    return pulumi.Output.secret(rendered) if host_private_key is not None else rendered

@@ -614,7 +614,38 @@ GUEST_AGENT_CONFIG = """[InstanceSetup]
 # lepton: keep the host key pinned in the inventory (installed from Secret Manager at first boot)
 set_host_keys = false
 """
-GCP_BOOT = CloudBoot(files=(BootFile("/etc/default/instance_configs.cfg", GUEST_AGENT_CONFIG),))
+# The inventory's `python` on GCP (images.py): a wrapper made at first boot for the interpreter of the
+# Deep Learning VM image that imports torch. Google's image pages do not name that path, and it has
+# moved between image generations (conda in /opt/conda, later a system-wide install), so the node
+# finds it instead of us guessing; a node where none imports torch gets no wrapper, and the run's
+# preflight then names the node and the missing interpreter.
+PYTHON_WRAPPER = "/opt/lepton/bin/python"
+FIND_PYTHON_PATH = "/usr/local/sbin/lepton-find-python"
+FIND_PYTHON = r"""#!/bin/sh
+# lepton: point /opt/lepton/bin/python at the image's interpreter that has torch.
+wrapper="${LEPTON_PYTHON_WRAPPER:-__WRAPPER__}"
+for candidate in ${LEPTON_PYTHON_CANDIDATES:-/opt/conda/bin/python3 /opt/python/bin/python3 /usr/local/bin/python3 /usr/bin/python3}; do
+    if [ -x "$candidate" ] && "$candidate" -c 'import torch' >/dev/null 2>&1; then
+        mkdir -p "$(dirname "$wrapper")"
+        # A wrapper, not a symlink: a virtual environment's python finds its packages only when
+        # started by its own path.
+        printf '#!/bin/sh\nexec %s "$@"\n' "$candidate" > "$wrapper.tmp"
+        chmod 0755 "$wrapper.tmp"
+        mv "$wrapper.tmp" "$wrapper"
+        echo "lepton: $wrapper runs $candidate"
+        exit 0
+    fi
+done
+echo "lepton: no interpreter with torch on this image; $wrapper not made" >&2
+exit 1
+""".replace("__WRAPPER__", PYTHON_WRAPPER)
+GCP_BOOT = CloudBoot(
+    files=(
+        BootFile("/etc/default/instance_configs.cfg", GUEST_AGENT_CONFIG),
+        BootFile(FIND_PYTHON_PATH, FIND_PYTHON, "0755"),
+    ),
+    runcmd=(FIND_PYTHON_PATH,),
+)
 
 
 class GcpObjectStore(pulumi.ComponentResource):

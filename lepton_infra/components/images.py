@@ -29,8 +29,8 @@ class NodeImage:
 # AWS: the DLAMI parameter name is the AMI's name without "Deep", "Learning" and "AMI"
 # (https://docs.aws.amazon.com/dlami/latest/devguide/find-dlami-id.html). The x86_64 PyTorch 2.9
 # DLAMI supports G4dn, G5, G6, G6e, P4, P4de, P5, P5e, P5en and keeps torch in /opt/pytorch. (The
-# Base DLAMI, the old default, has the driver and CUDA but no torch.) GCP and Azure rows come with
-# those pools' defaults.
+# Base DLAMI, the old default, has the driver and CUDA but no torch.) The GCP and Azure rows
+# are those pools' defaults.
 _DLAMI_PYTORCH_29 = (
     "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id"
 )
@@ -43,6 +43,29 @@ IMAGES: tuple[NodeImage, ...] = (
         torch="2.9",
         read_on="2026-12-02",
         source="https://docs.amazonaws.cn/dlami/latest/devguide/aws-deep-learning-ami-gpupt29oss-ul2404-2026-03-20.md",
+        default=True,
+    ),
+    # GCP: Deep Learning VM family (Google: deeplearning-platform-release). The family's torch is the
+    # image's own; the pool makes /opt/lepton/bin/python at first boot for whichever interpreter of
+    # the image imports torch (gcp.FIND_PYTHON), since Google's pages do not name it.
+    NodeImage(
+        cloud="gcp",
+        image="projects/deeplearning-platform-release/global/images/family/pytorch-2-9-cu129-ubuntu-2204-nvidia-580",
+        python="/opt/lepton/bin/python",
+        torch="2.9 (the image's own)",
+        read_on="2026-12-02",
+        source="https://cloud.google.com/deep-learning-vm/docs/images",
+        default=True,
+    ),
+    # Azure: the HPC image has the NVIDIA driver, CUDA, NCCL, MPI and InfiniBand drivers but no
+    # torch; the pool installs azure.TORCH_PIN into this venv at first boot (azure.INSTALL_TORCH).
+    NodeImage(
+        cloud="azure",
+        image="microsoft-dsvm:ubuntu-hpc:2204:latest",
+        python="/opt/lepton/venv/bin/python",
+        torch="2.9.1+cu126, installed at first boot",
+        read_on="2026-12-02",
+        source="https://github.com/Azure/azhpc-images",
         default=True,
     ),
 )

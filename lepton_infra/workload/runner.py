@@ -227,6 +227,12 @@ def run_job(
         follow_links,
     )
     run_id, local_dir = plan.run_id, store.dir(plan.run_id)
+    if inventory.store:
+        # The nodes upload their results there when the job ends: a missing bucket or no
+        # credentials must fail now (ConfigError naming the URL), not after the training.
+        from lepton_infra.data import open_store
+
+        open_store(inventory.store).check()
 
     # The run exists from its first step on the nodes: a local record once they are connected
     # (a node that fails its host key check leaves nothing behind), a folder on each from prepare.

@@ -8,6 +8,8 @@ our components set and which rules are mandatory.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -543,6 +545,49 @@ def check_imdsv2(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     return []
 
 
+# --------------------------------------------------------------------------- rule: no key in user data
+
+# Where a VM's boot data sits; read-only roles and every process on the node can read it.
+_BOOT_DATA = {
+    AWS_INSTANCE: (("userData",), ("userDataBase64",)),
+    AWS_LAUNCH_TEMPLATE: (("userData",),),
+    AWS_SPOT_REQUEST: (("userData",), ("userDataBase64",)),
+    GCP_INSTANCE: (("metadata",), ("metadataStartupScript",)),
+    GCP_INSTANCE_TEMPLATE: (("metadata",), ("metadataStartupScript",)),
+    AZ_VM: (("osProfile", "customData"), ("userData",)),
+    AZ_VMSS: (("virtualMachineProfile", "osProfile", "customData"), ("virtualMachineProfile", "userData")),
+}
+
+
+def _texts(value: Any) -> list[str]:
+    """Every string in `value`, plus the decoded text of strings that are base64 (user data and
+    Azure custom data often are)."""
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _texts(v)]
+    if _is_list(value):
+        return [t for v in value for t in _texts(v)]
+    if not isinstance(value, str):
+        return []
+    out = [value]
+    try:
+        out.append(base64.b64decode(value, validate=True).decode("utf-8", "replace"))
+    except (binascii.Error, ValueError):
+        pass
+    return out
+
+
+def check_no_key_in_boot_data(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """No private key in user data / metadata / custom data: deliver it through a secret store."""
+    found = []
+    for path in _BOOT_DATA.get(resource_type, ()):
+        if any("PRIVATE KEY" in t for t in _texts(get(props, *path))):
+            found.append(
+                f"{'.'.join(path)} holds a private key; read-only roles and the node's metadata service "
+                "can read it: deliver it through the cloud's secret store"
+            )
+    return found
+
+
 # --------------------------------------------------------------------------- rule: GPU catalog
 
 
@@ -777,6 +822,12 @@ imdsv2_required = ResourceValidationPolicy(
     enforcement_level=MANDATORY,
     validate=_resource_validate(check_imdsv2),
 )
+no_key_in_boot_data = ResourceValidationPolicy(
+    name="lepton-no-private-key-in-boot-data",
+    description="VM user data, instance metadata and custom data hold no private key (secret stores do).",
+    enforcement_level=MANDATORY,
+    validate=_resource_validate(check_no_key_in_boot_data),
+)
 gpu_from_catalog = ResourceValidationPolicy(
     name="lepton-gpu-from-catalog",
     description="GPU instance types must be rows of the lepton accelerator catalog.",
@@ -824,6 +875,7 @@ RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
     storage_encrypted,
     storage_tls_only,
     imdsv2_required,
+    no_key_in_boot_data,
     gpu_from_catalog,
     required_tags,
     lifetime_limit,

@@ -27,7 +27,9 @@ JOB = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_node_stopped_right_after_its_job_still_has_its_results_in_the_store(local_pool_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_node_stopped_right_after_its_job_still_has_its_results_in_the_store(
+    local_pool_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     pool = local_pool_factory(2)
     inventory = Inventory.load(pool.inventory_path)
     workload = tmp_path / "wl"
@@ -60,9 +62,26 @@ def test_node_stopped_right_after_its_job_still_has_its_results_in_the_store(loc
     assert open_store(inventory.store or "").manifest("runs/stored-1/node-1") is not None
 
 
-def test_collect_of_an_unknown_run_with_nodes_gone_keeps_the_original_error(local_pool_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_collect_of_an_unknown_run_with_nodes_gone_keeps_the_original_error(
+    local_pool_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     pool = local_pool_factory(1)
     inventory = Inventory.load(pool.inventory_path)
     pool.stop_node("node-0")
     with pytest.raises(NodeError, match="node-0"):
         runner.collect(inventory, "never-ran", runs_dir=tmp_path, connect_timeout=3)
+
+
+def test_run_with_a_missing_store_fails_before_any_node_is_touched(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lepton_infra.errors import ConfigError
+
+    missing = f"file://{tmp_path}/no-such-store"
+    inventory = Inventory.load(local_pool.inventory_path).model_copy(update={"store": missing})
+    workload = tmp_path / "wl"
+    workload.mkdir()
+    (workload / "train.py").write_text(JOB)
+    with pytest.raises(ConfigError) as err:
+        runner.run_job(inventory, workload, run_id="never-1", runs_dir=tmp_path / "runs")
+    assert missing in str(err.value)
+    with pytest.raises(ConfigError, match="no run 'never-1'"):  # nothing reached any node
+        runner.run_status(inventory, "never-1")
