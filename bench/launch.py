@@ -144,7 +144,7 @@ def openssh_once(ssh: OpenSSH, pool: LocalPool, workload: Path, *, torchrun: boo
 
 
 def main() -> int:
-    p = _bench.parser(__doc__.splitlines()[0], nodes=4, repeat=3)
+    p = _bench.parser(__doc__.splitlines()[0], nodes=8, repeat=3)
     p.add_argument(
         "--warmup", type=int, default=1, help="uncounted torchrun launches first (default 1; 0: none)"
     )

@@ -562,6 +562,11 @@ def _finish(
     def after() -> None:
         if server is not None:
             server.run()
+        if settle_in_background:
+            # Lowest CPU priority: caching and the spare tree must not slow the job starting
+            # now, nor (on a shared machine) another node still receiving.
+            with contextlib.suppress(OSError):
+                os.nice(19)
         settle(workload, manifest, sizes)
 
     if settle_in_background:
