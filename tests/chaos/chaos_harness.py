@@ -9,7 +9,7 @@ then check:
   3. every result file that was produced is present locally and intact (its sha256).
 Faults: kill-train (SIGKILL the job's python on one node), kill-sshd (SIGKILL every sshd process of
 one node; a supervisor - like systemd - restarts it a few seconds later), hang (SIGSTOP a node's
-sshd and job; needs the controller's heartbeat limit), kill-controller (SIGKILL the controller
+sshd and job, until the controller's heartbeat limit gives the node up), kill-controller (SIGKILL the controller
 process, then `attach`), late-sshd (a node's sshd starts only 15 s after `run` begins).
 
 Used by tests/chaos/test_chaos.py (a bounded subset in `make test`) and tests/chaos/run.py
@@ -254,7 +254,8 @@ def one_iteration(
     *,
     job_s: float = 4.0,
     late_s: float = 15.0,
-    hang_supported: bool = False,
+    hang_supported: bool = True,
+    heartbeat_s: float = 30.0,
 ) -> Iteration:
     inv = pool.inventory
     nodes = [n.name for n in inv.nodes]
@@ -267,7 +268,7 @@ def one_iteration(
     it = Iteration(index, fault, node, round(at, 2))
     if fault == "hang" and not hang_supported:
         it.outcome = "xfail"
-        it.detail = "needs the controller's heartbeat limit (issue 12 class 5), not in the runner yet"
+        it.detail = "hang faults switched off"
         return it
 
     if fault == "kill-controller":
@@ -303,7 +304,14 @@ def one_iteration(
     def target() -> None:
         try:
             box["result"] = run_job(
-                inv, workload, args, run_id=run_id, runs_dir=runs, events=events, connect_timeout=late_s + 15
+                inv,
+                workload,
+                args,
+                run_id=run_id,
+                runs_dir=runs,
+                events=events,
+                connect_timeout=late_s + 15,
+                heartbeat_timeout=heartbeat_s,
             )
         except LeptonError as exc:
             box["error"] = exc
@@ -338,7 +346,8 @@ def one_iteration(
         elif fault == "hang":
             frozen = sshd_pids(pool, node) + [p for p in processes_of_run(run_id) if _node_of(p) == node]
             _signal(frozen, signal.SIGSTOP)
-            time.sleep(45)
+            # Frozen until the controller gives the node up and ends the run (or 3 heartbeats).
+            thread.join(timeout=3 * heartbeat_s + 15)
             _signal(frozen, signal.SIGCONT)
     thread.join(timeout=300)
     if thread.is_alive():
@@ -363,7 +372,8 @@ def run_chaos(
     faults: list[str],
     job_s: float = 4.0,
     late_s: float = 15.0,
-    hang_supported: bool = False,
+    hang_supported: bool = True,
+    heartbeat_s: float = 30.0,
     log: Callable[[str], None] = print,
 ) -> Report:
     """One iteration per entry of `faults` (in order), on `pool`; a Report of what happened."""
@@ -375,7 +385,16 @@ def run_chaos(
     report = Report(seed)
     for index, fault in enumerate(faults):
         it = one_iteration(
-            pool, workload, runs, rng, index, fault, job_s=job_s, late_s=late_s, hang_supported=hang_supported
+            pool,
+            workload,
+            runs,
+            rng,
+            index,
+            fault,
+            job_s=job_s,
+            late_s=late_s,
+            hang_supported=hang_supported,
+            heartbeat_s=heartbeat_s,
         )
         report.iterations.append(it)
         log(json.dumps(it.__dict__))
