@@ -14,11 +14,16 @@ from lepton_infra.workload.steps import results_prefix
 
 
 def committed_nodes(inventory: Inventory, run_id: str) -> list[str]:
-    """Nodes whose results for `run_id` are committed in the inventory's store (none without a store)."""
+    """Nodes with committed results (or a checkpoint snapshot) for `run_id` in the inventory's store."""
     if not inventory.store:
         return []
     store = open_store(inventory.store)
-    return [n.name for n in inventory.nodes if store.manifest(results_prefix(run_id, n.name)) is not None]
+    return [
+        n.name
+        for n in inventory.nodes
+        if store.manifest(results_prefix(run_id, n.name)) is not None
+        or store.manifest(results_prefix(run_id, n.name) + "/checkpoint") is not None
+    ]
 
 
 def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str) -> RunRecord:
@@ -39,6 +44,19 @@ def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str
         try:
             manifest = store.download_dir(prefix, dest)
         except NotCommitted:
+            snapshot = f"{prefix}/checkpoint"
+            if store.manifest(snapshot) is not None:
+                # Lost mid-run, but its last snapshot of output/ is there: take that.
+                got = store.download_dir(snapshot, dest)
+                nodes.append(
+                    prev.model_copy(
+                        update={"state": "lost", "store_url": f"{store.url}/{snapshot}",
+                                "detail": f"unreachable ({why}); output/ from its last checkpoint snapshot",
+                                "bytes_collected": int(got.get("bytes") or 0),  # type: ignore[call-overload]
+                                "output_dir": str(dest / "output"), "collected_from": "store"}
+                    )
+                )  # fmt: skip
+                continue
             nodes.append(
                 prev.model_copy(
                     update={"state": prev.state if prev.state in ("succeeded", "failed", "cancelled") else "lost",

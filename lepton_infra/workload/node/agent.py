@@ -225,6 +225,7 @@ def supervise(run_dir: str) -> int:
         write_state(run_dir, state)
         if _cancel_requested(run_dir):  # a cancel that came while the job was being started
             _kill_group(proc.pid, signal.SIGTERM)
+        snapshots = Snapshots(run_dir, spec)
         while True:
             try:
                 code = proc.wait(timeout=HEARTBEAT_S)
@@ -235,6 +236,8 @@ def supervise(run_dir: str) -> int:
                     write_state(run_dir, state)
                 except OSError:
                     pass  # a missed heartbeat is survivable; a dead supervisor is not
+                snapshots.tick()
+        snapshots.stop()
     # The job is over; nothing of it may outlive it (torchrun's workers run in their own sessions).
     _kill_leftovers(run_dir, proc.pid)
     cancelled = os.path.exists(_path(run_dir, "cancel"))
@@ -256,6 +259,62 @@ def supervise(run_dir: str) -> int:
 
 
 UPLOAD_TIMEOUT_S = 3600.0
+CHECKPOINT_UPLOAD_S = 30.0  # at most one snapshot of output/ per this many seconds (env overrides)
+
+
+class Snapshots:
+    """While the job runs, copy output/ (checkpoints, metrics) to `<prefix>/checkpoint/` in the store
+    whenever it changed, at most every CHECKPOINT_UPLOAD_S seconds, one upload at a time, so
+    a node lost mid-run (spot reclaim) leaves its last checkpoint behind."""
+
+    def __init__(self, run_dir: str, spec: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.results = spec.get("results")
+        env = spec.get("env") or {}
+        try:
+            self.every = float(env.get("CHECKPOINT_UPLOAD_S", CHECKPOINT_UPLOAD_S))
+        except ValueError:
+            self.every = CHECKPOINT_UPLOAD_S
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.last_start = 0.0
+        self.last_mtime = 0.0
+
+    def _newest(self) -> float:
+        newest = 0.0
+        for dirpath, _dirs, names in os.walk(_path(self.run_dir, "output")):
+            for name in names:
+                try:
+                    newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime)
+                except OSError:
+                    pass
+        return newest
+
+    def tick(self) -> None:
+        if not self.results or self.every <= 0 or (self.proc is not None and self.proc.poll() is None):
+            return
+        if time.time() - self.last_start < self.every:
+            return
+        newest = self._newest()
+        if newest <= self.last_mtime:
+            return
+        self.last_mtime, self.last_start = newest, time.time()
+        r = self.results
+        argv = [sys.executable, "-c", r["source"], r["store"], r["prefix"] + "/checkpoint"]
+        argv.append(f"output={_path(self.run_dir, 'output')}")
+        try:
+            with open(_path(self.run_dir, "logs", "upload.log"), "ab") as log:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        except OSError:
+            self.proc = None
+
+    def stop(self) -> None:
+        """Let a snapshot in flight finish (briefly) before the final upload."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
