@@ -27,6 +27,7 @@ BUSY_POLL_INTERVAL_S = 0.1
 # long gets its agent asked whether the supervisor still lives.
 HEARTBEAT_TIMEOUT_S = 30.0
 READ_CHUNK = 1 << 20  # what one SFTP log read returns at most
+MAX_LINE_BYTES = 1 << 20  # an unterminated line longer than this is passed on as it is
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ class LineSplitter:
         out: list[LogLine | Progress] = []
         chunks = (self.partial + data).split(b"\n")
         self.partial = chunks.pop()
-        if final and self.partial:
+        if (final and self.partial) or len(self.partial) > MAX_LINE_BYTES:
+            # A "line" that never ends (a binary dump, a progress bar using \r) is passed on in
+            # pieces rather than held in memory; the node's log file keeps it whole.
             chunks.append(self.partial)
             self.partial = b""
         for raw in chunks:

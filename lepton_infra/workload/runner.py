@@ -27,6 +27,7 @@ ship, launch, collect), `monitor` (typed events while it runs), `record` (run.js
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
 from lepton_infra.workload.monitor import (
     HEARTBEAT_TIMEOUT_S,
+    Event,
     LineSplitter,
     LogLine,
     Offsets,
@@ -133,6 +135,18 @@ def check_heartbeat_timeout(seconds: float) -> None:
         raise ConfigError(f"--heartbeat-timeout must be a number of seconds from 1 to 3600, got {seconds!r}")
 
 
+def _deliver_safely(event: Event, sink: RunEvents) -> None:
+    """Hand an event to the UI; a UI that chokes on one (a progress value it cannot draw) gets it
+    as the plain log line instead, and never stops the run: streaming, collecting and recording
+    go on whatever the job printed."""
+    try:
+        deliver(event, sink)
+    except Exception:  # noqa: BLE001 - a rendering bug must not lose the run
+        if isinstance(event, Progress):
+            with contextlib.suppress(Exception):
+                sink.on_log(event.node, f"{jobspec.PROGRESS_TAG} {json.dumps(event.data)}")
+
+
 def _watch(
     group: NodeGroup,
     run_id: str,
@@ -154,7 +168,7 @@ def _watch(
         if on_first_output is not None and isinstance(event, LogLine | Progress):
             on_first_output()
             on_first_output = None
-        deliver(event, events)
+        _deliver_safely(event, events)
 
 
 @contextlib.contextmanager

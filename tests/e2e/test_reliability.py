@@ -674,3 +674,26 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
         run_dir = pool.home(node.name) / ".lepton" / "runs" / "ship-cancel"
         assert not (run_dir / "spec.json").exists() and not (run_dir / "output" / "result.json").exists()
     assert leftover_processes("ship-cancel") == []
+
+
+def test_a_sink_that_chokes_on_progress_gets_the_plain_line_and_an_endless_line_is_passed_on() -> None:
+    from lepton_infra.workload import RunEvents
+    from lepton_infra.workload.monitor import MAX_LINE_BYTES, LineSplitter, Progress
+    from lepton_infra.workload.runner import _deliver_safely
+
+    class Choking(RunEvents):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def on_progress(self, node: str, progress: dict[str, object]) -> None:
+            raise ZeroDivisionError("a renderer bug")
+
+        def on_log(self, node: str, line: str) -> None:
+            self.lines.append(line)
+
+    sink = Choking()
+    _deliver_safely(Progress("node-0", {"step": 1, "steps": 0}), sink)
+    assert sink.lines == ['LEPTON_PROGRESS {"step": 1, "steps": 0}']
+    splitter = LineSplitter("node-0")
+    events = [e for _ in range(3) for e in splitter.feed(b"x" * (MAX_LINE_BYTES // 2 + 1))]
+    assert events and len(splitter.partial) <= MAX_LINE_BYTES
