@@ -179,10 +179,32 @@ def test_each_node_identity_may_touch_exactly_the_bucket_key_queues_and_its_own_
         policy = rec.named(f"demo-identity-{i}-data-access")
         assert policy.inputs["role"] == rec.named(f"demo-identity-{i}-role").id
         resources: set[str] = set()
+        actions: dict[str, set[str]] = {}
         for statement in json.loads(policy.inputs["policy"])["Statement"]:
             assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Action"])
             found = statement["Resource"]
             resources.update(found if isinstance(found, list) else [found])
+            for arn in found if isinstance(found, list) else [found]:
+                listed = statement["Action"]
+                actions.setdefault(arn, set()).update(listed if isinstance(listed, list) else [listed])
+        # Exactly what the data plane's clients call (store, sweep queue, dead-lettering).
+        assert actions[bucket_arn] == {"s3:ListBucket", "s3:GetBucketLocation"}
+        assert actions[f"{bucket_arn}/*"] == {
+            "s3:GetObject",
+            "s3:PutObject",
+            "s3:DeleteObject",
+            "s3:AbortMultipartUpload",
+        }
+        assert len(arns) == 2, "the queue and its dead-letter queue"
+        for arn in arns:
+            assert actions[arn] == {
+                "sqs:SendMessage",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+            }
             if statement["Resource"] == host_key_key.outputs["arn"]:
                 assert statement["Action"] == "kms:Decrypt"
                 assert statement["Condition"]["StringEquals"] == {

@@ -357,8 +357,8 @@ def test_the_identity_is_granted_exactly_the_container_and_the_queues(
         assert grants == sorted(
             [
                 (container.id, role_id(azure.ROLE_BLOB_DATA_CONTRIBUTOR)),
-                (queues["demo-queue"].id, role_id(azure.ROLE_QUEUE_MESSAGE_PROCESSOR)),
-                (queues["demo-queue-poison"].id, role_id(azure.ROLE_QUEUE_MESSAGE_SENDER)),
+                (queues["demo-queue"].id, role_id(azure.ROLE_QUEUE_DATA_CONTRIBUTOR)),
+                (queues["demo-queue-poison"].id, role_id(azure.ROLE_QUEUE_DATA_CONTRIBUTOR)),
                 (vms[node].id, stop_role.id),  # its own VM, no other
                 (secrets[node].id, role_id(azure.ROLE_KEY_VAULT_SECRETS_USER)),  # its own host key
             ]

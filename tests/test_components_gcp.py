@@ -317,24 +317,36 @@ def test_nodes_run_as_a_dedicated_service_account_with_the_cloud_platform_scope(
 def test_service_account_is_granted_exactly_its_bucket_and_queue(
     cluster: tuple[dict[str, Any], Recorder],
 ) -> None:
+    """Exactly what the data plane's clients call: objects in the bucket; publish to the jobs and
+    dead-letter topics; pull/ack on both subscriptions; get the subscription (its dead-letter
+    policy); list the dead-letter topic's subscriptions (pubsub.topics.get, in roles/pubsub.viewer)."""
     out, rec = cluster
     (bucket,) = rec.of(BUCKET)
     jobs_sub = next(s for s in rec.of(SUBSCRIPTION) if "deadLetterPolicy" in s.inputs)
+    dead_sub = next(s for s in rec.of(SUBSCRIPTION) if "deadLetterPolicy" not in s.inputs)
     jobs_topic = next(t for t in rec.of(TOPIC) if t.id == jobs_sub.inputs["topic"])
+    dead_topic = next(t for t in rec.of(TOPIC) if t.id == dead_sub.inputs["topic"])
     for email in out["sa_emails"]:
         member = f"serviceAccount:{email}"
         grants = [r for r in rec.resources if r.type.endswith("IAMMember") and r.inputs["member"] == member]
-        assert sorted((g.type, g.inputs["role"]) for g in grants) == sorted(
-            [
-                (BUCKET_MEMBER, "roles/storage.objectAdmin"),
-                (SUB_MEMBER, "roles/pubsub.subscriber"),
-                (TOPIC_MEMBER, "roles/pubsub.publisher"),
-            ]
-        )
-        by_type = {g.type: g.inputs for g in grants}
-        assert by_type[BUCKET_MEMBER]["bucket"] == bucket.outputs["name"]
-        assert by_type[SUB_MEMBER]["subscription"] == jobs_sub.outputs["name"]
-        assert by_type[TOPIC_MEMBER]["topic"] == jobs_topic.outputs["name"]
+        on = {
+            (
+                g.type,
+                g.inputs.get("bucket") or g.inputs.get("subscription") or g.inputs.get("topic"),
+                g.inputs["role"],
+            )
+            for g in grants
+        }
+        assert len(grants) == len(on) == 7
+        assert on == {
+            (BUCKET_MEMBER, bucket.outputs["name"], "roles/storage.objectAdmin"),
+            (TOPIC_MEMBER, jobs_topic.outputs["name"], "roles/pubsub.publisher"),
+            (TOPIC_MEMBER, dead_topic.outputs["name"], "roles/pubsub.publisher"),
+            (TOPIC_MEMBER, dead_topic.outputs["name"], "roles/pubsub.viewer"),
+            (SUB_MEMBER, jobs_sub.outputs["name"], "roles/pubsub.subscriber"),
+            (SUB_MEMBER, jobs_sub.outputs["name"], "roles/pubsub.viewer"),
+            (SUB_MEMBER, dead_sub.outputs["name"], "roles/pubsub.subscriber"),
+        }
     # No project-, folder- or organization-level grant anywhere in the graph.
     assert not [
         r for r in rec.resources if r.type.startswith(("gcp:projects/", "gcp:organizations/", "gcp:folder/"))

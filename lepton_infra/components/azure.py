@@ -23,10 +23,11 @@ Choices worth knowing (each can be changed through `extra`):
   (`<queue>-poison`, as Functions/WebJobs use): the data-plane client moves a message whose
   `dequeue_count` exceeds `max_receive_count` there, and passes `visibility_timeout_s` on every
   receive (Azure has no queue-level visibility timeout). Both numbers are stored as metadata on the
-  queue, so clients read them from the queue itself. The nodes' identity may receive and delete on
-  the queue ("Storage Queue Data Message Processor") and only add to the poison queue ("... Message
-  Sender"); extending a message's visibility while it runs (Update Message) would need "Storage
-  Queue Data Contributor", which also lets its holder delete the queue, so it is not granted.
+  queue, so clients read them from the queue itself. The nodes' identity holds "Storage Queue Data
+  Contributor" on the queue and on its poison queue, scoped to each queue: the clients send (sweep
+  enqueue), receive, extend a running job's visibility (Update Message, which neither "Message
+  Processor" nor "Message Sender" allows), delete, read the queue's metadata, and peek and clear
+  the poison queue. No narrower built-in role has Update Message.
 - `force_destroy` has no Azure counterpart: deleting a storage account deletes its contents. Blob
   and container soft delete (7 days) protect against deleted blobs, not against `pulumi destroy`.
 """
@@ -85,8 +86,8 @@ SOFT_DELETE_DAYS = 7
 
 # Built-in role definition ids (the same GUIDs in every tenant).
 ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"  # read/write/delete blobs
-ROLE_QUEUE_MESSAGE_PROCESSOR = "8a0f0c08-91a1-4084-bc3d-661d67233fed"  # peek, receive, delete messages
-ROLE_QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # add messages
+# send, receive, update (extend visibility), delete, peek, clear messages; read queue metadata
+ROLE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"  # read secret values
 
 # The watchdog's only rights: deallocate its own VM (Spot: delete it; a deleted VM bills nothing).
@@ -782,8 +783,17 @@ class AzureNodeIdentity(pulumi.ComponentResource):
                 ("blob", store.container.id, ROLE_BLOB_DATA_CONTRIBUTOR, "read/write the cluster's container")
             )
         if queue is not None:
-            grants.append(("queue", queue.queue.id, ROLE_QUEUE_MESSAGE_PROCESSOR, "receive/delete jobs"))
-            grants.append(("poison", queue.poison_queue.id, ROLE_QUEUE_MESSAGE_SENDER, "move poisoned jobs"))
+            grants.append(
+                ("queue", queue.queue.id, ROLE_QUEUE_DATA_CONTRIBUTOR, "send/receive/extend/ack jobs")
+            )
+            grants.append(
+                (
+                    "poison",
+                    queue.poison_queue.id,
+                    ROLE_QUEUE_DATA_CONTRIBUTOR,
+                    "move, read and clear poisoned jobs",
+                )
+            )
         self.role_assignments = [
             authorization.RoleAssignment(
                 f"{name}-{suffix}",

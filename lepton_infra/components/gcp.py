@@ -470,14 +470,18 @@ class GcpNetwork(pulumi.ComponentResource):
 
 class GcpNodeIdentity(pulumi.ComponentResource):
     """The nodes' service account (a dedicated one unless an existing email is given), granted
-    exactly the cluster's bucket (objectAdmin) and queue (subscriber on the subscription, publisher
-    on the topic), each as a resource-level IAM member. No project-level role is granted."""
+    exactly what the data plane's clients call, each as a resource-level IAM member (no
+    project-level role): the bucket (objectAdmin); publisher on the jobs and dead-letter topics
+    (enqueue; the client dead-letters a bad message itself); subscriber on both subscriptions (pull,
+    extend, ack; reading dead letters); viewer on the subscription (GetSubscription: its dead-letter
+    policy) and on the dead-letter topic (ListTopicSubscriptions needs pubsub.topics.get there)."""
 
     account: serviceaccount.Account | None
     email: pulumi.Output[str]
     bucket_member: storage.BucketIAMMember | None
     subscriber_member: pubsub.SubscriptionIAMMember | None
     publisher_member: pubsub.TopicIAMMember | None
+    queue_members: list[pulumi.Resource]
 
     def __init__(
         self,
@@ -519,24 +523,37 @@ class GcpNodeIdentity(pulumi.ComponentResource):
             )
         self.subscriber_member = None
         self.publisher_member = None
+        self.queue_members = []
         if queue is not None:
-            self.subscriber_member = pubsub.SubscriptionIAMMember(
-                f"{stem}-queue-sub",
-                pubsub.SubscriptionIAMMemberArgs(
-                    project=project,
-                    subscription=queue.subscription.name,
-                    role="roles/pubsub.subscriber",
-                    member=member,
-                ),
-                opts=_after(self, opts),
+
+            def on_subscription(suffix: str, subscription: Any, role: str) -> pubsub.SubscriptionIAMMember:
+                return pubsub.SubscriptionIAMMember(
+                    f"{stem}-{suffix}",
+                    pubsub.SubscriptionIAMMemberArgs(
+                        project=project, subscription=subscription.name, role=role, member=member
+                    ),
+                    opts=_after(self, opts),
+                )
+
+            def on_topic(suffix: str, topic: Any, role: str) -> pubsub.TopicIAMMember:
+                return pubsub.TopicIAMMember(
+                    f"{stem}-{suffix}",
+                    pubsub.TopicIAMMemberArgs(project=project, topic=topic.name, role=role, member=member),
+                    opts=_after(self, opts),
+                )
+
+            self.subscriber_member = on_subscription(
+                "queue-sub", queue.subscription, "roles/pubsub.subscriber"
             )
-            self.publisher_member = pubsub.TopicIAMMember(
-                f"{stem}-queue-pub",
-                pubsub.TopicIAMMemberArgs(
-                    project=project, topic=queue.topic.name, role="roles/pubsub.publisher", member=member
-                ),
-                opts=_after(self, opts),
-            )
+            self.publisher_member = on_topic("queue-pub", queue.topic, "roles/pubsub.publisher")
+            self.queue_members = [
+                self.subscriber_member,
+                self.publisher_member,
+                on_subscription("queue-view", queue.subscription, "roles/pubsub.viewer"),
+                on_topic("dlq-pub", queue.dead_letter_topic, "roles/pubsub.publisher"),
+                on_topic("dlq-view", queue.dead_letter_topic, "roles/pubsub.viewer"),
+                on_subscription("dlq-sub", queue.dead_letter_subscription, "roles/pubsub.subscriber"),
+            ]
         self.register_outputs({"email": self.email})
 
 
