@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lepton_infra.errors import ConfigError, NodeError
 
-_SUBNETS = ipaddress.ip_network("10.231.0.0/16")  # carved into /30s, one per pool
+_SUBNETS = ipaddress.IPv4Network("10.231.0.0/16")  # carved into /30s, one per pool
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ def _ip(*args: str) -> None:
         raise NodeError("bastion", f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
 
 
-def _used_addresses() -> set[ipaddress.IPv4Address]:
+def _used_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     done = subprocess.run([_tool("ip"), "-o", "-4", "addr", "show"], capture_output=True, text=True)
-    found = set()
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for line in done.stdout.splitlines():
         parts = line.split()
         if "inet" in parts:
