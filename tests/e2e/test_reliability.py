@@ -697,3 +697,36 @@ def test_a_sink_that_chokes_on_progress_gets_the_plain_line_and_an_endless_line_
     splitter = LineSplitter("node-0")
     events = [e for _ in range(3) for e in splitter.feed(b"x" * (MAX_LINE_BYTES // 2 + 1))]
     assert events and len(splitter.partial) <= MAX_LINE_BYTES
+
+
+def test_run_refuses_nproc_beyond_the_bound_and_a_runs_dir_under_a_file_in_one_line(
+    local_pool: LocalPool, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    inv = ["--inventory", str(local_pool.inventory_path)]
+    done = cli("run", str(make_workload()), *inv, "--nproc-per-node", "65", "--runs-dir", str(tmp_path / "r"))
+    assert done.returncode == 2 and "has no GPUs" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "file").write_text("x")
+    done = cli("run", str(make_workload()), *inv, "--runs-dir", str(tmp_path / "file" / "runs"))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "error (bad input)" in done.stderr
+
+
+@pytest.mark.slow
+def test_local_up_bastion_from_the_cli_writes_a_jump_and_down_removes_the_network(tmp_path: Path) -> None:
+    from lepton_infra.local.sshd_config import find_sshd
+
+    find_sshd()
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("a bastion pool needs root, ip and nsenter (its nodes live in a network namespace)")
+    state = tmp_path / "bastion-cli"
+    up_ = cli("local", "up", "--nodes", "1", "--bastion", "--state-dir", str(state), "--json")
+    try:
+        assert up_.returncode == 0, up_.stderr
+        inventory = json.loads(up_.stdout)
+        assert inventory["jump"]["host"].startswith("10.231.")
+        network = json.loads((state / "pool.json").read_text())["network"]["name"]
+    finally:
+        down_ = cli("local", "down", "--state-dir", str(state))
+    assert down_.returncode == 0, down_.stderr
+    assert network not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
