@@ -14,7 +14,7 @@ from pathlib import Path
 import pulumi_harness as harness  # noqa: I001  (mocks before components)
 import pytest
 
-from lepton_infra.components import azure, gcp, images
+from lepton_infra.components import azure, gcp, images, node_clients
 from lepton_infra.components.args import TrainingClusterArgs
 from lepton_infra.components.neutral import TrainingCluster
 from lepton_infra.inventory import Inventory
@@ -117,7 +117,8 @@ def test_gcp_nodes_make_the_wrapper_at_first_boot() -> None:
 
     _, rec = harness.build(lambda: gcp.GcpGpuVmPool("p", _gcp_args()))
     doc = yaml.safe_load(rec.of("gcp:compute/instance:Instance")[0].inputs["metadata"]["user-data"])
-    assert doc["runcmd"][-1].strip() == gcp.FIND_PYTHON_PATH
+    # Then the data plane's clients go into the wrapper's interpreter (test_node_clients.py).
+    assert [c.strip() for c in doc["runcmd"][-2:]] == [gcp.FIND_PYTHON_PATH, node_clients.INSTALL_PATH]
     assert any(f["path"] == gcp.FIND_PYTHON_PATH for f in doc["write_files"])
 
 

@@ -964,6 +964,8 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
+                cloud="aws",
+                image=args.image,
             )
             spec = _instance_spec(args, entry, ami=ami, public=public)
             spec.update(

@@ -1219,6 +1219,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
+                cloud="azure",
+                image=args.image,
                 boot=boot,
             ).apply(lambda text: base64.b64encode(text.encode()).decode("ascii"))
             base = vm_spec(

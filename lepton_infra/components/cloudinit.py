@@ -16,6 +16,9 @@ Hook for the per-cloud modules (all plain text; none of it may hold key material
   without waiting (`systemctl --no-block`, as a blocking restart from inside cloud-init deadlocks).
 - `boot` (`CloudBoot`): cloud-specific `files` (cloud-init `write_files`), `bootcmd` lines (run at
   every boot, before the key fetch) and `runcmd` lines (final stage, after the common ones).
+- `cloud` and `python`: the node installs the data plane's pinned clients for `cloud` into
+  `python` (the inventory's interpreter; `node_clients`), last in `runcmd`, so after a cloud's own
+  commands have made that interpreter.
 
 `render_cloud_init` is pure and returns readable text, so it can be tested and reviewed;
 `cloud_init` is the same over Pulumi outputs."""
@@ -28,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
+
+from lepton_infra.components import images, node_clients
 
 WATCHDOG_PATH = "/usr/local/sbin/lepton-watchdog"
 
@@ -223,17 +228,23 @@ def render_cloud_init(
     max_lifetime_hours: int,
     cluster: str,
     boot: CloudBoot | None = None,
+    cloud: str | None = None,
+    python: str | None = None,
 ) -> str:
     """#cloud-config for one node. Keys are inserted as YAML literal blocks / quoted scalars, never
     interpolated into shell (the pinned public key is shell-quoted), so key text cannot change the
     document's structure. Holds no private key: `host_key_fetch` fetches it at first boot."""
     boot = boot or CloudBoot()
+    clients: list[tuple[str, str, str]] = []
+    if cloud is not None and python is not None:
+        clients.append((node_clients.INSTALL_PATH, "0755", node_clients.install_script(cloud, python)))
     files = [
         (WATCHDOG_PATH, "0755", watchdog_script(user, idle_shutdown_minutes, max_lifetime_hours)),
         ("/etc/systemd/system/lepton-watchdog.service", "0644", WATCHDOG_SERVICE),
         ("/etc/systemd/system/lepton-watchdog.timer", "0644", WATCHDOG_TIMER),
         ("/etc/ssh/sshd_config.d/50-lepton.conf", "0644", SSHD_HARDENING),
         *((f.path, f.permissions, f.content) for f in boot.files),
+        *clients,
     ]
     write_files = "".join(
         f"  - path: {_quoted(path)}\n    owner: root:root\n    permissions: '{mode}'\n    content: |\n{_block(body, 6)}"
@@ -264,6 +275,7 @@ def render_cloud_init(
         "  - [systemctl, enable, --now, lepton-watchdog.timer]\n"
         "  - [systemctl, reload-or-restart, ssh]\n"
         f"{_commands(boot.runcmd)}"
+        f"{_commands([node_clients.INSTALL_PATH] if clients else [])}"
     )
     if "PRIVATE KEY" in text:  # e.g. pasted into a cloud's files
         raise ValueError("cloud-init user data must not hold a private key")
@@ -280,9 +292,14 @@ def cloud_init(
     max_lifetime_hours: int,
     cluster: str,
     boot: CloudBoot | None = None,
+    cloud: str | None = None,
+    image: str | None = None,
 ) -> pulumi.Output[str]:
     """`render_cloud_init` over Pulumi outputs (`host_key_fetch` usually names a secret's id, known
-    only after deployment). Not a secret: it holds no key material."""
+    only after deployment). Not a secret: it holds no key material. With `cloud`, the node installs
+    the data plane's clients into the interpreter the image table names for `image` (None: the
+    pool's default image), the one the inventory names."""
+    python = images.python_for(cloud, image, None) if cloud is not None else None
     return pulumi.Output.all(authorized_key, host_public_key, host_key_fetch).apply(
         lambda v: render_cloud_init(
             user=user,
@@ -293,5 +310,7 @@ def cloud_init(
             max_lifetime_hours=max_lifetime_hours,
             cluster=cluster,
             boot=boot,
+            cloud=cloud,
+            python=python,
         )
     )

@@ -1008,6 +1008,8 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 idle_shutdown_minutes=args.idle_shutdown_minutes,
                 max_lifetime_hours=args.max_lifetime_hours,
                 cluster=cluster,
+                cloud="gcp",
+                image=args.image,
                 boot=GCP_BOOT,
             )
             base: dict[str, Any] = {
