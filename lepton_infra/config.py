@@ -4,8 +4,11 @@ wrote it (`lepton:gpusPerNode`), the value, and what is allowed."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,80 +21,54 @@ NAMESPACE = "lepton"
 @dataclass(frozen=True)
 class Key:
     """One `lepton:` config key: its TrainingClusterArgs field, parser, whether required, and a
-    description (the same text goes into Pulumi.yaml's config schema)."""
+    description. Derived from the model's fields (`keys()`), never written by hand."""
 
     name: str
     field: str
     kind: str  # "string" | "integer" | "boolean" | "array" | "json" (an object, given as JSON text)
     description: str
     required: bool = False
+    default: Any = None  # None: no default shown (unset, or required)
 
 
-KEYS: tuple[Key, ...] = (
-    Key("cloud", "cloud", "string", "aws, gcp or azure", required=True),
-    Key("accelerator", "accelerator", "string", "T4, L4, A10G, A100-40GB, A100-80GB or H100", required=True),
-    Key(
-        "allowedSshCidrs",
-        "allowed_ssh_cidrs",
-        "array",
-        "CIDR blocks allowed to SSH to the nodes",
-        required=True,
-    ),
-    Key("region", "region", "string", "cloud region, e.g. us-east-1 / us-central1 / eastus"),
-    Key("zone", "zone", "string", "zone within the region (GCP), optional"),
-    Key("gpusPerNode", "gpus_per_node", "integer", "GPUs per node (a catalog row must offer it)"),
-    Key("nodes", "nodes", "integer", "number of nodes, 1-64"),
-    Key("spot", "spot", "boolean", "spot/preemptible VMs (cheaper, may be reclaimed)"),
-    Key("allowWorldSsh", "allow_world_ssh", "boolean", "allow 0.0.0.0/0 or ::/0 in allowedSshCidrs"),
-    Key(
-        "sshPublicKey",
-        "ssh_public_key",
-        "string",
-        "OpenSSH public key for the login user; generated if unset",
-    ),
-    Key(
-        "idleShutdownMinutes",
-        "idle_shutdown_minutes",
-        "integer",
-        "power off after this long without a job (0: never)",
-    ),
-    Key("maxLifetimeHours", "max_lifetime_hours", "integer", "power off this long after boot in any case"),
-    Key("diskGb", "disk_gb", "integer", "root disk size per node in GB"),
-    Key(
-        "image", "image", "string", "VM image override (AMI id, GCP image, Azure publisher:offer:sku:version)"
-    ),
-    Key("storeRetentionDays", "store_retention_days", "integer", "expire stored objects after N days"),
-    Key(
-        "queueVisibilityTimeoutS",
-        "queue_visibility_timeout_s",
-        "integer",
-        "seconds a received job stays hidden",
-    ),
-    Key(
-        "queueMaxReceiveCount", "queue_max_receive_count", "integer", "receives before a job is dead-lettered"
-    ),
-    Key("python", "python", "string", "interpreter with torch on the nodes (default: the image's own)"),
-    Key(
-        "privateEgress",
-        "private_egress",
-        "string",
-        "how nodes without a public IP get out: nat (internet via a NAT gateway) or endpoints (cloud services only)",
-    ),
-    Key(
-        "jump",
-        "jump",
-        "json",
-        'bastion for private nodes, JSON: {"host": ..., "port": 22, "user": ..., "host_key": "ssh-ed25519 ..."}',
-    ),
-)
+def _kind(annotation: Any) -> str:
+    """The config kind of a model field's type (`int | None` -> integer, `dict` -> json, ...)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    base = typing.get_origin(annotation) or annotation
+    return {bool: "boolean", int: "integer", list: "array", dict: "json"}.get(base, "string")
+
+
+def keys() -> tuple[Key, ...]:
+    """The stack's keys, from `TrainingClusterArgs`' fields that name a config key: one source for
+    the key names, kinds, descriptions, defaults and which are required."""
+    from lepton_infra.components import args as model
+
+    out = []
+    for f in dataclasses.fields(model.TrainingClusterArgs):
+        named = model.config_key(model.TrainingClusterArgs, f.name)
+        if named is None:
+            continue
+        name, required = named
+        annotation = model.TrainingClusterArgs.__pydantic_fields__[f.name].annotation  # type: ignore[attr-defined]
+        value = model.default(model.TrainingClusterArgs, f.name)
+        shown = None if required or value in (None, dataclasses.MISSING) else value
+        out.append(
+            Key(
+                name,
+                f.name,
+                _kind(annotation),
+                model.description(model.TrainingClusterArgs, f.name),
+                required,
+                shown,
+            )
+        )
+    return tuple(out)
+
+
+KEYS: tuple[Key, ...] = keys()
 _BY_NAME = {k.name: k for k in KEYS}
 _BY_FIELD = {k.field: k for k in KEYS}
-# ObjectStoreArgs/JobQueueArgs name these fields without the cluster's store_/queue_ prefix.
-_BY_FIELD.update(
-    retention_days=_BY_FIELD["store_retention_days"],
-    visibility_timeout_s=_BY_FIELD["queue_visibility_timeout_s"],
-    max_receive_count=_BY_FIELD["queue_max_receive_count"],
-)
 # Catalog errors name what was looked up, not a field: map them to the keys the user set.
 _CATALOG_HINTS = (
     ("unknown cloud", "cloud"),
@@ -180,10 +157,9 @@ def parse(raw: Mapping[str, Any], *, cluster: str, env: str) -> StackConfig:
                 f"`pulumi config set lepton:{spec.name} ...`"
             )
     values = {_BY_NAME[k].field: _PARSERS[_BY_NAME[k].kind](k, v) for k, v in raw.items() if v is not None}
-    values["cloud"] = str(values["cloud"]).lower()
-    args = TrainingClusterArgs(cluster=cluster, env=env, **values)
     try:
-        entry = args.validate() if args.ssh_public_key else _validate_generated_key(args)
+        args = TrainingClusterArgs(cluster=cluster, env=env, **values)  # validated here, once
+        entry = args.validate()  # the catalog row
         _check_cloud_specifics(args)
     except ConfigError as exc:
         raise _named(exc) from exc
@@ -196,12 +172,6 @@ def _check_cloud_specifics(args: Any) -> None:
     from lepton_infra.components.neutral import check_pool_args
 
     check_pool_args(args.pool_args())
-
-
-def _validate_generated_key(args: Any) -> Any:
-    from lepton_infra.components.neutral import _validate_without_key
-
-    return _validate_without_key(args)
 
 
 def _named(exc: ConfigError) -> ConfigError:
@@ -218,13 +188,33 @@ def _named(exc: ConfigError) -> ConfigError:
 
 
 def schema() -> dict[str, dict[str, Any]]:
-    """Pulumi.yaml's `config:` block for these keys (tests check the file matches)."""
+    """Pulumi.yaml's `config:` block for these keys (`python -m lepton_infra.config` prints it;
+    tests check the file matches)."""
     out: dict[str, dict[str, Any]] = {}
     for spec in KEYS:
         # Pulumi.yaml's config types are string/integer/boolean/array: an object travels as JSON text.
         kind = "string" if spec.kind == "json" else spec.kind
         entry: dict[str, Any] = {"type": kind, "description": spec.description}
+        if spec.default is not None:
+            entry["default"] = spec.default
         if spec.kind == "array":
             entry["items"] = {"type": "string"}
         out[f"{NAMESPACE}:{spec.name}"] = entry
     return out
+
+
+def render_pulumi_yaml(current: str) -> str:
+    """Pulumi.yaml with its `config:` block regenerated from the model (the rest kept as is)."""
+    import yaml
+
+    head = current[: current.index("\nconfig:")]
+    block = {name.split(":", 1)[1]: entry for name, entry in schema().items()}
+    body = yaml.safe_dump({"config": block}, sort_keys=False, width=200, allow_unicode=True)
+    return head + "\n" + body
+
+
+if __name__ == "__main__":  # regenerate: python -m lepton_infra.config > Pulumi.yaml.new
+    import pathlib
+    import sys
+
+    sys.stdout.write(render_pulumi_yaml(pathlib.Path("Pulumi.yaml").read_text()))

@@ -141,9 +141,8 @@ def test_pool_args_refuse_an_empty_ssh_list_and_a_missing_key() -> None:
 
 
 def test_a_bad_queue_option_fails_the_whole_cluster_before_any_resource() -> None:
-    args = cluster_args(queue_max_receive_count=0)
-    with pytest.raises(ConfigError, match="max_receive_count is 0"):
-        harness.build(lambda: TrainingCluster("demo", args))
+    with pytest.raises(ConfigError, match="queue_max_receive_count is 0"):
+        harness.build(lambda: TrainingCluster("demo", cluster_args(queue_max_receive_count=0)))
     assert harness.MOCKS.resources == []
 
 

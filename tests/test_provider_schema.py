@@ -134,6 +134,24 @@ def test_every_input_and_output_is_described(pkg: dict[str, Any], component: str
 
 
 @pytest.mark.parametrize("component", sorted(PAIRS))
+def test_every_input_is_described_as_the_model_describes_its_field(
+    pkg: dict[str, Any], component: str
+) -> None:
+    """One description per field, in lepton_infra.components.args: the package's inputs repeat it."""
+    from lepton_infra.components import args as model
+
+    inputs, cls_name = PAIRS[component]
+    res = pkg["resources"][f"lepton-infra:index:{component}"]
+    cls = getattr(model, cls_name)
+    differ = [
+        name
+        for name in typing.get_type_hints(inputs)
+        if res["inputProperties"][camel(name)]["description"] != model.description(cls, name)
+    ]
+    assert not differ, f"{component}: descriptions differ from the model for {differ}"
+
+
+@pytest.mark.parametrize("component", sorted(PAIRS))
 def test_schema_inputs_are_the_typeddict_keys_camel_cased(pkg: dict[str, Any], component: str) -> None:
     inputs, _ = PAIRS[component]
     res = pkg["resources"][f"lepton-infra:index:{component}"]

@@ -1,9 +1,16 @@
-"""Arguments of the cloud-neutral components, validated once here for all three clouds.
+"""Arguments of the cloud-neutral components: ONE typed model per concept, the source of truth.
 
-Each `*Args` is a plain dataclass (the Pulumi component convention: one typed args object per
-component). `validate()` raises `ConfigError` naming the field, the bad value and what is allowed,
-before any resource exists. Cloud-specific shapes (an existing network's ids, an image string) are
-checked by the per-cloud module, which knows them."""
+Each `*Args` is a pydantic dataclass (the Pulumi component convention: one typed args object per
+component; `dataclasses.fields`/`replace` keep working). Each field carries its type, its bounds,
+its description and, for the stack's `lepton:*` keys, its config key (see `config_key`): the Pulumi
+program's keys (`lepton_infra.config.KEYS`), Pulumi.yaml's config block and the component package's
+inputs (`lepton_infra.provider.inputs`) are derived from or checked against these fields.
+
+A spec is validated once, when it is constructed, and normalised there (`cloud="AWS"` becomes
+`"aws"`); a bad value raises `ConfigError` naming the field, the value and what is allowed, before
+any resource exists. Components receive an already valid spec and never re-check it; `validate()`
+only returns the catalog row and changes nothing. Cloud-specific shapes (an existing network's ids,
+an image string) are checked by the per-cloud module's `check_pool_args`, which knows them."""
 
 from __future__ import annotations
 
@@ -13,10 +20,11 @@ import ipaddress
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, fields
+from typing import Annotated, Any, ClassVar, TypeVar
 
-import pulumi
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
 
 from lepton_infra.catalog import CLOUDS, CatalogEntry, lookup
 from lepton_infra.components.images import python_for
@@ -149,156 +157,485 @@ def check_jump(jump: object, allowed_ssh_cidrs: Sequence[str]) -> dict[str, Any]
     return model.model_dump()
 
 
-@dataclass
+# ---------------------------------------------------------------- the models
+
+T = TypeVar("T")
+_MODEL = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+_PYDANTIC_ALLOWED = {
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "dict_type": "a mapping (or leave it unset)",
+    "list_type": "a list",
+    "missing_argument": "it is required",
+    "unexpected_keyword_argument": "the fields of the model",
+}
+
+
+def _config_error(cls: type, exc: ValidationError) -> ConfigError:
+    """The first problem as a ConfigError: our own checks' messages as they are, pydantic's type
+    errors as `<field> is <value>; allowed: <what>`."""
+    err = exc.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    name = ".".join(str(p) for p in err["loc"]) or cls.__name__
+    allowed = _PYDANTIC_ALLOWED.get(err["type"], err["msg"])
+    if err["type"] == "unexpected_keyword_argument":
+        allowed = ", ".join(f.name for f in fields(cls))
+        return ConfigError(f"{cls.__name__}: unknown argument {name!r}; allowed: {allowed}")
+    if err["type"] == "missing_argument":
+        return ConfigError(f"{name} is not set; it is required ({cls.__name__})")
+    return ConfigError(f"{name} is {err['input']!r}; allowed: {allowed}")
+
+
+def _config_errors(model: type) -> None:
+    """Make construction of the pydantic dataclass `model` raise ConfigError (exit 2) instead of
+    pydantic's ValidationError, so every caller sees one error type naming the field."""
+    init = vars(model)["__init__"]  # the one pydantic generated for this class
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(model, exc) from None
+
+    __init__.__doc__ = init.__doc__
+    setattr(model, "__init__", __init__)  # noqa: B010  (mypy forbids assigning __init__)
+
+
+def _trusted(cls: type[T], **values: Any) -> T:
+    """An instance of `cls` from values taken from an already valid spec (a part of it, or a copy
+    with the cluster's own name and key), built without validating a second time."""
+    obj = cls.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
+
+
+def _field(description: str, *, config: str | None = None, required_key: bool = False, **kw: Any) -> Any:
+    """A model field: `description` is the one text every interface shows (config key, package
+    input); `config` is its `lepton:` key name when the Pulumi program offers it."""
+    extra: dict[str, Any] = {}
+    if config is not None:
+        extra = {"config_key": config, "config_required": required_key}
+    return Field(description=description, json_schema_extra=extra or None, **kw)
+
+
+def _whole(low: int, high: int | None = None) -> Any:
+    """A whole number in [low, high] (a bool is not one); the bounds are stated once, here."""
+
+    def check(value: object, info: ValidationInfo) -> int:
+        return check_int(value, str(info.field_name), low, high)
+
+    return BeforeValidator(check)
+
+
+def _before(check: Any) -> Any:
+    """A before-validator from a `check(value, field_name)` function."""
+    return BeforeValidator(lambda value, info: check(value, str(info.field_name)))
+
+
+def _optional_whole(low: int, high: int) -> Any:
+    def check(value: object, info: ValidationInfo) -> int | None:
+        return None if value is None else check_int(value, str(info.field_name), low, high)
+
+    return BeforeValidator(check)
+
+
+def _strict_bool(value: object, field_name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field_name} is {value!r}; allowed: true or false")
+    return value
+
+
+def _mapping(value: object, field_name: str) -> Any:
+    _check_mapping(value, field_name)
+    return value
+
+
+def _name(value: object, field_name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{field_name} is {value!r}; allowed: a string")
+    _check_name(value, field_name)
+    return value
+
+
+def _user(value: object, field_name: str) -> str:
+    if not isinstance(value, str) or not _USER_RE.match(value):
+        raise ConfigError(f"{field_name} is {value!r}; allowed: a Linux user name like 'lepton'")
+    return value
+
+
+def _egress(value: object, field_name: str) -> str:
+    if value not in PRIVATE_EGRESS:
+        raise ConfigError(
+            f"{field_name} is {value!r}; allowed: {', '.join(PRIVATE_EGRESS)} "
+            "(nat: internet through a NAT gateway; endpoints: only the cloud's own services)"
+        )
+    return str(value)
+
+
+def _key(value: object, field_name: str) -> Any:
+    """A literal key is checked; a pulumi Output (a key generated in the program) passes as is."""
+    return check_public_key(value, field_name) if isinstance(value, str) else value
+
+
+def _cidr_list(value: object, field_name: str) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(
+            f"{field_name} is {value!r}; allowed: a list of CIDR blocks like ['203.0.113.0/24']"
+        )
+    return list(value)
+
+
+Cloud = Annotated[str, _before(lambda v, n: check_cloud(v, n))]
+Flag = Annotated[bool, _before(_strict_bool)]
+Tags = Annotated[dict[str, str], _before(check_tags)]
+Extra = Annotated[dict[str, Any], _before(_mapping)]
+Name = Annotated[str | None, _before(_name)]
+
+
+@dataclass(config=_MODEL)
 class GpuVmPoolArgs:
     """A pool of identical GPU VMs. `accelerator`/`gpus_per_node` select a catalog row (the instance
     type); `allowed_ssh_cidrs` is required because SSH is the only way in; `extra` is merged into the
     provider's own arguments of every VM (escape hatch); `network`/`identity` reuse existing
-    resources (cloud-specific keys, see the per-cloud module)."""
+    resources (cloud-specific keys, see the per-cloud module).
 
-    cloud: str
-    accelerator: str
-    gpus_per_node: int = 1
-    nodes: int = 1
-    region: str | None = None
-    zone: str | None = None
-    spot: bool = False
-    image: str | None = None
-    disk_gb: int = 200
-    allowed_ssh_cidrs: Sequence[str] = ()
-    allow_world_ssh: bool = False
-    ssh_public_key: pulumi.Input[str] | None = None
-    network: Mapping[str, Any] | None = None
-    identity: Mapping[str, Any] | None = None
-    idle_shutdown_minutes: int = 60
-    max_lifetime_hours: int = 24
-    tags: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    user: str = "lepton"
-    cluster: str | None = None
-    env: str | None = None
-    private_egress: str = "nat"
+    `private_egress` matters only for nodes without a public IP in a network the pool creates:
+    "nat" gives them the internet through a NAT gateway (package mirrors, pip) besides the cloud's
+    private access to its own services; "endpoints" gives them only the latter (AWS: S3 gateway +
+    SQS and Secrets Manager interface endpoints; GCP: Private Google Access)."""
 
-    def validate(self) -> CatalogEntry:
-        """Check every field; returns the catalog row the pool will use.
+    cloud: Annotated[Cloud, _field("Cloud: `aws`, `gcp` or `azure`.", config="cloud", required_key=True)]
+    accelerator: Annotated[
+        str,
+        _field(
+            "GPU model from lepton-infra's catalog: `T4`, `L4`, `A10G`, `A100-40GB`, `A100-80GB` or `H100`.",
+            config="accelerator",
+            required_key=True,
+        ),
+    ]
+    gpus_per_node: Annotated[
+        int,
+        _whole(1, 16),
+        _field(
+            "GPUs per node (default 1); the catalog picks the instance type that has exactly this many.",
+            config="gpusPerNode",
+        ),
+    ] = 1
+    nodes: Annotated[
+        int, _whole(1, MAX_NODES), _field(f"Number of nodes, 1-{MAX_NODES} (default 1).", config="nodes")
+    ] = 1
+    region: Annotated[
+        str | None,
+        _field(
+            "Cloud region (e.g. us-east-1 / us-central1 / eastus); must offer the accelerator "
+            "(the catalog lists where it does).",
+            config="region",
+        ),
+    ] = None
+    zone: Annotated[
+        str | None, _field("Zone inside the region (GCP/AWS); picked for you when unset.", config="zone")
+    ] = None
+    spot: Annotated[
+        Flag,
+        _field("Use spot/preemptible capacity (default false; cheaper, may be reclaimed).", config="spot"),
+    ] = False
+    image: Annotated[
+        str | None,
+        _field(
+            "Machine image; default is the cloud's deep-learning image (AMI id, GCP image, Azure URN "
+            "publisher:offer:sku:version).",
+            config="image",
+        ),
+    ] = None
+    disk_gb: Annotated[
+        int, _whole(30, 16384), _field("Root disk size per node in GiB (default 200).", config="diskGb")
+    ] = 200
+    allowed_ssh_cidrs: Annotated[
+        list[str],
+        _before(_cidr_list),
+        _field(
+            "CIDRs allowed to reach SSH (port 22). Required in practice: world-open ranges need allowWorldSsh.",
+            config="allowedSshCidrs",
+            required_key=True,
+        ),
+    ] = Field(default_factory=list)
+    allow_world_ssh: Annotated[
+        Flag,
+        _field(
+            "Explicitly allow `0.0.0.0/0` / `::/0` in allowedSshCidrs (default false).",
+            config="allowWorldSsh",
+        ),
+    ] = False
+    ssh_public_key: Annotated[
+        Any,
+        _before(_key),
+        _field(
+            "OpenSSH public key for the nodes' user; without it a key pair is generated and exported as a secret.",
+            config="sshPublicKey",
+        ),
+    ] = None
+    network: Annotated[
+        dict[str, Any] | None,
+        _before(_mapping),
+        _field(
+            "Reuse an existing network instead of creating one (aws: subnet_id, vpc_id; "
+            "gcp: network, subnetwork; azure: subnet_id, resource_group_name)."
+        ),
+    ] = None
+    identity: Annotated[
+        dict[str, Any] | None,
+        _before(_mapping),
+        _field(
+            "Reuse an existing node identity (aws: instance_profile; gcp: service_account_email; "
+            "azure: user_assigned_identity_id)."
+        ),
+    ] = None
+    idle_shutdown_minutes: Annotated[
+        int,
+        _whole(0, 7 * 24 * 60),
+        _field(
+            "Nodes power off after this many minutes without a running job (default 60; 0: never).",
+            config="idleShutdownMinutes",
+        ),
+    ] = 60
+    max_lifetime_hours: Annotated[
+        int,
+        _whole(1, 24 * 90),
+        _field("Nodes power off after this many hours in any case (default 24).", config="maxLifetimeHours"),
+    ] = 24
+    tags: Annotated[
+        Tags,
+        _field(
+            "Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."
+        ),
+    ] = Field(default_factory=dict)
+    extra: Annotated[
+        Extra,
+        _field(
+            "Escape hatch: raw arguments merged into the cloud provider's instance resource (wins over ours)."
+        ),
+    ] = Field(default_factory=dict)
+    user: Annotated[str, _before(_user), _field("Login user created on the nodes (default `lepton`).")] = (
+        "lepton"
+    )
+    cluster: Annotated[
+        Name,
+        _field("Cluster name for the `lepton:cluster` tag and the inventory (default: the resource name)."),
+    ] = None
+    env: Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")] = (
+        None
+    )
+    private_egress: Annotated[
+        str,
+        _before(_egress),
+        _field(
+            "How nodes without a public IP get out: `nat` (internet via a NAT gateway, default) or "
+            "`endpoints` (cloud services only).",
+            config="privateEgress",
+        ),
+    ] = "nat"
 
-        `private_egress` matters only for nodes without a public IP in a network the pool creates:
-        "nat" gives them the internet through a NAT gateway (package mirrors, pip) besides the
-        cloud's private access to its own services; "endpoints" gives them only the latter (AWS:
-        S3 gateway + SQS and Secrets Manager interface endpoints; GCP: Private Google Access)."""
-        self.cloud = check_cloud(self.cloud)
-        check_int(self.nodes, "nodes", 1, MAX_NODES)
-        check_int(self.gpus_per_node, "gpus_per_node", 1, 16)
-        check_int(self.disk_gb, "disk_gb", 30, 16384)
-        check_int(self.idle_shutdown_minutes, "idle_shutdown_minutes", 0, 7 * 24 * 60)
-        check_int(self.max_lifetime_hours, "max_lifetime_hours", 1, 24 * 90)
-        if not isinstance(self.spot, bool):
-            raise ConfigError(f"spot is {self.spot!r}; allowed: true or false")
-        if not isinstance(self.allow_world_ssh, bool):
-            raise ConfigError(f"allow_world_ssh is {self.allow_world_ssh!r}; allowed: true or false")
+    # A pool needs the login key; TrainingCluster generates one when it is left unset.
+    _needs_key: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> GpuVmPoolArgs:
+        """Checks across fields, done once at construction: SSH sources against allow_world_ssh,
+        and the login key. The catalog row is `validate()`'s: a cloud's own region check comes
+        first and names the problem better than "not offered there"."""
         if not self.allowed_ssh_cidrs:
             raise ConfigError(
                 "allowed_ssh_cidrs is empty: list the networks allowed to SSH to the nodes, "
                 "e.g. ['203.0.113.0/24'] (your office or VPN egress)"
             )
         self.allowed_ssh_cidrs = check_cidrs(self.allowed_ssh_cidrs, self.allow_world_ssh)
-        if self.ssh_public_key is None:
+        if self.ssh_public_key is None and self._needs_key:
             raise ConfigError(
                 "ssh_public_key is not set: a pool needs the public key its `user` logs in with "
                 "(TrainingCluster generates one when you leave it unset)"
             )
-        if isinstance(self.ssh_public_key, str):
-            self.ssh_public_key = check_public_key(self.ssh_public_key)
-        if not _USER_RE.match(str(self.user)):
-            raise ConfigError(f"user is {self.user!r}; allowed: a Linux user name like 'lepton'")
-        self.tags = check_tags(self.tags)
-        _check_mapping(self.extra, "extra")
-        _check_mapping(self.network, "network")
-        _check_mapping(self.identity, "identity")
-        _check_name(self.cluster, "cluster")
-        _check_name(self.env, "env")
-        if self.private_egress not in PRIVATE_EGRESS:
-            raise ConfigError(
-                f"private_egress is {self.private_egress!r}; allowed: {', '.join(PRIVATE_EGRESS)} "
-                "(nat: internet through a NAT gateway; endpoints: only the cloud's own services)"
-            )
+        return self
+
+    def validate(self) -> CatalogEntry:
+        """The catalog row the pool will use (ConfigError when the catalog has none for this
+        accelerator, GPU count and region). The fields were validated when the spec was built;
+        this changes nothing."""
         return lookup(self.cloud, self.accelerator, self.gpus_per_node, self.region)
 
 
-@dataclass
+@dataclass(config=_MODEL)
 class ObjectStoreArgs:
     """A private, encrypted, versioned bucket (container on Azure). `retention_days` expires
     objects; `force_destroy` lets `pulumi destroy` delete a non-empty bucket."""
 
-    cloud: str
-    region: str | None = None
-    versioning: bool = True
-    retention_days: int | None = None
-    force_destroy: bool = False
-    tags: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    cluster: str | None = None
-    env: str | None = None
+    cloud: Annotated[Cloud, _field("Cloud to create the bucket in: `aws`, `gcp` or `azure`.")]
+    region: Annotated[
+        str | None,
+        _field(
+            "Cloud region (e.g. `us-east-1`, `europe-west4`, `westeurope`); the provider's default when unset."
+        ),
+    ] = None
+    versioning: Annotated[Flag, _field("Keep old object versions (default true).")] = True
+    retention_days: Annotated[
+        int | None,
+        _optional_whole(1, 36500),
+        _field("Delete objects (and old versions) after this many days; unset keeps them."),
+    ] = None
+    force_destroy: Annotated[
+        Flag, _field("Allow `pulumi destroy` to delete a non-empty bucket (default false).")
+    ] = False
+    tags: Annotated[
+        Tags,
+        _field(
+            "Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."
+        ),
+    ] = Field(default_factory=dict)
+    extra: Annotated[
+        Extra,
+        _field(
+            "Escape hatch: raw arguments merged into the cloud provider's bucket/account resource (wins over ours)."
+        ),
+    ] = Field(default_factory=dict)
+    cluster: Annotated[
+        Name, _field("Cluster name for the `lepton:cluster` tag (default: the resource name).")
+    ] = None
+    env: Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")] = (
+        None
+    )
 
     def validate(self) -> None:
-        self.cloud = check_cloud(self.cloud)
-        if self.retention_days is not None:
-            check_int(self.retention_days, "retention_days", 1, 36500)
-        self.tags = check_tags(self.tags)
-        _check_mapping(self.extra, "extra")
-        _check_name(self.cluster, "cluster")
-        _check_name(self.env, "env")
+        """Nothing left to check: the spec was validated when it was built. Changes nothing."""
 
 
-@dataclass
+@dataclass(config=_MODEL)
 class JobQueueArgs:
     """A work queue with a dead-letter queue: a message received `max_receive_count` times without
     being deleted moves there, so one poison job cannot loop forever."""
 
-    cloud: str
-    region: str | None = None
-    visibility_timeout_s: int = 300
-    max_receive_count: int = 5
-    tags: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    cluster: str | None = None
-    env: str | None = None
+    cloud: Annotated[
+        Cloud,
+        _field("Cloud to create the queue in: `aws` (SQS), `gcp` (Pub/Sub) or `azure` (Storage Queue)."),
+    ]
+    region: Annotated[str | None, _field("Cloud region; the provider's default when unset.")] = None
+    visibility_timeout_s: Annotated[
+        int,
+        _whole(0, 43200),
+        _field(
+            "Seconds a received message stays invisible to other workers before it is redelivered (default 300)."
+        ),
+    ] = 300
+    max_receive_count: Annotated[
+        int,
+        _whole(1, 1000),
+        _field("Deliveries before a message moves to the dead-letter queue (default 5)."),
+    ] = 5
+    tags: Annotated[
+        Tags,
+        _field(
+            "Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."
+        ),
+    ] = Field(default_factory=dict)
+    extra: Annotated[
+        Extra,
+        _field(
+            "Escape hatch: raw arguments merged into the cloud provider's queue resource (wins over ours)."
+        ),
+    ] = Field(default_factory=dict)
+    cluster: Annotated[
+        Name, _field("Cluster name for the `lepton:cluster` tag (default: the resource name).")
+    ] = None
+    env: Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")] = (
+        None
+    )
 
     def validate(self) -> None:
-        self.cloud = check_cloud(self.cloud)
-        check_int(self.visibility_timeout_s, "visibility_timeout_s", 0, 43200)
-        check_int(self.max_receive_count, "max_receive_count", 1, 1000)
-        self.tags = check_tags(self.tags)
-        _check_mapping(self.extra, "extra")
-        _check_name(self.cluster, "cluster")
-        _check_name(self.env, "env")
+        """Nothing left to check: the spec was validated when it was built. Changes nothing."""
 
 
-@dataclass
+@dataclass(config=_MODEL)
 class TrainingClusterArgs(GpuVmPoolArgs):
     """Everything for one training cluster: the pool's fields (inherited, so they cannot drift from
     GpuVmPoolArgs), plus the store and queue options. Without `ssh_public_key` a key pair is
     generated and exported as a secret. `python` (the inventory's interpreter with torch) defaults
     to the image's own, from the image table (`lepton_infra.components.images`)."""
 
-    store: bool = True
-    store_versioning: bool = True
-    store_retention_days: int | None = None
-    store_force_destroy: bool = False
-    store_extra: Mapping[str, Any] = field(default_factory=dict)
-    queue: bool = True
-    queue_visibility_timeout_s: int = 300
-    queue_max_receive_count: int = 5
-    queue_extra: Mapping[str, Any] = field(default_factory=dict)
-    python: str | None = None
-    jump: Mapping[str, Any] | None = None
+    store: Annotated[Flag, _field("Create an object store the nodes may use (default true).")] = True
+    store_versioning: Annotated[Flag, _field("Keep old object versions in the store (default true).")] = True
+    store_retention_days: Annotated[
+        int | None,
+        _optional_whole(1, 36500),
+        _field("Delete stored objects after this many days; unset keeps them.", config="storeRetentionDays"),
+    ] = None
+    store_force_destroy: Annotated[
+        Flag, _field("Let `pulumi destroy` delete a store that still holds objects (default false).")
+    ] = False
+    store_extra: Annotated[
+        Extra, _field("Raw provider arguments merged into the store's bucket/account (escape hatch).")
+    ] = Field(default_factory=dict)
+    queue: Annotated[Flag, _field("Create a job queue the nodes may use (default true).")] = True
+    queue_visibility_timeout_s: Annotated[
+        int,
+        _whole(0, 43200),
+        _field(
+            "Seconds a received message stays invisible before redelivery (default 300).",
+            config="queueVisibilityTimeoutS",
+        ),
+    ] = 300
+    queue_max_receive_count: Annotated[
+        int,
+        _whole(1, 1000),
+        _field(
+            "Receives before a message moves to the dead-letter queue (default 5).",
+            config="queueMaxReceiveCount",
+        ),
+    ] = 5
+    queue_extra: Annotated[Extra, _field("Raw provider arguments merged into the queue (escape hatch).")] = (
+        Field(default_factory=dict)
+    )
+    python: Annotated[
+        str | None,
+        _field(
+            "Interpreter with torch on the nodes, written into the inventory (default: the image's own, "
+            "from the image table; python3 for an image not in it).",
+            config="python",
+        ),
+    ] = None
+    jump: Annotated[
+        dict[str, Any] | None,
+        _before(_mapping),
+        _field(
+            "A bastion for private nodes, written into the inventory: `host`, `port`, `user`, `host_key` "
+            "(pinned like the nodes'); as a config key, JSON text.",
+            config="jump",
+        ),
+    ] = None
+
+    _needs_key: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> TrainingClusterArgs:
+        """The cluster's own cross-field checks: a set `python` must name an interpreter, and a
+        bastion must be inside the SSH sources (normalised to the inventory's form)."""
+        python_for(self.cloud, self.image, self.python)
+        self.jump = check_jump(self.jump, self.allowed_ssh_cidrs)
+        return self
+
+    def _values(self, cls: type) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(cls)}
+
+    def with_values(self, **changes: Any) -> TrainingClusterArgs:
+        """A copy with the cluster's own name, env or generated key, without validating again."""
+        return _trusted(TrainingClusterArgs, **{**self._values(TrainingClusterArgs), **changes})
 
     def pool_args(self) -> GpuVmPoolArgs:
-        names = {f.name for f in fields(GpuVmPoolArgs)}
-        return GpuVmPoolArgs(**{k: getattr(self, k) for k in names})
+        return _trusted(GpuVmPoolArgs, **self._values(GpuVmPoolArgs))
 
     def store_args(self) -> ObjectStoreArgs:
-        return ObjectStoreArgs(
+        return _trusted(
+            ObjectStoreArgs,
             cloud=self.cloud,
             region=self.region,
             versioning=self.store_versioning,
@@ -311,7 +648,8 @@ class TrainingClusterArgs(GpuVmPoolArgs):
         )
 
     def queue_args(self) -> JobQueueArgs:
-        return JobQueueArgs(
+        return _trusted(
+            JobQueueArgs,
             cloud=self.cloud,
             region=self.region,
             visibility_timeout_s=self.queue_visibility_timeout_s,
@@ -322,13 +660,27 @@ class TrainingClusterArgs(GpuVmPoolArgs):
             env=self.env,
         )
 
-    def validate(self) -> CatalogEntry:
-        """Validate all three parts up front, so a bad queue option fails before any VM exists."""
-        entry = self.pool_args().validate()
-        if self.store:
-            self.store_args().validate()
-        if self.queue:
-            self.queue_args().validate()
-        python_for(self.cloud, self.image, self.python)  # a set `python` must name an interpreter
-        self.jump = check_jump(self.jump, self.allowed_ssh_cidrs)
-        return entry
+
+for _model in (GpuVmPoolArgs, ObjectStoreArgs, JobQueueArgs, TrainingClusterArgs):
+    _config_errors(_model)
+
+
+def config_key(cls: type, name: str) -> tuple[str, bool] | None:
+    """`(lepton key, required)` when field `name` of `cls` is a stack config key, else None."""
+    extra = cls.__pydantic_fields__[name].json_schema_extra  # type: ignore[attr-defined]
+    if not isinstance(extra, dict) or "config_key" not in extra:
+        return None
+    return str(extra["config_key"]), bool(extra["config_required"])
+
+
+def description(cls: type, name: str) -> str:
+    """The one description of field `name` of `cls` (what every interface shows)."""
+    return str(cls.__pydantic_fields__[name].description)  # type: ignore[attr-defined]
+
+
+def default(cls: type, name: str) -> Any:
+    """Field `name`'s default (`dataclasses.MISSING` when required; a factory's value otherwise)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default

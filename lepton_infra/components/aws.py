@@ -377,7 +377,6 @@ class AwsObjectStore(pulumi.ComponentResource):
     arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        args.validate()
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
         region = args.region
@@ -496,7 +495,6 @@ class AwsJobQueue(pulumi.ComponentResource):
     dead_letter_queue: sqs.Queue
 
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        args.validate()
         cluster, env = _cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
         region = args.region
@@ -874,7 +872,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
     ) -> None:
         existing_network = _check_keys(args.network, _NETWORK_KEYS, "network")
         existing_identity = _check_keys(args.identity, _IDENTITY_KEYS, "identity")
-        self.entry = entry = args.validate()
+        self.entry = entry = args.validate()  # the catalog row; the spec is valid
         for what, given, cls in (("store", store, AwsObjectStore), ("queue", queue, AwsJobQueue)):
             if given is not None and not isinstance(given, cls):
                 raise ConfigError(

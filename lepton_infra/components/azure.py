@@ -419,7 +419,6 @@ class AzureObjectStore(pulumi.ComponentResource):
     lifecycle: storage.ManagementPolicy | None
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        args.validate()
         location = resolve_location(args.region)
         extra, existing_rg = _storage_extra(args.extra, location)
         super().__init__("lepton:azure:ObjectStore", name, None, opts)
@@ -520,7 +519,6 @@ class AzureJobQueue(pulumi.ComponentResource):
     poison_queue: storage.Queue
 
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        args.validate()
         location = resolve_location(args.region)
         extra, existing_rg = _storage_extra(args.extra, location)
         super().__init__("lepton:azure:JobQueue", name, None, opts)
@@ -1030,7 +1028,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         zone = check_zone(args.zone)
         location = resolve_location(args.region)
         args.region = location
-        self.entry = entry = args.validate()
+        self.entry = entry = args.validate()  # the catalog row; the spec is valid
         check_admin_username(args.user)
         ssh_sources = ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "azure")
         store, queue = _unwrap(store), _unwrap(queue)

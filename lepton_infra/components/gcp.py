@@ -910,7 +910,6 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         existing_network = check_network_mapping(args.network, region)
         sa_email = check_identity_mapping(args.identity)
         check_image(args.image)
-        args.validate()
         project = resolve_project(extra)
         self.apis = enable_apis(self, gcp_slug(name), project, POOL_APIS) if pop_enable_apis(extra) else []
         self.entry = entry = lookup("gcp", args.accelerator, args.gpus_per_node, region)

@@ -1,5 +1,6 @@
-"""The cloud-neutral components users build stacks from. Each validates its args once, then hands
-them to the per-cloud class (`AwsGpuVmPool`, `GcpObjectStore`, ...), imported only when that cloud
+"""The cloud-neutral components users build stacks from. Their args arrive valid (a `*Args` spec is
+validated when it is built, see `args`); each runs the cloud's own pool checks, then hands them to
+the per-cloud class (`AwsGpuVmPool`, `GcpObjectStore`, ...), imported only when that cloud
 is used, so an AWS stack never loads the GCP or Azure SDKs.
 
 Per-cloud module protocol (`lepton_infra.components.<cloud>`): classes `<Cloud>GpuVmPool`,
@@ -10,7 +11,6 @@ cluster registers its first resource, and `lepton_infra.config` before the progr
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from typing import Any, Protocol
 
@@ -60,7 +60,6 @@ class ObjectStore(pulumi.ComponentResource):
     impl: Any
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        args.validate()
         super().__init__("lepton:storage:ObjectStore", name, None, opts)
         self.impl = backend(args.cloud, "ObjectStore")(name, args, child(self))
         self.url = self.impl.url
@@ -75,7 +74,6 @@ class JobQueue(pulumi.ComponentResource):
     impl: Any
 
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        args.validate()
         super().__init__("lepton:queue:JobQueue", name, None, opts)
         self.impl = backend(args.cloud, "JobQueue")(name, args, child(self))
         self.url = self.impl.url
@@ -100,7 +98,7 @@ class GpuVmPool(pulumi.ComponentResource):
         store: Any = None,
         queue: Any = None,
     ) -> None:
-        self.entry = args.validate()
+        self.entry = args.validate()  # the catalog row (the spec is already valid)
         check_pool_args(args)
         super().__init__("lepton:compute:GpuVmPool", name, None, opts)
         self.impl = backend(args.cloud, "GpuVmPool")(
@@ -131,24 +129,24 @@ class TrainingCluster(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: TrainingClusterArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        # A copy: the cluster fills in its name, env and generated key, and the caller's args may
-        # build further clusters (each must get its own name tags and its own key).
-        args = dataclasses.replace(args)
-        entry = args.validate() if args.ssh_public_key is not None else _validate_without_key(args)
+        entry = args.validate()  # the catalog row; the spec itself was validated when built
         check_pool_args(args.pool_args())
         super().__init__("lepton:index:TrainingCluster", name, None, opts)
         cluster = args.cluster or name
         env = args.env or pulumi.get_stack()
-        args.cluster, args.env = cluster, env
 
         self.login_key = None
         self.private_key = None
-        if args.ssh_public_key is None:
+        key = args.ssh_public_key
+        if key is None:
             self.login_key = tls.PrivateKey(
                 f"{name}-login", tls.PrivateKeyArgs(algorithm="ED25519"), opts=child(self)
             )
-            args.ssh_public_key = self.login_key.public_key_openssh
+            key = self.login_key.public_key_openssh
             self.private_key = pulumi.Output.secret(self.login_key.private_key_openssh)
+        # A copy with this cluster's name, env and key: the caller's args may build further
+        # clusters (each must get its own name tags and its own key).
+        args = args.with_values(cluster=cluster, env=env, ssh_public_key=key)
 
         self.store = ObjectStore(f"{name}-store", args.store_args(), child(self)) if args.store else None
         self.queue = JobQueue(f"{name}-queue", args.queue_args(), child(self)) if args.queue else None
@@ -181,13 +179,3 @@ class TrainingCluster(pulumi.ComponentResource):
         if self.private_key is not None:
             outputs["private_key"] = self.private_key
         self.register_outputs(outputs)
-
-
-def _validate_without_key(args: TrainingClusterArgs) -> CatalogEntry:
-    """Validate everything before a key is generated (a stand-in key satisfies the pool's check)."""
-    placeholder = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-    args.ssh_public_key = placeholder
-    try:
-        return args.validate()
-    finally:
-        args.ssh_public_key = None

@@ -7,44 +7,29 @@ gets. The wrappers' class names, output annotations and docstrings are what the 
 Do not add `from __future__ import annotations` here: the analyzer needs real types.
 """
 
-import dataclasses
 import inspect
-import re
 from collections.abc import Mapping
 from typing import Any, Optional
 
 import pulumi
 
-from lepton_infra.errors import ConfigError
 from lepton_infra.provider.inputs import JobQueueInputs, ObjectStoreInputs, TrainingClusterInputs
 
 TOKEN_PREFIX = "lepton-infra:index:"
 
 
 def to_dataclass(cls: type, inputs: Mapping[str, Any]) -> Any:
-    """Build the `cls` dataclass from a wrapper's inputs.
+    """Build the `cls` spec (a model in lepton_infra.components.args) from a wrapper's inputs.
 
-    Absent (or null) keys are left out, so the dataclass default applies: defaults are defined
-    once, in lepton_infra.components.args. Lists arrive from other languages where the dataclass
-    keeps tuples (e.g. `allowed_ssh_cidrs`) and are converted back.
+    Absent (or null) keys are left out, so the model's default applies: defaults, bounds and
+    unknown-key errors are defined once, in the model, which validates on construction.
+    Numbers cross the provider protocol as doubles (120 arrives as 120.0): whole ones become ints.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(inputs) - set(fields))
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown argument(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in inputs.items():
-        if value is None:
-            continue
-        field = fields[key]
-        wants_tuple = isinstance(field.default, tuple) or "tuple" in str(field.type).lower()
-        if wants_tuple and isinstance(value, list):
-            value = tuple(value)
-        # Numbers cross the provider protocol as doubles: 120 arrives as 120.0.
-        is_int = re.search(r"\bint\b", str(field.type)) is not None
-        if is_int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        kwargs[key] = value
+    kwargs = {
+        key: int(value) if isinstance(value, float) and value.is_integer() else value
+        for key, value in inputs.items()
+        if value is not None
+    }
     return cls(**kwargs)
 
 

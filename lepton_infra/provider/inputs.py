@@ -2,8 +2,9 @@
 
 The Pulumi analyzer reads these classes to build the package schema: each key becomes an input
 property (camelCased), each docstring its description, `NotRequired` keys are optional. Keys map
-1:1 onto the fields of the `lepton_infra.components.args` dataclasses (tests/test_provider_schema.py
-fails when they drift); defaults live only in those dataclasses.
+1:1 onto the fields of the `lepton_infra.components.args` models, and each docstring is the
+model field's description word for word (tests/test_provider_schema.py fails when they drift);
+defaults, bounds and validation live only in those models.
 
 Plain types, not `pulumi.Input[...]`: the components validate their arguments in Python and derive
 the whole resource graph from them at construction time (so `pulumi preview` shows every resource),
@@ -25,17 +26,23 @@ class TrainingClusterInputs(TypedDict):
     gpus_per_node: NotRequired[int]
     """GPUs per node (default 1); the catalog picks the instance type that has exactly this many."""
     nodes: NotRequired[int]
-    """Number of nodes (default 1)."""
+    """Number of nodes, 1-64 (default 1)."""
     region: NotRequired[str]
-    """Cloud region; must offer the accelerator (the catalog lists where it does)."""
+    (
+        "Cloud region (e.g. us-east-1 / us-central1 / eastus); must offer the accelerator (the catalog "
+        "lists where it does)."
+    )
     zone: NotRequired[str]
     """Zone inside the region (GCP/AWS); picked for you when unset."""
     spot: NotRequired[bool]
-    """Use spot/preemptible capacity (default false)."""
+    """Use spot/preemptible capacity (default false; cheaper, may be reclaimed)."""
     image: NotRequired[str]
-    """Machine image; default is the cloud's deep-learning image (AMI id, GCP image, Azure URN)."""
+    (
+        "Machine image; default is the cloud's deep-learning image (AMI id, GCP image, Azure URN "
+        "publisher:offer:sku:version)."
+    )
     disk_gb: NotRequired[int]
-    """Root disk size in GiB (default 200)."""
+    """Root disk size per node in GiB (default 200)."""
     allowed_ssh_cidrs: NotRequired[list[str]]
     """CIDRs allowed to reach SSH (port 22). Required in practice: world-open ranges need allowWorldSsh."""
     allow_world_ssh: NotRequired[bool]
@@ -44,16 +51,16 @@ class TrainingClusterInputs(TypedDict):
     """OpenSSH public key for the nodes' user; without it a key pair is generated and exported as a secret."""
     network: NotRequired[dict[str, str]]
     (
-        "Reuse an existing network instead of creating one (aws: subnet_id, vpc_id; "
-        "gcp: network, subnetwork; azure: subnet_id, resource_group_name)."
+        "Reuse an existing network instead of creating one (aws: subnet_id, vpc_id; gcp: network, "
+        "subnetwork; azure: subnet_id, resource_group_name)."
     )
     identity: NotRequired[dict[str, str]]
     (
-        "Reuse an existing node identity (aws: instance_profile; gcp: service_account_email; "
-        "azure: user_assigned_identity_id)."
+        "Reuse an existing node identity (aws: instance_profile; gcp: service_account_email; azure: "
+        "user_assigned_identity_id)."
     )
     idle_shutdown_minutes: NotRequired[int]
-    """Nodes power off after this many minutes without a running job (default 60)."""
+    """Nodes power off after this many minutes without a running job (default 60; 0: never)."""
     max_lifetime_hours: NotRequired[int]
     """Nodes power off after this many hours in any case (default 24)."""
     tags: NotRequired[dict[str, str]]
@@ -85,12 +92,20 @@ class TrainingClusterInputs(TypedDict):
     queue_extra: NotRequired[dict[str, Any]]
     """Raw provider arguments merged into the queue (escape hatch)."""
     private_egress: NotRequired[str]
-    """How nodes without a public IP get out: `nat` (internet via a NAT gateway, default) or `endpoints` (cloud services only)."""
+    (
+        "How nodes without a public IP get out: `nat` (internet via a NAT gateway, default) or "
+        "`endpoints` (cloud services only)."
+    )
     jump: NotRequired[dict[str, Any]]
-    """A bastion for private nodes, written into the inventory: `host`, `port`, `user`, `host_key` (pinned like the nodes')."""
+    (
+        "A bastion for private nodes, written into the inventory: `host`, `port`, `user`, `host_key` "
+        "(pinned like the nodes'); as a config key, JSON text."
+    )
     python: NotRequired[str]
-    """Interpreter with torch on the nodes, written into the inventory (default: the image's own,
-    from the image table; python3 for an image not in it)."""
+    (
+        "Interpreter with torch on the nodes, written into the inventory (default: the image's own, from "
+        "the image table; python3 for an image not in it)."
+    )
 
 
 class ObjectStoreInputs(TypedDict):
@@ -109,7 +124,7 @@ class ObjectStoreInputs(TypedDict):
     tags: NotRequired[dict[str, str]]
     """Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."""
     extra: NotRequired[dict[str, Any]]
-    """Escape hatch: raw arguments merged into the cloud provider's bucket/account resource (wins over ours)."""
+    ("Escape hatch: raw arguments merged into the cloud provider's bucket/account resource (wins over ours).")
     cluster: NotRequired[str]
     """Cluster name for the `lepton:cluster` tag (default: the resource name)."""
     env: NotRequired[str]
