@@ -138,6 +138,9 @@ def launch(
                 extra=env,
             ),
             "cwd": f"{m.run_dir}/workload",
+            # The agent writes it beside the run and names it in LEPTON_STORE_CLIENT (store URLs as
+            # --data-dir: fetched, verified and cached on the node).
+            "store_client": UPLOADER_SOURCE,
         }
         if inventory.store:
             spec["results"] = {

@@ -60,10 +60,30 @@ class Net(nn.Module):
 
 
 def resolve_data_dir(value: str) -> Path:
-    """--data-dir as a local folder: the one place a remote source would be fetched into a cache."""
-    if "://" in value:
-        raise DataError(f"--data-dir {value!r}: this job reads local folders only; give a path")
-    return Path(value).expanduser()
+    """--data-dir as a local folder; a store URL (s3://, gs://, az://, file://) is fetched once into
+    a node-local cache (~/.lepton/data-cache), each file checked against
+    the SHA-256 the store's manifest records, and reused by the next run while the manifest is
+    unchanged. The fetch is the node client lepton-infra ships with every job ($LEPTON_STORE_CLIENT);
+    this file imports nothing of lepton_infra, as nodes do not have it."""
+    if "://" not in value:
+        return Path(value).expanduser()
+    client = os.environ.get("LEPTON_STORE_CLIENT")
+    if not client or not os.path.isfile(client):
+        raise DataError(
+            f"--data-dir {value!r} is a store URL: only a job launched by lepton-infra can fetch it "
+            "($LEPTON_STORE_CLIENT names no file); give a local folder instead"
+        )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lepton_store_client", client)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cache = str(Path.home() / ".lepton" / "data-cache")
+    try:
+        return Path(module.fetch(value, cache))
+    except Exception as exc:  # unknown scheme, no manifest, a failed check, no credentials: one line
+        raise DataError(f"--data-dir {value!r}: {exc}") from exc
 
 
 def datasets(args: argparse.Namespace) -> tuple[ImageSet, ImageSet, dict[str, Any]]:

@@ -186,6 +186,12 @@ def supervise(run_dir: str) -> int:
         spec = json.load(f)
     env = dict(os.environ)
     env.update(spec["env"])
+    if spec.get("store_client"):
+        # The job's fetch of store URLs (train.py --data-dir s3://...): the shipped node client.
+        client = _path(run_dir, ".store_client.py")
+        with open(client, "w", encoding="utf-8") as f:
+            f.write(spec["store_client"])
+        env["LEPTON_STORE_CLIENT"] = client
     state = {
         "run_id": spec.get("run_id"),
         "node": spec.get("node"),

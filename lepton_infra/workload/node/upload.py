@@ -8,13 +8,18 @@ identity (instance profile, managed identity, service account).
 It writes the same layout `lepton_infra.data.Store` reads: every object with its SHA-256 (object
 metadata `leptonsha256`; for files a hidden `.<name>.leptonsha256` beside it), each file written
 atomically, and `_lepton_manifest.json` last, so a folder without it is known to be incomplete.
-Prints one JSON line: {"url": ..., "files": N, "bytes": B} or {"error": ...} (exit 1)."""
+Prints one JSON line: {"url": ..., "files": N, "bytes": B} or {"error": ...} (exit 1).
+
+`fetch(url, cache_root)` is the other direction, for jobs: the agent writes this file beside the
+run and names it in `LEPTON_STORE_CLIENT`, and `train.py --data-dir <store URL>` loads it from
+there (the job's own interpreter, which has the clients) to get a verified, cached local copy."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -69,14 +74,12 @@ def _file_writer(root: str) -> Callable[[str, str | None, bytes | None, str], No
     return write
 
 
-def _obstore_writer(
-    scheme: str, bucket: str, account: str
-) -> Callable[[str, str | None, bytes | None, str], None]:
-    import obstore
+def _obstore_store(scheme: str, bucket: str, account: str) -> Any:
+    """An obstore S3Store/AzureStore for the bucket/container; the node's identity, or the
+    emulator endpoints the environment names (tests)."""
     from obstore.store import AzureStore, S3Store
 
     store: Any
-
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = {"endpoint": endpoint} if endpoint else {}
@@ -96,6 +99,15 @@ def _obstore_writer(
                 config["endpoint"] = conn["BlobEndpoint"]
                 client["allow_http"] = conn["BlobEndpoint"].startswith("http://")
         store = AzureStore(bucket, config=config, client_options=client)  # type: ignore[arg-type]
+    return store
+
+
+def _obstore_writer(
+    scheme: str, bucket: str, account: str
+) -> Callable[[str, str | None, bytes | None, str], None]:
+    import obstore
+
+    store = _obstore_store(scheme, bucket, account)
 
     def write(key: str, source: str | None, data: bytes | None, sha: str) -> None:
         payload: Any = open(source, "rb") if source is not None else data  # noqa: SIM115 (closed below)
@@ -116,7 +128,7 @@ def _obstore_writer(
     return write
 
 
-def _gcs_writer(bucket_name: str) -> Callable[[str, str | None, bytes | None, str], None]:
+def _gcs_bucket(bucket_name: str) -> Any:
     from google.cloud import storage
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -125,7 +137,11 @@ def _gcs_writer(bucket_name: str) -> Callable[[str, str | None, bytes | None, st
         client = storage.Client(project="lepton-emulator", credentials=AnonymousCredentials())
     else:
         client = storage.Client()
-    bucket = client.bucket(bucket_name)
+    return client.bucket(bucket_name)
+
+
+def _gcs_writer(bucket_name: str) -> Callable[[str, str | None, bytes | None, str], None]:
+    bucket = _gcs_bucket(bucket_name)
 
     def write(key: str, source: str | None, data: bytes | None, sha: str) -> None:
         size = os.path.getsize(source) if source is not None else len(data or b"")
@@ -188,6 +204,126 @@ def upload(url: str, prefix: str, sources: dict[str, str]) -> dict[str, object]:
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()
     write(f"{root}/{MANIFEST}", None, body, hashlib.sha256(body).hexdigest())
     return manifest
+
+
+# --------------------------------------------------------------------------- fetch (data sets)
+
+Reader = Callable[[str, str], None]  # (key, local file to write) -> None
+
+
+def reader_for(url: str) -> tuple[Reader, str]:
+    """The reader for `url` (what `writer_for` writes) and the key prefix inside its bucket."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    segments = [s for s in path.split("/") if s]
+    if parts.scheme == "file":
+
+        def read_file(key: str, dest: str) -> None:
+            with open(os.path.join(path, key), "rb") as src, open(dest, "wb") as out:
+                while chunk := src.read(1024 * 1024):
+                    out.write(chunk)
+
+        return read_file, ""
+    if parts.scheme in ("s3", "az"):
+        import obstore
+
+        if parts.scheme == "s3":
+            store, base = _obstore_store("s3", parts.netloc, ""), "/".join(segments)
+        else:
+            store, base = _obstore_store("az", segments[0], parts.netloc), "/".join(segments[1:])
+
+        def read_object(key: str, dest: str) -> None:
+            with open(dest, "wb") as out:
+                for chunk in obstore.get(store, key).stream(min_chunk_size=PART_SIZE):
+                    out.write(chunk)
+
+        return read_object, base
+    if parts.scheme == "gs":
+        bucket = _gcs_bucket(parts.netloc)
+
+        def read_blob(key: str, dest: str) -> None:
+            bucket.blob(key).download_to_filename(dest)
+
+        return read_blob, "/".join(segments)
+    raise ValueError(f"unknown store scheme in {url!r}; allowed: s3://, gs://, az://, file://")
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _has_size(path: str, meta: dict[str, Any]) -> bool:
+    """A cached file is still there, whole (its content was checked when it was fetched)."""
+    return os.path.isfile(path) and os.path.getsize(path) == int(meta.get("size", -1))
+
+
+def fetch(url: str, cache_root: str) -> str:
+    """The local copy of the folder at store URL `url` (as `lepton_infra.data.Store.upload_dir` or
+    `upload` wrote it): downloaded once into `cache_root`, every file checked against the SHA-256
+    its manifest records, and reused while the store's manifest is unchanged (then nothing is
+    downloaded). One process per cache entry downloads (a file lock); the others wait and reuse.
+    Raises ValueError naming the URL for a folder without a manifest or a file that fails its check."""
+    import fcntl
+
+    read, base = reader_for(url)
+    entry = os.path.join(cache_root, hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24])
+    data = os.path.join(entry, "data")
+    os.makedirs(entry, exist_ok=True)
+    with open(os.path.join(entry, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest_key = "/".join(p for p in (base, MANIFEST) if p)
+        prefix = base + "/" if base else ""
+        fd, tmp_manifest = tempfile.mkstemp(dir=entry, prefix=".manifest-")
+        os.close(fd)
+        try:
+            try:
+                read(manifest_key, tmp_manifest)
+            except Exception as exc:
+                raise ValueError(
+                    f"{url!r} has no readable {MANIFEST} (not an uploaded folder, or its upload never finished): {exc}"
+                ) from exc
+            with open(tmp_manifest, "rb") as fh:
+                body = fh.read()
+        finally:
+            if os.path.exists(tmp_manifest):  # google-cloud-storage removes it on a failed download
+                os.unlink(tmp_manifest)
+        digest = hashlib.sha256(body).hexdigest()
+        files: dict[str, dict[str, Any]] = json.loads(body).get("files") or {}
+        marker = os.path.join(entry, "complete")
+        if _read_text(marker) == digest and all(
+            _has_size(os.path.join(data, r), m) for r, m in files.items()
+        ):
+            return data
+        if os.path.exists(marker):
+            os.unlink(marker)
+        staging = tempfile.mkdtemp(dir=entry, prefix=".staging-")
+
+        def one(item: tuple[str, dict[str, Any]]) -> None:
+            rel, meta = item
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(f"{url!r}: manifest names {rel!r}, outside the folder")
+            dest = os.path.join(staging, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            read(prefix + rel, dest)
+            got = sha256_file(dest)
+            if got != meta.get("sha256"):
+                raise ValueError(f"{url!r}: {rel} has SHA-256 {got}, its manifest says {meta.get('sha256')}")
+
+        try:
+            with ThreadPoolExecutor(WORKERS) as pool:
+                list(pool.map(one, sorted(files.items())))
+            if os.path.exists(data):
+                shutil.rmtree(data)
+            os.replace(staging, data)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+        _atomic(marker, digest.encode())
+        return data
 
 
 def main(argv: list[str]) -> int:
