@@ -189,9 +189,12 @@ def main() -> int:
             _bench.print_table(f"launch a tiny job on {args.nodes} nodes", list(rows.values()))
             print("## lepton run_job phases (RunResult.timings, median s)")
             breakdown: dict[str, Any] = {
-                k: statistics.median(t[k] for t in timings) for k in PHASES if all(k in t for t in timings)
+                k: statistics.median(t[k] for t in timings if k in t)
+                for k in PHASES
+                if any(k in t for t in timings)
             }
             print("  " + "  ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
+            _bench.RECORD["lepton_phases"] = breakdown
             print(
                 "  (run = launch start to the last node's end as the controller saw it; job = first "
                 "node's start to last node's end as the nodes recorded it; launch_to_first_log includes "
