@@ -336,7 +336,14 @@ def run(
     ],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the entrypoint (after --).")] = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
-    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Processes per node (GPUs).")] = 1,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            help="Processes per node. Default: the inventory's GPUs per node (1 without GPUs).",
+            show_default=False,
+        ),
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Default: timestamp + random suffix.")
     ] = None,
@@ -353,7 +360,7 @@ def run(
     ] = False,
 ) -> None:
     """Ship WORKLOAD_DIR to every node, run it with torchrun, stream logs, collect results."""
-    if nproc_per_node < 1:
+    if nproc_per_node is not None and nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
     _positive("--connect-timeout", connect_timeout)
     _check_run_id(run_id)

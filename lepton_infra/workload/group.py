@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from lepton_infra.errors import HostKeyMismatch, LeptonError
 from lepton_infra.inventory import Inventory, Node
@@ -34,6 +34,7 @@ class NodeRun:
     files_shipped: int = 0
     bytes_collected: int = 0
     status: NodeStatus | None = None
+    preflight: dict[str, Any] | None = None  # what the node's python has (steps.preflight)
 
     @property
     def name(self) -> str:

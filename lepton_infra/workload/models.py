@@ -87,7 +87,7 @@ class NodeResult:
 class RunResult:
     """The outcome of `run_job`/`attach`/`collect`. `status` is "succeeded" only if every node
     succeeded; "failed" if any node failed or was lost; "cancelled" if it was stopped on request.
-    `timings` (seconds): connect, prepare, ship, launch, first_log (launch start to the first log
+    `timings` (seconds): connect, preflight, prepare, ship, launch, first_log (launch start to the first log
     line seen), run (launch start to the last node's end), collect, total."""
 
     run_id: str
@@ -111,7 +111,7 @@ class RunEvents(Protocol):
     """Callbacks for a live view of a run. All are called from the thread that called `run_job`
     (never concurrently), in order. Subclass it to get no-op defaults for the ones you skip.
 
-    - on_phase(phase, detail): phase is one of connect, prepare, ship, launch, running, cancel,
+    - on_phase(phase, detail): phase is one of connect, preflight, prepare, ship, launch, running, cancel,
       collect, done; detail is a human sentence.
     - on_log(node, line): one line of a node's log, without trailing newline and without the
       `LEPTON_PROGRESS` lines (those go to on_progress; they stay in the raw log file).

@@ -60,6 +60,7 @@ class NodeRecord(BaseModel):
     # Where the node itself put its results in the inventory's store (None: no store, or not yet).
     store_url: str | None = None
     store_error: str | None = None
+    preflight: dict[str, Any] | None = None  # interpreter, torch version, CUDA, GPUs seen
 
 
 class BytesMoved(BaseModel):
@@ -111,6 +112,7 @@ class RunRecord(BaseModel):
                         "host": m.conn.node.host,
                         "rank": m.rank,
                         "remote_run_dir": m.run_dir or prev.remote_run_dir,
+                        "preflight": m.preflight or prev.preflight,
                         "bytes_shipped": m.bytes_shipped or prev.bytes_shipped,
                         "files_shipped": m.files_shipped or prev.files_shipped,
                         "bytes_collected": m.bytes_collected or prev.bytes_collected,

@@ -1,9 +1,9 @@
 """The commands the controller sends to a node, and how their answers are read.
 
-Two node-side programs exist, both standard library only (a node has no `lepton_infra`):
-`node/bootstrap.py`, sent inline as `python -c SOURCE` because it must work before anything was
-shipped (prepare, receive), and `node/agent.py`, shipped with each run into
-`~/.lepton/runs/<run-id>/.agent/` (launch, status, cancel, pack). Both answer one JSON object on
+Three node-side programs exist, both standard library only (a node has no `lepton_infra`):
+`node/bootstrap.py` and `node/preflight.py`, sent inline as `python -c SOURCE` because they must
+work before anything was shipped (preflight, prepare, receive), and `node/agent.py`, shipped with each run into
+`~/.lepton/runs/<run-id>/.agent/` (launch, status, cancel, pack). Each answers one JSON object on
 the last line of stdout."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lepton_infra.workload.ssh import NodeConnection
 
 _NODE_CODE = Path(__file__).parent / "node"
 BOOTSTRAP_SOURCE = (_NODE_CODE / "bootstrap.py").read_text(encoding="utf-8")
+PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
 AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
 # Sent inside the launch spec; the agent runs it when the job ends (results to the store).
@@ -54,6 +55,11 @@ def bootstrap_install() -> dict[str, str]:
 
 
 CANCELLED_WHILE_SHIPPING = "cancelled while shipping"
+
+
+def inline_cmd(python: str, source: str, *args: str) -> str:
+    """`python -c SOURCE ARGS...`: node-side code that must run before anything was shipped."""
+    return " ".join([shlex.quote(python), "-c", shlex.quote(source), *map(shlex.quote, args)])
 
 
 def agent_cmd(python: str, run_id: str, verb: str) -> str:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
@@ -101,7 +102,7 @@ class _Plan:
 def _plan(
     workload_dir: Path,
     args: Sequence[str],
-    nproc_per_node: int,
+    nproc_per_node: int | None,
     run_id: str | None,
     env: Mapping[str, str] | None,
     connect_timeout: float,
@@ -113,7 +114,9 @@ def _plan(
     workload_dir = Path(workload_dir)
     entrypoint = jobspec.read_entrypoint(workload_dir)
     checked_args = jobspec.check_args(args)
-    nproc = jobspec.check_nproc(nproc_per_node, inventory)
+    nproc = jobspec.check_nproc(
+        default_nproc(inventory) if nproc_per_node is None else nproc_per_node, inventory
+    )
     check_heartbeat_timeout(heartbeat_timeout)
     extra_env = jobspec.check_env(env)
     run_id = jobspec.check_run_id(run_id) if run_id is not None else jobspec.new_run_id()
@@ -145,6 +148,12 @@ def _deliver_safely(event: Event, sink: RunEvents) -> None:
         if isinstance(event, Progress):
             with contextlib.suppress(Exception):
                 sink.on_log(event.node, f"{jobspec.PROGRESS_TAG} {json.dumps(event.data)}")
+
+
+def default_nproc(inventory: Inventory) -> int:
+    """Processes per node when none is asked for: one per GPU the inventory gives every node (the
+    fewest, when nodes differ), or 1 on nodes without GPUs (CPU, the local pool)."""
+    return min(n.gpus for n in inventory.nodes) or 1
 
 
 def _watch(
@@ -206,7 +215,7 @@ def run_job(
     workload_dir: Path,
     args: Sequence[str] = (),
     *,
-    nproc_per_node: int = 1,
+    nproc_per_node: int | None = None,
     run_id: str | None = None,
     runs_dir: Path = Path("runs"),
     connect_timeout: float = 10.0,
@@ -219,6 +228,10 @@ def run_job(
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
     A symlink leaving the workload folder is a ConfigError unless `follow_links` (then what it
     points to ships); links inside the folder ship as links.
+    `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs).
+
+    Before anything is shipped, a preflight asks every node's python for torch and its GPUs: a
+    node without torch, or with fewer GPUs than the inventory says, is a NodeError naming it.
 
     Returns the RunResult whatever the job did (status "failed" when a node failed or was lost;
     the other nodes are then stopped). Raises ConfigError for bad input (no workload, no
@@ -265,6 +278,15 @@ def run_job(
     with NodeGroup.connect(inventory, connect_timeout) as group:
         t = clock.lap("connect", clock.start)
         store.save(record.observe(group, local_dir, status="starting"))
+
+        events.on_phase("preflight", f"checking python, torch and GPUs on {len(group)} node(s)")
+        try:
+            found = steps.preflight(group, inventory)
+        except BaseException as exc:
+            store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
+            raise
+        t = clock.lap("preflight", t)
+        events.on_phase("preflight", _preflight_summary(found))
 
         files, size = len(plan.manifest.files), plan.manifest.total_bytes
         events.on_phase("prepare", f"run {run_id}: {files} file(s), {size} bytes")
@@ -342,6 +364,15 @@ def run_job(
         store.save(record.observe(group, local_dir, clock.timings))
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")
     return record.result(local_dir)
+
+
+def _preflight_summary(found: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line per distinct finding, e.g. `torch 2.13.0+cpu, CUDA no, 0 GPU(s) in /x/python3 on 3 node(s)`."""
+    counts: dict[str, int] = {}
+    for f in found.values():
+        line = f"torch {f.get('torch')}, CUDA {'yes' if f.get('cuda') else 'no'}, {f.get('gpus', 0)} GPU(s) in {f.get('python')}"
+        counts[line] = counts.get(line, 0) + 1
+    return "; ".join(f"{line} on {n} node(s)" for line, n in counts.items())
 
 
 def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) -> None:

@@ -1,4 +1,5 @@
-"""The steps of a run over a `NodeGroup`: prepare (reserve the run dir, learn missing blobs),
+"""The steps of a run over a `NodeGroup`: preflight (does the node's python have torch and the
+GPUs the inventory says?), prepare (reserve the run dir, learn missing blobs),
 ship (one tar stream per node), launch (start the supervisor detached), collect (one tar stream
 back). Per node each step is ONE command on the node's one connection."""
 
@@ -12,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lepton_infra.errors import ConfigError
-from lepton_infra.inventory import Inventory
+from lepton_infra.errors import ConfigError, NodeError
+from lepton_infra.inventory import Inventory, Node
 from lepton_infra.workload import jobspec, shipping
 from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest
@@ -21,11 +22,13 @@ from lepton_infra.workload.models import NodeStatus
 from lepton_infra.workload.remote import (
     AGENT_DIGEST,
     AGENT_SOURCE,
+    PREFLIGHT_SOURCE,
     UPLOADER_SOURCE,
     agent,
     agent_cmd,
     bootstrap_cmd,
     bootstrap_install,
+    inline_cmd,
     json_answer,
 )
 from lepton_infra.workload.shipping import ShipStats
@@ -39,6 +42,57 @@ def results_prefix(run_id: str, node: str) -> str:
 def check_timeout(connect_timeout: float) -> None:
     if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
         raise ConfigError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+
+
+def preflight(group: NodeGroup, inventory: Inventory) -> dict[str, dict[str, Any]]:
+    """Ask every node, with ONE command each, what the inventory's `python` has: its path and
+    version, `torch.__version__`, `torch.cuda.is_available()` and the GPU count. NodeError (exit
+    3) naming the node and what it found when torch is missing or the node has fewer GPUs than
+    the inventory says; nothing has been shipped or launched then. Returns each node's report."""
+    python = inventory.python
+
+    def one(m: NodeRun) -> dict[str, Any]:
+        result = m.conn.run(inline_cmd(python, PREFLIGHT_SOURCE), check=False)
+        if result.exit_status != 0 or not result.stdout.strip():
+            tail = " | ".join(result.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])
+            return {"problem": f"the inventory's python {python!r} does not run "
+                    f"(exit status {result.exit_status}): {tail or 'no output'}"}  # fmt: skip
+        return json_answer(m.conn, result.stdout, "preflight")
+
+    reports = group.run(one)
+    reports.raise_first()
+    problems = {
+        name: problem
+        for name, found in reports.succeeded.items()
+        if (problem := found.get("problem") or _preflight_problem(group[name].conn.node, python, found))
+    }
+    if problems:
+        # Every node's finding at once: fixing one image and retrying only to meet the next is slow.
+        (first, why), *others = problems.items()
+        also = "".join(f"; also node {name!r}: {other}" for name, other in others)
+        raise NodeError(first, f"preflight: {why}{also}")
+    for m in group:
+        m.preflight = reports.succeeded[m.name]
+    return reports.succeeded
+
+
+def _preflight_problem(node: Node, python: str, found: Mapping[str, Any]) -> str | None:
+    """What is wrong with a node's preflight report, in a sentence naming what it found."""
+    where = f"{found.get('python') or python} (Python {found.get('python_version', '?')})"
+    if not found.get("torch"):
+        return (
+            f"no torch in {where}: {found.get('error') or 'import failed'}; the inventory's "
+            "`python` must be an interpreter that has torch"
+        )
+    seen = int(found.get("gpus") or 0)
+    if seen < node.gpus:
+        cuda = "available" if found.get("cuda") else "not available"
+        extra = f"; {found['error']}" if found.get("error") else ""
+        return (
+            f"the inventory says {node.gpus} GPU(s) ({node.accelerator or 'GPU'}) but torch "
+            f"{found['torch']} in {where} sees {seen} (CUDA {cuda}{extra})"
+        )
+    return None
 
 
 def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Inventory) -> int:

@@ -1,4 +1,4 @@
 """Code that runs ON the nodes. Standard library only: a node does not have lepton_infra installed.
 
-`bootstrap.py` is sent as `python -c SOURCE` (it must work before anything was shipped);
+`bootstrap.py` and `preflight.py` are sent as `python -c SOURCE` (they must work before anything was shipped);
 `agent.py` is shipped with each run into `~/.lepton/runs/<run-id>/.agent/agent.py`."""
