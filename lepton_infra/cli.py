@@ -6,27 +6,28 @@ Exit codes: 0 ok, 1 job failed, 2 bad input, 3 infrastructure/connection failure
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import filesize
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from lepton_infra.display import LiveView, join, plain, styled
 from lepton_infra.errors import ConfigError, JobFailed, LeptonError, redact
 
 if TYPE_CHECKING:
     from lepton_infra.inventory import Inventory
-    from lepton_infra.workload import RunResult
+    from lepton_infra.workload import NodeStatus, RunResult
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
 DEFAULT_INVENTORY = Path(".lepton/local/inventory.json")
@@ -41,31 +42,18 @@ err_console = Console(
     stderr=True, highlight=False, markup=False, emoji=False, width=None if sys.stderr.isatty() else 200
 )
 
-app = typer.Typer(
-    name="lepton-infra",
-    help="GPU training clusters as Pulumi components, and the SSH workload layer that runs jobs on them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-local_app = typer.Typer(help="The embedded local pool: real sshd nodes on loopback.", no_args_is_help=True)
-app.add_typer(local_app, name="local")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def _error(kind: str, message: str) -> None:
     err_console.print(join(styled("error", "bold red"), f" ({kind}): ", plain(message)), soft_wrap=True)
 
 
-def _handles_errors(func: F) -> F:
-    """Turn library errors into a one-line message and the documented exit code (not a traceback)."""
+class _OneErrorHandler(TyperGroup):
+    """The one place errors become a one-line message and the documented exit code (not a
+    traceback), for every command and sub-command."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a typer.Context; typer vendors its own click
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except LeptonError as exc:
             kind = {
                 EXIT_BAD_INPUT: "bad input",
@@ -84,8 +72,18 @@ def _handles_errors(func: F) -> F:
             _error("bad input", redact(str(exc)))
             raise typer.Exit(EXIT_BAD_INPUT) from exc
 
-    return wrapper  # type: ignore[return-value]
 
+app = typer.Typer(
+    name="lepton-infra",
+    cls=_OneErrorHandler,
+    help="GPU training clusters as Pulumi components, and the SSH workload layer that runs jobs on them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+local_app = typer.Typer(help="The embedded local pool: real sshd nodes on loopback.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
 
 InventoryOpt = Annotated[
     Path,
@@ -124,7 +122,6 @@ def _load_inventory(path: Path) -> Inventory:
 
 
 @app.command()
-@_handles_errors
 def catalog(
     accelerator: Annotated[str | None, typer.Option(help="T4, L4, A10G, A100-40GB, A100-80GB, H100.")] = None,
     cloud: Annotated[str | None, typer.Option(help="aws, gcp or azure.")] = None,
@@ -136,43 +133,12 @@ def catalog(
     from lepton_infra import catalog as cat
 
     rows = cat.choices(cloud=cloud, accelerator=accelerator, gpus=gpus, region=region)
+    if not rows:  # the same exit 2 with --json or without: a script must not mistake [] for success
+        raise ConfigError("no catalog entry matches those filters; run `lepton-infra catalog` to see all")
     if as_json:
         print(cat.to_json(rows))
         return
-    if not rows:
-        raise ConfigError("no catalog entry matches those filters; run `lepton-infra catalog` to see all")
-    table = Table(title="Accelerator catalog (prices are dated reference data, USD/hour)")
-    for column in (
-        "cloud",
-        "accelerator",
-        "gpus",
-        "instance type",
-        "vCPUs",
-        "memory GiB",
-        "on-demand",
-        "spot",
-    ):
-        table.add_column(column, justify="right" if column in ("gpus", "vCPUs", "memory GiB") else "left")
-    table.add_column("regions")
-    table.add_column("price read on")
-    for e in rows:
-        table.add_row(
-            e.cloud,
-            e.accelerator,
-            str(e.gpus),
-            e.instance_type,
-            str(e.vcpus),
-            f"{e.memory_gib:g}",
-            _usd(e.on_demand_usd),
-            _usd(e.spot_usd),
-            ", ".join(e.regions),
-            str(e.price_read_on),
-        )
-    console.print(table)
-
-
-def _usd(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.3f}"
+    console.print(cat.rich_table(rows))
 
 
 # --------------------------------------------------------------------------- local pool
@@ -183,7 +149,6 @@ StateDirOpt = Annotated[
 
 
 @local_app.command("up")
-@_handles_errors
 def local_up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of sshd nodes (1-64).")] = 2,
     state_dir: StateDirOpt = Path(".lepton/local"),
@@ -194,18 +159,24 @@ def local_up(
             help="Nodes in a private network reachable only through one more sshd, the jump host (root).",
         ),
     ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="The pool's cluster name. Default: local-<this host's name>."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start N real OpenSSH sshd nodes on 127.0.0.x and write <state-dir>/inventory.json."""
     from lepton_infra import local
 
-    inventory = local.up(nodes, state_dir, bastion=bastion)
+    inventory = local.up(nodes, state_dir, bastion=bastion, name=name)
     if as_json:
         print(inventory.to_json())
         return
     console.print(
         join(
             styled(f"started {len(inventory.nodes)} node(s)", "green"),
+            " of cluster ",
+            plain(inventory.cluster),
             "; inventory: ",
             plain(state_dir / "inventory.json"),
         )
@@ -214,7 +185,6 @@ def local_up(
 
 
 @local_app.command("down")
-@_handles_errors
 def local_down(state_dir: StateDirOpt = Path(".lepton/local")) -> None:
     """Stop exactly the sshd processes (and their jobs) that `local up` started in STATE_DIR."""
     from lepton_infra import local
@@ -224,7 +194,6 @@ def local_down(state_dir: StateDirOpt = Path(".lepton/local")) -> None:
 
 
 @local_app.command("status")
-@_handles_errors
 def local_status(state_dir: StateDirOpt = Path(".lepton/local"), as_json: JsonOpt = False) -> None:
     """Show the local pool's nodes and whether each sshd is alive."""
     from lepton_infra import local
@@ -276,9 +245,15 @@ def _live(quiet: bool) -> Iterator[LiveView]:
 
 
 def _render_result(result: RunResult, as_json: bool) -> None:
-    run_json = Path(result.run_dir) / "run.json"
+    """A run's outcome: its run.json (the RunRecord) with --json, else a table per node."""
     if as_json:
-        print(run_json.read_text() if run_json.exists() else json.dumps({"run_id": result.run_id}))
+        from lepton_infra.workload.record import RunStore
+
+        record = RunStore(Path(result.run_dir).parent).load(result.run_id)
+        if record is None:  # only if run.json was removed under us: the same core from the result
+            print(json.dumps(_as_dict(result), indent=2, default=str))
+        else:
+            print(record.model_dump_json(indent=2))
         return
     table = Table(title=f"run {result.run_id}: {result.status}")
     for column in ("node", "state", "exit", "shipped", "collected", "results"):
@@ -289,22 +264,12 @@ def _render_result(result: RunResult, as_json: bool) -> None:
             n.name,
             styled(n.state, colour),
             "-" if n.exit_code is None else str(n.exit_code),
-            _bytes(n.bytes_shipped),
-            _bytes(n.bytes_collected),
+            filesize.decimal(n.bytes_shipped),
+            filesize.decimal(n.bytes_collected),
             str(n.output_dir) if n.output_dir else "-",
         )
     console.print(table)
     console.print(f"results: {result.run_dir}/  (run.json has per-node status, timings, bytes moved)")
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _finish(result: RunResult, as_json: bool) -> None:
@@ -318,18 +283,33 @@ def _finish(result: RunResult, as_json: bool) -> None:
         raise JobFailed(f"run {result.run_id} {result.status}; failed nodes: {', '.join(failed) or '-'}")
 
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
 def _check_run_id(run_id: str | None) -> None:
-    if run_id is not None and not _RUN_ID.match(run_id):
+    from lepton_infra.workload.jobspec import RUN_ID_RE
+
+    if run_id is not None and not RUN_ID_RE.match(run_id):
         raise ConfigError(
             f"--run-id {run_id!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
 
 
+def _run_or_latest(run_id: str | None, runs_dir: Path) -> str:
+    """The run a command is about: RUN_ID when given, else the newest run in RUNS_DIR (said on stderr)."""
+    from lepton_infra.workload.record import RunStore
+
+    if run_id is not None:
+        _check_run_id(run_id)
+        return run_id
+    latest = RunStore(runs_dir).latest()
+    err_console.print(f"run {latest} (the latest in {runs_dir}/)")
+    return latest
+
+
+RunIdArg = Annotated[
+    str | None, typer.Argument(help="The run. Default: the latest one in --runs-dir.", show_default=False)
+]
+
+
 @app.command()
-@_handles_errors
 def run(
     workload_dir: Annotated[
         Path, typer.Argument(help="Workload folder; its train.py (or lepton.toml entrypoint) runs.")
@@ -384,9 +364,47 @@ def run(
 
 
 @app.command()
-@_handles_errors
+def runs(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False) -> None:
+    """List the runs in RUNS_DIR, newest first (as this machine last saw them; `status` asks the nodes)."""
+    from lepton_infra.workload.record import RunStore
+
+    records = RunStore(runs_dir).records()
+    if as_json:
+        rows = [
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "nodes": [{"name": n.name, "state": n.state} for n in r.nodes],
+                "started": r.created,
+                "cluster": r.cluster,
+                "cloud": r.cloud,
+                "run_dir": str(Path(runs_dir) / r.run_id),
+            }
+            for r in records
+        ]
+        print(json.dumps({"runs_dir": str(runs_dir), "runs": rows}, indent=2))
+        return
+    if not records:
+        console.print(f"no runs in {runs_dir}/")
+        return
+    table = Table(title=f"runs in {runs_dir}/")
+    for column in ("run id", "status", "nodes", "started", "where"):
+        table.add_column(column)
+    for r in records:
+        colour = {"succeeded": "green", "running": "yellow"}.get(r.status, "red")
+        table.add_row(
+            r.run_id,
+            styled(r.status, colour),
+            str(len(r.nodes)),
+            r.created or "-",
+            f"{r.cluster} ({r.cloud})",
+        )
+    console.print(table)
+
+
+@app.command()
 def attach(
-    run_id: Annotated[str, typer.Argument(help="The run to reattach to.")],
+    run_id: RunIdArg = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
@@ -396,8 +414,8 @@ def attach(
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs, collect."""
     from lepton_infra.workload import attach as attach_run
 
-    _check_run_id(run_id)
     _positive("--connect-timeout", connect_timeout)
+    run_id = _run_or_latest(run_id, runs_dir)
     inv = _load_inventory(inventory)
     with _live(quiet=as_json) as events:
         result = attach_run(
@@ -412,23 +430,22 @@ def attach(
 
 
 @app.command()
-@_handles_errors
 def status(
-    run_id: Annotated[str, typer.Argument(help="The run to inspect.")],
+    run_id: RunIdArg = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
+    runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Show each node's state of a run, read from the nodes themselves."""
     from lepton_infra.workload import run_status
 
-    _check_run_id(run_id)
+    run_id = _run_or_latest(run_id, runs_dir)
     rows = run_status(_load_inventory(inventory), run_id, connect_timeout=connect_timeout)
     _render_node_statuses(run_id, rows, as_json)
 
 
 @app.command()
-@_handles_errors
 def cancel(
     run_id: Annotated[str, typer.Argument(help="The run to stop on every node.")],
     inventory: InventoryOpt = DEFAULT_INVENTORY,
@@ -443,39 +460,40 @@ def cancel(
     _render_node_statuses(run_id, rows, as_json)
 
 
-def _render_node_statuses(run_id: str, rows: list[Any], as_json: bool) -> None:
-    dicts = [_as_dict(r) for r in rows]
+def _render_node_statuses(run_id: str, rows: list[NodeStatus], as_json: bool) -> None:
+    """`status` and `cancel`: the run's status and its nodes, in run.json's shape (`run_id`,
+    `status`, `nodes[].name`, `nodes[].state`, `nodes[].exit_code`, ...)."""
+    from lepton_infra.workload.record import run_status_of
+
+    nodes = [{"name": r.node, **{k: v for k, v in _as_dict(r).items() if k != "node"}} for r in rows]
+    overall = run_status_of([r.state for r in rows])
     if as_json:
-        print(json.dumps(dicts, indent=2, default=str))
+        print(json.dumps({"run_id": run_id, "status": overall, "nodes": nodes}, indent=2, default=str))
         return
-    table = Table(title=f"run {run_id}")
-    columns = [
-        c
-        for c in ("node", "name", "state", "exit_code", "pid", "started", "ended", "heartbeat")
-        if dicts and c in dicts[0]
-    ]
+    table = Table(title=f"run {run_id}: {overall}")
+    columns = ("name", "state", "exit_code", "pid", "started", "ended", "heartbeat")
     for column in columns:
-        table.add_column(column)
-    for d in dicts:
+        table.add_column("node" if column == "name" else column)
+    for d in nodes:
         table.add_row(*("-" if d.get(c) is None else str(d.get(c)) for c in columns))
     console.print(table)
 
 
 @app.command()
-@_handles_errors
 def logs(
-    run_id: Annotated[str, typer.Argument(help="The run whose logs to show.")],
+    run_id: RunIdArg = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
+    runs_dir: RunsDirOpt = Path("runs"),
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep streaming until the run ends.")
+        bool, typer.Option("--follow/--no-follow", "-f", help="Keep streaming until the run ends.")
     ] = False,
     connect_timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Print a run's logs, prefixed by node, straight from the nodes."""
     from lepton_infra.workload import read_logs
 
-    _check_run_id(run_id)
+    run_id = _run_or_latest(run_id, runs_dir)
     inv = _load_inventory(inventory)
     if node is not None:
         inv.node(node)  # a clear ConfigError for an unknown node name
@@ -484,7 +502,6 @@ def logs(
 
 
 @app.command()
-@_handles_errors
 def collect(
     run_id: Annotated[str, typer.Argument(help="The run whose results to bring home.")],
     inventory: InventoryOpt = DEFAULT_INVENTORY,
@@ -506,7 +523,6 @@ def collect(
 
 
 @app.command("inventory")
-@_handles_errors
 def inventory_cmd(
     stack: Annotated[str, typer.Option("--stack", "-s", help="Pulumi stack name, e.g. dev-aws.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Inventory file to write.")] = Path(
@@ -548,7 +564,6 @@ def inventory_cmd(
 
 
 @app.command()
-@_handles_errors
 def demo(
     nodes: Annotated[int, typer.Option("--nodes", help="Local nodes to train across (DDP).")] = 2,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 2,
@@ -635,7 +650,6 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
 
 
 @app.command()
-@_handles_errors
 def sweep(
     workload: Annotated[str, typer.Argument(help="Workload folder, or `status` followed by a sweep id.")],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for every job (after --).")] = None,

@@ -107,3 +107,23 @@ def test_inventory_without_pulumi_cli_says_what_to_install(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert "Pulumi CLI is not on PATH" in result.stderr
+
+
+def test_catalog_json_with_no_match_exits_2_as_the_table_does() -> None:
+    for extra in ([], ["--json"]):
+        result = lepton("catalog", "--accelerator", "T4", "--cloud", "aws", "--gpus", "3", *extra)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "no catalog entry matches" in result.stderr
+        assert result.stdout == ""
+
+
+def test_runs_lists_nothing_and_latest_run_commands_say_where_they_looked(tmp_path: Path) -> None:
+    listed = lepton("runs", "--runs-dir", str(tmp_path / "runs"), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["runs"] == []
+    for command in ("status", "logs", "attach"):
+        result = lepton(
+            command, "--runs-dir", str(tmp_path / "runs"), "--inventory", str(tmp_path / "x.json")
+        )
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"no runs in {tmp_path / 'runs'}/" in result.stderr

@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -429,10 +430,33 @@ def _ensure_privsep_dir() -> None:
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def cluster_name(name: str | None = None) -> str:
+    """The pool's cluster name: `name` when given (checked), else `local-<this host's name>`, so
+    run records and logs say which machine's pool it was (the state folder's name said nothing)."""
+    if name is None:
+        host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname().split(".")[0]).strip("-")
+        return f"local-{host or 'host'}"[:63]
+    if not _CLUSTER_NAME.match(name):
+        raise ConfigError(
+            f"--name {name!r} is not allowed: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
 def up(
-    nodes: int, state_dir: Path = DEFAULT_STATE_DIR, *, python: str | None = None, bastion: bool = False
+    nodes: int,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    *,
+    python: str | None = None,
+    bastion: bool = False,
+    name: str | None = None,
 ) -> Inventory:
     """Start `nodes` sshd nodes, write `<state_dir>/inventory.json`, and return the inventory.
+    The inventory's cluster is `name` (default `local-<hostname>`, see `cluster_name`).
 
     With `bastion`, the nodes live in a private network (a network namespace, see local/netns.py)
     that only one more sshd, the bastion, can reach; the inventory's `jump` names it, and a
@@ -440,6 +464,7 @@ def up(
     same state dir is still running. A dead pool left behind (machine rebooted, processes killed)
     is cleaned up and replaced."""
     nodes = _validate_nodes(nodes)
+    cluster = cluster_name(name)
     sshd = find_sshd()
     if bastion:
         netns.require()
@@ -531,7 +556,7 @@ def up(
         store_url, queue_url = provision(state_dir)
         inventory = Inventory(
             version=1,  # INVENTORY_VERSION, spelled as the Literal the model requires
-            cluster=state_dir.name or "local",
+            cluster=cluster,
             cloud="local",
             user=user,
             private_key_path=str(state_dir / CLIENT_KEY_FILE),

@@ -26,9 +26,9 @@ def test_local_up_run_collect_down_through_the_cli(
     tmp_path: Path, make_workload: Callable[..., Path]
 ) -> None:
     state = tmp_path / "state"
-    up = lepton("local", "up", "--nodes", "2", "--state-dir", str(state), cwd=tmp_path)
+    up = lepton("local", "up", "--nodes", "2", "--state-dir", str(state), "--name", "cli-pool", cwd=tmp_path)
     assert up.returncode == 0, up.stderr
-    assert "node-1" in up.stdout
+    assert "node-1" in up.stdout and "cli-pool" in up.stdout
     try:
         inventory = state / "inventory.json"
         workload = make_workload()
@@ -56,7 +56,22 @@ def test_local_up_run_collect_down_through_the_cli(
 
         status = lepton("status", "cli-ok", "--inventory", str(inventory), "--json", cwd=tmp_path)
         assert status.returncode == 0, status.stderr
-        assert {row["state"] for row in json.loads(status.stdout)} == {"succeeded"}
+        shape = json.loads(status.stdout)
+        assert shape["run_id"] == "cli-ok" and shape["status"] == "succeeded"
+        assert [(n["name"], n["state"]) for n in shape["nodes"]] == [
+            ("node-0", "succeeded"),
+            ("node-1", "succeeded"),
+        ]
+        assert run_json["cluster"] == "cli-pool" and run_json["status"] == "succeeded"
+        assert [n["name"] for n in run_json["nodes"]] == ["node-0", "node-1"]  # the same shape as status
+
+        # Without a RUN_ID, status and logs are about the latest run in ./runs.
+        latest = lepton("status", "--inventory", str(inventory), "--json", cwd=tmp_path)
+        assert latest.returncode == 0, latest.stderr
+        assert json.loads(latest.stdout)["run_id"] == "cli-ok" and "cli-ok" in latest.stderr
+        logs = lepton("logs", "--inventory", str(inventory), "--no-follow", "--node", "node-1", cwd=tmp_path)
+        assert logs.returncode == 0, logs.stderr
+        assert "node-1 | cli-line 3 of 4 from node-1" in logs.stdout and "node-0 |" not in logs.stdout
 
         failing = lepton(
             "run",
@@ -73,6 +88,14 @@ def test_local_up_run_collect_down_through_the_cli(
         )
         assert failing.returncode == 1, failing.stdout + failing.stderr
         assert "node-1" in failing.stderr and "cli-fail" in failing.stderr
+
+        listed = lepton("runs", "--json", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        runs = {r["run_id"]: r for r in json.loads(listed.stdout)["runs"]}
+        assert runs["cli-ok"]["status"] == "succeeded" and runs["cli-fail"]["status"] == "failed"
+        assert runs["cli-ok"]["cluster"] == "cli-pool" and len(runs["cli-ok"]["nodes"]) == 2
+        table = lepton("runs", cwd=tmp_path)
+        assert "cli-fail" in table.stdout and "cli-pool (local)" in table.stdout
 
         again = lepton(
             "run", str(workload), "--inventory", str(inventory), "--run-id", "cli-ok", cwd=tmp_path
