@@ -1,7 +1,8 @@
 """Shared Pulumi mocks for the component tests: every resource the real component code registers is
 recorded (type token, logical name, inputs) and given plausible outputs, and the invokes our
 components make are answered. Importing this module sets the mocks, so test modules import it
-BEFORE any component module (FACTS.md: mocks set too late make tests pass vacuously).
+BEFORE any component module (resources registered before `set_mocks` bypass the mocks, and a
+test that records nothing then passes vacuously).
 
     _, rec = build(lambda: GcpGpuVmPool("demo", args))      # resolved outputs, recorded resources
     rec.of("gcp:compute/instance:Instance")                  # the instances' records

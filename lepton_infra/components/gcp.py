@@ -1095,7 +1095,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
 
     @staticmethod
     def _scheduling(spot: bool) -> dict[str, Any]:
-        # GPU VMs cannot live-migrate: host maintenance must stop them (FACTS.md), and a restarted
+        # GPU VMs cannot live-migrate: GCE requires onHostMaintenance=TERMINATE for them, and a restarted
         # node would have lost its job anyway, so no automatic restart either.
         sched: dict[str, Any] = {"on_host_maintenance": "TERMINATE", "automatic_restart": False}
         if spot:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from lepton_infra.errors import ConfigError
 
-# Ordered by preference. curve25519 first: FACTS.md measured it cheaper than OpenSSH's default
-# (sntrup761) for OpenSSH clients, and paramiko negotiates curve25519-sha256@libssh.org. Only
+# Ordered by preference. curve25519 first: a handshake+exec measured 0.14 s with it against 0.20 s
+# with OpenSSH 9.2's default (sntrup761) for OpenSSH clients, and paramiko negotiates curve25519-sha256@libssh.org. Only
 # algorithms that OpenSSH 9.2 (Debian 12) knows, or sshd refuses to start.
 KEX_ALGORITHMS = (
     "curve25519-sha256",
@@ -117,7 +117,8 @@ def render(cfg: NodeConfig) -> str:
         # We may run as root (CI containers); root may log in with the pool key only.
         "PermitRootLogin prohibit-password",
         f"AllowUsers {cfg.user}@{cfg.allow_from}" if cfg.allow_from else f"AllowUsers {cfg.user}",
-        # PAM needs root and a system login stack; without it a non-root sshd works (FACTS.md).
+        # PAM needs root and a system login stack; a non-root sshd works with UsePAM no (port > 1024,
+        # host key owned by that user, a writable PidFile, StrictModes no).
         f"UsePAM {'yes' if cfg.use_pam else 'no'}",
         # A non-root sshd cannot insist on root-owned key files, and the state dir may sit in /tmp.
         "StrictModes no",
