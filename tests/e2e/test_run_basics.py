@@ -63,10 +63,12 @@ def test_run_on_three_nodes_streams_logs_and_progress_and_collects_everything(
     assert record["cluster"] == pool.cluster and record["args"] == ["lines=3", "tag=T-"]
     assert [n["exit_code"] for n in record["nodes"]] == [0, 0, 0]
     assert record["bytes"]["collected"] == sum(n.bytes_collected for n in result.nodes)
-    for key in ("connect", "ship", "launch", "first_log", "run", "collect", "total"):
+    for key in ("connect", "preflight", "ship", "launch", "first_log", "run", "collect", "total"):
         assert key in record["timings"], key
     assert [p for p, _ in events.phases] == [
         "connect",
+        "preflight",
+        "preflight",
         "prepare",
         "ship",
         "launch",
