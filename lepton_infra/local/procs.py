@@ -1,4 +1,4 @@
-"""Reading and stopping processes through /proc (Linux), carefully.
+"""Reading and stopping processes (psutil for the process table and trees), carefully.
 
 `local down` must stop exactly what the pool started: a PID is only signalled after its
 cmdline (and start time) prove it is still the process we recorded, so a reused PID is never hit."""
@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 _PROC = Path("/proc")
 
@@ -39,44 +41,37 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
-def _state_and_ppid(pid: int) -> tuple[str, int] | None:
-    fields = _stat_fields(pid)
-    return (fields[0], int(fields[1])) if fields else None
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError)
 
 
 def cmdline(pid: int) -> list[str]:
     try:
-        raw = (_PROC / str(pid) / "cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return list(psutil.Process(pid).cmdline())
+    except _GONE:
         return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def environ(pid: int) -> dict[str, str]:
     """The environment a process was started with; empty when unreadable (another user's, or gone)."""
     try:
-        raw = (_PROC / str(pid) / "environ").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return dict(psutil.Process(pid).environ())
+    except _GONE:
         return {}
-    env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
 
 
 def cwd(pid: int) -> str | None:
     try:
-        return os.readlink(_PROC / str(pid) / "cwd")
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return str(psutil.Process(pid).cwd())
+    except _GONE:
         return None
 
 
 def is_running(pid: int) -> bool:
     """True for a live process; a zombie (exited, not yet reaped) counts as gone."""
-    state = _state_and_ppid(pid)
-    return state is not None and state[0] not in ("Z", "X")
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except _GONE:
+        return False
 
 
 def is_expected(pid: int, expected_cmdline: list[str], expected_start: int | None) -> bool:
@@ -92,30 +87,22 @@ def is_expected(pid: int, expected_cmdline: list[str], expected_start: int | Non
 
 
 def all_pids() -> Iterator[int]:
-    for entry in _PROC.iterdir():
-        if entry.name.isdigit():
-            yield int(entry.name)
+    yield from psutil.pids()
 
 
 def _protected_pids() -> set[int]:
     """This process and its ancestors: never stop the caller, even if it runs inside a node."""
-    protected = {0, 1}
-    pid = os.getpid()
-    while pid > 1 and pid not in protected:
-        protected.add(pid)
-        state = _state_and_ppid(pid)
-        if state is None:
-            break
-        pid = state[1]
-    return protected
+    me = psutil.Process()
+    return {0, 1, me.pid, *(p.pid for p in me.parents())}
 
 
 def _children_map() -> dict[int, list[int]]:
+    """parent PID -> child PIDs, from one pass over the process table."""
     children: dict[int, list[int]] = {}
-    for pid in all_pids():
-        state = _state_and_ppid(pid)
-        if state is not None:
-            children.setdefault(state[1], []).append(pid)
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info["ppid"]
+        if ppid is not None:
+            children.setdefault(ppid, []).append(proc.pid)
     return children
 
 
