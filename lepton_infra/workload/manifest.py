@@ -1,10 +1,10 @@
 """Content-hashed view of a workload directory: which files ship, their sha256 and mode.
 
-`.leptonignore` uses gitignore-like patterns, matched with fnmatch (so `*` also crosses `/`):
-blank lines and `#` comments are skipped; `!pat` re-includes; a trailing `/` matches directories
-only; a pattern with a `/` inside (or a leading `/`) is anchored at the workload root and matched
-against the relative path; one without `/` matches a name at any depth; a leading `**/` is
-optional. The last matching pattern wins; an ignored directory is not descended into. Always
+`.leptonignore` is a `.gitignore` (git's own rules, via pathspec's GitIgnoreSpec): blank lines
+and `#` comments are skipped; `!pat` re-includes; a trailing `/` matches directories only; a
+pattern with a `/` inside (or a leading `/`) is anchored at the workload root; one without `/`
+matches a name at any depth; `*` stays within one path segment and `**` crosses them. The last
+matching pattern wins; an ignored directory is not descended into. Always
 skipped: `.git` and `__pycache__` at any depth, `runs/` and `.lepton/` at the top.
 
 Symlinks: nothing outside the folder ships unless the user asks (`follow_links`). A link that
@@ -12,7 +12,6 @@ resolves inside the folder ships as a link; one that leaves it is refused, namin
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import json
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import pathspec
+
 from lepton_infra.errors import ConfigError
 from lepton_infra.workload.node.bootstrap import BLOB_HEAD, MANIFEST_HEAD, STREAM_MAGIC
 
@@ -33,43 +34,11 @@ ALWAYS_SKIPPED_ANYWHERE = frozenset({".git", "__pycache__"})
 ALWAYS_SKIPPED_AT_TOP = frozenset({"runs", ".lepton"})
 
 
-@dataclass(frozen=True)
-class _Rule:
-    pattern: str
-    negate: bool
-    dir_only: bool
-    anchored: bool
-
-    def matches(self, rel: str, is_dir: bool) -> bool:
-        if self.dir_only and not is_dir:
-            return False
-        if self.anchored:
-            return fnmatch.fnmatchcase(rel, self.pattern)
-        return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], self.pattern)
-
-
 class IgnoreRules:
     """Parsed `.leptonignore` (see the module docstring for the syntax)."""
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
-        self.rules: list[_Rule] = []
-        for raw in lines:
-            line = raw.rstrip("\n").rstrip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            if negate:
-                line = line[1:]
-            if line.startswith("\\"):  # `\#name` / `\!name` escape a leading # or !
-                line = line[1:]
-            dir_only = line.endswith("/")
-            line = line.rstrip("/")
-            while line.startswith("**/"):
-                line = line[3:]
-            anchored = "/" in line
-            line = line.lstrip("/")
-            if line:
-                self.rules.append(_Rule(line, negate, dir_only, anchored))
+        self.spec = pathspec.GitIgnoreSpec.from_lines(list(lines))
 
     @classmethod
     def load(cls, root: Path) -> IgnoreRules:
@@ -83,11 +52,8 @@ class IgnoreRules:
         name = rel.rsplit("/", 1)[-1]
         if is_dir and (name in ALWAYS_SKIPPED_ANYWHERE or (top and name in ALWAYS_SKIPPED_AT_TOP)):
             return True
-        result = False
-        for rule in self.rules:
-            if rule.matches(rel, is_dir):
-                result = not rule.negate
-        return result
+        # A trailing slash tells pathspec it is a directory (for `build/`-style patterns).
+        return bool(self.spec.match_file(rel + "/" if is_dir else rel))
 
 
 @dataclass(frozen=True)
