@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import io
 import itertools
 import logging
@@ -53,16 +52,15 @@ _MAX_KEY_FILE_BYTES = 1 << 16  # private keys are a few KB; anything larger is n
 log = logging.getLogger("lepton_infra.ssh")
 
 
-def fingerprint_of_blob(blob: bytes) -> str:
-    """OpenSSH's `SHA256:...` fingerprint (unpadded base64 of the key blob's sha256)."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
 def fingerprint_of_line(host_key_line: str) -> str:
+    """OpenSSH's `SHA256:...` fingerprint of an `ssh-ed25519 AAAA...` line (paramiko's own
+    `PKey.fingerprint`, comparable to `ssh-keygen -l`)."""
     parts = host_key_line.split()
     try:
-        return fingerprint_of_blob(base64.b64decode(parts[1], validate=True))
-    except (IndexError, binascii.Error, ValueError):
+        return str(
+            paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True)).fingerprint
+        )
+    except (IndexError, binascii.Error, ValueError, paramiko.SSHException):
         return "<unparseable key>"
 
 
@@ -96,9 +94,7 @@ class _PinnedKeyPolicy(paramiko.RejectPolicy):  # type: ignore[misc]
         self.host_key = host_key
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise HostKeyMismatch(
-            self.name, fingerprint_of_line(self.host_key), fingerprint_of_blob(key.asbytes())
-        )
+        raise HostKeyMismatch(self.name, fingerprint_of_line(self.host_key), key.fingerprint)
 
 
 def load_client_key(inventory: Inventory) -> paramiko.PKey | None:
@@ -361,8 +357,8 @@ class NodeConnection:
         except paramiko.BadHostKeyException as exc:
             raise HostKeyMismatch(
                 name,
-                fingerprint_of_blob(exc.expected_key.asbytes()),
-                fingerprint_of_blob(exc.key.asbytes()),
+                exc.expected_key.fingerprint,
+                exc.key.fingerprint,
             ) from exc
         except paramiko.AuthenticationException as exc:
             raise NodeError(
