@@ -658,7 +658,9 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
     assert started.wait(60)
     assert json.loads((runs / "ship-cancel" / "run.json").read_text())["status"] == "shipping"
     status = cli("status", "ship-cancel", "--inventory", str(pool.inventory_path), "--json")
-    assert status.returncode == 0 and {r["state"] for r in json.loads(status.stdout)} == {"preparing"}
+    assert status.returncode == 0 and {r["state"] for r in json.loads(status.stdout)["nodes"]} == {
+        "preparing"
+    }
     t_cancel = time.monotonic()
     done = cli("cancel", "ship-cancel", "--inventory", str(pool.inventory_path))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -669,7 +671,7 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
     assert result.status == "cancelled"  # type: ignore[attr-defined]
     assert json.loads((runs / "ship-cancel" / "run.json").read_text())["status"] == "cancelled"
     after = cli("status", "ship-cancel", "--inventory", str(pool.inventory_path), "--json")
-    assert {r["state"] for r in json.loads(after.stdout)} == {"cancelled"}
+    assert {r["state"] for r in json.loads(after.stdout)["nodes"]} == {"cancelled"}
     for node in pool.inventory.nodes:  # never launched: no job output, no spec
         run_dir = pool.home(node.name) / ".lepton" / "runs" / "ship-cancel"
         assert not (run_dir / "spec.json").exists() and not (run_dir / "output" / "result.json").exists()

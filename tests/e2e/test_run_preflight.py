@@ -38,7 +38,8 @@ def _with_gpus(inv: Inventory, index: int, gpus: int) -> Inventory:
 def _nothing_ran(inv: Inventory, run_id: str, runs: Path) -> None:
     with pytest.raises(ConfigError, match="no run"):
         run_status(inv, run_id)  # no node has the run's folder: nothing was prepared or launched
-    assert not (runs / run_id).exists()
+    record = json.loads((runs / run_id / "run.json").read_text())  # the local record says why
+    assert record["status"] == "failed" and "preflight" in record["error"]
 
 
 def test_node_without_torch_fails_before_anything_is_shipped(
