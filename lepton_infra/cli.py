@@ -700,7 +700,7 @@ def sweep(
         the_id = started.sweep_id
         if not as_json:
             console.print(
-                f"sweep [bold]{the_id}[/]: {len(started.jobs)} job(s) queued, workers on {', '.join(started.workers)}"
+                f"sweep {the_id}: {len(started.jobs)} job(s) queued, workers on {', '.join(started.workers)}"
             )
         watch = not detach
     _sweep_report(inv, the_id, metric, minimize, watch, runs_dir, as_json)
