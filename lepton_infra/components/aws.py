@@ -29,15 +29,15 @@ import pulumi_aws.ssm as ssm
 from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components import images
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import cloud_init
+from lepton_infra.components.cloudinit import node_user_data
 from lepton_infra.components.common import (
-    TAG_IDLE,
-    TAG_LIFETIME,
     PoolNode,
     child,
+    cluster_env,
     ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
+    pool_tags,
     ssh_needs_public_ip,
     tags_for,
     typed_args,
@@ -59,10 +59,6 @@ _AMI_RE = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 # A zone is its region plus a letter; Local/Wavelength Zones add a location in between
 # (us-west-2-lax-1a).
 _ZONE_RE = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+)(?:-[a-z]+-[0-9]+)?[a-z]$")
-
-
-def _cluster_env(args: Any, name: str) -> tuple[str, str]:
-    return args.cluster or name, args.env or pulumi.get_stack()
 
 
 def _region(args: Any) -> str | None:
@@ -377,7 +373,7 @@ class AwsObjectStore(pulumi.ComponentResource):
     arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        cluster, env = _cluster_env(args, name)
+        cluster, env = cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
         region = args.region
         # `extra` typed before any resource exists: a misspelled key fails here with the allowed keys.
@@ -495,7 +491,7 @@ class AwsJobQueue(pulumi.ComponentResource):
     dead_letter_queue: sqs.Queue
 
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        cluster, env = _cluster_env(args, name)
+        cluster, env = cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
         region = args.region
         base: dict[str, Any] = {
@@ -887,14 +883,8 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         _instance_args(merge_extra(_instance_spec(args, entry, ami="ami-probe", public=False), args.extra))
         ami = _ami(args.image, args.region)
         super().__init__("lepton:aws:GpuVmPool", name, None, opts)
-        cluster, env = _cluster_env(args, name)
-        tags = tags_for(cluster, env, args.tags)
-        node_tags = tags_for(
-            cluster,
-            env,
-            args.tags,
-            **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
-        )
+        cluster, env = cluster_env(args, name)
+        tags, node_tags = pool_tags(args, cluster, env)
         public = ssh_needs_public_ip(ssh_sources)
         self.zone = _pool_zone(args, entry, existing_network, self)
         self.network = AwsNetwork(
@@ -954,16 +944,12 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         self.instances, self.nodes = [], []
         for i, host_key in enumerate(self.host_keys):
             identity = self.identities[i % len(self.identities)]
-            user_data = cloud_init(
-                user=args.user,
-                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
-                host_public_key=host_key.public_key_openssh,
-                host_key_fetch=secrets.secrets[i].arn.apply(host_key_fetch),
-                idle_shutdown_minutes=args.idle_shutdown_minutes,
-                max_lifetime_hours=args.max_lifetime_hours,
-                cluster=cluster,
+            user_data = node_user_data(
+                args,
                 cloud="aws",
-                image=args.image,
+                cluster=cluster,
+                host_key=host_key,
+                host_key_fetch=secrets.secrets[i].arn.apply(host_key_fetch),
             )
             spec = _instance_spec(args, entry, ami=ami, public=public)
             spec.update(

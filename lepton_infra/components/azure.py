@@ -55,20 +55,21 @@ import pulumi_random as random
 
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import BootFile, CloudBoot, cloud_init
+from lepton_infra.components.cloudinit import BootFile, CloudBoot, node_user_data
 from lepton_infra.components.common import (
-    TAG_IDLE,
-    TAG_LIFETIME,
     PoolNode,
     child,
+    cluster_env,
     compact_name,
     ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
+    pool_tags,
     short_hash,
     ssh_needs_public_ip,
     tags_for,
     typed_args,
+    unwrap,
 )
 from lepton_infra.components.secret_fetch import fetch_command, node_script
 from lepton_infra.errors import ConfigError
@@ -296,15 +297,6 @@ def typed(cls: type, value: Any, module: ModuleType) -> Any:
     return typed_args(cls, out)
 
 
-def _unwrap(component: Any) -> Any:
-    """The Azure component behind a neutral wrapper (kept as `.impl`), or the thing itself."""
-    return getattr(component, "impl", component)
-
-
-def _cluster_env(args: Any, name: str) -> tuple[str, str]:
-    return args.cluster or name, args.env or pulumi.get_stack()
-
-
 def _resource_group(
     parent: pulumi.Resource,
     name: str,
@@ -422,7 +414,7 @@ class AzureObjectStore(pulumi.ComponentResource):
         location = resolve_location(args.region)
         extra, existing_rg = _storage_extra(args.extra, location)
         super().__init__("lepton:azure:ObjectStore", name, None, opts)
-        cluster, env = _cluster_env(args, name)
+        cluster, env = cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
 
         self.resource_group, rg = _resource_group(self, name, location, tags, existing_rg)
@@ -522,7 +514,7 @@ class AzureJobQueue(pulumi.ComponentResource):
         location = resolve_location(args.region)
         extra, existing_rg = _storage_extra(args.extra, location)
         super().__init__("lepton:azure:JobQueue", name, None, opts)
-        cluster, env = _cluster_env(args, name)
+        cluster, env = cluster_env(args, name)
         tags = tags_for(cluster, env, args.tags)
 
         self.resource_group, rg = _resource_group(self, name, location, tags, existing_rg)
@@ -1031,7 +1023,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         self.entry = entry = args.validate()  # the catalog row; the spec is valid
         check_admin_username(args.user)
         ssh_sources = ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "azure")
-        store, queue = _unwrap(store), _unwrap(queue)
+        store, queue = unwrap(store), unwrap(queue)
         for given, cls, what in ((store, AzureObjectStore, "store"), (queue, AzureJobQueue, "queue")):
             if given is not None and not isinstance(given, cls):
                 raise ConfigError(
@@ -1059,14 +1051,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         )
         typed(compute.VirtualMachineArgs, merge_extra(probe, args.extra), compute)
         super().__init__("lepton:azure:GpuVmPool", name, None, opts)
-        cluster, env = _cluster_env(args, name)
-        tags = tags_for(cluster, env, args.tags)
-        node_tags = tags_for(
-            cluster,
-            env,
-            args.tags,
-            **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
-        )
+        cluster, env = cluster_env(args, name)
+        tags, node_tags = pool_tags(args, cluster, env)
 
         self.resource_group, rg = _resource_group(
             self, name, location, tags, existing_net.get("resource_group_name")
@@ -1209,16 +1195,12 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 opts=child(self),
             )
             self.nics.append(nic)
-            user_data = cloud_init(
-                user=args.user,
-                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
-                host_public_key=host_key.public_key_openssh,
-                host_key_fetch=self.host_key_secrets.locations[i].apply(host_key_fetch),
-                idle_shutdown_minutes=args.idle_shutdown_minutes,
-                max_lifetime_hours=args.max_lifetime_hours,
-                cluster=cluster,
+            user_data = node_user_data(
+                args,
                 cloud="azure",
-                image=args.image,
+                cluster=cluster,
+                host_key=host_key,
+                host_key_fetch=self.host_key_secrets.locations[i].apply(host_key_fetch),
                 boot=boot,
             ).apply(lambda text: base64.b64encode(text.encode()).decode("ascii"))
             base = vm_spec(

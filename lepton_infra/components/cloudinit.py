@@ -29,6 +29,7 @@ import shlex
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 
@@ -313,4 +314,30 @@ def cloud_init(
             cloud=cloud,
             python=python,
         )
+    )
+
+
+def node_user_data(
+    args: Any,
+    *,
+    cloud: str,
+    cluster: str,
+    host_key: Any,
+    host_key_fetch: pulumi.Input[str],
+    boot: CloudBoot | None = None,
+) -> pulumi.Output[str]:
+    """One pool node's cloud-init from the pool's (valid) spec: its login user and key, its pinned
+    host key (the private half fetched at first boot by `host_key_fetch`), the watchdog limits and
+    the image's boot steps. Every cloud's pool calls this for each node."""
+    return cloud_init(
+        user=args.user,
+        authorized_key=args.ssh_public_key,
+        host_public_key=host_key.public_key_openssh,
+        host_key_fetch=host_key_fetch,
+        idle_shutdown_minutes=args.idle_shutdown_minutes,
+        max_lifetime_hours=args.max_lifetime_hours,
+        cluster=cluster,
+        cloud=cloud,
+        image=args.image,
+        boot=boot,
     )

@@ -35,6 +35,24 @@ def tags_for(
     return tags
 
 
+def cluster_env(args: Any, name: str) -> tuple[str, str]:
+    """The `lepton:cluster`/`lepton:env` values of a component: the spec's, else the resource name
+    and the Pulumi stack (what TrainingCluster fills in for its parts)."""
+    return args.cluster or name, args.env or pulumi.get_stack()
+
+
+def pool_tags(args: Any, cluster: str, env: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A pool's tags for every resource, and its nodes' tags, which also carry the watchdog's
+    limits (`lepton:idle-shutdown-minutes`, `lepton:max-lifetime-hours`) for the clean-up tools."""
+    limits = {TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)}
+    return tags_for(cluster, env, args.tags), tags_for(cluster, env, args.tags, **limits)
+
+
+def unwrap(component: Any) -> Any:
+    """The per-cloud component behind a neutral one (which keeps it as `.impl`), or the thing itself."""
+    return getattr(component, "impl", component)
+
+
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 
 

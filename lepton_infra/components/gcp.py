@@ -23,19 +23,20 @@ from pulumi_gcp import compute, organizations, projects, pubsub, secretmanager, 
 
 from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import BootFile, CloudBoot, cloud_init
+from lepton_infra.components.cloudinit import BootFile, CloudBoot, node_user_data
 from lepton_infra.components.common import (
-    TAG_IDLE,
-    TAG_LIFETIME,
     PoolNode,
     child,
+    cluster_env,
     gcp_labels,
     ipv4_ssh_cidrs,
     merge_extra,
     node_host_keys,
+    pool_tags,
     ssh_needs_public_ip,
     tags_for,
     typed_args,
+    unwrap,
 )
 from lepton_infra.components.secret_fetch import fetch_command
 from lepton_infra.errors import ConfigError
@@ -284,11 +285,6 @@ def _instance_args(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _unwrap(component: Any) -> Any:
-    """The GCP component behind a neutral wrapper (which keeps it as `.impl`), or the thing itself."""
-    return getattr(component, "impl", component)
-
-
 # --------------------------------------------------------------------------- project APIs
 
 # The services each component calls. A new project has Cloud Storage on but not Compute Engine,
@@ -495,7 +491,7 @@ class GcpNodeIdentity(pulumi.ComponentResource):
     ) -> None:
         super().__init__("lepton:gcp:NodeIdentity", name, None, opts)
         stem = gcp_slug(name)
-        store, queue = _unwrap(store), _unwrap(queue)
+        store, queue = unwrap(store), unwrap(queue)
         if service_account_email is None:
             self.account = serviceaccount.Account(
                 f"{stem}-sa",
@@ -682,13 +678,7 @@ class GcpObjectStore(pulumi.ComponentResource):
         self.apis = enable_apis(self, gcp_slug(name), project, STORE_APIS) if pop_enable_apis(extra) else []
         region = resolve_region(args.region)
         retention = args.retention_days
-        if retention is not None and (
-            isinstance(retention, bool) or not isinstance(retention, int) or retention < 1
-        ):
-            raise ConfigError(
-                f"retention_days must be a whole number of days >= 1 or None, got {retention!r}"
-            )
-        labels = gcp_labels(tags_for(args.cluster or name, args.env or pulumi.get_stack(), args.tags))
+        labels = gcp_labels(tags_for(*cluster_env(args, name), args.tags))
         rules: list[dict[str, Any]] = []
         if retention is not None:
             rules.append({"action": {"type": "Delete"}, "condition": {"age": retention}})
@@ -760,7 +750,7 @@ class GcpJobQueue(pulumi.ComponentResource):
         check_queue_limits(args.visibility_timeout_s, args.max_receive_count)
         kms_key_name = extra.pop("kms_key_name", None)
         self.apis = enable_apis(self, gcp_slug(name), project, QUEUE_APIS) if pop_enable_apis(extra) else []
-        labels = gcp_labels(tags_for(args.cluster or name, args.env or pulumi.get_stack(), args.tags))
+        labels = gcp_labels(tags_for(*cluster_env(args, name), args.tags))
         stem = gcp_slug(name)
         never_expire = pubsub.SubscriptionExpirationPolicyArgs(ttl="")
 
@@ -914,8 +904,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         self.apis = enable_apis(self, gcp_slug(name), project, POOL_APIS) if pop_enable_apis(extra) else []
         self.entry = entry = lookup("gcp", args.accelerator, args.gpus_per_node, region)
         self.zone = zone
-        cluster = args.cluster or name
-        env = args.env or pulumi.get_stack()
+        cluster, env = cluster_env(args, name)
         stem = gcp_slug(name)
         # An external IP only when someone outside internal address space may SSH in (as on AWS and
         # Azure); SSH from a VPN/interconnect range reaches the internal address, and egress then
@@ -986,29 +975,18 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             )
             for i, host_key in enumerate(self.host_keys)
         ]
-        labels = gcp_labels(
-            tags_for(
-                cluster,
-                env,
-                args.tags,
-                **{TAG_IDLE: str(args.idle_shutdown_minutes), TAG_LIFETIME: str(args.max_lifetime_hours)},
-            )
-        )
+        labels = gcp_labels(pool_tags(args, cluster, env)[1])
 
         self.instances = []
         self.nodes = []
         for i, host_key in enumerate(self.host_keys):
             secret = self.host_key_secrets[i]
-            user_data = cloud_init(
-                user=args.user,
-                authorized_key=args.ssh_public_key,  # type: ignore[arg-type]  # validated: set
-                host_public_key=host_key.public_key_openssh,
-                host_key_fetch=secret.version_name.apply(host_key_fetch),
-                idle_shutdown_minutes=args.idle_shutdown_minutes,
-                max_lifetime_hours=args.max_lifetime_hours,
-                cluster=cluster,
+            user_data = node_user_data(
+                args,
                 cloud="gcp",
-                image=args.image,
+                cluster=cluster,
+                host_key=host_key,
+                host_key_fetch=secret.version_name.apply(host_key_fetch),
                 boot=GCP_BOOT,
             )
             base: dict[str, Any] = {

@@ -19,7 +19,7 @@ import pulumi_tls as tls
 
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
-from lepton_infra.components.common import PoolNode, child, inventory_json
+from lepton_infra.components.common import PoolNode, child, inventory_json, unwrap
 from lepton_infra.components.images import python_for
 
 _PREFIX = {"aws": "Aws", "gcp": "Gcp", "azure": "Azure"}
@@ -102,7 +102,7 @@ class GpuVmPool(pulumi.ComponentResource):
         check_pool_args(args)
         super().__init__("lepton:compute:GpuVmPool", name, None, opts)
         self.impl = backend(args.cloud, "GpuVmPool")(
-            name, args, child(self), store=getattr(store, "impl", store), queue=getattr(queue, "impl", queue)
+            name, args, child(self), store=unwrap(store), queue=unwrap(queue)
         )
         self.nodes = self.impl.nodes
         self.register_outputs(
