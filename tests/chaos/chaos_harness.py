@@ -330,7 +330,7 @@ def one_iteration(
             deadline = time.monotonic() + 60
             while not job_pids(run_id, node) and time.monotonic() < deadline and thread.is_alive():
                 time.sleep(0.05)
-            at = rng.uniform(0.0, job_s)
+            at = rng.uniform(0.0, job_s if fault == "kill-train" else job_s / 2)
             it.at_s = round(time.monotonic() - started + at, 2)
         time.sleep(at)
         fault_at = time.monotonic()
@@ -344,6 +344,8 @@ def one_iteration(
             time.sleep(rng.uniform(1.0, 4.0))  # then its service manager restarts it
             start_sshd(pool, node)
         elif fault == "hang":
+            if not job_pids(run_id, node):
+                it.detail = "the node's job had already ended when it was frozen"
             frozen = sshd_pids(pool, node) + [p for p in processes_of_run(run_id) if _node_of(p) == node]
             _signal(frozen, signal.SIGSTOP)
             # Frozen until the controller gives the node up and ends the run (or 3 heartbeats).
