@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,14 @@ from lepton_infra.inventory import Inventory
 from lepton_infra.local import MANIFEST_FILE, LocalPool, down, up
 from lepton_infra.workload import jobspec
 from lepton_infra.workload.ssh import connect_all
+
+
+def controller_crashed(stderr: str) -> bool:
+    """A traceback from the controller itself (frames in lepton_infra). A job's log streamed to the
+    terminal may hold torchrun's own tracebacks (a peer's store closing at the exit barrier): those
+    are the job's output, not a controller crash."""
+    return "Traceback" in stderr and re.search(r"lepton_infra[/.]", stderr) is not None
+
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -269,7 +278,7 @@ def test_malformed_progress_lines_are_plain_lines_and_the_run_completes(
     args += ["--run-id", run_id, "--runs-dir", str(runs)] + (["--json"] if as_json else [])
     done = cli(*args, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stderr  # the controller's own; the job's log may hold its own
+    assert not controller_crashed(done.stderr)
     record = json.loads((runs / run_id / "run.json").read_text())
     assert record["status"] == "succeeded"
     for node in local_pool.inventory.nodes:
@@ -526,7 +535,7 @@ def test_markup_in_paths_and_log_lines_is_printed_as_written_everywhere(
         done = cli("run", str(odd), *inv, "--run-id", run_id, "--runs-dir", str(runs), *extra, timeout=300)
         shown = done.stdout + done.stderr
         assert done.returncode == 0, shown[-3000:]
-        assert "Traceback" not in done.stderr and "MarkupError" not in shown
+        assert not controller_crashed(done.stderr) and "MarkupError" not in shown
         assert "\x1b[31m" not in done.stdout, "a job's terminal escape reached the terminal"
         if extra:
             assert json.loads(done.stdout)["status"] == "succeeded"
@@ -547,7 +556,7 @@ def test_markup_in_paths_and_log_lines_is_printed_as_written_everywhere(
         done = cli(*command, *inv, timeout=120)
         shown = done.stdout + done.stderr
         assert done.returncode == 0, shown[-3000:]
-        assert "Traceback" not in done.stderr and "\x1b[31m" not in done.stdout
+        assert not controller_crashed(done.stderr) and "\x1b[31m" not in done.stdout
     assert "[/x] [bold]boom[/]" in cli("logs", "markup-1", *inv).stdout
 
 
