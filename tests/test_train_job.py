@@ -365,14 +365,15 @@ def _torchrun_node(rank: int, port: int, out: Path, script: Path, *args: str) ->
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank)]
     cmd += ["--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port)]
     cmd += ["--rdzv-conf", "timeout=30", str(script), *args]
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=out.parent,
-        env=_env(LEPTON_OUTPUT_DIR=str(out)),
-    )
+    with (out.parent / "log").open("w") as log:  # a file, not a pipe: a stuck run still shows its log
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=out.parent,
+            env=_env(LEPTON_OUTPUT_DIR=str(out)),
+        )
 
 
 def _run_two_nodes(
@@ -383,16 +384,16 @@ def _run_two_nodes(
     for out in outs:
         out.parent.mkdir(parents=True)
     procs = [_torchrun_node(r, port, outs[r], script, *args) for r in (0, 1)]
-    logs = []
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=150)[0])
-    finally:
+            p.wait(timeout=150)
+    except subprocess.TimeoutExpired:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [p.returncode for p in procs], logs, outs
+            p.kill()
+            p.wait()
+        logs = [(out.parent / "log").read_text() for out in outs]
+        pytest.fail(f"two-node run still going after 150 s:\n--- node 0:\n{logs[0]}\n--- node 1:\n{logs[1]}")
+    return [p.returncode for p in procs], [(out.parent / "log").read_text() for out in outs], outs
 
 
 @pytest.mark.slow

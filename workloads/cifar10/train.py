@@ -314,7 +314,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None, on_step: StepHook | None = None) -> int:
     args = parse_args(argv)
     try:
-        train(args, setup_distributed(args), on_step)
+        ctx = setup_distributed(args)
+        train(args, ctx, on_step)
+        if ctx.enabled:
+            # Ranks leave together: a rank that tears gloo down while rank 0 is still writing results
+            # can abort in gloo's destructor ("terminate called without an active exception"), and
+            # then rank 0's torchrun waits out its exit barrier for a peer that is gone.
+            dist.barrier()
     except (SetupError, DataError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr, flush=True)
         return 2
