@@ -71,6 +71,7 @@ chaos: setup
 lint: setup
 	$(VENV)/bin/ruff check lepton_infra tests workloads bench policy __main__.py
 	$(VENV)/bin/ruff format --check lepton_infra tests workloads bench policy __main__.py
+	$(VENV)/bin/pylint --score=n lepton_infra  # copied code only: see [tool.pylint] in pyproject.toml
 
 clean:
 	rm -rf $(VENV) node_modules .lepton runs .pytest_cache

@@ -29,19 +29,18 @@ import pulumi_aws.ssm as ssm
 from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components import images
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import node_user_data
 from lepton_infra.components.common import (
     PoolNode,
     child,
     cluster_env,
     ipv4_ssh_cidrs,
     merge_extra,
-    node_host_keys,
     pool_tags,
     ssh_needs_public_ip,
     tags_for,
     typed_args,
 )
+from lepton_infra.components.pool import launch_nodes, node_host_keys, node_identities, pool_outputs
 from lepton_infra.errors import ConfigError
 
 # AWS's public SSM parameter for the current PyTorch Deep Learning AMI (the image table's default row:
@@ -924,13 +923,13 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
         secrets = self.host_key_secrets
-        if profile is not None:
-            self.identities = [
+        self.identities = node_identities(
+            args.nodes,
+            profile,
+            lambda i: (
                 AwsNodeIdentity(f"{name}-identity", tags=tags, existing_profile=profile, opts=child(self))
-            ]
-        else:
-            self.identities = [
-                AwsNodeIdentity(
+                if i is None
+                else AwsNodeIdentity(
                     f"{name}-identity-{i}",
                     tags=tags,
                     store=store,
@@ -939,18 +938,12 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                     host_key_kms=secrets.key,
                     opts=child(self),
                 )
-                for i in range(args.nodes)
-            ]
-        self.instances, self.nodes = [], []
-        for i, host_key in enumerate(self.host_keys):
-            identity = self.identities[i % len(self.identities)]
-            user_data = node_user_data(
-                args,
-                cloud="aws",
-                cluster=cluster,
-                host_key=host_key,
-                host_key_fetch=secrets.secrets[i].arn.apply(host_key_fetch),
-            )
+            ),
+        )
+        self.instances = []
+
+        def launch(i: int, user_data: pulumi.Output[str]) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
+            identity = self.identities[i]
             spec = _instance_spec(args, entry, ami=ami, public=public)
             spec.update(
                 iam_instance_profile=identity.instance_profile_name,
@@ -993,22 +986,17 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                 )
                 self.addresses.append(address)
                 host = address.public_ip
-            self.nodes.append(
-                PoolNode(
-                    name=f"node-{i}",
-                    host=host,
-                    private_ip=instance.private_ip,
-                    host_key=host_key.public_key_openssh,
-                )
-            )
-        self.register_outputs(
-            {
-                "hosts": [n.host for n in self.nodes],
-                "private_ips": [n.private_ip for n in self.nodes],
-                "instance_type": entry.instance_type,
-                "zone": self.zone,
-            }
+            return host, instance.private_ip
+
+        self.nodes = launch_nodes(
+            args,
+            cloud="aws",
+            cluster=cluster,
+            host_keys=self.host_keys,
+            fetch=[secret.arn.apply(host_key_fetch) for secret in secrets.secrets],
+            launch=launch,
         )
+        self.register_outputs(pool_outputs(self.nodes, instance_type=entry.instance_type, zone=self.zone))
 
     def _efa_template(
         self, name: str, cards: int, *, tags: Mapping[str, str], region: str | None

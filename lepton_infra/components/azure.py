@@ -55,7 +55,7 @@ import pulumi_random as random
 
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import BootFile, CloudBoot, node_user_data
+from lepton_infra.components.cloudinit import BootFile, CloudBoot
 from lepton_infra.components.common import (
     PoolNode,
     child,
@@ -63,7 +63,6 @@ from lepton_infra.components.common import (
     compact_name,
     ipv4_ssh_cidrs,
     merge_extra,
-    node_host_keys,
     pool_tags,
     short_hash,
     ssh_needs_public_ip,
@@ -71,6 +70,7 @@ from lepton_infra.components.common import (
     typed_args,
     unwrap,
 )
+from lepton_infra.components.pool import launch_nodes, node_host_keys, node_identities, pool_outputs
 from lepton_infra.components.secret_fetch import fetch_command, node_script
 from lepton_infra.errors import ConfigError
 
@@ -1101,9 +1101,11 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         # One identity per node, the VM's only one (so every tool on the node gets it from IMDS
         # without a client id): its host key secret and the right to stop its own VM are that
         # node's alone. An existing identity given in `identity` is shared by all nodes instead.
-        if existing_identity is not None:
-            shared = AzureNodeIdentity(
-                name,
+        self.identities = node_identities(
+            args.nodes,
+            existing_identity,
+            lambda i: AzureNodeIdentity(
+                name if i is None else f"{name}-{i}",
                 resource_group_name=rg,
                 location=location,
                 tags=tags,
@@ -1111,21 +1113,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 queue=queue,
                 existing=existing_identity,
                 opts=child(self),
-            )
-            self.identities = [shared] * args.nodes
-        else:
-            self.identities = [
-                AzureNodeIdentity(
-                    f"{name}-{i}",
-                    resource_group_name=rg,
-                    location=location,
-                    tags=tags,
-                    store=store,
-                    queue=queue,
-                    opts=child(self),
-                )
-                for i in range(args.nodes)
-            ]
+            ),
+        )
         self.identity = self.identities[0]
         subscription = _client_config(self).subscription_id
         rg_id = (
@@ -1148,9 +1137,9 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         boot = azure_boot(spot=args.spot, install_torch=args.image in (None, DEFAULT_IMAGE))
         stem = azure_slug(name, 56)
 
-        self.public_ips, self.nics, self.instances, self.nodes = [], [], [], []
-        self.stop_grants = []
-        for i, host_key in enumerate(self.host_keys):
+        self.public_ips, self.nics, self.instances, self.stop_grants = [], [], [], []
+
+        def launch(i: int, user_data: pulumi.Output[str]) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
             pip = None
             if public:
                 pip = azure_network.PublicIPAddress(
@@ -1195,18 +1184,10 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 opts=child(self),
             )
             self.nics.append(nic)
-            user_data = node_user_data(
-                args,
-                cloud="azure",
-                cluster=cluster,
-                host_key=host_key,
-                host_key_fetch=self.host_key_secrets.locations[i].apply(host_key_fetch),
-                boot=boot,
-            ).apply(lambda text: base64.b64encode(text.encode()).decode("ascii"))
             base = vm_spec(
                 rg=rg,
                 computer_name=f"{stem}-{i}",
-                custom_data=user_data,
+                custom_data=user_data.apply(lambda text: base64.b64encode(text.encode()).decode("ascii")),
                 nic_id=nic.id,
                 identity_id=self.identities[i].id,
                 tags=node_tags,
@@ -1243,19 +1224,18 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 lambda cfgs: str(cfgs[0].private_ip_address) if cfgs else ""
             )
             host = pip.ip_address.apply(lambda a: str(a)) if pip else private_ip
-            self.nodes.append(
-                PoolNode(
-                    name=f"node-{i}", host=host, private_ip=private_ip, host_key=host_key.public_key_openssh
-                )
-            )
-        self.register_outputs(
-            {
-                "hosts": [n.host for n in self.nodes],
-                "private_ips": [n.private_ip for n in self.nodes],
-                "vm_size": entry.instance_type,
-                "location": location,
-            }
+            return host, private_ip
+
+        self.nodes = launch_nodes(
+            args,
+            cloud="azure",
+            cluster=cluster,
+            host_keys=self.host_keys,
+            fetch=[url.apply(host_key_fetch) for url in self.host_key_secrets.locations],
+            launch=launch,
+            boot=boot,
         )
+        self.register_outputs(pool_outputs(self.nodes, vm_size=entry.instance_type, location=location))
 
     def _stop_role(
         self, name: str, rg_id: pulumi.Input[str], subscription: pulumi.Output[str], *, spot: bool

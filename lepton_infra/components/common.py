@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_tls as tls
 
 from lepton_infra.errors import ConfigError
 
@@ -147,15 +146,6 @@ class PoolNode:
     host: pulumi.Input[str]
     private_ip: pulumi.Input[str]
     host_key: pulumi.Input[str]
-
-
-def node_host_keys(name: str, count: int, parent: pulumi.Resource) -> list[tls.PrivateKey]:
-    """One ed25519 host key per node, generated in the program so its public half is known before the
-    VM boots and clients can pin it (no trust on first use)."""
-    return [
-        tls.PrivateKey(f"{name}-hostkey-{i}", tls.PrivateKeyArgs(algorithm="ED25519"), opts=child(parent))
-        for i in range(count)
-    ]
 
 
 def inventory_json(

@@ -23,7 +23,7 @@ from pulumi_gcp import compute, organizations, projects, pubsub, secretmanager, 
 
 from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
-from lepton_infra.components.cloudinit import BootFile, CloudBoot, node_user_data
+from lepton_infra.components.cloudinit import BootFile, CloudBoot
 from lepton_infra.components.common import (
     PoolNode,
     child,
@@ -31,13 +31,13 @@ from lepton_infra.components.common import (
     gcp_labels,
     ipv4_ssh_cidrs,
     merge_extra,
-    node_host_keys,
     pool_tags,
     ssh_needs_public_ip,
     tags_for,
     typed_args,
     unwrap,
 )
+from lepton_infra.components.pool import launch_nodes, node_host_keys, node_identities, pool_outputs
 from lepton_infra.components.secret_fetch import fetch_command
 from lepton_infra.errors import ConfigError
 
@@ -939,27 +939,18 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             )
         # One service account per node, so each node's host key secret is readable by that node
         # alone; an existing account given in `identity` is shared by all nodes instead.
-        if sa_email is not None:
-            shared = GcpNodeIdentity(
-                f"{name}-identity",
+        self.identities = node_identities(
+            args.nodes,
+            sa_email,
+            lambda i: GcpNodeIdentity(
+                f"{name}-identity" if i is None else f"{name}-{i}-identity",
                 project=project,
                 store=store,
                 queue=queue,
                 service_account_email=sa_email,
                 opts=child(self, depends_on=self.apis),
-            )
-            self.identities = [shared] * args.nodes
-        else:
-            self.identities = [
-                GcpNodeIdentity(
-                    f"{name}-{i}-identity",
-                    project=project,
-                    store=store,
-                    queue=queue,
-                    opts=child(self, depends_on=self.apis),
-                )
-                for i in range(args.nodes)
-            ]
+            ),
+        )
         self.identity = self.identities[0]
         self.host_keys = node_host_keys(name, args.nodes, self)
         secret_labels = gcp_labels(tags_for(cluster, env, args.tags))
@@ -978,17 +969,9 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         labels = gcp_labels(pool_tags(args, cluster, env)[1])
 
         self.instances = []
-        self.nodes = []
-        for i, host_key in enumerate(self.host_keys):
+
+        def launch(i: int, user_data: pulumi.Output[str]) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
             secret = self.host_key_secrets[i]
-            user_data = node_user_data(
-                args,
-                cloud="gcp",
-                cluster=cluster,
-                host_key=host_key,
-                host_key_fetch=secret.version_name.apply(host_key_fetch),
-                boot=GCP_BOOT,
-            )
             base: dict[str, Any] = {
                 "project": project,
                 "zone": zone,
@@ -1057,19 +1040,18 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 if public
                 else private_ip
             )
-            self.nodes.append(
-                PoolNode(
-                    name=f"node-{i}", host=host, private_ip=private_ip, host_key=host_key.public_key_openssh
-                )
-            )
-        self.register_outputs(
-            {
-                "hosts": [n.host for n in self.nodes],
-                "private_ips": [n.private_ip for n in self.nodes],
-                "machine_type": entry.instance_type,
-                "zone": zone,
-            }
+            return host, private_ip
+
+        self.nodes = launch_nodes(
+            args,
+            cloud="gcp",
+            cluster=cluster,
+            host_keys=self.host_keys,
+            fetch=[secret.version_name.apply(host_key_fetch) for secret in self.host_key_secrets],
+            launch=launch,
+            boot=GCP_BOOT,
         )
+        self.register_outputs(pool_outputs(self.nodes, machine_type=entry.instance_type, zone=zone))
 
     @staticmethod
     def _scheduling(spot: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
 from lepton_infra.components.common import PoolNode, child, inventory_json, unwrap
 from lepton_infra.components.images import python_for
+from lepton_infra.components.pool import pool_outputs
 
 _PREFIX = {"aws": "Aws", "gcp": "Gcp", "azure": "Azure"}
 
@@ -105,9 +106,7 @@ class GpuVmPool(pulumi.ComponentResource):
             name, args, child(self), store=unwrap(store), queue=unwrap(queue)
         )
         self.nodes = self.impl.nodes
-        self.register_outputs(
-            {"hosts": [n.host for n in self.nodes], "private_ips": [n.private_ip for n in self.nodes]}
-        )
+        self.register_outputs(pool_outputs(self.nodes))
 
 
 class TrainingCluster(pulumi.ComponentResource):
