@@ -294,6 +294,16 @@ Tags = Annotated[dict[str, str], _before(check_tags)]
 Extra = Annotated[dict[str, Any], _before(_mapping)]
 Name = Annotated[str | None, _before(_name)]
 
+# Fields every component spec has, described once.
+UserTags = Annotated[
+    Tags,
+    _field("Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."),
+]
+ClusterName = Annotated[
+    Name, _field("Cluster name for the `lepton:cluster` tag (default: the resource name).")
+]
+EnvName = Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")]
+
 
 @dataclass(config=_MODEL)
 class GpuVmPoolArgs:
@@ -406,12 +416,7 @@ class GpuVmPoolArgs:
         _whole(1, 24 * 90),
         _field("Nodes power off after this many hours in any case (default 24).", config="maxLifetimeHours"),
     ] = 24
-    tags: Annotated[
-        Tags,
-        _field(
-            "Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."
-        ),
-    ] = Field(default_factory=dict)
+    tags: UserTags = Field(default_factory=dict)
     extra: Annotated[
         Extra,
         _field(
@@ -425,9 +430,7 @@ class GpuVmPoolArgs:
         Name,
         _field("Cluster name for the `lepton:cluster` tag and the inventory (default: the resource name)."),
     ] = None
-    env: Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")] = (
-        None
-    )
+    env: EnvName = None
     private_egress: Annotated[
         str,
         _before(_egress),
@@ -487,24 +490,15 @@ class ObjectStoreArgs:
     force_destroy: Annotated[
         Flag, _field("Allow `pulumi destroy` to delete a non-empty bucket (default false).")
     ] = False
-    tags: Annotated[
-        Tags,
-        _field(
-            "Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."
-        ),
-    ] = Field(default_factory=dict)
+    tags: UserTags = Field(default_factory=dict)
     extra: Annotated[
         Extra,
         _field(
             "Escape hatch: raw arguments merged into the cloud provider's bucket/account resource (wins over ours)."
         ),
     ] = Field(default_factory=dict)
-    cluster: Annotated[
-        Name, _field("Cluster name for the `lepton:cluster` tag (default: the resource name).")
-    ] = None
-    env: Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")] = (
-        None
-    )
+    cluster: ClusterName = None
+    env: EnvName = None
 
     def validate(self) -> None:
         """Nothing left to check: the spec was validated when it was built. Changes nothing."""
@@ -532,24 +526,15 @@ class JobQueueArgs:
         _whole(1, 1000),
         _field("Deliveries before a message moves to the dead-letter queue (default 5)."),
     ] = 5
-    tags: Annotated[
-        Tags,
-        _field(
-            "Extra tags/labels for every resource (the `lepton:cluster`/`lepton:env` tags are always added)."
-        ),
-    ] = Field(default_factory=dict)
+    tags: UserTags = Field(default_factory=dict)
     extra: Annotated[
         Extra,
         _field(
             "Escape hatch: raw arguments merged into the cloud provider's queue resource (wins over ours)."
         ),
     ] = Field(default_factory=dict)
-    cluster: Annotated[
-        Name, _field("Cluster name for the `lepton:cluster` tag (default: the resource name).")
-    ] = None
-    env: Annotated[Name, _field("Environment for the `lepton:env` tag (default: the Pulumi stack name).")] = (
-        None
-    )
+    cluster: ClusterName = None
+    env: EnvName = None
 
     def validate(self) -> None:
         """Nothing left to check: the spec was validated when it was built. Changes nothing."""
