@@ -207,6 +207,19 @@ def test_ssh_only_from_internal_networks_gets_no_public_ip_and_the_private_addre
     assert out["hosts"] == out["private_ips"] == [nic.outputs["ipConfigurations"][0]["privateIPAddress"]]
 
 
+def test_a_pool_without_region_uses_the_default_location_and_leaves_the_callers_spec_alone() -> None:
+    spec = pool_args(nodes=1, region=None)
+
+    def make() -> dict[str, Any]:
+        azure.AzureGpuVmPool("p", spec)
+        return {}
+
+    _, rec = build(make)
+    (vm,) = rec.of(VM)
+    assert vm.inputs["location"] == azure.DEFAULT_LOCATION
+    assert spec.region is None, "the component must not write its defaults into the caller's spec"
+
+
 def test_an_existing_subnet_and_resource_group_are_reused_and_the_nics_still_get_the_nsg() -> None:
     subnet_id = (
         "/subscriptions/s/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/shared/subnets/gpu"

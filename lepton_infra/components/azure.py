@@ -53,7 +53,7 @@ import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
 import pulumi_random as random
 
-from lepton_infra.catalog import CatalogEntry
+from lepton_infra.catalog import CatalogEntry, lookup
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs
 from lepton_infra.components.cloudinit import BootFile, CloudBoot
 from lepton_infra.components.common import (
@@ -1019,8 +1019,9 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         image_reference = parse_image(args.image)
         zone = check_zone(args.zone)
         location = resolve_location(args.region)
-        args.region = location
-        self.entry = entry = args.validate()  # the catalog row; the spec is valid
+        # The catalog row for the location actually used (the stack's default when `region` is
+        # unset); the caller's spec is left as it was.
+        self.entry = entry = lookup("azure", args.accelerator, args.gpus_per_node, location)
         check_admin_username(args.user)
         ssh_sources = ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "azure")
         store, queue = unwrap(store), unwrap(queue)
