@@ -31,6 +31,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,22 @@ def _cancel_watch(group: NodeGroup, every_s: float = 0.5) -> Iterator[threading.
         thread.join()
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """`fn(*args)` and how many seconds it took."""
+    t0 = time.monotonic()
+    return fn(*args), round(time.monotonic() - t0, 3)
+
+
+def _preflight_error(checking: Future[Any]) -> BaseException | None:
+    """The preflight's own error once it has ended, if it failed: when the preflight found a node
+    without torch, that (exit 3, naming the node) is the reason a later step failed to say."""
+    try:
+        checking.result()
+    except BaseException as exc:
+        return exc
+    return None
+
+
 def run_job(
     inventory: Inventory,
     workload_dir: Path,
@@ -230,8 +247,9 @@ def run_job(
     points to ships); links inside the folder ship as links.
     `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs).
 
-    Before anything is shipped, a preflight asks every node's python for torch and its GPUs: a
-    node without torch, or with fewer GPUs than the inventory says, is a NodeError naming it.
+    While the run is prepared and shipped, a preflight asks every node's python for torch and its
+    GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
+    it, and the run's folders are removed again; nothing is ever launched then.
 
     Returns the RunResult whatever the job did (status "failed" when a node failed or was lost;
     the other nodes are then stopped). Raises ConfigError for bad input (no workload, no
@@ -279,47 +297,55 @@ def run_job(
         t = clock.lap("connect", clock.start)
         store.save(record.observe(group, local_dir, status="starting"))
 
+        # The preflight (an `import torch` and a CUDA probe on every node: seconds) runs while the
+        # run is prepared and shipped; nothing is launched before it has passed.
         events.on_phase("preflight", f"checking python, torch and GPUs on {len(group)} node(s)")
-        try:
-            found = steps.preflight(group, inventory)
-        except BaseException as exc:
-            store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
-            raise
-        t = clock.lap("preflight", t)
-        events.on_phase("preflight", _preflight_summary(found))
+        with ThreadPoolExecutor(1, thread_name_prefix="lepton-preflight") as background:
+            checking = background.submit(_timed, steps.preflight, group, inventory)
 
-        files, size = len(plan.manifest.files), plan.manifest.total_bytes
-        events.on_phase("prepare", f"run {run_id}: {files} file(s), {size} bytes")
-        try:
-            master_port = steps.prepare(group, run_id, plan.manifest, inventory)
-        except BaseException as exc:
-            store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
-            raise
-        record.master_port = master_port
-        store.save(record.observe(group, local_dir, status="shipping"))
-        t = clock.lap("prepare", t)
-
-        with _cancel_watch(group) as cancelled:
-            try:
-                need = {d for m in group for d in m.missing if d != AGENT_DIGEST}
-                events.on_phase(
-                    "ship", f"sending {len(need)} changed file(s) of {len(plan.manifest.blobs())}"
-                )
-                steps.ship(group, plan.manifest, inventory)
-            except BaseException as exc:
-                if not cancelled.is_set():
+            def failed(exc: BaseException, *, remove: bool) -> None:
+                """Record the run failed (saying why) and take its half-made folders off the nodes."""
+                if remove:
                     steps.remove_run_dirs(group)
-                    store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
-                    raise
-        if cancelled.is_set():
-            # `cancel` marked the run on the nodes while it shipped: it never launches.
-            for m in group:
-                m.status = NodeStatus(m.name, "cancelled", detail=CANCELLED_WHILE_SHIPPING)
-            clock.lap("ship", t)
-            store.save(record.observe(group, local_dir, clock.timings))
-            events.on_phase("done", f"run {run_id} cancelled while shipping; nothing was started")
-            return record.result(local_dir)
-        t = clock.lap("ship", t)
+                store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
+
+            files, size = len(plan.manifest.files), plan.manifest.total_bytes
+            events.on_phase("prepare", f"run {run_id}: {files} file(s), {size} bytes")
+            try:
+                master_port = steps.prepare(group, run_id, plan.manifest, inventory)
+            except BaseException as exc:
+                failed(_preflight_error(checking) or exc, remove=False)
+                raise
+            record.master_port = master_port
+            store.save(record.observe(group, local_dir, status="shipping"))
+            t = clock.lap("prepare", t)
+
+            with _cancel_watch(group) as cancelled:
+                try:
+                    need = {d for m in group for d in m.missing if d != AGENT_DIGEST}
+                    events.on_phase(
+                        "ship", f"sending {len(need)} changed file(s) of {len(plan.manifest.blobs())}"
+                    )
+                    steps.ship(group, plan.manifest, inventory)
+                except BaseException as exc:
+                    if not cancelled.is_set():
+                        failed(_preflight_error(checking) or exc, remove=True)
+                        raise
+            if cancelled.is_set():
+                # `cancel` marked the run on the nodes while it shipped: it never launches.
+                for m in group:
+                    m.status = NodeStatus(m.name, "cancelled", detail=CANCELLED_WHILE_SHIPPING)
+                clock.lap("ship", t)
+                store.save(record.observe(group, local_dir, clock.timings))
+                events.on_phase("done", f"run {run_id} cancelled while shipping; nothing was started")
+                return record.result(local_dir)
+            t = clock.lap("ship", t)
+            try:
+                found, clock.timings["preflight"] = checking.result()
+            except BaseException as exc:
+                failed(exc, remove=True)
+                raise
+            events.on_phase("preflight", _preflight_summary(found))
         store.save(record.observe(group, local_dir, status="running"))  # so other processes know the run
 
         events.on_phase(

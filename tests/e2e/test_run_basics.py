@@ -65,12 +65,13 @@ def test_run_on_three_nodes_streams_logs_and_progress_and_collects_everything(
     assert record["bytes"]["collected"] == sum(n.bytes_collected for n in result.nodes)
     for key in ("connect", "preflight", "ship", "launch", "first_log", "run", "collect", "total"):
         assert key in record["timings"], key
+    # The preflight runs while the run is prepared and shipped; its findings come before the launch.
     assert [p for p, _ in events.phases] == [
         "connect",
         "preflight",
-        "preflight",
         "prepare",
         "ship",
+        "preflight",
         "launch",
         "running",
         "collect",

@@ -1,6 +1,7 @@
-"""Preflight on real sshd nodes: before anything is shipped or launched, every node's python is
-asked for torch and its GPUs; a node without torch, or with fewer GPUs than the inventory says,
-fails the run (exit 3) naming the node and what it found."""
+"""Preflight on real sshd nodes: while the run is prepared and shipped, and before anything is
+launched, every node's python is asked for torch and its GPUs; a node without torch, or with fewer
+GPUs than the inventory says, fails the run (exit 3) naming the node and what it found, and the
+run's folders are taken off the nodes again."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _nothing_ran(inv: Inventory, run_id: str, runs: Path) -> None:
     assert record["status"] == "failed" and "preflight" in record["error"]
 
 
-def test_node_without_torch_fails_before_anything_is_shipped(
+def test_node_without_torch_fails_before_anything_is_launched(
     pool2: Inventory, make_workload: Callable[..., Path], tmp_path: Path
 ) -> None:
     python = _python_without_torch(tmp_path)

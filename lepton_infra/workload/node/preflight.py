@@ -1,8 +1,8 @@
 """Node-side preflight: what the inventory's interpreter has, as ONE JSON line on stdout.
 
-Sent as `python -c SOURCE` before anything is shipped or launched, so a node without torch (or
-with fewer GPUs than the inventory says) fails the run before it starts. Standard library only;
-torch is imported inside a try, since its absence is the answer we are looking for."""
+Sent as `python -c SOURCE` while the run is shipped and before anything is launched, so a node
+without torch (or with fewer GPUs than the inventory says) fails the run before it starts. Standard
+library only; torch is imported inside a try, since its absence is the answer we are looking for."""
 
 from __future__ import annotations
 
