@@ -46,7 +46,19 @@ CIFAR_ARGS += ["--batch-size", "32", "--threads", "1"]
 TRAIN_PY = f"""import os, socket
 print("{MARK} rank", os.environ.get("RANK", "-"), "node", os.environ.get("LEPTON_NODE_NAME", "-"), flush=True)
 """
-PHASES = ("connect", "prepare", "ship", "launch", "launch_to_first_log", "run", "job", "collect", "total")
+PHASES = (
+    "connect",
+    "preflight",
+    "prepare",
+    "ship",
+    "preflight_wait",
+    "launch",
+    "launch_to_first_log",
+    "run",
+    "job",
+    "collect",
+    "total",
+)
 
 
 class _FirstLine(RunEvents):

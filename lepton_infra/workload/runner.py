@@ -345,6 +345,7 @@ def run_job(
             except BaseException as exc:
                 failed(exc, remove=True)
                 raise
+            t = clock.lap("preflight_wait", t)  # how long the launch waited for it after shipping
             events.on_phase("preflight", _preflight_summary(found))
         store.save(record.observe(group, local_dir, status="running"))  # so other processes know the run
 
