@@ -449,14 +449,16 @@ def status(
 def cancel(
     run_id: Annotated[str, typer.Argument(help="The run to stop on every node.")],
     inventory: InventoryOpt = DEFAULT_INVENTORY,
+    runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop a run's processes on every node (whole process groups, no orphans)."""
+    """Stop a run's processes on every node (whole process groups, no orphans); a run still
+    connecting to its nodes is stopped before it launches anything."""
     from lepton_infra.workload import cancel as cancel_run
 
     _check_run_id(run_id)
-    rows = cancel_run(_load_inventory(inventory), run_id, connect_timeout=connect_timeout)
+    rows = cancel_run(_load_inventory(inventory), run_id, connect_timeout=connect_timeout, runs_dir=runs_dir)
     _render_node_statuses(run_id, rows, as_json)
 
 

@@ -23,6 +23,7 @@ from lepton_infra.workload.models import TERMINAL_STATES, NodeResult, RunResult,
 
 RECORD = "run.json"
 OFFSETS = ".log-offsets.json"
+CANCEL_REQUESTED = "cancel-requested"  # left by `cancel` while the controller has not reached the nodes
 
 
 def run_status_of(states: Sequence[str]) -> str:
@@ -212,6 +213,14 @@ class RunStore:
 
     def save(self, record: RunRecord) -> None:
         _write_json(self.dir(record.run_id) / RECORD, record.model_dump_json(indent=2) + "\n")
+
+    def request_cancel(self, run_id: str) -> None:
+        """Ask the controller of a run that is still connecting or preparing to stop before it
+        launches anything (it looks for this marker after connecting and before the launch)."""
+        (self.dir(run_id) / CANCEL_REQUESTED).touch()
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return (self.dir(run_id) / CANCEL_REQUESTED).exists()
 
     def offsets(self, run_id: str) -> dict[str, int]:
         """How far each node's log was streamed by the last controller (empty if never)."""

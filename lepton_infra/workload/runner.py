@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -211,6 +212,9 @@ def _cancel_watch(group: NodeGroup, every_s: float = 0.5) -> Iterator[threading.
         thread.join()
 
 
+CANCELLED_BEFORE_START = "cancelled before the run reached the nodes"
+
+
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     """`fn(*args)` and how many seconds it took."""
     t0 = time.monotonic()
@@ -284,7 +288,7 @@ def run_job(
     record = RunRecord.start(
         run_id,
         inventory,
-        status="starting",
+        status="connecting",
         workload=str(plan.workload_dir.resolve()),
         entrypoint=plan.entrypoint,
         args=plan.args,
@@ -292,9 +296,23 @@ def run_job(
         master_addr=inventory.master.private_ip,
     )
 
+    # Recorded from the start, so that `cancel` finds a run whose nodes are still being dialled.
+    new_root = not store.root.exists()
+    store.save(record)
     events.on_phase("connect", f"connecting to {len(inventory.nodes)} node(s) of {inventory.cluster}")
-    with NodeGroup.connect(inventory, connect_timeout) as group:
+    try:
+        group = NodeGroup.connect(inventory, connect_timeout)
+    except BaseException:
+        # A node not reached (or not trusted): there is no run, and no trace of one here.
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if new_root:
+            with contextlib.suppress(OSError):
+                store.root.rmdir()
+        raise
+    with group:
         t = clock.lap("connect", clock.start)
+        if store.cancel_requested(run_id):
+            return _cancelled_before_start(group, record, store, clock, events)
         store.save(record.observe(group, local_dir, status="starting"))
 
         # The preflight (an `import torch` and a CUDA probe on every node: seconds) runs while the
@@ -347,6 +365,9 @@ def run_job(
                 raise
             t = clock.lap("preflight_wait", t)  # how long the launch waited for it after shipping
             events.on_phase("preflight", _preflight_summary(found))
+        if store.cancel_requested(run_id):  # asked while this controller was connecting or preparing
+            steps.remove_run_dirs(group)
+            return _cancelled_before_start(group, record, store, clock, events)
         store.save(record.observe(group, local_dir, status="running"))  # so other processes know the run
 
         events.on_phase(
@@ -390,6 +411,19 @@ def run_job(
         clock.timings["total"] = round(time.monotonic() - clock.start, 3)
         store.save(record.observe(group, local_dir, clock.timings))
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")
+    return record.result(local_dir)
+
+
+def _cancelled_before_start(
+    group: NodeGroup, record: RunRecord, store: RunStore, clock: _Clock, events: RunEvents
+) -> RunResult:
+    """`cancel` came before anything was launched: the run is recorded cancelled, and nothing of
+    it is left on the nodes."""
+    for m in group:
+        m.status = NodeStatus(m.name, "cancelled", detail=CANCELLED_BEFORE_START)
+    local_dir = store.dir(record.run_id)
+    store.save(record.observe(group, local_dir, clock.timings))
+    events.on_phase("done", f"run {record.run_id} cancelled before it started; nothing was launched")
     return record.result(local_dir)
 
 
@@ -444,9 +478,22 @@ def run_status(inventory: Inventory, run_id: str, *, connect_timeout: float = 10
         return [m.status for m in group if m.status is not None]
 
 
-def cancel(inventory: Inventory, run_id: str, *, connect_timeout: float = 10.0) -> list[NodeStatus]:
+def cancel(
+    inventory: Inventory, run_id: str, *, connect_timeout: float = 10.0, runs_dir: Path | None = None
+) -> list[NodeStatus]:
     """Stop the run on every node: the job's process group gets TERM, then KILL after a grace
-    period, and anything else carrying the run's environment is killed. Returns the final states."""
+    period, and anything else carrying the run's environment is killed. Returns the final states.
+
+    A run whose controller is still connecting (its record in `runs_dir` says `connecting` or
+    `starting`: no node has it yet) is cancelled through that record instead, without dialling the
+    nodes: the controller stops before it launches anything and records the run cancelled."""
+    jobspec.check_run_id(run_id)
+    if runs_dir is not None:
+        store = RunStore(runs_dir)
+        record = store.load(run_id)
+        if record is not None and record.status in ("connecting", "starting"):
+            store.request_cancel(run_id)
+            return [NodeStatus(n.name, "cancelled", detail=CANCELLED_BEFORE_START) for n in inventory.nodes]
     with _open_run(inventory, run_id, connect_timeout) as group:
         answers = group.run(lambda m: agent(m.conn, run_id, "cancel")).values()
         return [NodeStatus.from_agent(m.name, a) for m, a in zip(group, answers, strict=True)]
@@ -515,6 +562,13 @@ def attach(
     except (NodeError, ConfigError) as exc:
         events.on_phase("collect", f"nodes unavailable ({exc}); fetching results from the store")
         return _from_store(inventory, run_id, store, exc)
+    if all(m.state in ("unknown", "preparing") for m in group):
+        group.close()
+        raise ConfigError(
+            f"run {run_id!r} was never launched: its controller is still shipping it, or stopped "
+            "before the launch; nothing of it ran, so there is nothing to attach to. Start it again "
+            "with `lepton-infra run`"
+        )
     with group:
         offsets = {} if from_start else store.offsets(run_id)
         running = [m for m in group if m.status and not m.status.terminal and m.state != "unknown"]

@@ -11,7 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -464,7 +466,6 @@ def test_a_hung_node_is_lost_the_gang_stopped_and_the_others_collected(
     local_pool_factory, make_workload, tmp_path: Path, leftover_processes
 ) -> None:  # type: ignore[no-untyped-def]
     import signal
-    import threading
 
     from lepton_infra.workload import cancel, run_job
 
@@ -622,11 +623,25 @@ def test_a_log_flood_from_16_nodes_keeps_every_line(
 # --------------------------------------------------------------------------- class 6: cancel at every phase
 
 
+def _controller_thread(run: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
+    """`run()` (a run_job) in a started thread; its result or error lands in the returned box."""
+    box: dict[str, object] = {}
+
+    def controller() -> None:
+        try:
+            box["result"] = run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            box["error"] = exc
+
+    thread = threading.Thread(target=controller, daemon=True)
+    thread.start()
+    return thread, box
+
+
 @pytest.mark.slow
 def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
     local_pool_factory, make_workload, tmp_path: Path, leftover_processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    import threading
 
     from lepton_infra.workload import run_job, shipping
 
@@ -656,18 +671,9 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
 
     monkeypatch.setattr(shipping, "write_stream", slow_write_stream)
     runs = tmp_path / "runs"
-    box: dict[str, object] = {}
-
-    def controller() -> None:
-        try:
-            box["result"] = run_job(
-                pool.inventory, workload, ["lines=3"], run_id="ship-cancel", runs_dir=runs
-            )
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            box["error"] = exc
-
-    thread = threading.Thread(target=controller, daemon=True)
-    thread.start()
+    thread, box = _controller_thread(
+        lambda: run_job(pool.inventory, workload, ["lines=3"], run_id="ship-cancel", runs_dir=runs)
+    )
     assert started.wait(60)
     assert json.loads((runs / "ship-cancel" / "run.json").read_text())["status"] == "shipping"
     status = cli("status", "ship-cancel", "--inventory", str(pool.inventory_path), "--json")
@@ -689,6 +695,79 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
         run_dir = pool.home(node.name) / ".lepton" / "runs" / "ship-cancel"
         assert not (run_dir / "spec.json").exists() and not (run_dir / "output" / "result.json").exists()
     assert leftover_processes("ship-cancel") == []
+
+
+@pytest.mark.slow
+def test_cancel_while_connecting_stops_the_run_before_anything_reaches_the_nodes(
+    local_pool: LocalPool, make_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+
+    from lepton_infra.workload import run_job, run_status
+    from lepton_infra.workload.group import NodeGroup
+
+    real_connect = NodeGroup.connect
+    dialling, reachable = threading.Event(), threading.Event()
+
+    def slow_connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        """Nodes that take a while to answer (booting, a slow link): the run is still connecting."""
+        dialling.set()
+        reachable.wait(60)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(NodeGroup, "connect", slow_connect)
+    runs = tmp_path / "runs"
+    thread, box = _controller_thread(
+        lambda: run_job(
+            local_pool.inventory, make_workload(), ["lines=3"], run_id="dial-cancel", runs_dir=runs
+        )
+    )
+    assert dialling.wait(30)
+    assert json.loads((runs / "dial-cancel" / "run.json").read_text())["status"] == "connecting"
+    # The CLI in another process, as a user would: it finds the run through its record.
+    done = cli(
+        "cancel",
+        "dial-cancel",
+        "--inventory",
+        str(local_pool.inventory_path),
+        "--runs-dir",
+        str(runs),
+        "--json",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {r["state"] for r in json.loads(done.stdout)["nodes"]} == {"cancelled"}
+    reachable.set()
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in box, box
+    assert box["result"].status == "cancelled"  # type: ignore[attr-defined]
+    assert json.loads((runs / "dial-cancel" / "run.json").read_text())["status"] == "cancelled"
+    with pytest.raises(ConfigError, match="no run 'dial-cancel'"):
+        run_status(local_pool.inventory, "dial-cancel")  # nothing of it ever reached a node
+
+
+@pytest.mark.slow
+def test_attach_to_a_run_whose_controller_died_before_the_launch_says_it_never_ran(
+    local_pool: LocalPool, make_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from lepton_infra.workload import attach, run_job, steps
+
+    class ControllerKilled(BaseException):
+        """What SIGKILL does to the controller, at the moment of the launch."""
+
+    def killed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ControllerKilled
+
+    monkeypatch.setattr(steps, "launch", killed)
+    runs = tmp_path / "runs"
+    with pytest.raises(ControllerKilled):
+        run_job(local_pool.inventory, make_workload(), ["lines=3"], run_id="never-launched", runs_dir=runs)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="'never-launched' was never launched"):
+        attach(local_pool.inventory, "never-launched", runs_dir=runs)
+    done = cli(
+        "attach", "never-launched", "--inventory", str(local_pool.inventory_path), "--runs-dir", str(runs)
+    )
+    assert done.returncode == 2 and "never launched" in done.stderr, done.stdout + done.stderr
+    assert not controller_crashed(done.stderr)
 
 
 def test_a_sink_that_chokes_on_progress_gets_the_plain_line_and_an_endless_line_is_passed_on() -> None:
