@@ -221,14 +221,19 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return fn(*args), round(time.monotonic() - t0, 3)
 
 
-def _preflight_error(checking: Future[Any]) -> BaseException | None:
-    """The preflight's own error once it has ended, if it failed: when the preflight found a node
-    without torch, that (exit 3, naming the node) is the reason a later step failed to say."""
+def _reason(exc: BaseException, checking: Future[Any]) -> BaseException:
+    """Why the run failed when a step beside the preflight raised `exc`: the preflight's own error
+    when it failed too (a node without torch, exit 3, naming the node, is the reason to give),
+    else `exc`. An interrupt is not made to wait for the preflight."""
+    if not isinstance(exc, LeptonError):
+        return exc
     try:
         checking.result()
-    except BaseException as exc:
-        return exc
-    return None
+    except LeptonError as found:
+        return found
+    except BaseException:  # noqa: BLE001 - the step's own error stands
+        pass
+    return exc
 
 
 def run_job(
@@ -332,8 +337,11 @@ def run_job(
             try:
                 master_port = steps.prepare(group, run_id, plan.manifest, inventory)
             except BaseException as exc:
-                failed(_preflight_error(checking) or exc, remove=False)
-                raise
+                why = _reason(exc, checking)
+                failed(why, remove=False)
+                if why is exc:
+                    raise
+                raise why  # noqa: B904 - the preflight names the node; exc is its context
             record.master_port = master_port
             store.save(record.observe(group, local_dir, status="shipping"))
             t = clock.lap("prepare", t)
@@ -347,8 +355,11 @@ def run_job(
                     steps.ship(group, plan.manifest, inventory)
                 except BaseException as exc:
                     if not cancelled.is_set():
-                        failed(_preflight_error(checking) or exc, remove=True)
-                        raise
+                        why = _reason(exc, checking)
+                        failed(why, remove=True)
+                        if why is exc:
+                            raise
+                        raise why  # noqa: B904 - the preflight names the node; exc is its context
             if cancelled.is_set():
                 # `cancel` marked the run on the nodes while it shipped: it never launches.
                 for m in group:
