@@ -1,5 +1,5 @@
 """The AWS resource graph under mocks: what gets created, how it is wired, and every secure default
-of SPEC §5 as it appears in the resource inputs."""
+(README "Deploy") as it appears in the resource inputs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Azure components under Pulumi mocks: the resource graph is wired (subnet in the VNet with the NSG,
 NICs in the subnet with the NSG and the pool's application security group, VMs on their NIC with the
 managed identity, role assignments on exactly the cluster's container and queues) and every Azure
-secure default of SPEC §5 is in the resource inputs."""
+secure default (README "Deploy") is in the resource inputs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """GCP components under Pulumi mocks: the resource graph is wired (subnet in the VPC, instances in the
 subnet carrying the firewall's tag, the dedicated service account on the instances and bound only on
-the cluster's bucket and queue) and every GCP secure default of SPEC §5 is in the resource inputs."""
+the cluster's bucket and queue) and every GCP secure default (README "Deploy") is in the resource inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Azure implementations of the lepton components (SPEC §5): a VNet with the pool's network security
+"""Azure implementations of the lepton components: a VNet with the pool's network security
 group, a user-assigned managed identity granted exactly the cluster's blob container and queue, a
 locked-down storage account per store/queue, a storage queue with its `-poison` queue, and a pool of
 GPU VMs that boot with the neutral layer's cloud-init.

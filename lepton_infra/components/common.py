@@ -161,8 +161,9 @@ def inventory_json(
     python: str = "python3",
     jump: Mapping[str, Any] | None = None,
 ) -> pulumi.Output[str]:
-    """The SPEC §2 inventory (version 1) as JSON, resolved from the pool's outputs. It holds no key
-    material (host keys are public); a generated login key is a separate secret stack output."""
+    """The inventory (version 1: `lepton_infra.inventory`, README "The inventory format") as JSON,
+    resolved from the pool's outputs. It holds no key material (host keys are public); a generated
+    login key is a separate secret stack output."""
 
     def build(values: list[Any]) -> str:
         store, queue, *per_node = values

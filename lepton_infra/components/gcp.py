@@ -1,4 +1,4 @@
-"""Google Cloud implementations of the lepton components (SPEC §5): a VPC with its firewall, a
+"""Google Cloud implementations of the lepton components: a VPC with its firewall, a
 dedicated node service account, a GCS bucket, a Pub/Sub queue with a dead-letter topic, and a pool
 of GPU Compute Engine instances that boot with the neutral layer's cloud-init.
 

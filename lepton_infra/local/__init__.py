@@ -1,4 +1,4 @@
-"""The embedded local pool (SPEC §4): real OpenSSH sshd "nodes" on loopback, each with its own host
+"""The embedded local pool: real OpenSSH sshd "nodes" on loopback, each with its own host
 key, config, home and log, described by an ordinary inventory so the workload layer cannot tell
 them from cloud VMs.
 

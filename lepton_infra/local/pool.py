@@ -1,4 +1,4 @@
-"""The embedded local pool (SPEC §4): N real OpenSSH sshd "nodes" on 127.0.0.<k+2>.
+"""The embedded local pool: N real OpenSSH sshd "nodes" on 127.0.0.<k+2>.
 
 Each node gets its own directory `<state-dir>/nodes/node-<k>/` holding its host key, sshd_config,
 home, PID file and log. `up` starts the sshds detached (they outlive the calling process) and writes

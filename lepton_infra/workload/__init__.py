@@ -1,4 +1,4 @@
-"""The workload layer: run a PyTorch job on every node of an inventory over SSH (SPEC §3).
+"""The workload layer: run a PyTorch job on every node of an inventory over SSH.
 
     from lepton_infra.workload import run_job
     result = run_job(Inventory.load(".lepton/local/inventory.json"), Path("workloads/cifar10"), ["--data", "synthetic", "--epochs", "1"])
