@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,3 +143,25 @@ def recorder() -> Callable[[], Recorder]:
 def leftover_processes() -> Callable[[str], list[str]]:
     """`leftover_processes(run_id)`: the run's processes still alive after waiting up to 15 s."""
     return wait_no_processes
+
+
+def start_controller(run: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """`run()` (a run_job or attach) in a started daemon thread, as a controller beside the test;
+    its return value lands in box["result"], or what it raised in box["error"]."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+@pytest.fixture
+def controller_thread() -> Callable[[Callable[[], Any]], tuple[threading.Thread, dict[str, Any]]]:
+    """`controller_thread(run)`: see start_controller."""
+    return start_controller

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -463,7 +462,7 @@ def test_every_remote_operation_on_a_frozen_sshd_ends_at_its_deadline(local_pool
 
 @pytest.mark.slow
 def test_a_hung_node_is_lost_the_gang_stopped_and_the_others_collected(
-    local_pool_factory, make_workload, tmp_path: Path, leftover_processes
+    local_pool_factory, make_workload, tmp_path: Path, leftover_processes, controller_thread
 ) -> None:  # type: ignore[no-untyped-def]
     import signal
 
@@ -471,24 +470,17 @@ def test_a_hung_node_is_lost_the_gang_stopped_and_the_others_collected(
 
     pool: LocalPool = local_pool_factory(2)
     runs = tmp_path / "runs"
-    box: dict[str, object] = {}
     job = make_workload()
-
-    def controller() -> None:
-        try:
-            box["result"] = run_job(
-                pool.inventory,
-                job,
-                ["lines=400", "delay=0.2"],
-                run_id="hung-1",
-                runs_dir=runs,
-                heartbeat_timeout=4.0,
-            )
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            box["error"] = exc
-
-    thread = threading.Thread(target=controller, daemon=True)
-    thread.start()
+    thread, box = controller_thread(
+        lambda: run_job(
+            pool.inventory,
+            job,
+            ["lines=400", "delay=0.2"],
+            run_id="hung-1",
+            runs_dir=runs,
+            heartbeat_timeout=4.0,
+        )
+    )
     log = pool.home("node-1") / ".lepton" / "runs" / "hung-1" / "logs" / "node.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "line 2 of 400" not in (log.read_text() if log.exists() else ""):
@@ -623,26 +615,15 @@ def test_a_log_flood_from_16_nodes_keeps_every_line(
 # --------------------------------------------------------------------------- class 6: cancel at every phase
 
 
-def _controller_thread(run: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
-    """`run()` (a run_job) in a started thread; its result or error lands in the returned box."""
-    box: dict[str, object] = {}
-
-    def controller() -> None:
-        try:
-            box["result"] = run()
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            box["error"] = exc
-
-    thread = threading.Thread(target=controller, daemon=True)
-    thread.start()
-    return thread, box
-
-
 @pytest.mark.slow
 def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
-    local_pool_factory, make_workload, tmp_path: Path, leftover_processes, monkeypatch: pytest.MonkeyPatch
+    local_pool_factory,
+    make_workload,
+    tmp_path: Path,
+    leftover_processes,
+    monkeypatch: pytest.MonkeyPatch,
+    controller_thread,
 ) -> None:  # type: ignore[no-untyped-def]
-
     from lepton_infra.workload import run_job, shipping
 
     pool: LocalPool = local_pool_factory(2)
@@ -671,7 +652,7 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
 
     monkeypatch.setattr(shipping, "write_stream", slow_write_stream)
     runs = tmp_path / "runs"
-    thread, box = _controller_thread(
+    thread, box = controller_thread(
         lambda: run_job(pool.inventory, workload, ["lines=3"], run_id="ship-cancel", runs_dir=runs)
     )
     assert started.wait(60)
@@ -699,9 +680,8 @@ def test_cancel_while_shipping_stops_the_run_and_nothing_ever_starts(
 
 @pytest.mark.slow
 def test_cancel_while_connecting_stops_the_run_before_anything_reaches_the_nodes(
-    local_pool: LocalPool, make_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_pool: LocalPool, make_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, controller_thread
 ) -> None:  # type: ignore[no-untyped-def]
-
     from lepton_infra.workload import run_job, run_status
     from lepton_infra.workload.group import NodeGroup
 
@@ -716,7 +696,7 @@ def test_cancel_while_connecting_stops_the_run_before_anything_reaches_the_nodes
 
     monkeypatch.setattr(NodeGroup, "connect", slow_connect)
     runs = tmp_path / "runs"
-    thread, box = _controller_thread(
+    thread, box = controller_thread(
         lambda: run_job(
             local_pool.inventory, make_workload(), ["lines=3"], run_id="dial-cancel", runs_dir=runs
         )

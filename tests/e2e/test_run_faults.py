@@ -17,7 +17,7 @@ import pytest
 
 from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory
-from lepton_infra.workload import RunResult, attach, cancel, run_job, run_status
+from lepton_infra.workload import attach, cancel, run_job, run_status
 
 
 @pytest.mark.slow
@@ -101,29 +101,16 @@ def test_killed_controller_loses_nothing_attach_streams_the_rest_and_collects(
     assert record["status"] == "succeeded" and record["args"] == ["lines=16", "delay=0.25"]
 
 
-def _in_thread(fn: Callable[[], RunResult]) -> tuple[threading.Thread, dict[str, Any]]:
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, box
-
-
 @pytest.mark.slow
 def test_cancel_stops_every_node_and_the_run_reads_cancelled(
     pool2: Inventory,
     make_workload: Callable[..., Path],
     leftover_processes: Callable[[str], list[str]],
     tmp_path: Path,
+    controller_thread: Callable[[Callable[[], Any]], tuple[threading.Thread, dict[str, Any]]],
 ) -> None:
     workload = make_workload()
-    thread, box = _in_thread(
+    thread, box = controller_thread(
         lambda: run_job(
             pool2, workload, ["lines=300", "delay=0.2"], run_id="cancel-1", runs_dir=tmp_path / "runs"
         )
@@ -146,18 +133,22 @@ def test_cancel_stops_every_node_and_the_run_reads_cancelled(
 
 @pytest.mark.slow
 def test_two_runs_at_once_on_one_pool_do_not_mix_files(
-    pool2: Inventory, make_workload: Callable[..., Path], recorder: Callable[[], Any], tmp_path: Path
+    pool2: Inventory,
+    make_workload: Callable[..., Path],
+    recorder: Callable[[], Any],
+    tmp_path: Path,
+    controller_thread: Callable[[Callable[[], Any]], tuple[threading.Thread, dict[str, Any]]],
 ) -> None:
     runs = tmp_path / "runs"
     a_dir = make_workload({"only_a.txt": "a"})
     b_dir = make_workload({"only_b.txt": "b"})
     a_events, b_events = recorder(), recorder()
-    a, a_box = _in_thread(
+    a, a_box = controller_thread(
         lambda: run_job(
             pool2, a_dir, ["lines=8", "delay=0.25", "tag=A"], run_id="mix-a", runs_dir=runs, events=a_events
         )
     )
-    b, b_box = _in_thread(
+    b, b_box = controller_thread(
         lambda: run_job(
             pool2, b_dir, ["lines=8", "delay=0.25", "tag=B"], run_id="mix-b", runs_dir=runs, events=b_events
         )
@@ -212,11 +203,12 @@ def test_node_whose_supervisor_vanished_is_lost_and_the_others_are_stopped(
     leftover_processes: Callable[[str], list[str]],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    controller_thread: Callable[[Callable[[], Any]], tuple[threading.Thread, dict[str, Any]]],
 ) -> None:
     runs = tmp_path / "runs"
     workload = make_workload()
     # heartbeat_timeout: the default (30 s) is too patient for a test
-    thread, box = _in_thread(
+    thread, box = controller_thread(
         lambda: run_job(
             pool2,
             workload,
