@@ -125,11 +125,13 @@ class Recorder(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:sqs:{AWS_REGION}:{AWS_ACCOUNT}:{state['name']}"
         if typ == "aws:ec2/instance:Instance":
             state["privateIp"] = f"10.0.1.{10 + idx}"
+            state["primaryNetworkInterfaceId"] = f"eni-{idx:017x}"
             state["publicIp"] = f"203.0.113.{idx % 250 + 1}" if inputs.get("associatePublicIpAddress") else ""
         if typ == "aws:secretsmanager/secret:Secret":
             state["arn"] = f"arn:aws:secretsmanager:{AWS_REGION}:{AWS_ACCOUNT}:secret:{state['name']}-AbCdEf"
             rid = state["arn"]  # as on AWS: a secret's id is its ARN
         if typ == "aws:ec2/eip:Eip":
+            self._refuse_eip_on_multi_interface_instance(inputs)
             state["publicIp"] = f"198.51.100.{idx % 250 + 1}"
             state["allocationId"] = f"eipalloc-{idx:08d}"
         if typ == "aws:kms/key:Key":
@@ -194,6 +196,22 @@ class Recorder(pulumi.runtime.Mocks):
         deps = self.pending_dependencies.pop((typ, name), [])
         self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None, deps))
         return rid, state
+
+    def _refuse_eip_on_multi_interface_instance(self, inputs: dict[str, Any]) -> None:
+        """As EC2's AssociateAddress does: an address given `instance=` for an instance with more
+        than one network interface (here: launched from a template declaring several) is refused;
+        such an instance takes its address on a network interface."""
+        instance_id = inputs.get("instance")
+        if not instance_id:
+            return
+        instance = next((r for r in self.resources if r.id == instance_id), None)
+        template_id = ((instance.inputs if instance else {}).get("launchTemplate") or {}).get("id")
+        template = next((r for r in self.resources if r.id == template_id), None) if template_id else None
+        if template is not None and len(template.inputs.get("networkInterfaces", [])) > 1:
+            raise ValueError(
+                f"InvalidInstanceID: There are multiple interfaces attached to instance '{instance_id}'. "
+                "Please specify an interface ID for the operation instead."
+            )
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         token, inputs = args.token, _plain(dict(args.args))

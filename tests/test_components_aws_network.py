@@ -97,8 +97,14 @@ def test_p5_nodes_share_a_cluster_placement_group_and_get_an_efa_interface_on_ev
         assert inst.inputs["launchTemplate"] == {"id": template.id, "version": "$Latest"}
         assert inst.inputs["placementGroup"] == group.outputs["name"]
         assert "subnetId" not in inst.inputs and "associatePublicIpAddress" not in inst.inputs
-        # Several network cards: no public IP at launch, an Elastic IP instead (the inventory's host).
-        (address,) = [a for a in addresses if a.inputs.get("instance") == inst.id]
+        # Several network cards: no public IP at launch, an Elastic IP on the primary interface
+        # instead (the inventory's host); EC2 refuses `instance=` for such an instance.
+        (address,) = [
+            a
+            for a in addresses
+            if a.inputs.get("networkInterface") == inst.outputs["primaryNetworkInterfaceId"]
+        ]
+        assert "instance" not in address.inputs
         assert address.outputs["publicIp"] == out["hosts"][i]
     # EFA needs the group to allow all traffic to and from itself.
     assert {"protocol": "-1", "fromPort": 0, "toPort": 0, "self": True} in [

@@ -976,10 +976,13 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             self.instances.append(instance)
             host = instance.public_ip if public else instance.private_ip
             if public and self.launch_template is not None:
+                # On the primary network interface, not `instance=`: AssociateAddress refuses an
+                # instance with several interfaces ("InvalidInstanceID: There are multiple
+                # interfaces attached to instance"), which every EFA node has.
                 address = ec2.Eip(
                     f"{name}-node-{i}-ip",
                     domain="vpc",
-                    instance=instance.id,
+                    network_interface=instance.primary_network_interface_id,
                     tags=dict(tags),
                     region=args.region,
                     opts=child(self),
