@@ -232,3 +232,38 @@ def test_stack_config_takes_the_bastion_as_json_and_the_egress_choice() -> None:
     assert args.private_egress == "endpoints" and args.jump["user"] == "ops"
     with pytest.raises(ConfigError, match="lepton:jump is"):
         stack_config.parse({**raw, "jump": "{host: x"}, cluster="c", env="dev")
+
+
+def test_a_public_bastion_reaching_private_nodes_gives_no_node_a_public_ip() -> None:
+    """The controller dials the bastion's public address; the nodes see its private one. Only the
+    latter belongs in allowed_ssh_cidrs (it is what the firewall checks), so the nodes stay private."""
+    jump = {"host": "198.51.100.7", "user": "ops", "host_key": BASTION_KEY, "source_cidr": "10.0.5.0/24"}
+
+    def program() -> dict[str, Any]:
+        cluster = TrainingCluster("c", cluster_args(allowed_ssh_cidrs=["10.0.5.0/24"], nodes=2, jump=jump))
+        return {"inventory": cluster.inventory}
+
+    out, rec = harness.build(program)
+    inventory = json.loads(out["inventory"])
+    assert inventory["jump"] == {"host": "198.51.100.7", "port": 22, "user": "ops", "host_key": BASTION_KEY}
+    assert all(n["host"] == n["private_ip"] for n in inventory["nodes"])
+    assert all(r.inputs["associatePublicIpAddress"] is False for r in rec.of(INSTANCE))
+    assert not [e for e in rec.of("aws:ec2/eip:Eip") if "-node-" in e.name]
+    ssh_rules = [r for r in rec.named("c-pool-net-sg").inputs["ingress"] if r.get("fromPort") == 22]
+    assert [r["cidrBlocks"] for r in ssh_rules] == [["10.0.5.0/24"]]
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "source", "expected"),
+    [
+        (["10.0.5.0/24"], "10.9.0.0/24", r"jump.source_cidr 10.9.0.0/24 is outside allowed_ssh_cidrs"),
+        (["10.0.5.0/24"], "not-a-range", r"jump.source_cidr is 'not-a-range': not a CIDR block"),
+        (["10.0.5.0/24", "198.51.100.7/32"], "10.0.5.0/24", r"public address 198.51.100.7.*remove it"),
+    ],
+)
+def test_a_bastion_source_the_firewall_would_refuse_or_that_would_make_nodes_public_is_an_error(
+    cidrs: list[str], source: str, expected: str
+) -> None:
+    jump = {"host": "198.51.100.7", "user": "ops", "host_key": BASTION_KEY, "source_cidr": source}
+    with pytest.raises(ConfigError, match=expected):
+        cluster_args(allowed_ssh_cidrs=cidrs, jump=jump)

@@ -38,6 +38,19 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 
 
+# Address space reachable only through a VPN/peering (RFC 1918, carrier-grade NAT, IPv6 ULA).
+_INTERNAL_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def is_internal(cidr: str) -> bool:
+    """Whether a range lies in internal address space (what decides a node's public IP)."""
+    n = ipaddress.ip_network(cidr, strict=False)
+    return any(n.version == i.version and n.subnet_of(i) for i in _INTERNAL_NETS)  # type: ignore[arg-type]
+
+
 def check_cloud(cloud: object, field_name: str = "cloud") -> str:
     if not isinstance(cloud, str) or cloud.lower() not in CLOUDS:
         raise ConfigError(f"{field_name} is {cloud!r}; allowed: {', '.join(CLOUDS)}")
@@ -125,36 +138,68 @@ def _check_name(value: str | None, field_name: str) -> None:
 
 def check_jump(jump: object, allowed_ssh_cidrs: Sequence[str]) -> dict[str, Any] | None:
     """The bastion the inventory names for private nodes (`host`, `port`, `user`, `host_key`,
-    pinned like the nodes'). The nodes must accept SSH from it: a bastion given as an address
-    outside every `allowed_ssh_cidrs` range could never reach them."""
+    pinned like the nodes'), plus `source_cidr`: the address (range) the NODES see the bastion's
+    connections come from. For a bastion inside the cloud network that is its private address, not
+    the public `host` the controller dials, so the firewall check uses `source_cidr` (default: `host`
+    when it is an address) and the jump host's public address stays out of `allowed_ssh_cidrs`, which
+    decides whether nodes get public IPs. Returned in the inventory's form (without `source_cidr`)."""
     if jump is None:
         return None
     from pydantic import ValidationError
 
     from lepton_infra.inventory import Jump
 
+    body = dict(jump) if isinstance(jump, Mapping) else jump
+    source = body.pop("source_cidr", None) if isinstance(body, dict) else None
     try:
-        model = Jump.model_validate(jump)
+        model = Jump.model_validate(body)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'jump'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(
-            f"jump is {jump!r}: {problems}; allowed: {{host, port (default 22), user, host_key}} with "
-            "host_key the bastion's public host key line"
+            f"jump is {jump!r}: {problems}; allowed: {{host, port (default 22), user, host_key, "
+            "source_cidr}} with host_key the bastion's public host key line"
         ) from exc
-    try:
-        address = ipaddress.ip_address(model.host)
-    except ValueError:
-        address = None  # a DNS name: what it resolves to cannot be checked here
-    if address is not None and not any(
-        address in ipaddress.ip_network(c, strict=False) for c in allowed_ssh_cidrs
-    ):
-        raise ConfigError(
-            f"jump host {model.host} is outside allowed_ssh_cidrs {list(allowed_ssh_cidrs)!r}: the "
-            f"nodes would refuse the bastion; add its address (e.g. '{model.host}/32')"
-        )
+    _check_jump_source(model.host, source, allowed_ssh_cidrs)
     return model.model_dump()
+
+
+def _check_jump_source(host: str, source: object, allowed_ssh_cidrs: Sequence[str]) -> None:
+    """The nodes must accept SSH from where the bastion connects: `source` (or `host` when it is an
+    address; a DNS name cannot be checked here) inside some `allowed_ssh_cidrs` range."""
+    allowed = [ipaddress.ip_network(c, strict=False) for c in allowed_ssh_cidrs]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if source is None:
+        if address is not None and not any(address in n for n in allowed):
+            raise ConfigError(
+                f"jump host {host} is outside allowed_ssh_cidrs {list(allowed_ssh_cidrs)!r}: the nodes "
+                f"would refuse the bastion; for a bastion inside the nodes' network set jump.source_cidr "
+                f"to the private address (range) it connects from and list that range in "
+                f"allowed_ssh_cidrs; for one outside, add its address (e.g. '{host}/32')"
+            )
+        return
+    try:
+        network = ipaddress.ip_network(str(source), strict=False)
+    except ValueError as exc:
+        raise ConfigError(
+            f"jump.source_cidr is {source!r}: not a CIDR block ({exc}); allowed: the bastion's private "
+            "address or range as the nodes see it, like '10.0.5.10/32'"
+        ) from exc
+    if not any(network.version == n.version and network.subnet_of(n) for n in allowed):  # type: ignore[arg-type]
+        raise ConfigError(
+            f"jump.source_cidr {network} is outside allowed_ssh_cidrs {list(allowed_ssh_cidrs)!r}: the "
+            f"nodes would refuse the bastion; add '{network}' to allowed_ssh_cidrs"
+        )
+    own = None if address is None else f"{address}/{address.max_prefixlen}"
+    if own is not None and not is_internal(own) and own in allowed_ssh_cidrs:
+        raise ConfigError(
+            f"allowed_ssh_cidrs lists the bastion's public address {host}, but the nodes see it as "
+            f"jump.source_cidr {network}: that entry would only give every node a public IP; remove it"
+        )
 
 
 # ---------------------------------------------------------------- the models
@@ -593,7 +638,8 @@ class TrainingClusterArgs(GpuVmPoolArgs):
         _before(_mapping),
         _field(
             "A bastion for private nodes, written into the inventory: `host`, `port`, `user`, `host_key` "
-            "(pinned like the nodes'); as a config key, JSON text.",
+            "(pinned like the nodes'), and `source_cidr`: the address range the nodes see it connect "
+            "from (its private range), which must be inside allowedSshCidrs; as a config key, JSON text.",
             config="jump",
         ),
     ] = None

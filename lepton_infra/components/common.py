@@ -15,6 +15,7 @@ from typing import Any
 
 import pulumi
 
+from lepton_infra.components.args import is_internal
 from lepton_infra.errors import ConfigError
 
 # The policy pack (policy/lepton_policy/rules.py) checks exactly these names.
@@ -107,17 +108,9 @@ def compact_name(name: str, max_len: int, *, salt: str = "") -> str:
     return (stem[: max_len - len(suffix)] + suffix)[:max_len]
 
 
-# Address space reachable only through a VPN/peering (RFC 1918, carrier-grade NAT, IPv6 ULA).
-_INTERNAL_NETS = tuple(
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
-)
-
-
 def ssh_needs_public_ip(cidrs: Sequence[str]) -> bool:
     """A public IP only when someone outside internal address space may SSH in (a VPN range does not)."""
-    nets = [ipaddress.ip_network(c) for c in cidrs]
-    return any(not any(n.version == i.version and n.subnet_of(i) for i in _INTERNAL_NETS) for n in nets)  # type: ignore[arg-type]
+    return any(not is_internal(c) for c in cidrs)
 
 
 def ipv4_ssh_cidrs(cidrs: Sequence[str], cloud: str) -> list[str]:
