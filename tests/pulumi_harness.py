@@ -30,6 +30,9 @@ DEEP_LEARNING_AMI = "ami-0123456789abcdef0"
 OFFERED_ZONES: dict[str, list[str]] = {"p5.48xlarge": [f"{AWS_REGION}c"], "p4de.24xlarge": []}
 # AWS's public SSM parameters the mocks know: exactly the image table's AWS rows.
 PUBLIC_PARAMETERS = frozenset(row.image for row in IMAGES if row.cloud == "aws")
+# GCP image families the mocks resolve (the image table's GCP rows), and the version they answer.
+IMAGE_FAMILIES = frozenset(row.image for row in IMAGES if row.cloud == "gcp" and "/family/" in row.image)
+GCP_IMAGE_VERSION = "v20261201"
 # The VPC that `gcp.compute.get_subnetwork` says any looked-up subnet belongs to.
 SUBNETWORK_VPC = "https://www.googleapis.com/compute/v1/projects/host-proj/global/networks/shared"
 
@@ -74,6 +77,8 @@ class Recorded:
     provider: str | None = None  # the explicit provider reference, if any (the policy harness needs it)
     # Logical names of the resources this one waits for (explicit depends_on and inputs' sources).
     depends_on: list[str] = field(default_factory=list)
+    # The resource option `ignore_changes`, as the engine receives it (wire names).
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Recorder(pulumi.runtime.Mocks):
     project_number: str = "123456789012"
     # (type, name) -> dependencies of a registration in flight (monitor calls may run on threads).
     pending_dependencies: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    pending_ignores: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ queries for tests
     def of(self, typ: str) -> list[Recorded]:
@@ -194,7 +200,8 @@ class Recorder(pulumi.runtime.Mocks):
             )
             state["privateKeyPem"] = state["privateKeyOpenssh"]
         deps = self.pending_dependencies.pop((typ, name), [])
-        self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None, deps))
+        ignores = self.pending_ignores.pop((typ, name), [])
+        self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None, deps, ignores))
         return rid, state
 
     def _refuse_eip_on_multi_interface_instance(self, inputs: dict[str, Any]) -> None:
@@ -221,6 +228,14 @@ class Recorder(pulumi.runtime.Mocks):
         if token == "gcp:compute/getSubnetwork:getSubnetwork":
             link = str(inputs.get("selfLink", ""))
             return {"selfLink": link, "name": link.rsplit("/", 1)[-1], "network": SUBNETWORK_VPC}
+        if token == "gcp:compute/getImage:getImage":
+            family = f"projects/{inputs.get('project')}/global/images/family/{inputs.get('family')}"
+            if family not in IMAGE_FAMILIES:
+                # GCE answers a family that does not exist (or has no image) with a 404.
+                raise ValueError(f"notFound: image family {family} (not in lepton_infra.components.images)")
+            name = f"{inputs['family']}-{GCP_IMAGE_VERSION}"
+            link = f"https://www.googleapis.com/compute/v1/projects/{inputs['project']}/global/images/{name}"
+            return {"name": name, "selfLink": link, "family": inputs["family"], "project": inputs["project"]}
         if token == "aws:ssm/getParameter:getParameter":
             name = str(inputs.get("name"))
             if name.startswith("/aws/service/") and name not in PUBLIC_PARAMETERS:
@@ -284,6 +299,7 @@ def _register_recording_dependencies(self: Any, request: Any) -> Any:
         mocks.pending_dependencies[(request.type, request.name)] = sorted(
             {str(u).rsplit("::", 1)[-1] for u in request.dependencies}
         )
+        mocks.pending_ignores[(request.type, request.name)] = list(request.ignoreChanges)
     return _register_resource(self, request)
 
 

@@ -204,8 +204,11 @@ def test_t4_comes_from_n1_with_attached_accelerators_and_the_deep_learning_image
         disk = inst.inputs["bootDisk"]
         assert disk["autoDelete"] is True
         params = disk["initializeParams"]
-        assert params["image"] == gcp.DEFAULT_IMAGE
-        assert "deeplearning-platform-release" in params["image"]
+        # The default family, resolved to the one image version it names today (the mocks' answer).
+        assert params["image"] == (
+            "https://www.googleapis.com/compute/v1/projects/deeplearning-platform-release/global/images/"
+            f"{gcp.DEFAULT_IMAGE_FAMILY}-{harness.GCP_IMAGE_VERSION}"
+        )
         assert params["size"] == 200
         assert params["type"] == "pd-balanced"
 

@@ -401,7 +401,10 @@ class GpuVmPoolArgs:
         str | None,
         _field(
             "Machine image; default is the cloud's deep-learning image (AMI id, GCP image, Azure URN "
-            "publisher:offer:sku:version).",
+            "publisher:offer:sku:version). An exact image (AMI id, GCP image version, Azure URN with a "
+            "version) pins it, and changing it replaces the nodes; the default or a moving one (SSM "
+            "parameter, image family, Azure `latest`) gives new nodes the current image and leaves "
+            "running nodes on theirs.",
             config="image",
         ),
     ] = None

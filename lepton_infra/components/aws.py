@@ -35,6 +35,7 @@ from lepton_infra.components.common import (
     cluster_env,
     ipv4_ssh_cidrs,
     merge_extra,
+    new_node_image,
     pool_tags,
     ssh_needs_public_ip,
     tags_for,
@@ -880,8 +881,17 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         ssh_sources = ipv4_ssh_cidrs(args.allowed_ssh_cidrs, "aws")
         # A misspelled `extra` key fails here, before any resource exists.
         _instance_args(merge_extra(_instance_spec(args, entry, ami="ami-probe", public=False), args.extra))
-        ami = _ami(args.image, args.region)
+        ami_source = _ami(args.image, args.region)
         super().__init__("lepton:aws:GpuVmPool", name, None, opts)
+        # An SSM parameter (the default) moves to each new DLAMI: running nodes keep their AMI.
+        ami, keep_image = new_node_image(
+            "aws",
+            ami_source,
+            moving=args.image is None or args.image.startswith("/"),
+            image_property="ami",
+            source=args.image or DEEP_LEARNING_AMI_PARAMETER,
+            parent=self,
+        )
         cluster, env = cluster_env(args, name)
         tags, node_tags = pool_tags(args, cluster, env)
         public = ssh_needs_public_ip(ssh_sources)
@@ -971,7 +981,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             instance = ec2.Instance(
                 f"{name}-node-{i}",
                 _instance_args(merge_extra(spec, args.extra)),
-                opts=child(self, depends_on=ready),
+                opts=child(self, depends_on=ready, ignore_changes=keep_image),
             )
             self.instances.append(instance)
             host = instance.public_ip if public else instance.private_ip

@@ -63,6 +63,7 @@ from lepton_infra.components.common import (
     compact_name,
     ipv4_ssh_cidrs,
     merge_extra,
+    new_node_image,
     pool_tags,
     short_hash,
     ssh_needs_public_ip,
@@ -70,6 +71,7 @@ from lepton_infra.components.common import (
     typed_args,
     unwrap,
 )
+from lepton_infra.components.images import default_image, image_row
 from lepton_infra.components.pool import launch_nodes, node_host_keys, node_identities, pool_outputs
 from lepton_infra.components.secret_fetch import fetch_command, node_script
 from lepton_infra.errors import ConfigError
@@ -1134,8 +1136,19 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             readers=[identity.principal_id for identity in self.identities],
             opts=child(self),
         )
+        # `latest` takes the newest version when a VM is created: running nodes keep theirs.
+        _, keep_image = new_node_image(
+            "azure",
+            args.image or DEFAULT_IMAGE,
+            moving=image_reference.get("version", "").lower() == "latest",
+            image_property="storageProfile.imageReference",
+            source=args.image or DEFAULT_IMAGE,
+            parent=self,
+        )
         # The venv only for the default image: another image brings its own interpreter (`python`).
-        boot = azure_boot(spot=args.spot, install_torch=args.image in (None, DEFAULT_IMAGE))
+        boot = azure_boot(
+            spot=args.spot, install_torch=image_row("azure", args.image) == default_image("azure")
+        )
         stem = azure_slug(name, 56)
 
         self.public_ips, self.nics, self.instances, self.stop_grants = [], [], [], []
@@ -1205,6 +1218,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                     self,
                     delete_before_replace=True,
                     depends_on=[self.host_key_secrets.secrets[i], self.host_key_secrets.readers[i]],
+                    ignore_changes=keep_image,
                 ),
             )
             self.instances.append(vm)

@@ -191,3 +191,32 @@ def inventory_json(
     for node in nodes:
         flat += [node.host, node.private_ip, node.host_key]
     return pulumi.Output.all(*flat).apply(build)
+
+
+def new_node_image(
+    cloud: str,
+    image: pulumi.Input[str],
+    *,
+    moving: bool,
+    image_property: str,
+    source: str,
+    parent: pulumi.Resource,
+) -> tuple[pulumi.Output[str], list[str]]:
+    """The image a new node boots, logged on `up` (which image, and from where), and the
+    `ignore_changes` for the instances: a `moving` source (the default image, an SSM parameter, an
+    image family, Azure's `latest`) names a newer image whenever one is published, and following it
+    would replace running nodes mid-training, so existing nodes keep theirs (`image_property`
+    ignored) and only new ones get the new image. An image the user pinned exactly (`lepton:image`)
+    is not ignored: changing the pin is a deliberate replacement, which the preview shows."""
+
+    def say(value: str) -> str:
+        origin = "" if value == source else f" (from {source})"
+        keep = (
+            "running nodes keep the image they were created with; lepton:image pins one"
+            if moving
+            else "pinned by lepton:image; changing it replaces the nodes"
+        )
+        pulumi.log.info(f"{cloud}: new nodes boot {value}{origin}; {keep}", resource=parent)
+        return value
+
+    return pulumi.Output.from_input(image).apply(say), [image_property] if moving else []

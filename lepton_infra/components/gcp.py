@@ -31,6 +31,7 @@ from lepton_infra.components.common import (
     gcp_labels,
     ipv4_ssh_cidrs,
     merge_extra,
+    new_node_image,
     pool_tags,
     ssh_needs_public_ip,
     tags_for,
@@ -967,6 +968,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             for i, host_key in enumerate(self.host_keys)
         ]
         labels = gcp_labels(pool_tags(args, cluster, env)[1])
+        image, keep_image = boot_image(args.image, project, self)
 
         self.instances = []
 
@@ -1001,7 +1003,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 "boot_disk": {
                     "auto_delete": True,
                     "initialize_params": {
-                        "image": args.image or DEFAULT_IMAGE,
+                        "image": image,
                         "size": args.disk_gb,
                         "type": BOOT_DISK_TYPE,
                         "labels": labels,
@@ -1027,7 +1029,9 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             instance = compute.Instance(
                 f"{stem}-{i}",
                 typed_args(compute.InstanceArgs, kwargs),
-                opts=child(self, depends_on=[*self.apis, secret.version, secret.reader]),
+                opts=child(
+                    self, depends_on=[*self.apis, secret.version, secret.reader], ignore_changes=keep_image
+                ),
             )
             self.instances.append(instance)
             nic = instance.network_interfaces.apply(lambda nics: nics[0])
@@ -1066,6 +1070,35 @@ class GcpGpuVmPool(pulumi.ComponentResource):
 
 
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9._:/-]+$")
+_FAMILY_RE = re.compile(
+    r"^(?:(?:https://(?:www|compute)\.googleapis\.com/compute/v1/)?projects/(?P<project>[^/]+)/global/images/)?"
+    r"family/(?P<family>[^/]+)$"
+)
+
+
+def boot_image(
+    image: str | None, project: str, parent: pulumi.Resource
+) -> tuple[pulumi.Output[str], list[str]]:
+    """The exact image a new node boots, and the instances' `ignore_changes`. An image family (the
+    default is one) is resolved here to its current image (`compute.get_image`), so the instance
+    names one version, which `up` logs; when the family moves on, running nodes keep theirs."""
+    source = image or DEFAULT_IMAGE
+    family = _FAMILY_RE.match(source)
+    exact: pulumi.Input[str] = source
+    if family is not None:
+        exact = compute.get_image_output(
+            family=family["family"],
+            project=family["project"] or project,
+            opts=pulumi.InvokeOutputOptions(parent=parent),
+        ).self_link
+    return new_node_image(
+        "gcp",
+        exact,
+        moving=family is not None,
+        image_property="bootDisk.initializeParams.image",
+        source=source,
+        parent=parent,
+    )
 
 
 def check_image(image: str | None) -> None:

@@ -77,10 +77,25 @@ def default_image(cloud: str) -> NodeImage | None:
 
 
 def image_row(cloud: str, image: str | None) -> NodeImage | None:
-    """The row for `image` on `cloud` (the default row for None); None for an image not in the table."""
+    """The row for `image` on `cloud` (the default row for None); None for an image not in the table.
+    A pinned version of a row's moving image is that row: a GCP image `<family>-v<date>` of the
+    row's family, an Azure URN with the row's publisher:offer:sku and any version."""
     if image is None:
         return default_image(cloud)
-    return next((row for row in IMAGES if row.cloud == cloud and row.image == image), None)
+    return next((row for row in IMAGES if row.cloud == cloud and _same_image(row.image, image)), None)
+
+
+def _same_image(row: str, image: str) -> bool:
+    if row == image:
+        return True
+    if "/family/" in row:  # GCP: Deep Learning VM images are named <family>-v<YYYYMMDD>
+        project, family = row.split("/global/images/family/")
+        return image.removeprefix("https://www.googleapis.com/compute/v1/").startswith(
+            f"{project}/global/images/{family}-v"
+        )
+    if row.count(":") == 3:  # Azure URN: publisher:offer:sku:version
+        return image.count(":") == 3 and image.rsplit(":", 1)[0].lower() == row.rsplit(":", 1)[0].lower()
+    return False
 
 
 def python_for(cloud: str, image: str | None, python: str | None) -> str:
