@@ -750,3 +750,28 @@ def test_an_existing_service_account_reads_every_nodes_secret() -> None:
         lambda: gcp.GcpGpuVmPool("own", pool_args(nodes=2, identity={"service_account_email": email}))
     )
     assert [m.inputs["member"] for m in rec.of(SECRET_MEMBER)] == [f"serviceAccount:{email}"] * 2
+
+
+def test_lepton_enable_apis_turns_on_every_api_the_cluster_calls_and_only_on_gcp() -> None:
+    """A fresh project fails with SERVICE_DISABLED unless the stack can ask for its APIs."""
+    from lepton_infra import config as stack_config
+    from lepton_infra.components.neutral import TrainingCluster
+
+    raw: dict[str, Any] = {
+        "cloud": "gcp",
+        "accelerator": "T4",
+        "region": "us-central1",
+        "allowedSshCidrs": '["203.0.113.0/24"]',
+        "enableApis": "true",
+    }
+    args = stack_config.parse(raw, cluster="c", env="dev").args
+    _, rec = build(lambda: TrainingCluster("c", args))
+    services = rec.of(SERVICE)
+    assert {s.inputs["service"] for s in services} >= {
+        f"{api}.googleapis.com" for api in ("compute", "iam", "secretmanager", "pubsub", "storage")
+    }
+    assert all(s.inputs["disableOnDestroy"] is False for s in services)
+    (inst,) = rec.of(INSTANCE)
+    assert any(s.name in inst.depends_on for s in services if s.inputs["service"] == "compute.googleapis.com")
+    with pytest.raises(ConfigError, match=r"lepton:enableApis is true, but cloud is 'aws'"):
+        stack_config.parse({**raw, "cloud": "aws", "region": "us-east-1"}, cluster="c", env="dev")

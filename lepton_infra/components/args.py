@@ -647,15 +647,35 @@ class TrainingClusterArgs(GpuVmPoolArgs):
         ),
     ] = None
 
+    enable_apis: Annotated[
+        Flag,
+        _field(
+            "GCP only: enable the Google APIs the cluster calls (Compute Engine, IAM, Secret Manager, "
+            "Pub/Sub, Cloud Storage, Cloud Resource Manager) before its first resource, for a fresh "
+            "project; never disabled on destroy (default false).",
+            config="enableApis",
+        ),
+    ] = False
+
     _needs_key: ClassVar[bool] = False
 
     @model_validator(mode="after")
     def _check_cluster(self) -> TrainingClusterArgs:
-        """The cluster's own cross-field checks: a set `python` must name an interpreter, and a
-        bastion must be inside the SSH sources (normalised to the inventory's form)."""
+        """The cluster's own cross-field checks: a set `python` must name an interpreter, a
+        bastion must be inside the SSH sources (normalised to the inventory's form), and APIs to
+        enable exist only on GCP."""
         python_for(self.cloud, self.image, self.python)
         self.jump = check_jump(self.jump, self.allowed_ssh_cidrs)
+        if self.enable_apis and self.cloud != "gcp":
+            raise ConfigError(
+                f"enable_apis is true, but cloud is {self.cloud!r}; allowed: true only with cloud 'gcp' "
+                "(AWS and Azure services need no enabling here): leave it unset"
+            )
         return self
+
+    def _apis(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """`extra` with GCP's per-component switch `enable_apis` when the cluster asks for it."""
+        return {"enable_apis": True, **extra} if self.enable_apis else extra
 
     def _values(self, cls: type) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(cls)}
@@ -665,7 +685,7 @@ class TrainingClusterArgs(GpuVmPoolArgs):
         return _trusted(TrainingClusterArgs, **{**self._values(TrainingClusterArgs), **changes})
 
     def pool_args(self) -> GpuVmPoolArgs:
-        return _trusted(GpuVmPoolArgs, **self._values(GpuVmPoolArgs))
+        return _trusted(GpuVmPoolArgs, **{**self._values(GpuVmPoolArgs), "extra": self._apis(self.extra)})
 
     def store_args(self) -> ObjectStoreArgs:
         return _trusted(
@@ -676,7 +696,7 @@ class TrainingClusterArgs(GpuVmPoolArgs):
             retention_days=self.store_retention_days,
             force_destroy=self.store_force_destroy,
             tags=self.tags,
-            extra=self.store_extra,
+            extra=self._apis(self.store_extra),
             cluster=self.cluster,
             env=self.env,
         )
@@ -689,7 +709,7 @@ class TrainingClusterArgs(GpuVmPoolArgs):
             visibility_timeout_s=self.queue_visibility_timeout_s,
             max_receive_count=self.queue_max_receive_count,
             tags=self.tags,
-            extra=self.queue_extra,
+            extra=self._apis(self.queue_extra),
             cluster=self.cluster,
             env=self.env,
         )

@@ -39,7 +39,10 @@ class TrainingClusterInputs(TypedDict):
     image: NotRequired[str]
     (
         "Machine image; default is the cloud's deep-learning image (AMI id, GCP image, Azure URN "
-        "publisher:offer:sku:version)."
+        "publisher:offer:sku:version). An exact image (AMI id, GCP image version, Azure URN with a "
+        "version) pins it, and changing it replaces the nodes; the default or a moving one (SSM "
+        "parameter, image family, Azure `latest`) gives new nodes the current image and leaves running "
+        "nodes on theirs."
     )
     disk_gb: NotRequired[int]
     """Root disk size per node in GiB (default 200)."""
@@ -99,12 +102,19 @@ class TrainingClusterInputs(TypedDict):
     jump: NotRequired[dict[str, Any]]
     (
         "A bastion for private nodes, written into the inventory: `host`, `port`, `user`, `host_key` "
-        "(pinned like the nodes'); as a config key, JSON text."
+        "(pinned like the nodes'), and `source_cidr`: the address range the nodes see it connect from "
+        "(its private range), which must be inside allowedSshCidrs; as a config key, JSON text."
     )
     python: NotRequired[str]
     (
         "Interpreter with torch on the nodes, written into the inventory (default: the image's own, from "
         "the image table; python3 for an image not in it)."
+    )
+    enable_apis: NotRequired[bool]
+    (
+        "GCP only: enable the Google APIs the cluster calls (Compute Engine, IAM, Secret Manager, "
+        "Pub/Sub, Cloud Storage, Cloud Resource Manager) before its first resource, for a fresh project; "
+        "never disabled on destroy (default false)."
     )
 
 
