@@ -153,6 +153,13 @@ class Recorder(pulumi.runtime.Mocks):
                 f"https://www.googleapis.com/compute/v1/projects/{inputs.get('project', GCP_PROJECT)}/{name}"
             )
         if typ == "gcp:compute/instance:Instance":
+            if str(inputs.get("machineType", "")).startswith("a3-") and any(
+                nic.get("nicType") != "GVNIC" for nic in inputs.get("networkInterfaces", [])
+            ):
+                # GCE refuses A3 VMs on VirtIO-Net: the machine series offers only gVNIC.
+                raise ValueError(
+                    f"Invalid value for field 'resource.networkInterfaces': {inputs['machineType']} requires gVNIC"
+                )
             state["networkInterfaces"] = [
                 dict(
                     nic,

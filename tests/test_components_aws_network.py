@@ -267,3 +267,23 @@ def test_a_bastion_source_the_firewall_would_refuse_or_that_would_make_nodes_pub
     jump = {"host": "198.51.100.7", "user": "ops", "host_key": BASTION_KEY, "source_cidr": source}
     with pytest.raises(ConfigError, match=expected):
         cluster_args(allowed_ssh_cidrs=cidrs, jump=jump)
+
+
+def test_stack_config_brings_its_own_network_through_lepton_network() -> None:
+    from lepton_infra import config as stack_config
+
+    raw = {
+        "cloud": "aws",
+        "accelerator": "T4",
+        "region": "us-east-1",
+        "allowedSshCidrs": '["10.8.0.0/16"]',
+        "network": json.dumps({"vpc_id": "vpc-1", "subnet_id": "subnet-1"}),
+    }
+    args = stack_config.parse(raw, cluster="c", env="dev").args
+    _, rec = harness.build(lambda: {"inventory": TrainingCluster("c", args).inventory})
+    assert not rec.of("aws:ec2/vpc:Vpc") and rec.named("c-pool-node-0").inputs["subnetId"] == "subnet-1"
+    assert rec.named("c-pool-net-sg").inputs["vpcId"] == "vpc-1"
+    with pytest.raises(
+        ConfigError, match=r"lepton:network for aws is \{'subnet': 'x'\}; allowed keys: subnet_id, vpc_id"
+    ):
+        stack_config.parse({**raw, "network": '{"subnet": "x"}'}, cluster="c", env="dev")

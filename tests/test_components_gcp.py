@@ -775,3 +775,12 @@ def test_lepton_enable_apis_turns_on_every_api_the_cluster_calls_and_only_on_gcp
     assert any(s.name in inst.depends_on for s in services if s.inputs["service"] == "compute.googleapis.com")
     with pytest.raises(ConfigError, match=r"lepton:enableApis is true, but cloud is 'aws'"):
         stack_config.parse({**raw, "cloud": "aws", "region": "us-east-1"}, cluster="c", env="dev")
+
+
+def test_a3_nodes_use_gvnic_and_other_families_keep_the_default_nic() -> None:
+    _, rec = build(lambda: gcp.GcpGpuVmPool("h", pool_args(accelerator="H100", gpus_per_node=8, nodes=1)))
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["machineType"].startswith("a3-")
+    assert [n["nicType"] for n in inst.inputs["networkInterfaces"]] == ["GVNIC"]
+    _, rec = build(lambda: gcp.GcpGpuVmPool("t", pool_args(nodes=1)))
+    assert all("nicType" not in n for i in rec.of(INSTANCE) for n in i.inputs["networkInterfaces"])

@@ -440,7 +440,9 @@ class GpuVmPoolArgs:
         _before(_mapping),
         _field(
             "Reuse an existing network instead of creating one (aws: subnet_id, vpc_id; "
-            "gcp: network, subnetwork; azure: subnet_id, resource_group_name)."
+            "gcp: network, subnetwork; azure: subnet_id, resource_group_name); its routes, NAT and "
+            "endpoints are yours. As a config key, JSON text.",
+            config="network",
         ),
     ] = None
     identity: Annotated[

@@ -55,7 +55,8 @@ class TrainingClusterInputs(TypedDict):
     network: NotRequired[dict[str, str]]
     (
         "Reuse an existing network instead of creating one (aws: subnet_id, vpc_id; gcp: network, "
-        "subnetwork; azure: subnet_id, resource_group_name)."
+        "subnetwork; azure: subnet_id, resource_group_name); its routes, NAT and endpoints are yours. As "
+        "a config key, JSON text."
     )
     identity: NotRequired[dict[str, str]]
     (
