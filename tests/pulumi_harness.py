@@ -23,6 +23,7 @@ from lepton_infra.components.images import IMAGES
 GCP_PROJECT = "lepton-test-project"
 AWS_REGION = "us-east-1"
 AWS_ACCOUNT = "123456789012"
+DEPLOYER_ROLE, DEPLOYER_ROLE_ID, DEPLOYER_SESSION = "lepton-deployer", "AROADEPLOYER00000001", "ci-run-42"
 AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 AZURE_TENANT = "00000000-0000-0000-0000-0000000000aa"
 DEEP_LEARNING_AMI = "ami-0123456789abcdef0"
@@ -144,6 +145,8 @@ class Recorder(pulumi.runtime.Mocks):
             rid = f"key-{idx:08d}"
         if typ == "aws:iam/role:Role":
             state["arn"] = f"arn:aws:iam::{AWS_ACCOUNT}:role/{state['name']}"
+            # IAM's unique id of a role: AROA + 17 characters (what `aws:userid` starts with).
+            state["uniqueId"] = "AROA" + hashlib.sha256(name.encode()).hexdigest()[:17].upper()
         if typ == "gcp:serviceaccount/account:Account":
             state["email"] = (
                 f"{inputs['accountId']}@{inputs.get('project', GCP_PROJECT)}.iam.gserviceaccount.com"
@@ -278,7 +281,12 @@ class Recorder(pulumi.runtime.Mocks):
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": [f"{AWS_REGION}a", f"{AWS_REGION}b"], "zoneIds": ["use1-az1", "use1-az2"]}
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": AWS_ACCOUNT, "arn": f"arn:aws:iam::{AWS_ACCOUNT}:root", "userId": "x"}
+            # As STS answers a deployer that assumed a role (CI through OIDC, SSO): role id + session.
+            return {
+                "accountId": AWS_ACCOUNT,
+                "arn": f"arn:aws:sts::{AWS_ACCOUNT}:assumed-role/{DEPLOYER_ROLE}/{DEPLOYER_SESSION}",
+                "userId": f"{DEPLOYER_ROLE_ID}:{DEPLOYER_SESSION}",
+            }
         if token == "aws:index/getRegion:getRegion":
             return {"name": AWS_REGION, "region": AWS_REGION, "id": AWS_REGION}
         if token == "aws:index/getPartition:getPartition":

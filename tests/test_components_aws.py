@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
@@ -238,7 +239,41 @@ def test_host_private_keys_live_only_in_their_own_kms_encrypted_secret(built: An
         assert secret.outputs["arn"] in inst.inputs["userData"]
         assert all(s.outputs["arn"] not in inst.inputs["userData"] for s in rec.of(SECRET) if s is not secret)
         assert "PRIVATE KEY" not in inst.inputs["userData"]
-    assert not rec.of("aws:secretsmanager/secretPolicy:SecretPolicy")  # the node roles' own grants do
+
+
+def _may_read(policy: dict[str, Any], user_id: str) -> bool:
+    """Whether a principal (`aws:userid`) is left able to GetSecretValue by a secret's resource
+    policy, as IAM evaluates it: an explicit Deny that applies wins over any Allow anywhere."""
+    for statement in policy["Statement"]:
+        if statement["Effect"] == "Deny" and statement["Action"] == "secretsmanager:GetSecretValue":
+            patterns = statement["Condition"]["StringNotLike"]["aws:userid"]
+            if not any(fnmatch.fnmatchcase(user_id, p) for p in patterns):
+                return False
+    return True
+
+
+def test_a_host_key_is_readable_only_by_its_node_and_the_deployer_whatever_else_is_granted(
+    built: Any,
+) -> None:
+    """AWS's own read-only client policies carry a broad GetSecretValue: only each secret's resource
+    policy can keep them off a node's host private key."""
+    _, rec = built
+    policies = {p.inputs["secretArn"]: p for p in rec.of("aws:secretsmanager/secretPolicy:SecretPolicy")}
+    deployer = f"{harness.DEPLOYER_ROLE_ID}:{harness.DEPLOYER_SESSION}"
+    for i in range(2):
+        secret = rec.named(f"demo-hostkeys-{i}")
+        policy_record = policies[secret.outputs["arn"]]
+        assert policy_record.inputs["blockPublicPolicy"] is True
+        policy = json.loads(policy_record.inputs["policy"])
+        own, other = (rec.named(f"demo-identity-{n}-role") for n in (i, 1 - i))
+        assert _may_read(policy, f"{own.outputs['uniqueId']}:i-0123456789abcdef0")
+        assert not _may_read(policy, f"{other.outputs['uniqueId']}:i-0fedcba9876543210")
+        assert not _may_read(policy, "AROAREADONLYCLIENT01:alice")  # a broad read-only role
+        assert _may_read(policy, deployer)  # `pulumi refresh` reads the value back
+        (allow,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+        assert allow["Principal"] == {"AWS": own.outputs["arn"]}
+        # The node starts only once its secret is locked down.
+        assert policy_record.name in rec.named(f"demo-node-{i}").depends_on
 
 
 def test_every_resource_carries_cluster_and_env_tags_and_nodes_carry_the_watchdog(built: Any) -> None:
@@ -287,8 +322,9 @@ def test_existing_network_and_profile_are_reused_not_created() -> None:
     # The existing profile's role (looked up) is granted the host key by the secret and the key.
     role_arn = f"arn:aws:iam::{harness.AWS_ACCOUNT}:role/p-role"
     (secret_policy,) = rec.of("aws:secretsmanager/secretPolicy:SecretPolicy")
-    (grant,) = json.loads(secret_policy.inputs["policy"])["Statement"]
+    grant, deny = json.loads(secret_policy.inputs["policy"])["Statement"]
     assert grant["Principal"] == {"AWS": role_arn} and grant["Action"] == "secretsmanager:GetSecretValue"
+    assert deny["Condition"]["StringNotLike"]["aws:userid"][0] == "AROAEXAMPLE:*"  # the shared role's id
     assert grant["Resource"] == rec.of(SECRET)[0].outputs["arn"] and secret_policy.inputs["blockPublicPolicy"]
     statements = json.loads(rec.named("reuse-hostkeys-key").inputs["policy"])["Statement"]
     assert statements[1]["Principal"] == {"AWS": role_arn} and statements[1]["Action"] == "kms:Decrypt"

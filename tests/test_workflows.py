@@ -345,3 +345,25 @@ def test_every_job_has_a_timeout() -> None:
             assert isinstance(job.get("timeout-minutes"), int), (
                 f"{wf.name}: job {name} has no timeout-minutes"
             )
+
+
+def test_backend_secrets_and_cloud_credentials_reach_only_the_protected_preview_environment() -> None:
+    """The preview runs the branch's own code: secrets and the OIDC token only in the `preview`
+    environment (required reviewers), never in a job outside it."""
+    wf = load("preview.yml")
+    for name, job in wf["jobs"].items():
+        text = yaml.safe_dump(job)
+        uses_credentials = "secrets." in text or (job.get("permissions") or {}).get("id-token") == "write"
+        assert not uses_credentials or job.get("environment") == "preview", name
+    assert wf["jobs"]["preview"]["environment"] == "preview"
+    assert set(wf["on"]) == {"pull_request"}  # not pull_request_target: forks never get our secrets
+
+
+def test_readme_trusts_the_preview_environment_and_no_longer_says_fork_previews_fail() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Credentials: OIDC") : readme.index("## Using from other languages")]
+    assert ":pull_request`" not in section, "the OIDC subject in a protected environment is the environment's"
+    assert section.count("repo:<owner>/<repo>:environment:preview") >= 3  # AWS, GCP, Azure
+    assert (
+        "fail at the\nlogin step" not in section and "Pull requests from forks are not previewed" in section
+    )

@@ -549,9 +549,10 @@ class AwsHostKeySecrets(pulumi.ComponentResource):
     the pool's own (rotating, customer-managed KMS key), so user data never holds it. Reading one
     takes `secretsmanager:GetSecretValue` on that secret and `kms:Decrypt` on this key through
     Secrets Manager: each node's role gets exactly its own (see `AwsNodeIdentity`); AWS's
-    ReadOnlyAccess has neither. With a shared, existing instance profile (`identity`), the secrets'
-    resource policies and the key policy grant that profile's role instead (then every node of the
-    pool can read every node's key). Deleted without a recovery window: a destroyed pool's keys are
+    ReadOnlyAccess has neither, and each secret's resource policy (`admit_only`) denies every other
+    principal but the deployer, so a broad `GetSecretValue` elsewhere in the account cannot read it
+    either. With a shared, existing instance profile (`identity`), the resource policies and the key
+    policy admit that profile's role instead (then every node of the pool can read every node's key). Deleted without a recovery window: a destroyed pool's keys are
     dead, and a fixed window would only block a redeploy."""
 
     key: kms.Key
@@ -570,6 +571,7 @@ class AwsHostKeySecrets(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("lepton:aws:HostKeySecrets", name, None, opts)
+        self._name = name
         account = aws.get_caller_identity_output()
         partition = aws.get_partition_output()
         self.key = kms.Key(
@@ -604,34 +606,68 @@ class AwsHostKeySecrets(pulumi.ComponentResource):
                     opts=child(self),
                 )
             )
-            if shared_role_arn is not None:
-                self.policies.append(
-                    secretsmanager.SecretPolicy(
-                        f"{name}-{i}-policy",
-                        secret_arn=secret.arn,
-                        block_public_policy=True,
-                        policy=pulumi.Output.all(secret.arn, shared_role_arn).apply(
-                            lambda v: json.dumps(
-                                {
-                                    "Version": "2012-10-17",
-                                    "Statement": [
-                                        {
-                                            "Sid": "NodeReadsItsHostKey",
-                                            "Effect": "Allow",
-                                            "Principal": {"AWS": v[1]},
-                                            "Action": "secretsmanager:GetSecretValue",
-                                            "Resource": v[0],
-                                        }
-                                    ],
-                                }
-                            )
-                        ),
-                        region=region,
-                        opts=child(self),
-                    )
-                )
             self.secrets.append(secret)
         self.register_outputs({"secret_arns": [s.arn for s in self.secrets], "key_arn": self.key.arn})
+
+    def admit_only(
+        self, readers: Sequence[tuple[pulumi.Input[str], pulumi.Input[str]]], region: str | None
+    ) -> None:
+        """Each secret's resource policy: only its reader (`readers[i]`: that node's role ARN and
+        unique id) and the deploying principal may read it. An identity policy elsewhere in the
+        account granting a broad `secretsmanager:GetSecretValue` (AWS's own SecretsManagerReadWrite,
+        a client's read-only role) would otherwise read every node's host key: the explicit Deny
+        here wins over any Allow. The deployer stays admitted because `pulumi refresh` reads the
+        value back. Matched on `aws:userid` (a role's unique id, then `:<session>`), which, unlike
+        an ARN, names an assumed role's session and cannot be re-created with the same value."""
+        deployer = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).user_id
+        for i, (secret, (role_arn, role_id)) in enumerate(zip(self.secrets, readers, strict=True)):
+            self.policies.append(
+                secretsmanager.SecretPolicy(
+                    f"{self._name}-{i}-policy",
+                    secret_arn=secret.arn,
+                    block_public_policy=True,
+                    policy=pulumi.Output.all(secret.arn, role_arn, role_id, deployer).apply(
+                        lambda v: json.dumps(host_key_secret_policy(v[0], v[1], v[2], v[3]))
+                    ),
+                    region=region,
+                    opts=child(self),
+                )
+            )
+
+
+def _userid_pattern(user_id: str) -> str:
+    """`aws:userid` of a principal as STS reports it: a role's `<unique id>:<session>` becomes
+    `<unique id>:*` (every session of that role); an IAM user's id or the account id is exact."""
+    return user_id.split(":", 1)[0] + ":*" if ":" in user_id else user_id
+
+
+def host_key_secret_policy(
+    secret_arn: str, role_arn: str, role_id: str, deployer_user_id: str
+) -> dict[str, Any]:
+    """A host-key secret's resource policy: its node's role may read it, and nobody else but the
+    deploying principal may, whatever their identity policies say (see `admit_only`)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "NodeReadsItsHostKey",
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret_arn,
+            },
+            {
+                "Sid": "NobodyElseReadsIt",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret_arn,
+                "Condition": {
+                    "StringNotLike": {"aws:userid": [f"{role_id}:*", _userid_pattern(deployer_user_id)]}
+                },
+            },
+        ],
+    }
 
 
 def _host_key_key_policy(account: str, partition: str, shared_role_arn: str | None) -> dict[str, Any]:
@@ -919,11 +955,12 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         self.addresses: list[ec2.Eip] = []
         self.host_keys = node_host_keys(name, args.nodes, self)
         profile = (existing_identity or {}).get("instance_profile")
-        shared_role = (
-            iam.get_instance_profile_output(name=profile, opts=pulumi.InvokeOptions(parent=self)).role_arn
+        shared = (
+            iam.get_instance_profile_output(name=profile, opts=pulumi.InvokeOptions(parent=self))
             if profile is not None
             else None
         )
+        shared_role = shared.role_arn if shared is not None else None
         self.host_key_secrets = AwsHostKeySecrets(
             f"{name}-hostkeys",
             private_keys=[k.private_key_openssh for k in self.host_keys],
@@ -949,6 +986,16 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                     opts=child(self),
                 )
             ),
+        )
+        # Each node's secret admits its own role (or the shared one) and the deployer, nobody else.
+        secrets.admit_only(
+            [
+                (shared.role_arn, shared.role_id)
+                if shared is not None
+                else (identity.role.arn, identity.role.unique_id)  # type: ignore[union-attr]
+                for identity in self.identities
+            ],
+            args.region,
         )
         self.instances = []
 
