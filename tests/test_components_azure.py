@@ -10,6 +10,7 @@ import ipaddress
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -916,3 +917,21 @@ def test_azure_custom_data_passes_cloud_inits_own_schema_and_fits_azures_limit(
         ["cloud-init", "schema", "--config-file", str(doc)], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_stop_grants_wait_for_their_role_and_keep_one_name_across_runs() -> None:
+    """A new custom role definition is not visible to role assignments at once: the VM (minutes of
+    provisioning) comes after the definition and the grant after the VM, and a re-run after a
+    RoleDefinitionDoesNotExist failure PUTs the same assignment (stable name) instead of a second."""
+    _, first = build(lambda: azure.AzureGpuVmPool("p", pool_args(nodes=2)))
+    _, again = build(lambda: azure.AzureGpuVmPool("p", pool_args(nodes=2)))
+    (stop_role,) = first.of(ROLE_DEF)
+    grants = {g.name: g for g in first.of(ROLE) if g.inputs["roleDefinitionId"] == stop_role.id}
+    names = {g.name: g.inputs["roleAssignmentName"] for g in again.of(ROLE) if g.name in grants}
+    assert {n: g.inputs["roleAssignmentName"] for n, g in grants.items()} == names
+    assert len(set(names.values())) == 2 and all(uuid.UUID(v).version == 5 for v in names.values())
+    for i in range(2):
+        (vm,) = [v for v in first.of(VM) if v.name == f"p-{i}"]
+        assert stop_role.name in vm.depends_on
+        assert {stop_role.name, f"p-{i}"} <= set(grants[f"p-{i}-stop"].depends_on)
+        assert grants[f"p-{i}-stop"].inputs["principalType"] == "ServicePrincipal"

@@ -1217,7 +1217,14 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                 opts=child(
                     self,
                     delete_before_replace=True,
-                    depends_on=[self.host_key_secrets.secrets[i], self.host_key_secrets.readers[i]],
+                    # After the stop role too: a new custom role definition takes a while to become
+                    # visible to role assignments (RoleDefinitionDoesNotExist), and the VM's minutes
+                    # of provisioning lie between the two.
+                    depends_on=[
+                        self.host_key_secrets.secrets[i],
+                        self.host_key_secrets.readers[i],
+                        self.stop_role,
+                    ],
                     ignore_changes=keep_image,
                 ),
             )
@@ -1227,12 +1234,23 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                     f"{name}-{i}-stop",
                     authorization.RoleAssignmentArgs(
                         principal_id=self.identities[i].principal_id,
+                        # Skips Entra ID's look-up of a just-created identity (PrincipalNotFound).
                         principal_type="ServicePrincipal",
                         role_definition_id=self.stop_role.id,
                         scope=vm.id,  # this VM alone
+                        # A stable name: a re-run after a replication-delay failure PUTs the same
+                        # assignment again instead of colliding with one Azure did create.
+                        role_assignment_name=subscription.apply(
+                            lambda sub, i=i: str(
+                                uuid.uuid5(
+                                    uuid.NAMESPACE_URL,
+                                    f"lepton:{sub}/{pulumi.get_project()}/{pulumi.get_stack()}/{name}/stop/{i}",
+                                )
+                            )
+                        ),
                         description=f"lepton watchdog of {name} node {i}: stop this VM's bill when idle",
                     ),
-                    opts=child(self),
+                    opts=child(self, depends_on=[self.stop_role, vm]),
                 )
             )
             private_ip = nic.ip_configurations.apply(
