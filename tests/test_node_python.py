@@ -148,3 +148,30 @@ def _gcp_args() -> object:
         allowed_ssh_cidrs=["203.0.113.0/24"],
         ssh_public_key=PUBKEY,
     )
+
+
+def test_gcp_first_boot_finds_torch_in_a_conda_environment_of_the_image(tmp_path: Path) -> None:
+    """Deep Learning VM generations kept torch in different places (/opt/conda, a conda env under
+    /opt/conda/envs, a venv under /opt): the search covers them, globs included, in that order."""
+    pytest.importorskip("torch")
+    script = tmp_path / "find-python"
+    script.write_text(gcp.FIND_PYTHON)
+    root = tmp_path / "image"
+    fake_interpreter(root / "opt" / "conda" / "bin" / "python3", torch=False)
+    env_python = fake_interpreter(root / "opt" / "conda" / "envs" / "pytorch" / "bin" / "python3", torch=True)
+    wrapper = tmp_path / "opt-lepton" / "bin" / "python"
+    env = {**os.environ, "LEPTON_PYTHON_WRAPPER": str(wrapper), "LEPTON_PYTHON_ROOT": str(root)}
+    out = subprocess.run(["/bin/sh", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"exec {env_python} " in wrapper.read_text()
+    assert f"{root}/opt/conda/bin/python3 has no torch" in out.stderr  # what it tried is in the boot log
+
+
+def test_every_image_row_says_what_was_read_where_and_when() -> None:
+    from datetime import date
+
+    from lepton_infra.components.images import IMAGES
+
+    for row in IMAGES:
+        assert date.fromisoformat(row.read_on) <= date.today(), row
+        assert row.source.startswith("https://") and row.python_source, row

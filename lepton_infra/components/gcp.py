@@ -636,29 +636,50 @@ set_host_keys = false
 """
 # The inventory's `python` on GCP (images.py): a wrapper made at first boot for the interpreter of the
 # Deep Learning VM image that imports torch. Google's image pages do not name that path, and it has
-# moved between image generations (conda in /opt/conda, later a system-wide install), so the node
-# finds it instead of us guessing; a node where none imports torch gets no wrapper, and the run's
-# preflight then names the node and the missing interpreter.
+# moved between image generations (conda in /opt/conda, then conda environments under
+# /opt/conda/envs, later a system-wide install or a venv under /opt), so the node searches the
+# places these generations used, globs included, instead of us guessing one; it logs each
+# interpreter it tried. A node where none imports torch gets no wrapper, and the run's preflight
+# then names the node and the missing interpreter. (`LEPTON_PYTHON_ROOT` prefixes every place, for
+# tests; `LEPTON_PYTHON_CANDIDATES` replaces the list.)
 PYTHON_WRAPPER = "/opt/lepton/bin/python"
 FIND_PYTHON_PATH = "/usr/local/sbin/lepton-find-python"
+PYTHON_PLACES = (
+    "/opt/conda/bin/python3",
+    "/opt/conda/envs/*/bin/python3",
+    "/opt/python/bin/python3",
+    "/opt/pytorch/bin/python3",
+    "/opt/*/venv/bin/python3",
+    "/opt/*/bin/python3",
+    "/usr/local/bin/python3",
+    "/usr/bin/python3",
+)
 FIND_PYTHON = r"""#!/bin/sh
 # lepton: point /opt/lepton/bin/python at the image's interpreter that has torch.
 wrapper="${LEPTON_PYTHON_WRAPPER:-__WRAPPER__}"
-for candidate in ${LEPTON_PYTHON_CANDIDATES:-/opt/conda/bin/python3 /opt/python/bin/python3 /usr/local/bin/python3 /usr/bin/python3}; do
-    if [ -x "$candidate" ] && "$candidate" -c 'import torch' >/dev/null 2>&1; then
+root="${LEPTON_PYTHON_ROOT:-}"
+places=""
+for place in __PLACES__; do places="$places $root$place"; done
+# Unquoted on purpose: each place's glob expands here (one that matches nothing stays as written).
+for candidate in ${LEPTON_PYTHON_CANDIDATES:-$places}; do
+    [ -x "$candidate" ] || continue
+    if "$candidate" -c 'import torch' >/dev/null 2>&1; then
         mkdir -p "$(dirname "$wrapper")"
         # A wrapper, not a symlink: a virtual environment's python finds its packages only when
         # started by its own path.
-        printf '#!/bin/sh\nexec %s "$@"\n' "$candidate" > "$wrapper.tmp"
+        printf '#!/bin/sh
+exec %s "$@"
+' "$candidate" > "$wrapper.tmp"
         chmod 0755 "$wrapper.tmp"
         mv "$wrapper.tmp" "$wrapper"
         echo "lepton: $wrapper runs $candidate"
         exit 0
     fi
+    echo "lepton: $candidate has no torch" >&2
 done
-echo "lepton: no interpreter with torch on this image; $wrapper not made" >&2
+echo "lepton: no interpreter with torch on this image (looked in:${LEPTON_PYTHON_CANDIDATES:-$places}); $wrapper not made" >&2
 exit 1
-""".replace("__WRAPPER__", PYTHON_WRAPPER)
+""".replace("__WRAPPER__", PYTHON_WRAPPER).replace("__PLACES__", " ".join(PYTHON_PLACES))
 GCP_BOOT = CloudBoot(
     files=(
         BootFile("/etc/default/instance_configs.cfg", GUEST_AGENT_CONFIG),

@@ -22,7 +22,8 @@ class NodeImage:
     python: str
     torch: str
     read_on: str  # YYYY-MM-DD
-    source: str
+    source: str  # where the image and its torch were read
+    python_source: str  # where the interpreter's path was read (or how the node makes it)
     default: bool = False
 
 
@@ -43,11 +44,15 @@ IMAGES: tuple[NodeImage, ...] = (
         torch="2.9",
         read_on="2026-12-02",
         source="https://docs.amazonaws.cn/dlami/latest/devguide/aws-deep-learning-ami-gpupt29oss-ul2404-2026-03-20.md",
+        python_source="the same release notes, `python_location: /opt/pytorch/bin/python` (read 2026-12-05)",
         default=True,
     ),
     # GCP: Deep Learning VM family (Google: deeplearning-platform-release). The family's torch is the
     # image's own; the pool makes /opt/lepton/bin/python at first boot for whichever interpreter of
-    # the image imports torch (gcp.FIND_PYTHON), since Google's pages do not name it.
+    # the image imports torch (gcp.FIND_PYTHON), since Google's pages do not name it. Pinned by
+    # version at deploy time: the pool resolves the family to its current image (`compute.getImage`,
+    # `<family>-v<YYYYMMDD>`), the instance names that image, `up` logs it, and running nodes keep it
+    # when the family moves on; `lepton:image` set to such a versioned image pins it for good.
     NodeImage(
         cloud="gcp",
         image="projects/deeplearning-platform-release/global/images/family/pytorch-2-9-cu129-ubuntu-2204-nvidia-580",
@@ -55,6 +60,7 @@ IMAGES: tuple[NodeImage, ...] = (
         torch="2.9 (the image's own)",
         read_on="2026-12-02",
         source="https://cloud.google.com/deep-learning-vm/docs/images",
+        python_source="not documented: searched at first boot in gcp.PYTHON_PLACES (logged in the boot log)",
         default=True,
     ),
     # Azure: the HPC image has the NVIDIA driver, CUDA, NCCL, MPI and InfiniBand drivers but no
@@ -66,6 +72,7 @@ IMAGES: tuple[NodeImage, ...] = (
         torch="2.9.1+cu126, installed at first boot",
         read_on="2026-12-02",
         source="https://github.com/Azure/azhpc-images",
+        python_source="made by the pool at first boot (azure.INSTALL_TORCH)",
         default=True,
     ),
 )
