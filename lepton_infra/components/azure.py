@@ -1078,6 +1078,10 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             # InfiniBand joins only VMs of one availability set (or scale set): without it each ND
             # node sits on its own IB fabric and NCCL falls back to TCP. The proximity placement
             # group keeps them in one datacenter; one fault domain keeps them on one IB network.
+            # Azure's documentation (read 2026-12-05): CycleCloud's "Availability Sets" how-to
+            # (learn.microsoft.com/azure/cyclecloud/how-to/availability-sets) uses an availability
+            # set to put VMs "in the same Infiniband group"; a scale set does the same only within
+            # one placement group (single_placement_group). Separate VMs, as here, take the set.
             self.proximity_group = compute.ProximityPlacementGroup(
                 f"{name}-ppg",
                 compute.ProximityPlacementGroupArgs(
