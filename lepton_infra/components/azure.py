@@ -248,6 +248,13 @@ def check_identity_mapping(value: Mapping[str, Any] | None) -> dict[str, str] | 
     return out
 
 
+def stack_guid(subscription: str, *parts: str) -> str:
+    """A GUID of our choosing, stable for this subscription, project, stack and `parts`: ARM names
+    role definitions and assignments by GUID, and a stable one makes a re-run reach the same one."""
+    key = "/".join((subscription, pulumi.get_project(), pulumi.get_stack(), *parts))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"lepton:{key}"))
+
+
 def azure_slug(name: str, max_len: int = 63) -> str:
     """`name` as a container/queue/computer name: lowercase letters, digits and single hyphens,
     starting and ending with a letter or digit, at least 3 characters."""
@@ -1245,12 +1252,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
                         # A stable name: a re-run after a replication-delay failure PUTs the same
                         # assignment again instead of colliding with one Azure did create.
                         role_assignment_name=subscription.apply(
-                            lambda sub, i=i: str(
-                                uuid.uuid5(
-                                    uuid.NAMESPACE_URL,
-                                    f"lepton:{sub}/{pulumi.get_project()}/{pulumi.get_stack()}/{name}/stop/{i}",
-                                )
-                            )
+                            lambda sub: stack_guid(sub, name, "stop", str(i))
                         ),
                         description=f"lepton watchdog of {name} node {i}: stop this VM's bill when idle",
                     ),
@@ -1288,13 +1290,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             )
         )
         # The definition's id is a GUID of our choosing; a stable one keeps re-runs on the same role.
-        role_id = subscription.apply(
-            lambda sub: str(
-                uuid.uuid5(
-                    uuid.NAMESPACE_URL, f"lepton:{sub}/{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
-                )
-            )
-        )
+        role_id = subscription.apply(lambda sub: stack_guid(sub, name))
         return authorization.RoleDefinition(
             f"{name}-stop-role",
             authorization.RoleDefinitionArgs(
