@@ -92,6 +92,9 @@ class Recorder(pulumi.runtime.Mocks):
     # (type, name) -> dependencies of a registration in flight (monitor calls may run on threads).
     pending_dependencies: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     pending_ignores: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # A fresh GCP project: Compute Engine calls fail with SERVICE_DISABLED until a registered
+    # `projects.Service` has turned the API on (tests set it, and reset it, around one build).
+    fresh_gcp_project: bool = False
 
     # ------------------------------------------------------------------ queries for tests
     def of(self, typ: str) -> list[Recorded]:
@@ -239,6 +242,15 @@ class Recorder(pulumi.runtime.Mocks):
             link = str(inputs.get("selfLink", ""))
             return {"selfLink": link, "name": link.rsplit("/", 1)[-1], "network": SUBNETWORK_VPC}
         if token == "gcp:compute/getImage:getImage":
+            if self.fresh_gcp_project and not any(
+                r.type == "gcp:projects/service:Service"
+                and r.inputs.get("service") == "compute.googleapis.com"
+                for r in self.resources
+            ):
+                raise ValueError(
+                    f"SERVICE_DISABLED: Compute Engine API has not been used in project {GCP_PROJECT} "
+                    "before or it is disabled"
+                )
             family = f"projects/{inputs.get('project')}/global/images/family/{inputs.get('family')}"
             if family not in IMAGE_FAMILIES:
                 # GCE answers a family that does not exist (or has no image) with a 404.

@@ -784,3 +784,15 @@ def test_a3_nodes_use_gvnic_and_other_families_keep_the_default_nic() -> None:
     assert [n["nicType"] for n in inst.inputs["networkInterfaces"]] == ["GVNIC"]
     _, rec = build(lambda: gcp.GcpGpuVmPool("t", pool_args(nodes=1)))
     assert all("nicType" not in n for i in rec.of(INSTANCE) for n in i.inputs["networkInterfaces"])
+
+
+def test_on_a_fresh_project_the_image_look_up_waits_for_the_compute_api() -> None:
+    """GCE answers `getImage` (the default family's current version) only once the Compute API is
+    on: with enable_apis the look-up waits for the pool's `projects.Service`."""
+    harness.MOCKS.fresh_gcp_project = True
+    try:
+        _, rec = build(lambda: gcp.GcpGpuVmPool("p", pool_args(nodes=1, extra={"enable_apis": True})))
+    finally:
+        harness.MOCKS.fresh_gcp_project = False
+    (inst,) = rec.of(INSTANCE)
+    assert inst.inputs["bootDisk"]["initializeParams"]["image"].endswith(harness.GCP_IMAGE_VERSION)

@@ -995,7 +995,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             for i, host_key in enumerate(self.host_keys)
         ]
         labels = gcp_labels(pool_tags(args, cluster, env)[1])
-        image, keep_image = boot_image(args.image, project, self)
+        image, keep_image = boot_image(args.image, project, self, self.apis)
 
         self.instances = []
 
@@ -1105,11 +1105,13 @@ _FAMILY_RE = re.compile(
 
 
 def boot_image(
-    image: str | None, project: str, parent: pulumi.Resource
+    image: str | None, project: str, parent: pulumi.Resource, apis: Sequence[pulumi.Resource] = ()
 ) -> tuple[pulumi.Output[str], list[str]]:
     """The exact image a new node boots, and the instances' `ignore_changes`. An image family (the
     default is one) is resolved here to its current image (`compute.get_image`), so the instance
-    names one version, which `up` logs; when the family moves on, running nodes keep theirs."""
+    names one version, which `up` logs; when the family moves on, running nodes keep theirs. The
+    look-up waits for the APIs the pool enables (`apis`): on a fresh project the Compute API
+    answers it only once it is on."""
     source = image or DEFAULT_IMAGE
     family = _FAMILY_RE.match(source)
     exact: pulumi.Input[str] = source
@@ -1117,7 +1119,7 @@ def boot_image(
         exact = compute.get_image_output(
             family=family["family"],
             project=family["project"] or project,
-            opts=pulumi.InvokeOutputOptions(parent=parent),
+            opts=pulumi.InvokeOutputOptions(parent=parent, depends_on=list(apis) or None),
         ).self_link
     return new_node_image(
         "gcp",
