@@ -42,6 +42,8 @@ from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec, steps
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
+from lepton_infra.workload.metrics import DEFAULT_EVERY_S as DEFAULT_METRICS_S
+from lepton_infra.workload.metrics import check_every
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
 from lepton_infra.workload.monitor import (
     HEARTBEAT_TIMEOUT_S,
@@ -249,12 +251,15 @@ def run_job(
     events: RunEvents | None = None,
     follow_links: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    metrics_every: float = DEFAULT_METRICS_S,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
     A symlink leaving the workload folder is a ConfigError unless `follow_links` (then what it
     points to ships); links inside the folder ship as links.
-    `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs).
+    `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs). Every node samples
+    its CPU, memory and GPUs each `metrics_every` seconds (0: off) for the live view, run.json,
+    metrics.png and TensorBoard (workload/metrics.py, workload/report.py).
 
     While the run is prepared and shipped, a preflight asks every node's python for torch and its
     GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
@@ -268,6 +273,7 @@ def run_job(
     events = events or NullEvents()
     clock = _Clock()
     store = RunStore(runs_dir)
+    metrics_every = check_every(metrics_every)
     plan = _plan(
         workload_dir,
         args,
@@ -395,6 +401,7 @@ def run_job(
             nproc_per_node=plan.nproc_per_node,
             master_port=master_port,
             env=plan.env,
+            metrics_every=metrics_every,
         )
         t = clock.lap("launch", t)
         store.save(record.observe(group, local_dir, clock.timings, status="running"))
@@ -420,7 +427,9 @@ def run_job(
         clock.lap("collect", t)
         clock.timings.update(steps.job_seconds(group))
         clock.timings["total"] = round(time.monotonic() - clock.start, 3)
-        store.save(record.observe(group, local_dir, clock.timings))
+        record.observe(group, local_dir, clock.timings)
+        _report(record, local_dir, inventory, events)
+        store.save(record)
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")
     return record.result(local_dir)
 
@@ -517,8 +526,17 @@ def _update_record(
     what a later process (`collect`, `attach`) does after talking to the nodes."""
     record = store.load(run_id) or RunRecord.start(run_id, inventory)
     record.observe(group, store.dir(run_id), {**timings, **steps.job_seconds(group)})
+    _report(record, store.dir(run_id), inventory, NullEvents())
     store.save(record)
     return record
+
+
+def _report(record: RunRecord, local_dir: Path, inventory: Inventory, events: RunEvents) -> None:
+    """Metrics summaries and cost into the record; metrics.png and TensorBoard files beside it."""
+    from lepton_infra.workload.report import finish
+
+    for what, where in finish(record, local_dir, inventory.price).items():
+        events.on_phase("collect", f"{what}: {where}")
 
 
 def collect(
