@@ -3,7 +3,6 @@ straggler flags, cost, and the TensorBoard files made from its samples."""
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import subprocess

@@ -40,6 +40,7 @@ from typing import Any
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec, steps
+from lepton_infra.workload.cost import run_cost
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.metrics import DEFAULT_EVERY_S as DEFAULT_METRICS_S
@@ -74,6 +75,7 @@ __all__ = [
     "run_job",
     "run_status",
     "run_status_of",
+    "watch_nodes",
 ]
 
 
@@ -404,6 +406,8 @@ def run_job(
             metrics_every=metrics_every,
         )
         t = clock.lap("launch", t)
+        # Price and nodes recorded now: `runs` and `status` show a running run's cost so far.
+        record.cost = run_cost(inventory.price, len(group), record.created, [], running=True)
         store.save(record.observe(group, local_dir, clock.timings, status="running"))
 
         def first_output() -> None:
@@ -496,6 +500,27 @@ def run_status(inventory: Inventory, run_id: str, *, connect_timeout: float = 10
     """Each node's state of the run, read from the nodes (one agent command per node)."""
     with _open_run(inventory, run_id, connect_timeout) as group:
         return [m.status for m in group if m.status is not None]
+
+
+def watch_nodes(
+    inventory: Inventory, run_id: str, *, every: float = 2.0, connect_timeout: float = 10.0
+) -> Iterator[list[NodeStatus]]:
+    """`lepton-infra top`: every `every` seconds, each node's state with its newest metrics sample
+    (`NodeStatus.metrics`), over connections opened once; ends after the view in which every node
+    has ended. A node that does not answer shows as unknown with the reason, and is asked again."""
+    with _open_run(inventory, run_id, connect_timeout) as group:
+        while True:
+            answers = group.run(lambda m: agent(m.conn, run_id, "status"))
+            rows = [
+                NodeStatus.from_agent(m.name, answers.succeeded[m.name])
+                if m.name in answers.succeeded
+                else NodeStatus(m.name, "unknown", detail=f"no answer: {answers.failed[m.name]}")
+                for m in group
+            ]
+            yield rows
+            if all(r.terminal or r.detail == NO_SUCH_RUN for r in rows):
+                return
+            time.sleep(every)
 
 
 def cancel(
