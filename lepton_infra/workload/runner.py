@@ -561,7 +561,8 @@ def _report(record: RunRecord, local_dir: Path, inventory: Inventory, events: Ru
     from lepton_infra.workload.report import finish
 
     for what, where in finish(record, local_dir, inventory.price).items():
-        events.on_phase("collect", f"{what}: {where}")
+        if where.startswith("not written"):  # written ones are listed with the results
+            events.on_phase("collect", f"{what}: {where}")
 
 
 def collect(
