@@ -40,7 +40,9 @@ def replay(run_dir: Path, share: float) -> Console:
     end = max(s[-1]["t"] for s in samples.values() if s)
     start = min(s[0]["t"] for s in samples.values() if s)
     moment = start + share * (end - start)
-    console = Console(record=True, width=WIDTH, force_terminal=True, color_system="truecolor", file=io.StringIO())
+    console = Console(
+        record=True, width=WIDTH, force_terminal=False, color_system="truecolor", file=io.StringIO()
+    )
     c = record.get("cost") or {}
     price = Price(usd_per_node_hour=c["usd_per_node_hour"], market=c["market"]) if c else None
     view = LiveView(console, price=price, nodes=len(nodes))
@@ -95,7 +97,7 @@ def draw(console: Console, out: Path, last: int) -> None:
         for text, style in parts:
             colour = "#d4d4d4"
             if style is not None and style.color is not None and not style.color.is_default:
-                colour = "#%02x%02x%02x" % style.color.get_truecolor()
+                colour = "#{:02x}{:02x}{:02x}".format(*style.color.get_truecolor())
             fig.text(
                 (0.2 + col * char_w) / fig_w,
                 1 - (0.2 + (row + 1) * line_h) / fig_h,
@@ -104,6 +106,7 @@ def draw(console: Console, out: Path, last: int) -> None:
                 family="DejaVu Sans Mono",
                 size=size,
                 weight="bold" if style is not None and style.bold else "normal",
+                parse_math=False,  # a "$" of the cost is text
             )
             col += len(text)
     fig.savefig(out, dpi=110, facecolor=fig.get_facecolor())

@@ -97,6 +97,22 @@ def test_a_node_whose_gpu_use_or_step_rate_lags_the_others_is_flagged() -> None:
     assert metrics.stragglers({"a": {"t": 1, "cpu_pct": 90}, "b": {"t": 1, "cpu_pct": 1}}) == {}
 
 
+def test_the_board_shows_one_line_per_node_flags_the_straggler_and_the_cost() -> None:
+    from lepton_infra.node_view import NodeBoard, node_line
+
+    board = NodeBoard(Price(usd_per_node_hour=3.6, market="on-demand"), nodes=3)
+    board.started -= 100  # 100 s into the run: 3 nodes x $3.60/h x 100 s = $0.30
+    for node, util in (("node-0", 95), ("node-1", 97), ("node-2", 30)):
+        board.sample(
+            node, {**gpu_sample(util), "cpu_pct": 50.0, "cores": 8, "mem_used": 2 << 30, "mem_total": 8 << 30}
+        )
+    text = board.render().plain.splitlines()
+    assert text[0] == "  node-0 | GPU  95%  0.0/0.0 GiB | CPU  50% of 8 | RAM  2.0/8.0 GiB"
+    assert "STRAGGLER: GPU use 30" in text[2] and "STRAGGLER" not in text[0] + text[1]
+    assert text[3].startswith("cost so far $0.30") and "(on-demand), 3 node(s) x $3.60/h" in text[3]
+    assert node_line("cpu-node", {"t": 1, "cpu_pct": 12.0, "cores": 2}) == "cpu-node | GPU - | CPU  12% of 2"
+
+
 @pytest.mark.parametrize("bad", [-1, 0.1, 7200, float("nan"), True])
 def test_a_bad_sampling_interval_is_refused_naming_the_option(bad: float) -> None:
     with pytest.raises(ConfigError, match=r"--metrics-every.*0 \(off\) or 0.2 to 3600"):
@@ -203,6 +219,16 @@ def test_event_files_are_tfrecords_of_events_with_scalar_summaries(tmp_path: Pat
     assert scalar[1] == 1700000000.5 and scalar[2] == 7
     (value,) = [v for n, _, v in _fields(scalar[5]) if n == 1]
     assert dict((n, v) for n, _, v in _fields(value)) == {1: b"node/cpu_pct", 2: 42.5}
+
+
+def test_writing_the_tensorboard_files_again_replaces_them(tmp_path: Path) -> None:
+    from lepton_infra.workload.report import write_tensorboard
+
+    samples = {"node-0": [{"t": 1.0, "cpu_pct": 5.0}]}
+    write_tensorboard(tmp_path, samples, {})
+    time.sleep(1.1)  # a new file name (it carries the second)
+    write_tensorboard(tmp_path, samples, {})
+    assert len(list((tmp_path / "node-0").glob("events.out.tfevents.*"))) == 1
 
 
 def test_crc32c_matches_an_independent_implementation() -> None:

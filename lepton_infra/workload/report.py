@@ -61,7 +61,7 @@ def data_label(record: RunRecord, local_dir: Path) -> str:
         kind = args[args.index("--data") + 1]
     if kind is None:
         return "data not stated"
-    return "SYNTHETIC data (not a real data set)" if kind == "synthetic" else f"data: {kind}"
+    return "SYNTHETIC data, not a real data set" if kind == "synthetic" else f"data: {kind}"
 
 
 def finish(record: RunRecord, local_dir: Path, price: Price | None) -> dict[str, str]:
@@ -99,9 +99,13 @@ def finish(record: RunRecord, local_dir: Path, price: Price | None) -> dict[str,
 def write_tensorboard(
     root: Path, samples: dict[str, list[dict[str, Any]]], progress: dict[str, list[dict[str, Any]]]
 ) -> Path:
-    """One TensorBoard run per node (`tensorboard/<node>/`): its node metrics (step = sample number,
+    """One TensorBoard run per node (`tensorboard/<node>/`, replacing what an earlier call wrote
+    there): its node metrics (step = sample number,
     wall time = the sample's) and the job's own numeric progress values (step = global step)."""
     for node in sorted(set(samples) | set(progress)):
+        # Rewritten whole from the collected files each time (a later `collect`): never twice.
+        for old in (root / node).glob("events.out.tfevents.*"):
+            old.unlink()
         writer = EventWriter(root / node)
         for i, s in enumerate(samples.get(node, [])):
             values = {f"node/{k}": float(s[k]) for k in ("cpu_pct", "net_rx_bps", "net_tx_bps") if k in s}
