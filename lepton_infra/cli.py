@@ -456,12 +456,17 @@ def runs(
             str(len(r.nodes)),
             r.created or "-",
             f"{r.cluster} ({r.cloud})",
-            cost.money(costs[r.run_id])
-            + ("" if not costs[r.run_id] or costs[r.run_id].get("final") else " so far"),
+            _cost_cell(costs[r.run_id]),
         )
     console.print(table)
     shown = f"total cost of {len(records)} run(s): ${total:,.4f}"
     console.print(shown + (f" ({unpriced} without a price in their inventory)" if unpriced else ""))
+
+
+def _cost_cell(cost: dict[str, Any] | None) -> str:
+    from lepton_infra.workload.cost import money
+
+    return money(cost) + ("" if cost is None or cost.get("final") else " so far")
 
 
 @app.command()

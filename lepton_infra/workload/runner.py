@@ -31,7 +31,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,7 +504,7 @@ def run_status(inventory: Inventory, run_id: str, *, connect_timeout: float = 10
 
 def watch_nodes(
     inventory: Inventory, run_id: str, *, every: float = 2.0, connect_timeout: float = 10.0
-) -> Iterator[list[NodeStatus]]:
+) -> Generator[list[NodeStatus], None, None]:
     """`lepton-infra top`: every `every` seconds, each node's state with its newest metrics sample
     (`NodeStatus.metrics`), over connections opened once; ends after the view in which every node
     has ended. A node that does not answer shows as unknown with the reason, and is asked again."""

@@ -203,8 +203,9 @@ def launch(
                 "prefix": results_prefix(run_id, m.name),
                 "source": UPLOADER_SOURCE,
             }
-        if metrics.spec_entry(metrics_every):
-            spec["metrics"] = metrics.spec_entry(metrics_every)  # the node sampler (node/metrics.py)
+        sampler = metrics.spec_entry(metrics_every)
+        if sampler is not None:
+            spec["metrics"] = sampler  # the node sampler (node/metrics.py)
         answer = agent(m.conn, run_id, "launch", stdin=json.dumps(spec).encode())
         m.status = NodeStatus.from_agent(m.name, answer)
         return m.status

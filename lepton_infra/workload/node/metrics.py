@@ -101,7 +101,8 @@ class Gpus:
             self.nvml, self.handles = None, []
 
     def sample(self) -> list[dict[str, Any]]:
-        nv, out = self.nvml, []
+        nv = self.nvml
+        out: list[dict[str, Any]] = []
         if nv is None:
             return out
         for index, handle in enumerate(self.handles):
