@@ -244,8 +244,9 @@ def supervise(run_dir: str) -> int:
                 except OSError:
                     pass  # a missed heartbeat is survivable; a dead supervisor is not
                 snapshots.tick()
+        if sampler is not None:
+            sampler.terminate()  # no wait here: the job's end is recorded first, then it is reaped
         snapshots.stop()
-        stop_sampler(sampler)
     # The job is over; nothing of it may outlive it (torchrun's workers run in their own sessions).
     _kill_leftovers(run_dir, proc.pid)
     cancelled = os.path.exists(_path(run_dir, "cancel"))
@@ -263,6 +264,7 @@ def supervise(run_dir: str) -> int:
         # Before the end is recorded: a node powered off once it looks idle has its results stored.
         state["results"] = upload_results(run_dir, spec["results"], state)
     write_state(run_dir, state)
+    stop_sampler(sampler)
     return 0
 
 
