@@ -113,6 +113,34 @@ def test_the_board_shows_one_line_per_node_flags_the_straggler_and_the_cost() ->
     assert node_line("cpu-node", {"t": 1, "cpu_pct": 12.0, "cores": 2}) == "cpu-node | GPU - | CPU  12% of 2"
 
 
+def test_on_a_terminal_the_node_lines_live_under_the_bar_and_stay_after_the_run() -> None:
+    import io
+
+    from rich.console import Console
+
+    from lepton_infra.display import LiveView
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    view = LiveView(console, price=Price(usd_per_node_hour=0.0, market="local"), nodes=2)
+    try:
+        view.on_metrics(
+            "node-0", {"t": 1, "cpu_pct": 40.0, "cores": 2, "mem_used": 1 << 30, "mem_total": 4 << 30}
+        )
+        assert view.progress.live.is_started  # the in-place region runs before any progress line
+        view.on_progress("node-0", {"epoch": 1, "epochs": 1, "step": 5, "steps": 10, "loss": 0.5})
+        view.on_metrics(
+            "node-0", {"t": 2, "cpu_pct": 55.0, "cores": 2, "mem_used": 1 << 30, "mem_total": 4 << 30}
+        )
+        view.progress.refresh()
+        live = out.getvalue()
+        assert "training" in live and "node-0 | GPU - | CPU  55% of 2 | RAM  1.0/4.0 GiB" in live
+    finally:
+        view.close()
+    # After the run the last figures stay printed (the live region itself is transient).
+    assert out.getvalue().rstrip().endswith("cost so far $0.0000 (local), 2 node(s) x $0.00/h")
+
+
 @pytest.mark.parametrize("bad", [-1, 0.1, 7200, float("nan"), True])
 def test_a_bad_sampling_interval_is_refused_naming_the_option(bad: float) -> None:
     with pytest.raises(ConfigError, match=r"--metrics-every.*0 \(off\) or 0.2 to 3600"):
