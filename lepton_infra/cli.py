@@ -235,9 +235,10 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def _live(quiet: bool) -> Iterator[LiveView]:
+def _live(quiet: bool, inventory: Inventory | None = None) -> Iterator[LiveView]:
     # --json: stdout is the JSON alone; the progress bar (if any) goes to stderr.
-    events = LiveView(err_console if quiet else console, quiet=quiet)
+    price, nodes = (inventory.price, len(inventory.nodes)) if inventory is not None else (None, 0)
+    events = LiveView(err_console if quiet else console, quiet=quiet, price=price, nodes=nodes)
     try:
         yield events
     finally:
@@ -255,8 +256,18 @@ def _render_result(result: RunResult, as_json: bool) -> None:
         else:
             print(record.model_dump_json(indent=2))
         return
-    table = Table(title=f"run {result.run_id}: {result.status}")
-    for column in ("node", "state", "exit", "shipped", "collected", "results"):
+    from lepton_infra.workload.cost import money
+    from lepton_infra.workload.record import RunStore
+    from lepton_infra.workload.report import PLOT, data_label
+
+    record = RunStore(Path(result.run_dir).parent).load(result.run_id)
+    summaries = {n.name: n.metrics for n in record.nodes} if record else {}
+    title = f"run {result.run_id}: {result.status}"
+    if record is not None:
+        title += f" ({data_label(record, Path(result.run_dir))})"
+    table = Table(title=title)
+    columns = ("node", "state", "exit", "shipped", "collected", "CPU mean/peak", "GPU mean/peak", "RAM peak")
+    for column in (*columns, "results"):
         table.add_column(column)
     for n in result.nodes:
         colour = "green" if n.state == "succeeded" else "red"
@@ -266,10 +277,34 @@ def _render_result(result: RunResult, as_json: bool) -> None:
             "-" if n.exit_code is None else str(n.exit_code),
             filesize.decimal(n.bytes_shipped),
             filesize.decimal(n.bytes_collected),
+            *_metrics_cells(summaries.get(n.name)),
             str(n.output_dir) if n.output_dir else "-",
         )
     console.print(table)
-    console.print(f"results: {result.run_dir}/  (run.json has per-node status, timings, bytes moved)")
+    if record is not None and record.cost is not None:
+        console.print(
+            f"cost: {money(record.cost)}, {record.cost['nodes']} node(s) for {record.cost['hours'] * 60:.1f} min"
+        )
+    if (Path(result.run_dir) / PLOT).exists():
+        console.print(
+            f"node metrics over time: {Path(result.run_dir) / PLOT}; tensorboard --logdir {result.run_dir}"
+        )
+    console.print(
+        f"results: {result.run_dir}/  (run.json has per-node status, metrics, cost, timings, bytes moved)"
+    )
+
+
+def _metrics_cells(summary: dict[str, Any] | None) -> tuple[str, str, str]:
+    """CPU and GPU use (mean/peak %) and peak RAM of one node, from run.json's summary."""
+    if not summary:
+        return "-", "-", "-"
+
+    def pct(key: str) -> str:
+        figure = summary.get(key)
+        return f"{figure['mean']:.0f}/{figure['peak']:.0f}%" if isinstance(figure, dict) else "-"
+
+    ram = summary.get("mem_used")
+    return pct("cpu_pct"), pct("gpu_util_pct"), filesize.decimal(int(ram["peak"])) if ram else "-"
 
 
 def _finish(result: RunResult, as_json: bool) -> None:
@@ -338,6 +373,12 @@ def run(
             help="Ship what symlinks leaving the workload folder point to (default: refuse them).",
         ),
     ] = False,
+    metrics_every: Annotated[
+        float,
+        typer.Option(
+            "--metrics-every", help="Seconds between node metrics samples (CPU, RAM, GPUs); 0 turns them off."
+        ),
+    ] = 5.0,
 ) -> None:
     """Ship WORKLOAD_DIR to every node, run it with torchrun, stream logs, collect results."""
     if nproc_per_node is not None and nproc_per_node < 1:
@@ -347,7 +388,7 @@ def run(
     inv = _load_inventory(inventory)
     from lepton_infra.workload import run_job
 
-    with _live(quiet=as_json) as events:
+    with _live(quiet=as_json, inventory=inv) as events:
         result = run_job(
             inv,
             workload_dir,
@@ -359,16 +400,31 @@ def run(
             events=events,
             follow_links=follow_links,
             heartbeat_timeout=heartbeat_timeout,
+            metrics_every=metrics_every,
         )
     _finish(result, as_json)
 
 
 @app.command()
-def runs(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False) -> None:
+def runs(
+    runs_dir: RunsDirOpt = Path("runs"),
+    as_json: JsonOpt = False,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only runs started in the last 30m, 12h, 7d, 2w...; sums their cost."),
+    ] = None,
+) -> None:
     """List the runs in RUNS_DIR, newest first (as this machine last saw them; `status` asks the nodes)."""
+    from lepton_infra.workload import cost
     from lepton_infra.workload.record import RunStore
 
     records = RunStore(runs_dir).records()
+    if since is not None:
+        after = cost.parse_since(since)
+        records = [r for r in records if cost.created_after(r.created, after)]
+    costs = {r.run_id: cost.so_far(r.cost, r.created) for r in records}
+    total = round(sum(c["usd"] for c in costs.values() if c), 4)
+    unpriced = sum(1 for c in costs.values() if not c)
     if as_json:
         rows = [
             {
@@ -379,16 +435,18 @@ def runs(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False) -> None:
                 "cluster": r.cluster,
                 "cloud": r.cloud,
                 "run_dir": str(Path(runs_dir) / r.run_id),
+                "cost": costs[r.run_id],
             }
             for r in records
         ]
-        print(json.dumps({"runs_dir": str(runs_dir), "runs": rows}, indent=2))
+        out = {"runs_dir": str(runs_dir), "since": since, "runs": rows}
+        print(json.dumps(out | {"total_usd": total, "runs_without_price": unpriced}, indent=2))
         return
     if not records:
-        console.print(f"no runs in {runs_dir}/")
+        console.print(f"no runs in {runs_dir}/" + (f" since {since}" if since else ""))
         return
-    table = Table(title=f"runs in {runs_dir}/")
-    for column in ("run id", "status", "nodes", "started", "where"):
+    table = Table(title=f"runs in {runs_dir}/" + (f" started in the last {since}" if since else ""))
+    for column in ("run id", "status", "nodes", "started", "where", "cost"):
         table.add_column(column)
     for r in records:
         colour = {"succeeded": "green", "running": "yellow"}.get(r.status, "red")
@@ -398,8 +456,17 @@ def runs(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False) -> None:
             str(len(r.nodes)),
             r.created or "-",
             f"{r.cluster} ({r.cloud})",
+            _cost_cell(costs[r.run_id]),
         )
     console.print(table)
+    shown = f"total cost of {len(records)} run(s): ${total:,.4f}"
+    console.print(shown + (f" ({unpriced} without a price in their inventory)" if unpriced else ""))
+
+
+def _cost_cell(cost: dict[str, Any] | None) -> str:
+    from lepton_infra.workload.cost import money
+
+    return money(cost) + ("" if cost is None or cost.get("final") else " so far")
 
 
 @app.command()
@@ -417,7 +484,7 @@ def attach(
     _positive("--connect-timeout", connect_timeout)
     run_id = _run_or_latest(run_id, runs_dir)
     inv = _load_inventory(inventory)
-    with _live(quiet=as_json) as events:
+    with _live(quiet=as_json, inventory=inv) as events:
         result = attach_run(
             inv,
             run_id,
@@ -442,7 +509,86 @@ def status(
 
     run_id = _run_or_latest(run_id, runs_dir)
     rows = run_status(_load_inventory(inventory), run_id, connect_timeout=connect_timeout)
-    _render_node_statuses(run_id, rows, as_json)
+    _render_node_statuses(run_id, rows, as_json, cost=_recorded_cost(run_id, runs_dir))
+
+
+def _recorded_cost(run_id: str, runs_dir: Path) -> dict[str, Any] | None:
+    """The run's cost from its run.json (brought up to now while it runs); None without one."""
+    from lepton_infra.workload.cost import so_far
+    from lepton_infra.workload.record import RunStore
+
+    record = RunStore(runs_dir).load(run_id)
+    return so_far(record.cost, record.created) if record is not None else None
+
+
+@app.command()
+def top(
+    run_id: RunIdArg = None,
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+    runs_dir: RunsDirOpt = Path("runs"),
+    every: Annotated[float, typer.Option("--every", help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Show one view and return.")] = False,
+    connect_timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a run's nodes are doing: GPU, CPU, memory per node (stragglers flagged) and the cost so
+    far, updating in place until the run ends (Ctrl-C leaves it; the run goes on)."""
+    from rich.console import Group
+    from rich.live import Live
+
+    from lepton_infra.node_view import NodeBoard
+    from lepton_infra.workload.cost import run_cost
+    from lepton_infra.workload.runner import watch_nodes
+
+    _positive("--every", every)
+    run_id = _run_or_latest(run_id, runs_dir)
+    inv = _load_inventory(inventory)
+    board = NodeBoard()  # the cost goes in the heading: from the run's start, not top's
+
+    def cost_of(rows: list[NodeStatus]) -> dict[str, Any] | None:
+        """run.json's cost when this machine started the run, else the inventory's price from the
+        first node's start."""
+        recorded = _recorded_cost(run_id, runs_dir)
+        if recorded is not None:
+            return recorded
+        started = min((r.started for r in rows if r.started), default=None)
+        running = not all(r.terminal for r in rows)
+        return run_cost(inv.price, len(rows), started, [r.ended for r in rows], running=running)
+
+    def view(rows: list[NodeStatus]) -> Group:
+        for r in rows:
+            if r.metrics:
+                board.sample(r.node, r.metrics)
+        cost = cost_of(rows)
+        states = ", ".join(f"{r.node} {r.state}" for r in rows)
+        head = plain(f"run {run_id}: {states}" + (f"; cost so far {_money(cost)}" if cost else ""), "bold")
+        body = board.render() if board.latest else plain("no metrics sample yet", "dim")
+        return Group(head, body)
+
+    stream = watch_nodes(inv, run_id, every=every, connect_timeout=connect_timeout)
+    if as_json or once:
+        rows = next(stream)
+        stream.close()
+        if as_json:
+            nodes = [_as_dict(r) for r in rows]
+            print(
+                json.dumps({"run_id": run_id, "nodes": nodes, "cost": cost_of(rows)}, indent=2, default=str)
+            )
+        else:
+            console.print(view(rows))
+        return
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            for rows in stream:
+                live.update(view(rows), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def _money(cost: dict[str, Any] | None) -> str:
+    from lepton_infra.workload.cost import money
+
+    return money(cost)
 
 
 @app.command()
@@ -462,23 +608,37 @@ def cancel(
     _render_node_statuses(run_id, rows, as_json)
 
 
-def _render_node_statuses(run_id: str, rows: list[NodeStatus], as_json: bool) -> None:
+def _render_node_statuses(
+    run_id: str, rows: list[NodeStatus], as_json: bool, cost: dict[str, Any] | None = None
+) -> None:
     """`status` and `cancel`: the run's status and its nodes, in run.json's shape (`run_id`,
-    `status`, `nodes[].name`, `nodes[].state`, `nodes[].exit_code`, ...)."""
+    `status`, `nodes[].name`, `nodes[].state`, `nodes[].exit_code`, ..., `nodes[].metrics`: the
+    newest metrics sample while it runs), plus `cost` when run.json has one."""
+    from lepton_infra.node_view import node_line
+    from lepton_infra.workload.cost import money
     from lepton_infra.workload.record import run_status_of
 
     nodes = [{"name": r.node, **{k: v for k, v in _as_dict(r).items() if k != "node"}} for r in rows]
     overall = run_status_of([r.state for r in rows])
     if as_json:
-        print(json.dumps({"run_id": run_id, "status": overall, "nodes": nodes}, indent=2, default=str))
+        out = {"run_id": run_id, "status": overall, "nodes": nodes, "cost": cost}
+        print(json.dumps(out, indent=2, default=str))
         return
     table = Table(title=f"run {run_id}: {overall}")
     columns = ("name", "state", "exit_code", "pid", "started", "ended", "heartbeat")
     for column in columns:
         table.add_column("node" if column == "name" else column)
-    for d in nodes:
-        table.add_row(*("-" if d.get(c) is None else str(d.get(c)) for c in columns))
+    sampled = any(r.metrics for r in rows)
+    if sampled:
+        table.add_column("latest sample")
+    for d, r in zip(nodes, rows, strict=True):
+        cells = ["-" if d.get(c) is None else str(d.get(c)) for c in columns]
+        if sampled:
+            cells.append(node_line("", r.metrics, 0).removeprefix(" | ") if r.metrics else "-")
+        table.add_row(*cells)
     console.print(table)
+    if cost is not None:
+        console.print(f"cost{'' if cost.get('final') else ' so far'}: {money(cost)}")
 
 
 @app.command()
@@ -590,7 +750,10 @@ def demo(
         local.down(state_dir)  # a previous demo that was interrupted
     inv = local.up(nodes, state_dir)
     try:
-        console.print(f"2. training CIFAR-10 LeNet ({workload}) across {nodes} node(s), {epochs} epoch(s)")
+        console.print(
+            f"2. training the CIFAR-10 LeNet ({workload}) across {nodes} node(s), {epochs} epoch(s), on "
+            "SYNTHETIC CIFAR-shaped data (no download here; its accuracy says nothing about CIFAR-10)"
+        )
         args = [
             "--data",
             "synthetic",
@@ -601,7 +764,7 @@ def demo(
             "--log-every",
             "200",
         ]
-        with _live(quiet=False) as events:
+        with _live(quiet=False, inventory=inv) as events:
             result = run_job(inv, workload, args, runs_dir=runs_dir, events=events)
         _render_result(result, as_json=False)
     finally:
@@ -625,7 +788,15 @@ def _render_metrics(run_dir: Path) -> None:
         console.print(styled(f"no metrics.json collected under {run_dir}", "yellow"))
         return
     metrics = json.loads(metrics_files[0].read_text())
-    table = Table(title="CIFAR-10 LeNet, synthetic data")
+    data = metrics.get("data") if isinstance(metrics.get("data"), dict) else {}
+    trained_on = (
+        f"SYNTHETIC CIFAR-shaped data (not CIFAR-10, seed {data.get('seed')})"
+        if data.get("kind") == "synthetic"
+        else "real CIFAR-10"
+        if data.get("kind") == "cifar10"
+        else "data not stated"
+    )
+    table = Table(title=f"CIFAR-10 LeNet on {trained_on}")
     for column in ("epoch", "train loss", "test accuracy", "samples/s", "wall time"):
         table.add_column(column, justify="right")
     for e in metrics.get("epochs", []):
@@ -642,6 +813,8 @@ def _render_metrics(run_dir: Path) -> None:
     for name in ("metrics.json", "model.pt", "loss_curve.png"):
         if (folder / name).exists():
             console.print(f"  {folder / name}")
+    if (run_dir / "metrics.png").exists():
+        console.print(f"  {run_dir / 'metrics.png'}  (GPU/CPU use and memory per node beside the loss)")
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:

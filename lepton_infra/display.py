@@ -66,11 +66,18 @@ class LiveView:
     COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
     FLUSH_S = 0.1
     MAX_LINES_PER_S = 200
+    BOARD_PRINT_S = 30.0
 
-    def __init__(self, console: Console, *, quiet: bool = False) -> None:
+    def __init__(self, console: Console, *, quiet: bool = False, price: Any = None, nodes: int = 0) -> None:
+        from lepton_infra.node_view import BoardProgress, NodeBoard  # it draws with this module's clean()
+
         self.console = console
         self.quiet = quiet
-        self.progress = Progress(
+        # One line per node (GPU, CPU, RAM, straggler flag) and the cost so far, under the bar.
+        self.board = NodeBoard(price, nodes)
+        self._board_printed = time.monotonic()
+        self.progress: Progress = BoardProgress(
+            self.board,
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             TaskProgressColumn(),
@@ -114,6 +121,7 @@ class LiveView:
             return
         total = epochs * steps
         done = (int(epoch) - 1) * steps + int(step or 0)
+        self.board.progress(node, progress)
         loss = progress.get("loss")
         detail = f"epoch {epoch}/{epochs}" + (f" loss {loss:.3f}" if isinstance(loss, int | float) else "")
         with self._lock:
@@ -121,6 +129,22 @@ class LiveView:
                 self.progress.start()
                 self._task = self.progress.add_task("training", total=total, detail=detail)
             self.progress.update(self._task, completed=min(max(done, 0), total), total=total, detail=detail)
+
+    def on_metrics(self, node: str, sample: dict[str, Any]) -> None:
+        """Node lines update in place on a terminal; piped output (CI logs) gets them as a block
+        every BOARD_PRINT_S, and once more at the end."""
+        with self._lock:
+            self.board.sample(node, sample)
+            if self.console.is_terminal and not self.progress.live.is_started:
+                self.progress.start()  # the bar's task joins when the job reports progress
+        if not self.console.is_terminal and time.monotonic() - self._board_printed >= self.BOARD_PRINT_S:
+            self._print_board()
+
+    def _print_board(self) -> None:
+        self._board_printed = time.monotonic()
+        if not self.quiet and self.board.latest:
+            self.flush()
+            self.console.print(self.board.render(), soft_wrap=True)
 
     def on_node_done(self, node: str, status: Any) -> None:
         self.flush()
@@ -138,6 +162,7 @@ class LiveView:
         self._flusher.join(timeout=2)
         self.flush(final=True)
         self.progress.stop()
+        self._print_board()  # the last figures of every node stay on screen
 
     # ------------------------------------------------------------ batching
     def _flush_loop(self) -> None:

@@ -101,6 +101,17 @@ class Jump(_Strict):
         return check_host_key(value, "jump")
 
 
+class Price(_Strict):
+    """What one node costs an hour, as the stack computed it from the catalog (spot or on-demand
+    as the pool was asked for): `runs`, `status` and the live view multiply it by nodes and time.
+    The local pool's nodes cost 0."""
+
+    usd_per_node_hour: float = Field(ge=0, le=10_000, allow_inf_nan=False)
+    market: Literal["on-demand", "spot", "local"]
+    instance_type: str | None = None
+    read_on: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")  # the catalog's price date
+
+
 class Inventory(_Strict):
     version: Literal[1]
     cluster: str = Field(min_length=1)
@@ -112,6 +123,7 @@ class Inventory(_Strict):
     store: str | None = None
     queue: str | None = None
     jump: Jump | None = None
+    price: Price | None = None  # None: cost unknown (shown as "-"), never guessed as 0
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> Inventory:

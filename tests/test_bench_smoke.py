@@ -23,6 +23,7 @@ SCRIPTS = {
     "logs.py": (["--nodes", "2", "--lines", "200"], 0),
     "launch.py": (["--nodes", "2", "--repeat", "1", "--warmup", "0"], 4),
     "store.py": (["--mb", "1", "--repeat", "1"], 6),  # against the S3, GCS and Azure emulators
+    "sampler.py": (["--seconds", "1", "--every", "0.5", "--warmup", "0.5", "--fake-nvml"], 0),  # no pool
 }
 RATIO = re.compile(r"^ratio (\S+) (.+?) = (\d+\.\d+)x \(lower is better\)$", re.M)
 SKIPPED = re.compile(r"^ratio (\S+) (.+?) = n/a \(skipped: (.+)\)$", re.M)

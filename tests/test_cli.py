@@ -127,3 +127,37 @@ def test_runs_lists_nothing_and_latest_run_commands_say_where_they_looked(tmp_pa
         )
         assert result.returncode == 2, (command, result.stderr)
         assert f"no runs in {tmp_path / 'runs'}/" in result.stderr
+
+
+def test_runs_since_keeps_recent_runs_and_sums_their_cost(tmp_path: Path) -> None:
+    import datetime as dt
+
+    def record(run_id: str, days_ago: float, cost: dict | None, status: str = "succeeded") -> None:
+        created = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)).isoformat(timespec="seconds")
+        doc = {
+            "run_id": run_id,
+            "cluster": "c",
+            "cloud": "aws",
+            "status": status,
+            "created": created,
+            "cost": cost,
+        }
+        (tmp_path / "runs" / run_id).mkdir(parents=True)
+        (tmp_path / "runs" / run_id / "run.json").write_text(json.dumps(doc))
+
+    spot = {"usd_per_node_hour": 1.0, "market": "spot", "nodes": 2, "final": True}
+    record("old", 10, {**spot, "usd": 100.0, "hours": 50.0})
+    record("done", 2, {**spot, "usd": 1.5, "hours": 0.75})
+    record("unpriced", 1, None)
+    # Running for an hour on 2 nodes at $1/h: about $2 so far, whatever was recorded at launch.
+    record("live", 1 / 24, {**spot, "usd": 0.0, "hours": 0.0, "final": False}, status="running")
+    out = lepton("runs", "--since", "7d", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shape = json.loads(out.stdout)
+    assert sorted(r["run_id"] for r in shape["runs"]) == ["done", "live", "unpriced"]
+    assert shape["total_usd"] == pytest.approx(3.5, abs=0.01) and shape["runs_without_price"] == 1
+    table = lepton("runs", "--since", "7d", cwd=tmp_path)
+    assert "$1.50 (spot)" in table.stdout and "so far" in table.stdout
+    assert "total cost of 3 run(s): $3.50" in table.stdout and "(1 without a price" in table.stdout
+    bad = lepton("runs", "--since", "lately", cwd=tmp_path)
+    assert bad.returncode == 2 and "--since 'lately' is not a duration" in bad.stderr

@@ -259,6 +259,10 @@ def test_hourly_cost_is_the_catalog_price_times_the_nodes(spot: bool) -> None:
     )
     price = lookup("aws", "T4", 1, "us-east-1").hourly_usd(spot)
     assert price is not None and out["cost"] == pytest.approx(price * 3)
+    # The inventory carries the same price per node, and the market, for the runs' cost.
+    carried = Inventory.from_json(out["inventory"]).price
+    assert carried is not None and carried.usd_per_node_hour == pytest.approx(price)
+    assert carried.market == ("spot" if spot else "on-demand") and carried.instance_type == "g4dn.xlarge"
 
 
 def test_every_resource_is_tagged_with_the_cluster_and_the_stack_as_env() -> None:

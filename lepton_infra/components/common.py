@@ -141,6 +141,21 @@ class PoolNode:
     host_key: pulumi.Input[str]
 
 
+def price_doc(entry: Any, spot: bool) -> dict[str, Any] | None:
+    """The inventory's `price` (lepton_infra.inventory.Price) from the pool's catalog entry: the
+    hourly price of one node on the market the pool uses. None when the catalog has no price
+    for it (the run's cost is then shown as unknown, never as 0)."""
+    usd = entry.hourly_usd(spot)
+    if usd is None:
+        return None
+    return {
+        "usd_per_node_hour": usd,
+        "market": "spot" if spot else "on-demand",
+        "instance_type": entry.instance_type,
+        "read_on": entry.price_read_on.isoformat(),
+    }
+
+
 def inventory_json(
     *,
     cluster: str,
@@ -153,6 +168,7 @@ def inventory_json(
     queue_url: pulumi.Input[str] | None = None,
     python: str = "python3",
     jump: Mapping[str, Any] | None = None,
+    price: Mapping[str, Any] | None = None,
 ) -> pulumi.Output[str]:
     """The inventory (version 1: `lepton_infra.inventory`, README "The inventory format") as JSON,
     resolved from the pool's outputs. It holds no key material (host keys are public); a generated
@@ -185,6 +201,8 @@ def inventory_json(
         }
         if jump is not None:
             doc["jump"] = dict(jump)
+        if price is not None:
+            doc["price"] = dict(price)  # lepton_infra.inventory.Price: what the run's cost is made of
         return json.dumps(doc, indent=2)
 
     flat: list[Any] = [store_url, queue_url]

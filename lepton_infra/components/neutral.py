@@ -19,7 +19,7 @@ import pulumi_tls as tls
 
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
-from lepton_infra.components.common import PoolNode, child, inventory_json, unwrap
+from lepton_infra.components.common import PoolNode, child, inventory_json, price_doc, unwrap
 from lepton_infra.components.images import python_for
 from lepton_infra.components.pool import pool_outputs
 
@@ -168,6 +168,7 @@ class TrainingCluster(pulumi.ComponentResource):
             queue_url=self.queue_url,
             python=python_for(args.cloud, args.image, args.python),
             jump=args.jump,
+            price=price_doc(entry, args.spot),
         )
         outputs: dict[str, Any] = {
             "inventory": self.inventory,

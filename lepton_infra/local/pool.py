@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from lepton_infra.errors import ConfigError, NodeError
-from lepton_infra.inventory import Inventory, Jump, Node
+from lepton_infra.inventory import Inventory, Jump, Node, Price
 from lepton_infra.local import netns, procs
 from lepton_infra.local.keys import read_public_line, write_ed25519_key
 from lepton_infra.local.sshd_config import NodeConfig, account_locked, check_config_path, find_sshd, render
@@ -577,6 +577,7 @@ def up(
             jump=jump,
             store=store_url,
             queue=queue_url,
+            price=Price(usd_per_node_hour=0.0, market="local"),  # this machine: no bill per hour
         )
         inventory.save(state_dir / INVENTORY_FILE)
         return inventory

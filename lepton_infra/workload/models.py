@@ -41,6 +41,8 @@ class NodeStatus:
     detail: str = ""
     # The node's upload of its results to the store, when the inventory has one: {"url"} or {"error"}.
     results: dict[str, Any] | None = None
+    # The node's newest metrics sample (CPU, memory, GPUs) while the job runs; None without one.
+    metrics: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -62,6 +64,7 @@ class NodeStatus:
             heartbeat_age_s=age if data.get("state") in ("starting", "running") else None,
             detail=str(data.get("detail") or ""),
             results=data["results"] if isinstance(data.get("results"), dict) else None,
+            metrics=data["metrics"] if isinstance(data.get("metrics"), dict) else None,
         )
 
 
@@ -117,7 +120,9 @@ class RunEvents(Protocol):
       `LEPTON_PROGRESS` lines (those go to on_progress; they stay in the raw log file).
     - on_progress(node, progress): the parsed JSON of a `LEPTON_PROGRESS {...}` line
       (keys epoch, epochs, step, steps, loss by convention).
-    - on_node_done(node, status): the node's job ended (status.state is terminal)."""
+    - on_node_done(node, status): the node's job ended (status.state is terminal).
+    - on_metrics(node, sample): a sample of the node's metrics (CPU, memory, GPUs; see
+      `lepton_infra.workload.metrics`), every few seconds while the job runs."""
 
     def on_phase(self, phase: str, detail: str) -> None:
         return None
@@ -129,6 +134,9 @@ class RunEvents(Protocol):
         return None
 
     def on_node_done(self, node: str, status: NodeStatus) -> None:
+        return None
+
+    def on_metrics(self, node: str, sample: dict[str, Any]) -> None:
         return None
 
 

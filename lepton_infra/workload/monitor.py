@@ -17,6 +17,7 @@ from typing import Any
 from lepton_infra.errors import LeptonError
 from lepton_infra.workload import jobspec
 from lepton_infra.workload.group import NodeGroup, NodeRun
+from lepton_infra.workload.metrics import MetricsTail
 from lepton_infra.workload.models import TERMINAL_STATES, NodeStatus, RunEvents
 from lepton_infra.workload.remote import agent
 
@@ -26,6 +27,7 @@ BUSY_POLL_INTERVAL_S = 0.1
 # network) is lost; a node that answers but whose supervisor's heartbeat has not moved for this
 # long gets its agent asked whether the supervisor still lives.
 HEARTBEAT_TIMEOUT_S = 30.0
+METRICS_POLL_S = 2.0  # how often the node's metrics file is read (the sampler writes every few s)
 READ_CHUNK = 1 << 20  # what one SFTP log read returns at most
 MAX_LINE_BYTES = 1 << 20  # an unterminated line longer than this is passed on as it is
 
@@ -69,7 +71,15 @@ class Offsets:
     offsets: dict[str, int]
 
 
-Event = LogLine | Progress | NodeDone | GangStop | Offsets
+@dataclass(frozen=True)
+class NodeMetrics:
+    """One sample of a node's metrics sampler (workload/metrics.py describes its fields)."""
+
+    node: str
+    sample: dict[str, Any]
+
+
+Event = LogLine | Progress | NodeDone | GangStop | Offsets | NodeMetrics
 
 
 class LineSplitter:
@@ -113,6 +123,8 @@ class _Watch:
         self.last_heard = time.monotonic()
         self.heartbeat_timeout = heartbeat_timeout
         self.done = False
+        self.metrics = MetricsTail()
+        self.metrics_at = 0.0
         # Each read must end well inside the heartbeat limit, or one hung read would outlast it.
         conn = member.conn
         conn.op_timeout = min(conn.op_timeout, max(1.0, heartbeat_timeout / 2))
@@ -137,6 +149,9 @@ class _Watch:
                 events += self.lines.feed(data)
                 if len(data) < READ_CHUNK:
                     break
+            if time.monotonic() - self.metrics_at >= METRICS_POLL_S:  # one more read, now and then
+                self.metrics_at = time.monotonic()
+                events += [NodeMetrics(conn.name, s) for s in self.metrics.poll(conn, run_dir)]
             self.unreachable_since = None
         except Exception as exc:  # noqa: BLE001 - any failure to read means unreachable for now
             silent = time.monotonic() - self.last_heard
@@ -221,6 +236,10 @@ def deliver(event: Event, sink: RunEvents) -> None:
         sink.on_log(event.node, event.line)
     elif isinstance(event, Progress):
         sink.on_progress(event.node, event.data)
+    elif isinstance(event, NodeMetrics):
+        handler = getattr(sink, "on_metrics", None)  # a UI written before metrics existed has none
+        if handler is not None:
+            handler(event.node, event.sample)
     elif isinstance(event, NodeDone):
         sink.on_node_done(event.node, event.status)
     elif isinstance(event, GangStop):

@@ -62,6 +62,8 @@ class NodeRecord(BaseModel):
     store_url: str | None = None
     store_error: str | None = None
     preflight: dict[str, Any] | None = None  # interpreter, torch version, CUDA, GPUs seen
+    # Mean and peak of the node's sampled metrics (workload/metrics.py `summarise`); None: no samples.
+    metrics: dict[str, Any] | None = None
 
 
 class BytesMoved(BaseModel):
@@ -89,6 +91,8 @@ class RunRecord(BaseModel):
     nodes: list[NodeRecord] = Field(default_factory=list)
     bytes: BytesMoved = Field(default_factory=BytesMoved)
     timings: dict[str, float] = Field(default_factory=dict)
+    # price per node-hour x nodes x time (workload/cost.py); None when the inventory has no price.
+    cost: dict[str, Any] | None = None
 
     def observe(
         self,

@@ -31,7 +31,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +40,11 @@ from typing import Any
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec, steps
+from lepton_infra.workload.cost import run_cost
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
+from lepton_infra.workload.metrics import DEFAULT_EVERY_S as DEFAULT_METRICS_S
+from lepton_infra.workload.metrics import check_every
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
 from lepton_infra.workload.monitor import (
     HEARTBEAT_TIMEOUT_S,
@@ -72,6 +75,7 @@ __all__ = [
     "run_job",
     "run_status",
     "run_status_of",
+    "watch_nodes",
 ]
 
 
@@ -249,12 +253,15 @@ def run_job(
     events: RunEvents | None = None,
     follow_links: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    metrics_every: float = DEFAULT_METRICS_S,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
     A symlink leaving the workload folder is a ConfigError unless `follow_links` (then what it
     points to ships); links inside the folder ship as links.
-    `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs).
+    `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs). Every node samples
+    its CPU, memory and GPUs each `metrics_every` seconds (0: off) for the live view, run.json,
+    metrics.png and TensorBoard (workload/metrics.py, workload/report.py).
 
     While the run is prepared and shipped, a preflight asks every node's python for torch and its
     GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
@@ -268,6 +275,7 @@ def run_job(
     events = events or NullEvents()
     clock = _Clock()
     store = RunStore(runs_dir)
+    metrics_every = check_every(metrics_every)
     plan = _plan(
         workload_dir,
         args,
@@ -395,8 +403,11 @@ def run_job(
             nproc_per_node=plan.nproc_per_node,
             master_port=master_port,
             env=plan.env,
+            metrics_every=metrics_every,
         )
         t = clock.lap("launch", t)
+        # Price and nodes recorded now: `runs` and `status` show a running run's cost so far.
+        record.cost = run_cost(inventory.price, len(group), record.created, [], running=True)
         store.save(record.observe(group, local_dir, clock.timings, status="running"))
 
         def first_output() -> None:
@@ -420,7 +431,9 @@ def run_job(
         clock.lap("collect", t)
         clock.timings.update(steps.job_seconds(group))
         clock.timings["total"] = round(time.monotonic() - clock.start, 3)
-        store.save(record.observe(group, local_dir, clock.timings))
+        record.observe(group, local_dir, clock.timings)
+        _report(record, local_dir, inventory, events)
+        store.save(record)
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")
     return record.result(local_dir)
 
@@ -489,6 +502,27 @@ def run_status(inventory: Inventory, run_id: str, *, connect_timeout: float = 10
         return [m.status for m in group if m.status is not None]
 
 
+def watch_nodes(
+    inventory: Inventory, run_id: str, *, every: float = 2.0, connect_timeout: float = 10.0
+) -> Generator[list[NodeStatus], None, None]:
+    """`lepton-infra top`: every `every` seconds, each node's state with its newest metrics sample
+    (`NodeStatus.metrics`), over connections opened once; ends after the view in which every node
+    has ended. A node that does not answer shows as unknown with the reason, and is asked again."""
+    with _open_run(inventory, run_id, connect_timeout) as group:
+        while True:
+            answers = group.run(lambda m: agent(m.conn, run_id, "status"))
+            rows = [
+                NodeStatus.from_agent(m.name, answers.succeeded[m.name])
+                if m.name in answers.succeeded
+                else NodeStatus(m.name, "unknown", detail=f"no answer: {answers.failed[m.name]}")
+                for m in group
+            ]
+            yield rows
+            if all(r.terminal or r.detail == NO_SUCH_RUN for r in rows):
+                return
+            time.sleep(every)
+
+
 def cancel(
     inventory: Inventory, run_id: str, *, connect_timeout: float = 10.0, runs_dir: Path | None = None
 ) -> list[NodeStatus]:
@@ -517,8 +551,18 @@ def _update_record(
     what a later process (`collect`, `attach`) does after talking to the nodes."""
     record = store.load(run_id) or RunRecord.start(run_id, inventory)
     record.observe(group, store.dir(run_id), {**timings, **steps.job_seconds(group)})
+    _report(record, store.dir(run_id), inventory, NullEvents())
     store.save(record)
     return record
+
+
+def _report(record: RunRecord, local_dir: Path, inventory: Inventory, events: RunEvents) -> None:
+    """Metrics summaries and cost into the record; metrics.png and TensorBoard files beside it."""
+    from lepton_infra.workload.report import finish
+
+    for what, where in finish(record, local_dir, inventory.price).items():
+        if where.startswith("not written"):  # written ones are listed with the results
+            events.on_phase("collect", f"{what}: {where}")
 
 
 def collect(

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from lepton_infra.errors import ConfigError, NodeError
 from lepton_infra.inventory import Inventory, Node
-from lepton_infra.workload import jobspec, shipping
+from lepton_infra.workload import jobspec, metrics, shipping
 from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
@@ -165,6 +165,7 @@ def launch(
     nproc_per_node: int,
     master_port: int,
     env: Mapping[str, str],
+    metrics_every: float = metrics.DEFAULT_EVERY_S,
 ) -> None:
     """Start torchrun under the node agent's supervisor on every node. All or nothing: if any node
     refuses, the started ones are cancelled, so nothing half-run stays behind."""
@@ -202,6 +203,9 @@ def launch(
                 "prefix": results_prefix(run_id, m.name),
                 "source": UPLOADER_SOURCE,
             }
+        sampler = metrics.spec_entry(metrics_every)
+        if sampler is not None:
+            spec["metrics"] = sampler  # the node sampler (node/metrics.py)
         answer = agent(m.conn, run_id, "launch", stdin=json.dumps(spec).encode())
         m.status = NodeStatus.from_agent(m.name, answer)
         return m.status

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from cifar import CIFAR10, DataError, ImageSet, transforms
-from results import plot, read_checkpoint, save
+from results import describe_data, plot, read_checkpoint, save
 from synthetic import SyntheticCIFAR10
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
@@ -129,7 +129,9 @@ def evaluate(model: nn.Module, test: ImageSet, ctx: Dist) -> tuple[float, int]:
 
 
 def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+    # "t": when (epoch seconds), so the controller can put loss beside the node metrics over time.
     record = {"epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": round(loss, 4)}
+    record["t"] = round(time.time(), 3)
     print(f"LEPTON_PROGRESS {json.dumps(record)}", flush=True)
 
 
@@ -251,7 +253,7 @@ def train(args: argparse.Namespace, ctx: Dist, on_step: StepHook | None = None) 
         metrics.update(status="completed", loss_curve=curve, total_train_time_s=total_s)
         save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out_dir / "model.pt")
         save(metrics, out_dir / "metrics.json")
-        plotted = plot(out_dir / "loss_curve.png", JOB_NAME, curve, history)
+        plotted = plot(out_dir / "loss_curve.png", f"{JOB_NAME} on {describe_data(data)}", curve, history)
         written = ["metrics.json", "model.pt", "checkpoint.pt", *(["loss_curve.png"] if plotted else [])]
         print(f"results in {out_dir.resolve()}/: {', '.join(written)}", flush=True)
     return metrics

@@ -232,6 +232,7 @@ def supervise(run_dir: str) -> int:
         if _cancel_requested(run_dir):  # a cancel that came while the job was being started
             _kill_group(proc.pid, signal.SIGTERM)
         snapshots = Snapshots(run_dir, spec)
+        sampler = start_sampler(run_dir, spec)
         while True:
             try:
                 code = proc.wait(timeout=HEARTBEAT_S)
@@ -243,6 +244,8 @@ def supervise(run_dir: str) -> int:
                 except OSError:
                     pass  # a missed heartbeat is survivable; a dead supervisor is not
                 snapshots.tick()
+        if sampler is not None:
+            sampler.terminate()  # no wait here: the job's end is recorded first, then it is reaped
         snapshots.stop()
     # The job is over; nothing of it may outlive it (torchrun's workers run in their own sessions).
     _kill_leftovers(run_dir, proc.pid)
@@ -261,7 +264,39 @@ def supervise(run_dir: str) -> int:
         # Before the end is recorded: a node powered off once it looks idle has its results stored.
         state["results"] = upload_results(run_dir, spec["results"], state)
     write_state(run_dir, state)
+    stop_sampler(sampler)
     return 0
+
+
+def start_sampler(run_dir: str, spec: dict[str, Any]) -> subprocess.Popen[bytes] | None:
+    """The node metrics sampler (node/metrics.py, sent in the spec), as a process of its own: it
+    cannot stop the job or the heartbeat. It gets the job's PYTHONPATH and LD_LIBRARY_PATH (where
+    a node's NVML module and library may live) but not the run's marker variables: it is not one
+    of the job's processes."""
+    metrics = spec.get("metrics")
+    if not isinstance(metrics, dict) or not metrics.get("source") or not metrics.get("every"):
+        return None
+    env = dict(os.environ)
+    env.update({k: v for k, v in spec["env"].items() if k in ("PYTHONPATH", "LD_LIBRARY_PATH")})
+    path = _path(run_dir, ".agent", "metrics.py")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(metrics["source"])
+        with open(_path(run_dir, "logs", "agent.log"), "ab") as log:
+            argv = [sys.executable, path, run_dir, str(metrics["every"])]
+            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    except OSError:
+        return None  # no metrics is better than no run
+
+
+def stop_sampler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 UPLOAD_TIMEOUT_S = 3600.0
@@ -378,7 +413,22 @@ def status(run_dir: str) -> dict[str, Any]:
         state["log_bytes"] = os.path.getsize(_path(run_dir, "logs", "node.log"))
     except OSError:
         state["log_bytes"] = 0
+    sample = latest_metrics(run_dir)
+    if sample is not None:
+        state["metrics"] = sample
     return state
+
+
+def latest_metrics(run_dir: str) -> dict[str, Any] | None:
+    """The sampler's newest complete line (logs/metrics.jsonl), or None: `status --json` shows it."""
+    try:
+        with open(_path(run_dir, "logs", "metrics.jsonl"), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            lines = f.read().split(b"\n")
+        value = json.loads(lines[-2]) if len(lines) > 1 else None
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def launch(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
