@@ -39,7 +39,7 @@ from typing import Any
 
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
-from lepton_infra.workload import jobspec, steps
+from lepton_infra.workload import boot, jobspec, steps
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
@@ -249,6 +249,7 @@ def run_job(
     events: RunEvents | None = None,
     follow_links: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    boot_timeout: float = boot.BOOT_TIMEOUT_S,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
@@ -256,7 +257,9 @@ def run_job(
     points to ships); links inside the folder ship as links.
     `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs).
 
-    While the run is prepared and shipped, a preflight asks every node's python for torch and its
+    Nodes still in their first boot (cloud-init installing torch or the clients) are waited for, at
+    most `boot_timeout` seconds, with progress (workload/boot.py); a failed boot is a NodeError
+    carrying the boot's own log. While the run is prepared and shipped, a preflight asks every node's python for torch and its
     GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
     it, and the run's folders are removed again; nothing is ever launched then.
 
@@ -280,6 +283,7 @@ def run_job(
         heartbeat_timeout,
         follow_links,
     )
+    boot.check_timeout(boot_timeout)
     run_id, local_dir = plan.run_id, store.dir(plan.run_id)
     if inventory.store:
         # The nodes upload their results there when the job ends: a missing bucket or no
@@ -318,6 +322,12 @@ def run_job(
         t = clock.lap("connect", clock.start)
         if store.cancel_requested(run_id):
             return _cancelled_before_start(group, record, store, clock, events)
+        try:
+            boot.wait_booted(group, timeout=boot_timeout, progress=lambda s: events.on_phase("boot", s))
+        except LeptonError as exc:
+            store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
+            raise
+        t = clock.lap("boot", t)
         store.save(record.observe(group, local_dir, status="starting"))
 
         # The preflight (an `import torch` and a CUDA probe on every node: seconds) runs while the
