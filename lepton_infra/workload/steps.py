@@ -201,6 +201,8 @@ def launch(
                 "store": inventory.store,
                 "prefix": results_prefix(run_id, m.name),
                 "source": UPLOADER_SOURCE,
+                # What the node's store client needs (the cluster's region, the user's endpoints).
+                "env": {**jobspec.cluster_env(inventory), **env},
             }
         answer = agent(m.conn, run_id, "launch", stdin=json.dumps(spec).encode())
         m.status = NodeStatus.from_agent(m.name, answer)
