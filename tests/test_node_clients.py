@@ -89,6 +89,26 @@ def test_user_data_installs_the_clouds_pins_into_the_inventorys_python_last(
             assert any(makes_python in c for c in runcmd[:-1])
 
 
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_a_configured_python_is_the_one_the_clients_go_into_and_the_inventory_names(cloud: str) -> None:
+    """`lepton:python`: one interpreter per cluster, from config to the first boot to the inventory."""
+    python = "/opt/custom env/bin/python3"  # a space: the script must keep it one word
+    args = TrainingClusterArgs(
+        cloud=cloud,
+        accelerator="T4",
+        region=REGIONS[cloud],
+        allowed_ssh_cidrs=["203.0.113.0/24"],
+        python=python,
+    )
+    out, rec = harness.build(lambda: {"inventory": TrainingCluster("demo", args).inventory})
+    assert Inventory.from_json(out["inventory"]).python == python
+    (text,) = user_data_of(cloud, rec)
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    script = files[node_clients.INSTALL_PATH]["content"]
+    assert script == node_clients.install_script(cloud, python)
+    assert "\npy='/opt/custom env/bin/python3'\n" in script
+
+
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs the cloud-init package")
 def test_each_clouds_user_data_with_the_clients_passes_cloud_inits_schema(
     built: tuple[str, str, list[str]], tmp_path: Path

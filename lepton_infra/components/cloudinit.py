@@ -295,12 +295,13 @@ def cloud_init(
     boot: CloudBoot | None = None,
     cloud: str | None = None,
     image: str | None = None,
+    python: str | None = None,
 ) -> pulumi.Output[str]:
     """`render_cloud_init` over Pulumi outputs (`host_key_fetch` usually names a secret's id, known
     only after deployment). Not a secret: it holds no key material. With `cloud`, the node installs
-    the data plane's clients into the interpreter the image table names for `image` (None: the
-    pool's default image), the one the inventory names."""
-    python = images.python_for(cloud, image, None) if cloud is not None else None
+    the data plane's clients into the cluster's one interpreter, the one the inventory names:
+    `python` when set, else the one the image table names for `image` (None: the pool's default)."""
+    python = images.python_for(cloud, image, python) if cloud is not None else None
     return pulumi.Output.all(authorized_key, host_public_key, host_key_fetch).apply(
         lambda v: render_cloud_init(
             user=user,
@@ -339,5 +340,6 @@ def node_user_data(
         cluster=cluster,
         cloud=cloud,
         image=args.image,
+        python=args.python,
         boot=boot,
     )
