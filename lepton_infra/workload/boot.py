@@ -14,7 +14,9 @@ status cloud-init itself keeps) and waits, bounded, with progress, until every n
 - error: the boot failed: NodeError with cloud-init's errors and the last lines of its output log
   (where the runcmd's own messages are, e.g. a failed install), instead of a later "no torch".
 
-The command is POSIX sh and needs nothing on the node but cloud-init itself."""
+The command is POSIX sh and needs nothing on the node but cloud-init itself; a node that finished
+(its /run/cloud-init/result.json lists no errors) or where cloud-init has not run since boot answers
+without starting cloud-init's own Python, so the check costs a run almost nothing."""
 
 from __future__ import annotations
 
@@ -31,11 +33,17 @@ LOG_LINES = 15  # lines of cloud-init's output log shown when a boot failed
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 _MARK = "lepton-boot-log:"
 
-# One exec per node: cloud-init's own status as JSON (any exit status: newer releases exit 1 on an
+# One exec per node. Fast paths first (`cloud-init status` itself imports all of cloud-init: 0.4 s
+# of CPU, on every run): no cloud-init; no /run/cloud-init, so it has not run since this boot (tmpfs:
+# the local pool, a machine that merely has the package); or its final stage's result.json without
+# errors. Otherwise cloud-init's own status as JSON (any exit status: newer releases exit 1 on an
 # error and 2 when degraded), and the tail of its output log only when the status says error.
-# LEPTON_CLOUD_INIT_LOG names another log (tests).
+# LEPTON_CLOUD_INIT_RUN and LEPTON_CLOUD_INIT_LOG name other places (tests).
 BOOT_CHECK = (
     'if ! command -v cloud-init >/dev/null 2>&1; then echo \'{"status": "absent"}\'; exit 0; fi; '
+    'r="${LEPTON_CLOUD_INIT_RUN:-/run/cloud-init}"; '
+    'if [ ! -d "$r" ]; then echo \'{"status": "not run"}\'; exit 0; fi; '
+    'if grep -q \'"errors": \\[\\]\' "$r/result.json" 2>/dev/null; then echo \'{"status": "done"}\'; exit 0; fi; '
     "s=$(cloud-init status --format json 2>&1); printf '%s\\n' \"$s\"; "
     'case "$s" in *\'"status": "error"\'*) '
     f'echo {_MARK}; tail -n {LOG_LINES} "${{LEPTON_CLOUD_INIT_LOG:-{CLOUD_INIT_LOG}}}" 2>&1;; esac; exit 0'

@@ -39,7 +39,7 @@ from typing import Any
 
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
-from lepton_infra.workload import boot, jobspec, steps
+from lepton_infra.workload import boot, clients, jobspec, steps
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
@@ -386,6 +386,19 @@ def run_job(
                 raise
             t = clock.lap("preflight_wait", t)  # how long the launch waited for it after shipping
             events.on_phase("preflight", _preflight_summary(found))
+            if lacking := clients.lacking(found):
+                # Only now, and only for these nodes: a node with its clients costs nothing here.
+                try:
+                    clients.provide(
+                        group.subset(lambda m: m.name in lacking),
+                        inventory,
+                        found,
+                        lambda s: events.on_phase("clients", s),
+                    )
+                except BaseException as exc:
+                    failed(exc, remove=True)
+                    raise
+                t = clock.lap("clients", t)
         if store.cancel_requested(run_id):  # asked while this controller was connecting or preparing
             steps.remove_run_dirs(group)
             return _cancelled_before_start(group, record, store, clock, events)

@@ -1,7 +1,7 @@
 """A run started while a node is still in its first boot waits for cloud-init instead of failing
 with "no torch": on a real sshd node whose PATH has a `cloud-init` that reports what a booting cloud
 node reports (running in modules-final, then done; or an error, with its output log), as the
-nodes' own `cloud-init status --format json` does."""
+nodes' own `cloud-init status --format json` does, and whose cloud-init run dir says it ran."""
 
 from __future__ import annotations
 
@@ -53,7 +53,11 @@ def _fake_cloud_init(node_dir: Path, answers: list[dict[str, object]], *, then: 
         "".join(f"boot line {i}\n" for i in range(40))
         + "lepton: pip install of boto3==1.44.8 failed after 5 tries\n"
     )
-    (node_dir / "home" / ".bashrc").write_text(f'export PATH="{fake}:$PATH" LEPTON_CLOUD_INIT_LOG="{log}"\n')
+    run = node_dir / "run-cloud-init"  # cloud-init's /run dir: it has run this boot, no result yet
+    run.mkdir()
+    (node_dir / "home" / ".bashrc").write_text(
+        f'export PATH="{fake}:$PATH" LEPTON_CLOUD_INIT_LOG="{log}" LEPTON_CLOUD_INIT_RUN="{run}"\n'
+    )
 
 
 def _workload(tmp_path: Path) -> Path:
