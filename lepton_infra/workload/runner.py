@@ -290,7 +290,7 @@ def run_job(
         # credentials must fail now (ConfigError naming the URL), not after the training.
         from lepton_infra.data import open_store
 
-        open_store(inventory.store).check()
+        open_store(inventory.store, region=inventory.region).check()
 
     # The run exists from its first step on the nodes: a local record once they are connected
     # (a node that fails its host key check leaves nothing behind), a folder on each from prepare.

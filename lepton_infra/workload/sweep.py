@@ -118,7 +118,8 @@ def open_plane(inventory: Inventory) -> tuple[Store, Queue]:
             f"inventory of {inventory.cluster!r} has no {missing}; sweeps need both (a cluster with "
             "store and queue, or `lepton-infra local up`)"
         )
-    store, queue = open_store(inventory.store), open_queue(inventory.queue)
+    region = inventory.region  # the cluster's, not this machine's profile's
+    store, queue = open_store(inventory.store, region=region), open_queue(inventory.queue, region=region)
     store.check()
     queue.check()
     return store, queue

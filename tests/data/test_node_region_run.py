@@ -4,6 +4,7 @@ region comes from the inventory, as every cloud's stack writes it."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -56,3 +57,30 @@ def test_node_clients_reach_a_queue_and_bucket_outside_us_east_1(
     stored = open_store(inventory.store or "").manifest("runs/eu/node-0")
     assert stored is not None and "output/done.txt" in stored["files"]
     assert (tmp_path / "runs" / "eu" / "node-0" / "output" / "done.txt").read_text() == region
+
+
+def test_controller_opens_the_clusters_store_and_queue_in_the_clusters_region(
+    local_pool: LocalPool, moto_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployer's own profile names another region (us-east-1); the inventory's wins."""
+    from lepton_infra.workload.sweep import open_plane
+
+    for key, value in moto_emulator.env.items():
+        monkeypatch.setenv(key, value)
+    region = moto_emulator.env["AWS_DEFAULT_REGION"]
+    bucket = f"lepton-region-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    sqs, name = boto3.client("sqs"), f"lepton-region-{uuid.uuid4().hex[:8]}"
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": 5})
+    queue = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": redrive})["QueueUrl"]
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    inventory = Inventory.load(local_pool.inventory_path).model_copy(
+        update={"cloud": "aws", "region": region, "store": f"s3://{bucket}/p", "queue": queue}
+    )
+    store, opened = open_plane(inventory)  # checks both: a queue looked up in us-east-1 does not exist
+    opened.send('{"probe": 1}')
+    assert store.url == f"s3://{bucket}/p"
+    got = boto3.client("sqs", region_name=region).receive_message(QueueUrl=queue, WaitTimeSeconds=1)
+    assert [m["Body"] for m in got.get("Messages", [])] == ['{"probe": 1}']
