@@ -139,6 +139,7 @@ def wait_booted(
         if said != last_said or time.monotonic() - said_at >= 30:
             progress(f"waiting for first boot to finish ({said}); {waited:.0f} s of at most {timeout:.0f} s")
             last_said, said_at = said, time.monotonic()
-        pending = group.subset(lambda m, waiting=frozenset(booting): m.name in waiting)
+        waiting = frozenset(booting)
+        pending = group.subset(lambda m: m.name in waiting)  # noqa: B023 - used at once, in this turn
         time.sleep(min(poll, max(0.0, timeout - waited)))
         poll = min(poll * 1.5, max_poll)
