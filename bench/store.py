@@ -32,7 +32,8 @@ def _s3(bucket: str, src: Path, dst: Path) -> tuple[Op, Op]:
     import boto3
 
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=bucket)
+    region = s3.meta.region_name  # the emulator's (not us-east-1): a bucket there names its region
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
     return (
         lambda: s3.upload_file(str(src), bucket, "sdk.bin"),
         lambda: s3.download_file(bucket, "sdk.bin", str(dst)),

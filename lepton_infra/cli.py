@@ -365,6 +365,13 @@ def run(
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
     heartbeat_timeout: HeartbeatOpt = 30.0,
+    boot_timeout: Annotated[
+        float,
+        typer.Option(
+            "--boot-timeout",
+            help="Seconds to wait for nodes still in their first boot (cloud-init) before giving up.",
+        ),
+    ] = 900.0,
     as_json: JsonOpt = False,
     follow_links: Annotated[
         bool,
@@ -401,6 +408,7 @@ def run(
             follow_links=follow_links,
             heartbeat_timeout=heartbeat_timeout,
             metrics_every=metrics_every,
+            boot_timeout=boot_timeout,
         )
     _finish(result, as_json)
 

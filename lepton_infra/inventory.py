@@ -124,6 +124,12 @@ class Inventory(_Strict):
     queue: str | None = None
     jump: Jump | None = None
     price: Price | None = None  # None: cost unknown (shown as "-"), never guessed as 0
+    # Optional (inventories written before it still load): the cluster's cloud region. The nodes'
+    # store and queue clients take it from here (workload.jobspec.cluster_env); without it an AWS
+    # client falls back to us-east-1 and a bucket elsewhere refuses it.
+    region: str | None = Field(
+        default=None, min_length=2, max_length=40, pattern=r"^[a-z][a-z0-9-]*[a-z0-9]$"
+    )
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> Inventory:

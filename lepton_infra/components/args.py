@@ -490,6 +490,16 @@ class GpuVmPoolArgs:
             config="privateEgress",
         ),
     ] = "nat"
+    # One interpreter per cluster: the nodes' first boot installs the data plane's clients into it,
+    # and the inventory names it (TrainingCluster).
+    python: Annotated[
+        str | None,
+        _field(
+            "Interpreter with torch on the nodes, written into the inventory (default: the image's own, "
+            "from the image table; python3 for an image not in it).",
+            config="python",
+        ),
+    ] = None
 
     # A pool needs the login key; TrainingCluster generates one when it is left unset.
     _needs_key: ClassVar[bool] = True
@@ -505,6 +515,7 @@ class GpuVmPoolArgs:
                 "e.g. ['203.0.113.0/24'] (your office or VPN egress)"
             )
         self.allowed_ssh_cidrs = check_cidrs(self.allowed_ssh_cidrs, self.allow_world_ssh)
+        python_for(self.cloud, self.image, self.python)  # a set `python` must name an interpreter
         if self.ssh_public_key is None and self._needs_key:
             raise ConfigError(
                 "ssh_public_key is not set: a pool needs the public key its `user` logs in with "
@@ -594,8 +605,8 @@ class JobQueueArgs:
 class TrainingClusterArgs(GpuVmPoolArgs):
     """Everything for one training cluster: the pool's fields (inherited, so they cannot drift from
     GpuVmPoolArgs), plus the store and queue options. Without `ssh_public_key` a key pair is
-    generated and exported as a secret. `python` (the inventory's interpreter with torch) defaults
-    to the image's own, from the image table (`lepton_infra.components.images`)."""
+    generated and exported as a secret. `python` (the pool's, the inventory's interpreter with
+    torch) defaults to the image's own, from the image table (`lepton_infra.components.images`)."""
 
     store: Annotated[Flag, _field("Create an object store the nodes may use (default true).")] = True
     store_versioning: Annotated[Flag, _field("Keep old object versions in the store (default true).")] = True
@@ -630,14 +641,6 @@ class TrainingClusterArgs(GpuVmPoolArgs):
     queue_extra: Annotated[Extra, _field("Raw provider arguments merged into the queue (escape hatch).")] = (
         Field(default_factory=dict)
     )
-    python: Annotated[
-        str | None,
-        _field(
-            "Interpreter with torch on the nodes, written into the inventory (default: the image's own, "
-            "from the image table; python3 for an image not in it).",
-            config="python",
-        ),
-    ] = None
     jump: Annotated[
         dict[str, Any] | None,
         _before(_mapping),
@@ -663,10 +666,8 @@ class TrainingClusterArgs(GpuVmPoolArgs):
 
     @model_validator(mode="after")
     def _check_cluster(self) -> TrainingClusterArgs:
-        """The cluster's own cross-field checks: a set `python` must name an interpreter, a
-        bastion must be inside the SSH sources (normalised to the inventory's form), and APIs to
-        enable exist only on GCP."""
-        python_for(self.cloud, self.image, self.python)
+        """The cluster's own cross-field checks: a bastion must be inside the SSH sources
+        (normalised to the inventory's form), and APIs to enable exist only on GCP."""
         self.jump = check_jump(self.jump, self.allowed_ssh_cidrs)
         if self.enable_apis and self.cloud != "gcp":
             raise ConfigError(

@@ -17,8 +17,9 @@ Hook for the per-cloud modules (all plain text; none of it may hold key material
 - `boot` (`CloudBoot`): cloud-specific `files` (cloud-init `write_files`), `bootcmd` lines (run at
   every boot, before the key fetch) and `runcmd` lines (final stage, after the common ones).
 - `cloud` and `python`: the node installs the data plane's pinned clients for `cloud` into
-  `python` (the inventory's interpreter; `node_clients`), last in `runcmd`, so after a cloud's own
-  commands have made that interpreter.
+  `python` (the cluster's one interpreter, the inventory's; `node_clients`), last in `runcmd`, so
+  after a cloud's own commands have made that interpreter; without a `package_index` (privateEgress
+  "endpoints") it leaves them to the first run, which brings them from the controller.
 
 `render_cloud_init` is pure and returns readable text, so it can be tested and reviewed;
 `cloud_init` is the same over Pulumi outputs."""
@@ -231,6 +232,7 @@ def render_cloud_init(
     boot: CloudBoot | None = None,
     cloud: str | None = None,
     python: str | None = None,
+    package_index: bool = True,
 ) -> str:
     """#cloud-config for one node. Keys are inserted as YAML literal blocks / quoted scalars, never
     interpolated into shell (the pinned public key is shell-quoted), so key text cannot change the
@@ -238,7 +240,13 @@ def render_cloud_init(
     boot = boot or CloudBoot()
     clients: list[tuple[str, str, str]] = []
     if cloud is not None and python is not None:
-        clients.append((node_clients.INSTALL_PATH, "0755", node_clients.install_script(cloud, python)))
+        clients.append(
+            (
+                node_clients.INSTALL_PATH,
+                "0755",
+                node_clients.install_script(cloud, python, package_index=package_index),
+            )
+        )
     files = [
         (WATCHDOG_PATH, "0755", watchdog_script(user, idle_shutdown_minutes, max_lifetime_hours)),
         ("/etc/systemd/system/lepton-watchdog.service", "0644", WATCHDOG_SERVICE),
@@ -295,12 +303,14 @@ def cloud_init(
     boot: CloudBoot | None = None,
     cloud: str | None = None,
     image: str | None = None,
+    python: str | None = None,
+    package_index: bool = True,
 ) -> pulumi.Output[str]:
     """`render_cloud_init` over Pulumi outputs (`host_key_fetch` usually names a secret's id, known
     only after deployment). Not a secret: it holds no key material. With `cloud`, the node installs
-    the data plane's clients into the interpreter the image table names for `image` (None: the
-    pool's default image), the one the inventory names."""
-    python = images.python_for(cloud, image, None) if cloud is not None else None
+    the data plane's clients into the cluster's one interpreter, the one the inventory names:
+    `python` when set, else the one the image table names for `image` (None: the pool's default)."""
+    python = images.python_for(cloud, image, python) if cloud is not None else None
     return pulumi.Output.all(authorized_key, host_public_key, host_key_fetch).apply(
         lambda v: render_cloud_init(
             user=user,
@@ -313,6 +323,7 @@ def cloud_init(
             boot=boot,
             cloud=cloud,
             python=python,
+            package_index=package_index,
         )
     )
 
@@ -339,5 +350,8 @@ def node_user_data(
         cluster=cluster,
         cloud=cloud,
         image=args.image,
+        python=args.python,
+        # privateEgress "endpoints": the cloud's own services only, no package index.
+        package_index=args.private_egress != "endpoints",
         boot=boot,
     )

@@ -169,13 +169,14 @@ def inventory_json(
     python: str = "python3",
     jump: Mapping[str, Any] | None = None,
     price: Mapping[str, Any] | None = None,
+    region: pulumi.Input[str] | None = None,
 ) -> pulumi.Output[str]:
     """The inventory (version 1: `lepton_infra.inventory`, README "The inventory format") as JSON,
     resolved from the pool's outputs. It holds no key material (host keys are public); a generated
     login key is a separate secret stack output."""
 
     def build(values: list[Any]) -> str:
-        store, queue, *per_node = values
+        store, queue, where, *per_node = values
         node_docs = [
             {
                 "name": node.name,
@@ -203,9 +204,11 @@ def inventory_json(
             doc["jump"] = dict(jump)
         if price is not None:
             doc["price"] = dict(price)  # lepton_infra.inventory.Price: what the run's cost is made of
+        if where is not None:
+            doc["region"] = where  # the nodes' clients need it (workload.jobspec.cluster_env)
         return json.dumps(doc, indent=2)
 
-    flat: list[Any] = [store_url, queue_url]
+    flat: list[Any] = [store_url, queue_url, region]
     for node in nodes:
         flat += [node.host, node.private_ip, node.host_key]
     return pulumi.Output.all(*flat).apply(build)

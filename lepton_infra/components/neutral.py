@@ -48,6 +48,21 @@ def check_pool_args(args: GpuVmPoolArgs) -> None:
         check(args)
 
 
+def node_region(args: GpuVmPoolArgs) -> pulumi.Input[str]:
+    """The region the nodes run in, resolved as the cloud's pool resolves it (`region`, else the
+    provider's), for the inventory: the nodes' store and queue clients need it."""
+    module = importlib.import_module(f"lepton_infra.components.{args.cloud}")
+    if args.cloud == "gcp":
+        return str(module.resolve_region(args.region, args.zone))
+    if args.cloud == "azure":
+        return str(module.resolve_location(args.region))
+    if args.region:
+        return args.region
+    import pulumi_aws as aws
+
+    return aws.get_region_output().region
+
+
 def backend(cloud: str, kind: str) -> Any:
     """The per-cloud class `kind` ("GpuVmPool", "ObjectStore", "JobQueue") of `cloud`."""
     module = importlib.import_module(f"lepton_infra.components.{cloud}")
@@ -169,6 +184,7 @@ class TrainingCluster(pulumi.ComponentResource):
             python=python_for(args.cloud, args.image, args.python),
             jump=args.jump,
             price=price_doc(entry, args.spot),
+            region=node_region(args),
         )
         outputs: dict[str, Any] = {
             "inventory": self.inventory,

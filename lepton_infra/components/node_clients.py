@@ -1,36 +1,27 @@
-"""The data plane's client packages every node installs into its Python at first boot, pinned, one
-list per cloud, in this one place. The node-side uploader (`workload/node/upload.py`), the sweep
-worker and `train.py --data-dir <store URL>` import them with the inventory's interpreter, under the
-node's own identity (instance profile, service account, managed identity).
-
-Why these: obstore talks to S3, GCS and Azure Blob for results (all clouds); GCS also goes through
-google-cloud-storage (`lepton_infra.data.store_gcs`); the sweep queue needs boto3 (SQS),
-google-cloud-pubsub (Pub/Sub) or azure-storage-queue with azure-identity (Azure Storage Queues with
-the VM's managed identity). Each version lies inside pyproject.toml's range for the same package
-(a test checks), so nodes run what the test suite runs.
+"""The first-boot script that installs the data plane's pinned clients (`lepton_infra.data.client_pins`,
+one list per cloud) into the node's Python, the inventory's interpreter, under the node's own
+identity (instance profile, service account, managed identity).
 
 Pure data and text: imports no Pulumi. `cloudinit.render_cloud_init` writes `install_script` as a
 file and runs it last in `runcmd` (after a cloud's own commands, which make the interpreter on GCP
-and Azure)."""
+and Azure). A node that cannot install them at first boot (no package index on its network, a
+mirror down) still boots: the first `lepton-infra run` brings them from the controller
+(`workload/clients.py`)."""
 
 from __future__ import annotations
 
 import shlex
 
-# Exact versions (first boot must be reproducible): those the test suite ran against when they were
-# pinned (2026-12-02), each inside pyproject.toml's range.
-ALL_CLOUDS: tuple[str, ...] = ("obstore==0.12.1",)
-PER_CLOUD: dict[str, tuple[str, ...]] = {
-    "aws": ("boto3==1.44.8",),
-    "gcp": ("google-cloud-storage==3.17.1", "google-cloud-pubsub==2.39.0"),
-    "azure": ("azure-storage-queue==12.18.1", "azure-identity==1.27.0"),
-}
+from lepton_infra.data.client_pins import ALL_CLOUDS, PER_CLOUD, packages
+
+__all__ = ["ALL_CLOUDS", "INSTALL_PATH", "PER_CLOUD", "install_script", "packages"]
 
 INSTALL_PATH = "/usr/local/sbin/lepton-install-clients"
 
 # POSIX sh (cloud-init runs runcmd with /bin/sh). Idempotent: a re-run on an interpreter that has
 # every pin at its version changes nothing and needs no network. Retried with a growing pause
-# (package mirrors and a fresh node's network are flaky at first boot). Paths, pins, tries and the
+# (package mirrors and a fresh node's network are flaky at first boot); if it still fails, the boot
+# does not: it says so, and the workload layer installs them at the first run. Paths, pins, tries and the
 # pause come from the environment when set, so tests run the real script against real interpreters.
 _SCRIPT = r"""#!/bin/sh
 # lepton: the data plane's clients, pinned, in the nodes' Python (the inventory's interpreter).
@@ -64,6 +55,11 @@ if pinned; then
     echo "lepton: $py already has $pins"
     exit 0
 fi
+later="the first \`lepton-infra run\` installs them from the controller"
+if [ "${LEPTON_PACKAGE_INDEX:-__INDEX__}" = none ]; then
+    echo "lepton: no package index on this node's network (privateEgress: endpoints); $later"
+    exit 0
+fi
 # Ubuntu's own python3 refuses pip installs without this (PEP 668); a venv or conda ignores it.
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 if ! "$py" -m pip --version >/dev/null 2>&1 && ! "$py" -m ensurepip --upgrade >/dev/null 2>&1; then
@@ -78,8 +74,9 @@ while :; do
         exit 0
     fi
     if [ "$try" -ge "$tries" ]; then
-        echo "lepton: pip install of $pins into $py failed after $try tries" >&2
-        exit 1
+        # Not a failed boot: the node is usable, and the workload layer can still bring them.
+        echo "lepton: pip install of $pins into $py failed after $try tries; $later" >&2
+        exit 0
     fi
     echo "lepton: pip install of $pins into $py failed (try $try of $tries)" >&2
     sleep $((try * ${LEPTON_INSTALL_WAIT:-15}))
@@ -88,15 +85,12 @@ done
 """
 
 
-def packages(cloud: str) -> tuple[str, ...]:
-    """The pinned requirements a node on `cloud` installs (`name==version`)."""
-    if cloud not in PER_CLOUD:
-        raise ValueError(f"cloud is {cloud!r}; allowed: {', '.join(sorted(PER_CLOUD))}")
-    return ALL_CLOUDS + PER_CLOUD[cloud]
-
-
-def install_script(cloud: str, python: str) -> str:
-    """The first-boot script that installs `packages(cloud)` into `python`."""
-    return _SCRIPT.replace("__PYTHON__", shlex.quote(python)).replace(
-        "__PINS__", shlex.quote(" ".join(packages(cloud)))
+def install_script(cloud: str, python: str, *, package_index: bool = True) -> str:
+    """The first-boot script that installs `packages(cloud)` into `python`. Without a
+    `package_index` (nodes whose network reaches only the cloud's own services) it installs
+    nothing and says who will."""
+    return (
+        _SCRIPT.replace("__PYTHON__", shlex.quote(python))
+        .replace("__PINS__", shlex.quote(" ".join(packages(cloud))))
+        .replace("__INDEX__", "pypi" if package_index else "none")
     )

@@ -112,7 +112,9 @@ def start_moto() -> Emulator:
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        # Not the default region: a client that ignores the configured one (and assumes
+        # us-east-1) fails against moto's regional SQS, as it would against a real bucket elsewhere.
+        "AWS_DEFAULT_REGION": "eu-west-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     return _start("moto", [_venv_tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], [port], env)

@@ -99,9 +99,10 @@ def dead_letter_reason_after(receives: int | str) -> str:
     return f"received {receives} times without being acked (max_receive_count reached)"
 
 
-def open_queue(url: str) -> Queue:
+def open_queue(url: str, *, region: str | None = None) -> Queue:
     """Open a queue URL: `sqlite:///path.db` (local), `projects/P/subscriptions/S` (Pub/Sub),
-    `https://ACCOUNT.queue.core.windows.net/Q` (Azure) or an SQS queue URL."""
+    `https://ACCOUNT.queue.core.windows.net/Q` (Azure) or an SQS queue URL. `region`: the queue's
+    (an inventory's `region`); for SQS it wins over this machine's profile."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"queue URL {url!r} is empty")
     if url.startswith("sqlite://"):
@@ -123,7 +124,7 @@ def open_queue(url: str) -> Queue:
         if host.startswith("sqs.") or ".sqs." in host or _under(url, sqs_endpoint):
             from lepton_infra.data.queue_sqs import SqsQueue
 
-            return SqsQueue(url)
+            return SqsQueue(url, region=region)
     raise ConfigError(
         f"queue URL {url!r} is not one this client knows: use sqlite:///path.db (local), an SQS queue "
         "URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), projects/P/subscriptions/S (Pub/Sub) or "

@@ -23,7 +23,7 @@ _SQS_MAX_BATCH = 10
 
 
 class SqsQueue(Queue):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, region: str | None = None) -> None:
         import boto3
 
         self.url = url
@@ -32,7 +32,7 @@ class SqsQueue(Queue):
             raise ConfigError(
                 f"queue {url!r}: no AWS credentials found (environment, profile or instance profile)"
             )
-        region = session.region_name or _region_of(url)
+        region = region or session.region_name or _region_of(url)
         self._sqs: Any = session.client("sqs", region_name=region)
         self._dlq_url: str | None = None
         self._max: int | None = None

@@ -279,8 +279,9 @@ def _is_not_found(exc: BaseException) -> bool:
     )
 
 
-def open_store(url: str) -> Store:
-    """Open `url` with the backend its scheme needs. Cloud SDKs are imported only here, on demand."""
+def open_store(url: str, *, region: str | None = None) -> Store:
+    """Open `url` with the backend its scheme needs. Cloud SDKs are imported only here, on demand.
+    `region`: the bucket's (an inventory's `region`); for S3 it wins over this machine's profile."""
     parsed = parse_store_url(url)
     backend: Backend
     if parsed.scheme == "file":
@@ -294,5 +295,5 @@ def open_store(url: str) -> Store:
     else:
         from lepton_infra.data.store_obstore import ObstoreBackend
 
-        backend = ObstoreBackend(parsed)
+        backend = ObstoreBackend(parsed, region=region)
     return Store(parsed, backend)

@@ -30,7 +30,7 @@ _RETRY: Any = {
 _CLIENT: Any = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(minutes=10)}
 
 
-def _s3_store(url: StoreUrl) -> Any:
+def _s3_store(url: StoreUrl, region: str | None = None) -> Any:
     import boto3
     from obstore.auth.boto3 import Boto3CredentialProvider
     from obstore.store import S3Store
@@ -42,7 +42,7 @@ def _s3_store(url: StoreUrl) -> Any:
             "on a node the instance profile provides them"
         )
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config: Any = {"region": session.region_name or "us-east-1"}
+    config: Any = {"region": region or session.region_name or "us-east-1"}
     client: Any = dict(_CLIENT)
     if endpoint:
         config["endpoint"] = endpoint
@@ -74,9 +74,9 @@ def _azure_store(url: StoreUrl) -> Any:
 
 
 class ObstoreBackend(Backend):
-    def __init__(self, url: StoreUrl) -> None:
+    def __init__(self, url: StoreUrl, *, region: str | None = None) -> None:
         self._url = url
-        self._store = _s3_store(url) if url.scheme == "s3" else _azure_store(url)
+        self._store = _s3_store(url, region) if url.scheme == "s3" else _azure_store(url)
 
     def probe(self, prefix: str) -> None:
         stream = obstore.list(self._store, prefix=prefix.rstrip("/") or None, chunk_size=1)

@@ -183,6 +183,19 @@ def torchrun_argv(
     ]
 
 
+def cluster_env(inventory: Inventory) -> dict[str, str]:
+    """What every node-side client needs to know about the cluster and cannot ask the node for:
+    its region (`LEPTON_REGION`; on AWS also `AWS_REGION` and `AWS_DEFAULT_REGION`, which boto3
+    and obstore read, or they assume us-east-1). Given to jobs, their uploader and sweep workers;
+    the user's own `env` wins over the AWS names."""
+    if not inventory.region:
+        return {}
+    env = {"LEPTON_REGION": inventory.region}
+    if inventory.cloud == "aws":
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = inventory.region
+    return env
+
+
 def node_env(
     inventory: Inventory,
     *,
@@ -194,7 +207,7 @@ def node_env(
     cpu_count: int | None = None,
 ) -> dict[str, str]:
     nodes = inventory.nodes
-    env = dict(extra or {})
+    env = {**cluster_env(inventory), **(extra or {})}
     if inventory.cloud == "local":
         # Every local "node" is this machine: gloo must use loopback, and the threads must share
         # the cores or the nodes fight over them (torchrun leaves OMP_NUM_THREADS unset).

@@ -114,7 +114,8 @@ class RunEvents(Protocol):
     """Callbacks for a live view of a run. All are called from the thread that called `run_job`
     (never concurrently), in order. Subclass it to get no-op defaults for the ones you skip.
 
-    - on_phase(phase, detail): phase is one of connect, preflight, prepare, ship, launch, running, cancel,
+    - on_phase(phase, detail): phase is one of connect, boot (nodes finishing their first
+      boot), preflight, prepare, ship, launch, running, cancel,
       collect, done; detail is a human sentence.
     - on_log(node, line): one line of a node's log, without trailing newline and without the
       `LEPTON_PROGRESS` lines (those go to on_progress; they stay in the raw log file).

@@ -17,7 +17,7 @@ def committed_nodes(inventory: Inventory, run_id: str) -> list[str]:
     """Nodes with committed results (or a checkpoint snapshot) for `run_id` in the inventory's store."""
     if not inventory.store:
         return []
-    store = open_store(inventory.store)
+    store = open_store(inventory.store, region=inventory.region)
     return [
         n.name
         for n in inventory.nodes
@@ -31,7 +31,7 @@ def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str
     states into run.json (`collected_from: store`). A node with nothing committed is recorded as
     lost, with `why` (the reason the nodes could not be asked)."""
     assert inventory.store
-    store = open_store(inventory.store)
+    store = open_store(inventory.store, region=inventory.region)
     local_dir = runs.dir(run_id)
     record = runs.load(run_id) or RunRecord.start(run_id, inventory)
     old = {n.name: n for n in record.nodes}

@@ -39,7 +39,7 @@ from typing import Any
 
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
-from lepton_infra.workload import jobspec, steps
+from lepton_infra.workload import boot, clients, jobspec, steps
 from lepton_infra.workload.cost import run_cost
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import Manifest, build_manifest
@@ -254,6 +254,7 @@ def run_job(
     follow_links: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     metrics_every: float = DEFAULT_METRICS_S,
+    boot_timeout: float = boot.BOOT_TIMEOUT_S,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
@@ -263,7 +264,9 @@ def run_job(
     its CPU, memory and GPUs each `metrics_every` seconds (0: off) for the live view, run.json,
     metrics.png and TensorBoard (workload/metrics.py, workload/report.py).
 
-    While the run is prepared and shipped, a preflight asks every node's python for torch and its
+    Nodes still in their first boot (cloud-init installing torch or the clients) are waited for, at
+    most `boot_timeout` seconds, with progress (workload/boot.py); a failed boot is a NodeError
+    carrying the boot's own log. While the run is prepared and shipped, a preflight asks every node's python for torch and its
     GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
     it, and the run's folders are removed again; nothing is ever launched then.
 
@@ -288,13 +291,14 @@ def run_job(
         heartbeat_timeout,
         follow_links,
     )
+    boot.check_timeout(boot_timeout)
     run_id, local_dir = plan.run_id, store.dir(plan.run_id)
     if inventory.store:
         # The nodes upload their results there when the job ends: a missing bucket or no
         # credentials must fail now (ConfigError naming the URL), not after the training.
         from lepton_infra.data import open_store
 
-        open_store(inventory.store).check()
+        open_store(inventory.store, region=inventory.region).check()
 
     # The run exists from its first step on the nodes: a local record once they are connected
     # (a node that fails its host key check leaves nothing behind), a folder on each from prepare.
@@ -326,6 +330,12 @@ def run_job(
         t = clock.lap("connect", clock.start)
         if store.cancel_requested(run_id):
             return _cancelled_before_start(group, record, store, clock, events)
+        try:
+            boot.wait_booted(group, timeout=boot_timeout, progress=lambda s: events.on_phase("boot", s))
+        except LeptonError as exc:
+            store.save(record.model_copy(update={"status": "failed", "error": str(exc)}))
+            raise
+        t = clock.lap("boot", t)
         store.save(record.observe(group, local_dir, status="starting"))
 
         # The preflight (an `import torch` and a CUDA probe on every node: seconds) runs while the
@@ -384,6 +394,19 @@ def run_job(
                 raise
             t = clock.lap("preflight_wait", t)  # how long the launch waited for it after shipping
             events.on_phase("preflight", _preflight_summary(found))
+            if lacking := clients.lacking(found):
+                # Only now, and only for these nodes: a node with its clients costs nothing here.
+                try:
+                    clients.provide(
+                        group.subset(lambda m: m.name in lacking),
+                        inventory,
+                        found,
+                        lambda s: events.on_phase("clients", s),
+                    )
+                except BaseException as exc:
+                    failed(exc, remove=True)
+                    raise
+                t = clock.lap("clients", t)
         if store.cancel_requested(run_id):  # asked while this controller was connecting or preparing
             steps.remove_run_dirs(group)
             return _cancelled_before_start(group, record, store, clock, events)

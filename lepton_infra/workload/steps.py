@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from lepton_infra.errors import ConfigError, NodeError
 from lepton_infra.inventory import Inventory, Node
-from lepton_infra.workload import jobspec, metrics, shipping
+from lepton_infra.workload import clients, jobspec, metrics, shipping
 from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
@@ -50,9 +50,10 @@ def preflight(group: NodeGroup, inventory: Inventory) -> dict[str, dict[str, Any
     3) naming the node and what it found when torch is missing or the node has fewer GPUs than
     the inventory says; nothing has been shipped or launched then. Returns each node's report."""
     python = inventory.python
+    pins = clients.pins_for(inventory)  # which of the data plane's clients it lacks, too
 
     def one(m: NodeRun) -> dict[str, Any]:
-        result = m.conn.run(inline_cmd(python, PREFLIGHT_SOURCE), check=False)
+        result = m.conn.run(inline_cmd(python, PREFLIGHT_SOURCE, *pins), check=False)
         if result.exit_status != 0 or not result.stdout.strip():
             tail = " | ".join(result.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])
             return {"problem": f"the inventory's python {python!r} does not run "
@@ -202,6 +203,8 @@ def launch(
                 "store": inventory.store,
                 "prefix": results_prefix(run_id, m.name),
                 "source": UPLOADER_SOURCE,
+                # What the node's store client needs (the cluster's region, the user's endpoints).
+                "env": {**jobspec.cluster_env(inventory), **env},
             }
         sampler = metrics.spec_entry(metrics_every)
         if sampler is not None:

@@ -118,7 +118,8 @@ def open_plane(inventory: Inventory) -> tuple[Store, Queue]:
             f"inventory of {inventory.cluster!r} has no {missing}; sweeps need both (a cluster with "
             "store and queue, or `lepton-infra local up`)"
         )
-    store, queue = open_store(inventory.store), open_queue(inventory.queue)
+    region = inventory.region  # the cluster's, not this machine's profile's
+    store, queue = open_store(inventory.store, region=region), open_queue(inventory.queue, region=region)
     store.check()
     queue.check()
     return store, queue
@@ -182,11 +183,13 @@ def submit(
                 "--workload", workload, "--entrypoint", entrypoint, "--node", conn.name,
                 "--visibility-timeout-s", str(visibility_timeout_s), "--idle-exit-s", str(idle),
             ]  # fmt: skip
+            # The cluster's region: the worker's store and queue clients need it (jobspec.cluster_env).
+            settings = " ".join(f"{k}={shlex.quote(v)}" for k, v in jobspec.cluster_env(inventory).items())
             # Unpack in the foreground (a background list reads /dev/null, not our stream), then
             # start the worker in its own session with all three stdio redirected, so it outlives SSH.
             command = (
                 f'D={d}; mkdir -p "$D" && tar -x -C "$D" && cd "$D" && '
-                f'{{ PYTHONPATH="$D/lib" setsid {" ".join(shlex.quote(w) for w in worker)} --workdir "$D" '
+                f'{{ PYTHONPATH="$D/lib" {settings} setsid {" ".join(shlex.quote(w) for w in worker)} --workdir "$D" '
                 f'< /dev/null > "$D/worker.log" 2>&1 & echo $! > "$D/worker.pid"; }} && echo "$D"'
             )
             result, _, _ = conn.run_upload(command, lambda out: _bundle(workload_dir, out))

@@ -70,7 +70,10 @@ def make_bucket(
         use_env(monkeypatch, emulator)
         import boto3
 
-        boto3.client("s3").create_bucket(Bucket=bucket)
+        region = emulator.env["AWS_DEFAULT_REGION"]
+        boto3.client("s3").create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
+        )
         return f"s3://{bucket}/prefix"
     if kind == "gs":
         emulator = request.getfixturevalue("gcs_emulator")

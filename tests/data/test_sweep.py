@@ -184,6 +184,30 @@ def test_sigkilled_worker_job_reappears_and_every_result_is_stored_exactly_once(
     assert queue.dead_letters() == []
 
 
+def test_sweep_workers_and_their_jobs_get_the_clusters_region(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The worker's store and queue clients need it as much as a run's (issue 15, item 8)."""
+    pool = Inventory.load(local_pool.inventory_path)
+    inventory = pool.model_copy(update={"cloud": "aws", "region": "eu-west-1", "nodes": pool.nodes[:1]})
+    wl = tmp_path / "regionjob"
+    wl.mkdir()
+    (wl / "train.py").write_text(
+        "import json, os\n"
+        "with open(os.path.join(os.environ['LEPTON_OUTPUT_DIR'], 'metrics.json'), 'w') as f:\n"
+        "    json.dump({'region': os.environ.get('AWS_REGION'), 'default': os.environ.get('AWS_DEFAULT_REGION')}, f)\n"
+    )
+    started = sweep.submit(
+        inventory, wl, sweep.parse_grid(["lr=0.1"]), sweep_id="sweep-region", idle_exit_s=5
+    )
+    store, queue = open_store(started.store), open_queue(started.queue)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sweep.status(store, queue, started.sweep_id)[0].state != "done":
+        time.sleep(0.5)
+    (row,) = sweep.status(store, queue, started.sweep_id)
+    assert row.state == "done"
+    got = json.loads(store.get(f"sweeps/{started.sweep_id}/{row.job_id}/output/metrics.json"))
+    assert got == {"region": "eu-west-1", "default": "eu-west-1"}
+
+
 CLI = [sys.executable, "-m", "lepton_infra.cli"]
 
 

@@ -344,7 +344,9 @@ class Snapshots:
         argv.append(f"output={_path(self.run_dir, 'output')}")
         try:
             with open(_path(self.run_dir, "logs", "upload.log"), "ab") as log:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                self.proc = subprocess.Popen(
+                    argv, env=uploader_env(r), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                )
         except OSError:
             self.proc = None
 
@@ -356,6 +358,13 @@ class Snapshots:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def uploader_env(results: dict[str, Any]) -> dict[str, str]:
+    """The uploader's environment: this node's, plus the client settings the controller sent with
+    the results (the cluster's region, the user's endpoints): without the region an S3 client
+    assumes us-east-1. Not the job's whole environment: an uploader is no part of the job."""
+    return {**os.environ, **{str(k): str(v) for k, v in (results.get("env") or {}).items()}}
 
 
 def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +382,9 @@ def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any])
             f"state.json={final_path}",
         ]
         with open(_path(run_dir, "logs", "upload.log"), "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            proc = subprocess.Popen(
+                argv, env=uploader_env(results), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
+            )
             deadline = time.time() + UPLOAD_TIMEOUT_S
             while True:
                 try:
