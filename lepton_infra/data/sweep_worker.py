@@ -30,6 +30,7 @@ from typing import Any
 
 from lepton_infra.data.queue import Message, MessageLost, Queue, open_queue
 from lepton_infra.data.store import Store, open_store
+from lepton_infra.data.sweep_ledger import archive_dead_letters, job_prefix, read_ledger, sweep_key
 
 _PR_SET_PDEATHSIG = 1
 _ENDED_CHECK_S = 5.0
@@ -37,10 +38,6 @@ _ENDED_CHECK_S = 5.0
 
 class ForeignJob(Exception):
     """A well-formed job of another sweep sharing the queue: not ours to run, nor bad."""
-
-
-def job_prefix(sweep_id: str, job_id: str) -> str:
-    return f"sweeps/{sweep_id}/{job_id}"
 
 
 def param_args(params: dict[str, Any]) -> list[str]:
@@ -100,23 +97,13 @@ class Worker:
         self.stopping = False
 
     def own_sweep_ended(self) -> bool:
-        """Every job of our sweep has a committed result or sits in the dead-letter queue."""
+        """Every job of our sweep has a committed result or an end record (dead letters archived
+        first, however many the queue holds)."""
         try:
-            jobs = {
-                j["job_id"]
-                for j in json.loads(self.store.get(f"sweeps/{self.opts.sweep_id}/sweep.json"))["jobs"]
-            }
-            listed = self.store.list(f"sweeps/{self.opts.sweep_id}")
-            ended = {o.key.split("/")[2] for o in listed if o.key.endswith("/_lepton_manifest.json")}
-            for letter in self.queue.dead_letters(limit=1000):
-                try:
-                    body = json.loads(letter.body)
-                except ValueError:
-                    continue
-                if isinstance(body, dict) and body.get("sweep_id") == self.opts.sweep_id:
-                    ended.add(str(body.get("job_id")))
-            return jobs <= ended
-        except Exception:
+            jobs = {j["job_id"] for j in json.loads(self.store.get(sweep_key(self.opts.sweep_id)))["jobs"]}
+            archive_dead_letters(self.store, self.queue)
+            return jobs <= read_ledger(self.store, self.opts.sweep_id).done()
+        except Exception:  # noqa: BLE001 - unknown means not ended: keep serving
             return False
 
     def log(self, text: str) -> None:

@@ -21,7 +21,7 @@ import lepton_infra
 from lepton_infra.data import open_queue, open_store
 from lepton_infra.data.queue import Queue
 from lepton_infra.data.store import Store
-from lepton_infra.data.sweep_worker import job_prefix
+from lepton_infra.data.sweep_ledger import archive_dead_letters, job_prefix, read_ledger, sweep_key
 from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec
@@ -145,7 +145,7 @@ def submit(
         sweep_id or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     )
     store, queue = open_plane(inventory)
-    if store.exists(f"sweeps/{sweep_id}/sweep.json"):
+    if store.exists(sweep_key(sweep_id)):
         raise ConfigError(f"sweep id {sweep_id!r} already exists in {store.url}; choose another")
     busy = running_sweeps(store, queue)
     if busy:
@@ -168,7 +168,7 @@ def submit(
             "submitted": time.time(),
             "nodes": [n.name for n in inventory.nodes],
         }
-        store.put(f"sweeps/{sweep_id}/sweep.json", json.dumps(record, indent=1).encode())
+        store.put(sweep_key(sweep_id), json.dumps(record, indent=1).encode())
         for job in jobs:
             queue.send(json.dumps(job))
         idle = idle_exit_s if idle_exit_s is not None else visibility_timeout_s + 60
@@ -215,50 +215,34 @@ def status(store: Store, queue: Queue, sweep_id: str, metric: str = DEFAULT_METR
     """Every job of the sweep: done (result committed), dead (in the dead-letter queue, with the
     reason) or pending (queued or running)."""
     try:
-        record = json.loads(store.get(f"sweeps/{sweep_id}/sweep.json"))
+        record = json.loads(store.get(sweep_key(sweep_id)))
     except Exception as exc:
         raise ConfigError(f"no sweep {sweep_id!r} in {store.url} ({exc})") from exc
-    committed, dead = _ended(store, queue, sweep_id)
+    archive_dead_letters(store, queue)
+    ledger = read_ledger(store, sweep_id)
     rows = []
     for job in record["jobs"]:
         job_id = job["job_id"]
-        if job_id in committed:
+        if job_id in ledger.committed:
             value, node = _result(store, sweep_id, job_id, metric)
             rows.append(JobRow(job_id, job["config"], job["params"], "done", node, value))
-        elif job_id in dead:
-            rows.append(JobRow(job_id, job["config"], job["params"], "dead", detail=dead[job_id]))
+        elif job_id in ledger.ended:
+            end = ledger.ended[job_id]
+            rows.append(JobRow(job_id, job["config"], job["params"], str(end["state"]), detail=end["reason"]))
         else:
             rows.append(JobRow(job_id, job["config"], job["params"], "pending"))
     return rows
 
 
-def _ended(store: Store, queue: Queue, sweep_id: str) -> tuple[set[str], dict[str, str]]:
-    """Job ids with a committed result, and dead-lettered job ids with their reasons."""
-    committed = {
-        o.key.split("/")[2]
-        for o in store.list(f"sweeps/{sweep_id}")
-        if o.key.endswith("/_lepton_manifest.json")
-    }
-    dead: dict[str, str] = {}
-    for letter in queue.dead_letters(limit=1000):
-        try:
-            body = json.loads(letter.body)
-            if body.get("sweep_id") == sweep_id:
-                dead[str(body.get("job_id"))] = letter.reason
-        except (ValueError, AttributeError):
-            continue
-    return committed, dead
-
-
 def running_sweeps(store: Store, queue: Queue) -> list[str]:
-    """Sweeps in this store with jobs neither committed nor dead-lettered."""
+    """Sweeps in this store with jobs that have neither a committed result nor an end record."""
+    archive_dead_letters(store, queue)
     out = []
     for obj in store.list("sweeps"):
         parts = obj.key.split("/")
         if len(parts) == 3 and parts[2] == "sweep.json":
             jobs = {j["job_id"] for j in json.loads(store.get(obj.key))["jobs"]}
-            committed, dead = _ended(store, queue, parts[1])
-            if not jobs <= committed | set(dead):
+            if not jobs <= read_ledger(store, parts[1]).done():
                 out.append(parts[1])
     return out
 

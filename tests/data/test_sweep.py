@@ -15,6 +15,7 @@ import pytest
 
 from lepton_infra.data import open_queue, open_store
 from lepton_infra.data.queue_local import create_local_queue
+from lepton_infra.data.sweep_ledger import archive_dead_letters, malformed, read_ledger, sweep_key
 from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import sweep
@@ -58,6 +59,34 @@ def test_grid_becomes_one_job_per_configuration_and_repeat() -> None:
             sweep.parse_grid(bad)
 
 
+@pytest.mark.parametrize("kind, others", [("local", 1001), ("sqs", 25)])
+def test_a_dead_job_ends_its_sweep_however_many_dead_letters_the_queue_already_holds(
+    queue_of, tmp_path: Path, kind: str, others: int
+) -> None:  # type: ignore[no-untyped-def]
+    # More dead letters of an older sweep than one read of the dead-letter queue returns (1,000 on
+    # the local queue, 10 on SQS as moto answers), then a job of the new sweep dies.
+    queue = open_queue(queue_of(kind, 1))
+    (tmp_path / "store").mkdir()
+    store = open_store(f"file://{tmp_path / 'store'}")
+    store.put(
+        sweep_key("new"),
+        json.dumps({"jobs": [{"job_id": "c000-r0", "config": "c000", "params": {}}]}).encode(),
+    )
+    for i in range(others):
+        queue.send(json.dumps({"sweep_id": "old", "job_id": f"j{i}"}))
+    queue.send("not json at all")
+    queue.send(json.dumps({"sweep_id": "new", "job_id": "c000-r0"}))
+    while got := queue.receive(max_messages=500, visibility_timeout_s=30, wait_s=1):
+        for message in got:
+            queue.dead_letter(message, "failed 5 time(s); last: exit code 3")
+
+    rows = sweep.status(store, queue, "new")
+    assert [(r.state, r.detail) for r in rows] == [("dead", "failed 5 time(s); last: exit code 3")]
+    assert sweep.running_sweeps(store, queue) == []  # the next sweep is not refused as busy
+    assert queue.dead_letters() == []  # archived to the store, off the queue
+    assert len(read_ledger(store, "old").ended) == others
+
+
 def _worker(workdir: Path, queue: str, store: str, sweep_id: str, **extra: str) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "lepton_infra.data.sweep_worker", "--queue", queue, "--store", store,
@@ -90,13 +119,14 @@ def test_bad_messages_and_failing_jobs_are_dead_lettered_with_a_reason_and_the_w
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out.decode()
 
-    reasons = {d.body: d.reason for d in queue.dead_letters()}
-    assert reasons["this is not json"].startswith("not JSON")
-    assert "unknown workload 'someone-else'" in next(r for b, r in reasons.items() if '"a"' in b)
-    assert "bad args" in next(r for b, r in reasons.items() if '"b"' in b)
-    failed = next(r for b, r in reasons.items() if '"c"' in b)
-    assert "failed 2 time(s)" in failed and "exit code 3" in failed
     store = open_store(store_url)
+    archive_dead_letters(store, queue)
+    [bad] = malformed(store)
+    assert bad["body"] == "this is not json" and bad["reason"].startswith("not JSON")
+    reasons = {job: end["reason"] for job, end in read_ledger(store, "s1").ended.items()}
+    assert "unknown workload 'someone-else'" in reasons["a"]
+    assert "bad args" in reasons["b"]
+    assert "failed 2 time(s)" in reasons["c"] and "exit code 3" in reasons["c"]
     result = json.loads(store.get("sweeps/s1/good/output/metrics.json"))
     assert result["final_test_accuracy"] == pytest.approx(0.5)
     assert store.manifest("sweeps/s1/c") is None
