@@ -651,9 +651,14 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
 # --------------------------------------------------------------------------- sweeps
 
 
+_SWEEP_VERBS = ("status", "resume", "cancel")
+
+
 @app.command()
 def sweep(
-    workload: Annotated[str, typer.Argument(help="Workload folder, or `status` followed by a sweep id.")],
+    workload: Annotated[
+        str, typer.Argument(help="Workload folder, or `status` / `resume` / `cancel` followed by a sweep id.")
+    ],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for every job (after --).")] = None,
     grid: Annotated[
         list[str] | None, typer.Option("--grid", help="NAME=V1,V2,... (repeatable): one job per combination.")
@@ -664,6 +669,16 @@ def sweep(
     visibility_timeout: Annotated[
         int, typer.Option("--visibility-timeout", help="Seconds a taken job stays hidden between extensions.")
     ] = 300,
+    heartbeat: Annotated[
+        float,
+        typer.Option("--heartbeat", help="Seconds between worker beats; none for 3x this + 5 s = stalled."),
+    ] = 10.0,
+    retry_backoff: Annotated[
+        float, typer.Option("--retry-backoff", help="Seconds before a failed job's 2nd try (doubling).")
+    ] = 10.0,
+    snapshot_every: Annotated[
+        float, typer.Option("--snapshot-every", help="Seconds between snapshots of a job's output/ (0: off).")
+    ] = 30.0,
     metric: Annotated[
         str, typer.Option("--metric", help="Key of the job's metrics.json to rank by.")
     ] = "final_test_accuracy",
@@ -679,16 +694,30 @@ def sweep(
     as_json: JsonOpt = False,
 ) -> None:
     """Run WORKLOAD once per --grid combination (x --repeats) through the cluster's queue, a worker per
-    node; results land in <store>/sweeps/<id>/<job>/. `sweep status ID` shows where a sweep stands."""
+    node; results land in <store>/sweeps/<id>/<job>/. `sweep status ID` shows where a sweep stands,
+    `sweep resume ID` restarts its workers, `sweep cancel ID` ends it."""
     from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_control
 
     inv = _load_inventory(inventory)
-    if workload == "status":
+    if workload in _SWEEP_VERBS:
         if len(args or []) != 1:
-            raise ConfigError("usage: lepton-infra sweep status SWEEP_ID [--watch]")
+            raise ConfigError(f"usage: lepton-infra sweep {workload} SWEEP_ID")
         the_id = (args or [])[0]
+        if workload == "cancel":
+            purged = sweep_control.cancel(inv, the_id)
+            console.print(f"sweep {the_id}: cancelled; {purged} queued job(s) removed, its record kept")
+            return
+        if workload == "resume":
+            _positive("--connect-timeout", connect_timeout)
+            workers = sweep_control.resume(inv, the_id, connect_timeout)
+            if not as_json:
+                console.print(f"sweep {the_id}: workers restarted on {', '.join(workers)}")
+            watch = not detach
     else:
         _positive("--connect-timeout", connect_timeout)
+        for name, value in (("--heartbeat", heartbeat), ("--retry-backoff", retry_backoff)):
+            _positive(name, value)
         started = sweeps.submit(
             inv,
             Path(workload),
@@ -696,8 +725,13 @@ def sweep(
             repeats=repeats,
             args=list(args or []),
             sweep_id=sweep_id,
-            visibility_timeout_s=visibility_timeout,
             connect_timeout=connect_timeout,
+            settings=sweeps.WorkerSettings(
+                visibility_timeout_s=visibility_timeout,
+                heartbeat_s=heartbeat,
+                retry_backoff_s=retry_backoff,
+                snapshot_s=snapshot_every,
+            ),
         )
         the_id = started.sweep_id
         if not as_json:
@@ -715,9 +749,12 @@ def _sweep_report(
 
     from rich.live import Live
 
+    from lepton_infra.data.sweep_ledger import malformed
     from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_control
 
     store, queue = sweeps.open_plane(inv)
+    submitted = float(sweep_control.load_record(store, sweep_id).get("submitted", 0))
 
     def table(rows: list[Any]) -> Table:
         t = Table(title=f"sweep {sweep_id}")
@@ -728,24 +765,28 @@ def _sweep_report(
             t.add_row(r.job_id, params, r.state, r.node or "-", _fmt(r.metric, ".4f"), r.detail[:80])
         return t
 
-    rows = sweeps.status(store, queue, sweep_id, metric)
+    def poll() -> tuple[list[Any], list[str], str | None]:
+        rows = sweeps.status(store, queue, sweep_id, metric)
+        alive, stalled = sweep_control.liveness(store, sweep_id)
+        return rows, alive, stalled
+
+    rows, alive, stalled = poll()
     if watch and not as_json:
         with Live(table(rows), console=console, refresh_per_second=1) as live:
-            while any(r.state == "pending" for r in rows):
+            while any(r.state == "pending" for r in rows) and stalled is None:
                 time.sleep(2)
-                rows = sweeps.status(store, queue, sweep_id, metric)
+                rows, alive, stalled = poll()
                 live.update(table(rows))
     elif watch:
-        while any(r.state == "pending" for r in rows):
+        while any(r.state == "pending" for r in rows) and stalled is None:
             time.sleep(2)
-            rows = sweeps.status(store, queue, sweep_id, metric)
+            rows, alive, stalled = poll()
     best = sweeps.summary(rows, minimize=minimize)
+    odd = malformed(store, since=submitted)
     if as_json:
-        print(
-            json.dumps(
-                {"sweep_id": sweep_id, "jobs": [_as_dict(r) for r in rows], "summary": best}, default=str
-            )
-        )
+        report = {"sweep_id": sweep_id, "jobs": [_as_dict(r) for r in rows], "summary": best,
+                  "workers_alive": alive, "stalled": stalled, "malformed": odd}  # fmt: skip
+        print(json.dumps(report, default=str))
     else:
         if not watch:
             console.print(table(rows))
@@ -759,10 +800,19 @@ def _sweep_report(
                 s["config"], params, f"{s['done']}/{s['jobs']}", str(s["dead"]), _fmt(s["mean"], ".4f")
             )
         console.print(summary)
+        if not finished:
+            console.print(f"workers alive: {', '.join(alive) or 'none'}")
+        if odd:
+            console.print(
+                styled(f"{len(odd)} malformed message(s) dead-lettered on this queue since the sweep "
+                       f"started; first: {odd[0]['reason'][:120]}", "yellow")
+            )  # fmt: skip
         if finished:
             png = sweeps.plot(best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png")
             if png is not None:
                 console.print(f"plot: {png}")
+    if stalled is not None:
+        raise sweep_control.SweepStalled(stalled)
     if any(r.state == "dead" for r in rows) and not any(r.state == "pending" for r in rows):
         raise JobFailed(f"sweep {sweep_id}: {sum(r.state == 'dead' for r in rows)} job(s) dead-lettered")
 

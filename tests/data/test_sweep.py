@@ -29,9 +29,13 @@ JOB = textwrap.dedent(
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--fail", type=int, default=0)
+    p.add_argument("--wait-for", default="")
     a = p.parse_args()
     print("job", os.environ["LEPTON_JOB_ID"], "lr", a.lr, flush=True)
     time.sleep(a.sleep)
+    deadline = time.time() + 60
+    while a.wait_for and not os.path.exists(a.wait_for) and time.time() < deadline:
+        time.sleep(0.2)
     if a.fail:
         raise SystemExit(3)
     out = os.environ["LEPTON_OUTPUT_DIR"]
@@ -75,10 +79,11 @@ def test_a_dead_job_ends_its_sweep_however_many_dead_letters_the_queue_already_h
     for i in range(others):
         queue.send(json.dumps({"sweep_id": "old", "job_id": f"j{i}"}))
     queue.send("not json at all")
+    while queue.receive(max_messages=500, visibility_timeout_s=0, wait_s=1):
+        pass  # each received twice with max_receive_count 1: the queue dead-letters them all
     queue.send(json.dumps({"sweep_id": "new", "job_id": "c000-r0"}))
-    while got := queue.receive(max_messages=500, visibility_timeout_s=30, wait_s=1):
-        for message in got:
-            queue.dead_letter(message, "failed 5 time(s); last: exit code 3")
+    [ours] = queue.receive(visibility_timeout_s=30, wait_s=5)
+    queue.dead_letter(ours, "failed 5 time(s); last: exit code 3")
 
     rows = sweep.status(store, queue, "new")
     assert [(r.state, r.detail) for r in rows] == [("dead", "failed 5 time(s); last: exit code 3")]
@@ -91,7 +96,7 @@ def _worker(workdir: Path, queue: str, store: str, sweep_id: str, **extra: str) 
     argv = [
         sys.executable, "-m", "lepton_infra.data.sweep_worker", "--queue", queue, "--store", store,
         "--sweep-id", sweep_id, "--workload", "toyjob", "--node", "local-worker", "--workdir", str(workdir),
-        "--visibility-timeout-s", "30", "--idle-exit-s", "3",
+        "--visibility-timeout-s", "30", "--idle-exit-s", "3", "--retry-backoff-s", "0",
     ]  # fmt: skip
     for k, v in extra.items():
         argv += [f"--{k.replace('_', '-')}", v]
@@ -264,3 +269,60 @@ def test_second_sweep_on_a_busy_queue_is_refused_naming_the_first(local_pool, tm
     with pytest.raises(ConfigError, match="sweep\\(s\\) first still have unfinished jobs"):
         sweep.submit(inventory, _workload(tmp_path), {"lr": [0.1]})
     assert open_queue(inventory.queue or "").receive(wait_s=0) == []
+
+
+def _cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, "sweep", *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def _kill_workers(started: sweep.Sweep) -> None:
+    for d in started.workers.values():
+        try:
+            os.killpg(int((Path(d) / "worker.pid").read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_sweep_whose_workers_all_died_says_so_then_resumes_and_a_cancelled_one_frees_the_queue(
+    local_pool, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    inventory = Inventory.load(local_pool.inventory_path)
+    inv = str(local_pool.inventory_path)
+    go = tmp_path / "go"
+    fast = sweep.WorkerSettings(visibility_timeout_s=4, idle_exit_s=30, heartbeat_s=1, retry_backoff_s=0)
+    workload = _workload(tmp_path)
+    started = sweep.submit(
+        inventory, workload, {"lr": [0.1, 0.2]}, args=["--wait-for", str(go)], settings=fast
+    )
+    logs = [Path(d) / "worker.log" for d in started.workers.values()]
+    deadline = time.monotonic() + 60
+    while sum(log.read_text().count(": start") for log in logs if log.exists()) < 2:
+        assert time.monotonic() < deadline, "the workers never started both jobs"
+        time.sleep(0.2)
+    _kill_workers(started)  # every worker dies, with its job
+
+    stalled = _cli("status", started.sweep_id, "-i", inv, "--watch", timeout=90)
+    assert stalled.returncode == 3, stalled.stdout + stalled.stderr
+    [line] = [x for x in stalled.stderr.splitlines() if x.strip()]
+    assert "no worker alive" in line and f"sweep resume {started.sweep_id}" in line
+
+    go.write_text("")
+    resumed = _cli("resume", started.sweep_id, "-i", inv, "--json", timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [j["state"] for j in json.loads(resumed.stdout)["jobs"]] == ["done", "done"]
+
+    # A sweep that will never finish, cancelled: its record stays, its jobs end, the queue is free.
+    second = sweep.submit(
+        inventory, workload, {"lr": [0.3, 0.4, 0.5]},
+        args=["--wait-for", str(tmp_path / "never")], settings=fast,
+    )  # fmt: skip
+    cancelled = _cli("cancel", second.sweep_id, "-i", inv)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    store, queue = open_store(second.store), open_queue(second.queue)
+    assert [r.state for r in sweep.status(store, queue, second.sweep_id)] == ["cancelled"] * 3
+    assert sweep.running_sweeps(store, queue) == []
+    deadline = time.monotonic() + 60
+    while not all("exiting" in (Path(d) / "worker.log").read_text() for d in second.workers.values()):
+        assert time.monotonic() < deadline, "workers of the cancelled sweep kept going"
+        time.sleep(0.5)
