@@ -519,6 +519,12 @@ def collect(
         _load_inventory(inventory), run_id, runs_dir=runs_dir, connect_timeout=connect_timeout
     )
     _render_result(result, as_json)
+    if not as_json:
+        from lepton_infra.workload.record import RunStore
+        from lepton_infra.workload.results import store_notes
+
+        for line in store_notes(RunStore(runs_dir).load(run_id)):
+            console.print(line)
 
 
 # --------------------------------------------------------------------------- Pulumi stacks

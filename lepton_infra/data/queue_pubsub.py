@@ -21,6 +21,7 @@ from lepton_infra.data.queue import (
     QueueError,
     dead_letter_reason_after,
 )
+from lepton_infra.data.urls import quiet_google_import
 from lepton_infra.errors import ConfigError
 
 _MIN_DEADLINE_S = 10
@@ -33,7 +34,8 @@ def _deadline(seconds: int) -> int:
 
 class PubSubQueue(Queue):
     def __init__(self, url: str) -> None:
-        from google.cloud import pubsub_v1
+        with quiet_google_import():
+            from google.cloud import pubsub_v1
 
         parts = url.split("/")
         if len(parts) != 4 or parts[0] != "projects" or parts[2] != "subscriptions":

@@ -86,3 +86,14 @@ def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str
     record.status = run_status_of([n.state for n in nodes])
     runs.save(record)
     return record
+
+
+def store_notes(record: RunRecord | None) -> list[str]:
+    """One line per node whose results came from the store rather than the node, saying so."""
+    if record is None:
+        return []
+    return [
+        f"{n.name}: read from the store ({n.store_url}): {n.detail or n.state}"
+        for n in record.nodes
+        if getattr(n, "collected_from", None) == "store" and n.store_url
+    ]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from lepton_infra.data import open_store
 from lepton_infra.data.snapshots import latest_snapshot
-from lepton_infra.inventory import Inventory
 from lepton_infra.workload.node.agent import Snapshots
-from lepton_infra.workload.record import RunStore
 from lepton_infra.workload.remote import UPLOADER_SOURCE
-from lepton_infra.workload.results import fetch_from_store
 
 FILES = 300  # enough that an upload takes a while (every file is fsynced twice)
 
@@ -71,19 +71,32 @@ def test_snapshot_cut_off_mid_upload_leaves_the_last_good_one_for_collect(tmp_pa
     os.kill(snapshots.proc.pid, signal.SIGKILL)
     snapshots.proc.wait()
 
+    # Collect with the node unreachable (nothing listens on port 1): it reads the store, and says so.
     node = {
         "name": "node-0",
         "host": "127.0.0.1",
         "private_ip": "127.0.0.1",
-        "port": 22,
+        "port": 1,
         "host_key": _host_key(),
     }
-    inventory = Inventory.from_dict(
-        {"version": 1, "cluster": "c", "cloud": "local", "user": "u", "store": store_url, "nodes": [node]}
-    )
-    record = fetch_from_store(inventory, "r1", RunStore(tmp_path / "runs"), "node lost")
-    [node] = record.nodes
-    assert node.state == "lost" and "checkpoint snapshot" in node.detail
+    inventory = {
+        "version": 1,
+        "cluster": "c",
+        "cloud": "local",
+        "user": "u",
+        "store": store_url,
+        "nodes": [node],
+    }
+    (tmp_path / "inv.json").write_text(json.dumps(inventory))
+    done = subprocess.run(
+        [sys.executable, "-m", "lepton_infra.cli", "collect", "r1", "-i", str(tmp_path / "inv.json"),
+         "--runs-dir", str(tmp_path / "runs"), "--connect-timeout", "3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "node-0: read from the store" in done.stdout, done.stdout + done.stderr
+    record = json.loads((tmp_path / "runs" / "r1" / "run.json").read_text())
+    [node_record] = record["nodes"]
+    assert node_record["state"] == "lost" and "checkpoint snapshot" in node_record["detail"]
     got = tmp_path / "runs" / "r1" / "node-0" / "output"
     assert sorted(p.read_text() for p in got.iterdir()) == sorted(f"v1 {i}" for i in range(FILES))
     assert latest_snapshot(open_store(store_url), "runs/r1/node-0") is not None

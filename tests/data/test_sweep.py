@@ -137,6 +137,33 @@ def test_bad_messages_and_failing_jobs_are_dead_lettered_with_a_reason_and_the_w
     assert store.manifest("sweeps/s1/c") is None
 
 
+def test_failed_job_comes_back_after_a_delay_and_leaves_no_partial_folder_on_the_node(tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    (workdir / "workload").mkdir(parents=True)
+    (workdir / "workload" / "train.py").write_text(JOB)
+    (tmp_path / "store").mkdir()
+    queue = open_queue(create_local_queue(tmp_path / "q.db", max_receive_count=5))
+    job = {"sweep_id": "s1", "job_id": "c", "workload": "toyjob", "params": {}, "args": ["--fail", "1"]}
+    queue.send(json.dumps(job))
+
+    proc = _worker(workdir, queue.url, f"file://{tmp_path / 'store'}", "s1", retry_backoff_s="60")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    assert out.decode().count(": start") == 1  # not five tries within a second: the next waits
+    assert queue.receive(visibility_timeout_s=1) == [] and queue.dead_letters() == []
+    assert list((workdir / "jobs").iterdir()) == []  # the failed try's folder is gone
+
+
+def test_inventory_with_an_unknown_queue_url_is_refused_naming_the_key(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(Path(local_pool.inventory_path).read_text())
+    for bad in ("queue.db", "sqlite://relative.db", "projects/p/topics/t", "ftp://host/q"):
+        path = tmp_path / "inv.json"
+        path.write_text(json.dumps({**data, "queue": bad}))
+        with pytest.raises(ConfigError) as err:
+            Inventory.load(path)
+        assert "queue" in str(err.value) and bad in str(err.value) and "sqlite:///" in str(err.value)
+
+
 def test_worker_whose_sweep_ended_hands_another_sweeps_job_back_and_exits(tmp_path: Path) -> None:
     workdir = tmp_path / "w"
     (workdir / "workload").mkdir(parents=True)
@@ -225,6 +252,7 @@ CLI = [sys.executable, "-m", "lepton_infra.cli"]
 def test_sweep_cli_runs_the_grid_and_reports_best_first(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     workload = _workload(tmp_path)
     inv = str(local_pool.inventory_path)
+    open_queue(Inventory.load(local_pool.inventory_path).queue or "").send("garbage, not a job")
     done = subprocess.run(
         [*CLI, "sweep", str(workload), "-i", inv, "--grid", "lr=0.3,0.1", "--sweep-id", "cli-sweep-1",
          "--visibility-timeout", "20", "--", "--sleep", "0"],
@@ -245,6 +273,8 @@ def test_sweep_cli_runs_the_grid_and_reports_best_first(local_pool, tmp_path: Pa
     report = json.loads(status.stdout)
     assert [j["state"] for j in report["jobs"]] == ["done", "done"]
     assert report["summary"][0]["params"] == {"lr": 0.1}
+    assert [m["body"] for m in report["malformed"]] == ["garbage, not a job"]
+    assert report["malformed"][0]["reason"].startswith("not JSON")
 
 
 def test_sweep_cli_with_unknown_store_scheme_exits_2_naming_the_url(local_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
