@@ -356,3 +356,52 @@ def test_sweep_whose_workers_all_died_says_so_then_resumes_and_a_cancelled_one_f
     while not all("exiting" in (Path(d) / "worker.log").read_text() for d in second.workers.values()):
         assert time.monotonic() < deadline, "workers of the cancelled sweep kept going"
         time.sleep(0.5)
+
+
+RESUMABLE = textwrap.dedent(
+    """\
+    import json, os, sys, time
+    out = os.environ["LEPTON_OUTPUT_DIR"]
+    ckpt = os.path.join(out, "ckpt.txt")
+    start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+    with open(ckpt + ".tmp", "w") as f:
+        f.write(str(start + 1))
+    os.replace(ckpt + ".tmp", ckpt)
+    deadline = time.time() + 60
+    while start == 0 and time.time() < deadline:  # the first run never gets further
+        time.sleep(0.2)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({"final_test_accuracy": 1.0, "resumed_at": start}, f)
+    """
+)
+
+
+def test_requeued_sweep_job_starts_from_its_own_last_snapshot(tmp_path: Path) -> None:
+    from lepton_infra.data.snapshots import latest_snapshot
+
+    workdir = tmp_path / "w"
+    (workdir / "workload").mkdir(parents=True)
+    (workdir / "workload" / "train.py").write_text(RESUMABLE)
+    (tmp_path / "store").mkdir()
+    store = open_store(f"file://{tmp_path / 'store'}")
+    store.put(sweep_key("s1"), json.dumps({"jobs": [{"job_id": "j"}]}).encode())
+    queue = open_queue(create_local_queue(tmp_path / "q.db"))
+    queue.send(json.dumps({"sweep_id": "s1", "job_id": "j", "workload": "toyjob", "params": {}, "args": []}))
+    fast = {"visibility_timeout_s": "3", "snapshot_s": "0.5", "check_s": "0.5"}
+
+    first = _worker(workdir, queue.url, store.url, "s1", **fast)
+    deadline = time.monotonic() + 60
+    while latest_snapshot(store, "sweeps/s1/j") is None:
+        assert time.monotonic() < deadline and first.poll() is None, "no snapshot of the job's output"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the node is lost mid-job
+    first.wait()
+
+    second = _worker(workdir, queue.url, store.url, "s1", **fast)
+    out, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, out.decode()
+    assert json.loads(store.get("sweeps/s1/j/output/metrics.json"))["resumed_at"] == 1
+    assert json.loads(store.get("sweeps/s1/j/job.json"))["resumed_from"].startswith(
+        "sweeps/s1/j/checkpoint/g"
+    )
+    assert store.list("sweeps/s1/j/checkpoint") == []  # the result holds output/: no second copy
