@@ -670,6 +670,27 @@ def sweep(
         list[str] | None, typer.Option("--grid", help="NAME=V1,V2,... (repeatable): one job per combination.")
     ] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Jobs per combination.")] = 1,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            "--search", help="grid, random or tpe: Optuna picks each trial (--grid values, --range)."
+        ),
+    ] = None,
+    trials: Annotated[int, typer.Option("--trials", help="With --search: how many trials.")] = 10,
+    ranges: Annotated[
+        list[str] | None, typer.Option("--range", help="With --search: NAME=LOW:HIGH[:log] (repeatable).")
+    ] = None,
+    pruner: Annotated[
+        str, typer.Option("--pruner", help="With --search: median, halving or none (stops bad trials early).")
+    ] = "median",
+    parallel: Annotated[
+        int | None, typer.Option("--parallel", help="With --search: trials at once (default: one per node).")
+    ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option("--report", help="With --search: LEPTON_PROGRESS key to prune on (default: --metric)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="With --search: the sampler's seed.")] = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     sweep_id: Annotated[str | None, typer.Option("--sweep-id", help="Default: timestamp + suffix.")] = None,
     visibility_timeout: Annotated[
@@ -718,8 +739,36 @@ def sweep(
             _positive("--connect-timeout", connect_timeout)
             workers = sweep_control.resume(inv, the_id, connect_timeout)
             if not as_json:
-                console.print(f"sweep {the_id}: workers restarted on {', '.join(workers)}")
+                restarted = ", ".join(workers) or "none (workers still alive)"
+                console.print(f"sweep {the_id}: workers restarted on {restarted}")
             watch = not detach
+            _run_search_if_any(inv, the_id, metric, runs_dir, as_json)
+    elif search is not None:
+        import dataclasses
+
+        from lepton_infra.workload import sweep_search
+
+        if detach:
+            raise ConfigError("--search runs its controller in the foreground; --detach is for grid sweeps")
+        spec = sweep_search.SearchSpec(
+            kind=search, trials=trials, choices=sweeps.parse_grid(grid or []),
+            ranges=sweep_search.parse_ranges(ranges or []), pruner=pruner,
+            parallel=parallel or len(inv.nodes), report=report or "", minimize=minimize, seed=seed,
+        )  # fmt: skip
+        sweep_search.check_spec(spec)
+        started = sweeps.submit(
+            inv, Path(workload), {}, args=list(args or []), sweep_id=sweep_id, connect_timeout=connect_timeout,
+            settings=sweeps.WorkerSettings(visibility_timeout_s=visibility_timeout, heartbeat_s=heartbeat,
+                                           retry_backoff_s=retry_backoff, snapshot_s=snapshot_every, check_s=1.0),
+            jobs=[], extra={"search": dataclasses.asdict(spec)},
+        )  # fmt: skip
+        the_id = started.sweep_id
+        if not as_json:
+            console.print(
+                f"sweep {the_id}: {search} search, {trials} trial(s), workers on {', '.join(started.workers)}"
+            )
+        _run_search_if_any(inv, the_id, metric, runs_dir, as_json)
+        watch = False
     else:
         _positive("--connect-timeout", connect_timeout)
         for name, value in (("--heartbeat", heartbeat), ("--retry-backoff", retry_backoff)):
@@ -748,6 +797,27 @@ def sweep(
     _sweep_report(inv, the_id, metric, minimize, watch, runs_dir, as_json)
 
 
+def _run_search_if_any(inv: Inventory, sweep_id: str, metric: str, runs_dir: Path, as_json: bool) -> None:
+    """Drive a search sweep's trials (ask, report, prune, tell) until all have ended; nothing for a grid."""
+    from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_control, sweep_search
+
+    store, queue = sweeps.open_plane(inv)
+    record = sweep_control.load_record(store, sweep_id)
+    if not record.get("search") or record.get("closed"):
+        return
+    controller = sweep_search.SearchController(store, queue, sweep_id, runs_dir / "sweeps" / sweep_id, metric)
+
+    def check() -> None:
+        _, stalled = sweep_control.liveness(store, sweep_id)
+        if stalled is not None:
+            raise sweep_control.SweepStalled(stalled)
+
+    if not as_json:
+        console.print(f"search {sweep_id}: Optuna study in {runs_dir / 'sweeps' / sweep_id / 'optuna.db'}")
+    controller.run(on_round=check)
+
+
 def _sweep_report(
     inv: Inventory, sweep_id: str, metric: str, minimize: bool, watch: bool, runs_dir: Path, as_json: bool
 ) -> None:
@@ -760,7 +830,8 @@ def _sweep_report(
     from lepton_infra.workload import sweep_control
 
     store, queue = sweeps.open_plane(inv)
-    submitted = float(sweep_control.load_record(store, sweep_id).get("submitted", 0))
+    record = sweep_control.load_record(store, sweep_id)
+    submitted = float(record.get("submitted", 0))
 
     def table(rows: list[Any]) -> Table:
         t = Table(title=f"sweep {sweep_id}")
@@ -797,15 +868,32 @@ def _sweep_report(
         if not watch:
             console.print(table(rows))
         finished = not any(r.state == "pending" for r in rows)
-        summary = Table(title=f"summary by configuration ({metric}, best first)")
-        for column in ("config", "params", "done", "dead", f"mean {metric}"):
+        searched = bool(record.get("search"))
+        title = "trials" if searched else "summary by configuration"
+        summary = Table(title=f"{title} ({metric}, best first)")
+        for column in (
+            "trial" if searched else "config",
+            "params",
+            "done",
+            "dead",
+            "pruned",
+            f"mean {metric}",
+        ):
             summary.add_column(column)
         for s in best:
-            params = " ".join(f"{k}={v}" for k, v in s["params"].items())
-            summary.add_row(
-                s["config"], params, f"{s['done']}/{s['jobs']}", str(s["dead"]), _fmt(s["mean"], ".4f")
+            params = " ".join(
+                f"{k}={_fmt(v, '.4g') if isinstance(v, float) else v}" for k, v in s["params"].items()
             )
+            summary.add_row(
+                s["config"], params, f"{s['done']}/{s['jobs']}", str(s["dead"]), str(s["pruned"]),
+                _fmt(s["mean"], ".4f"),
+            )  # fmt: skip
         console.print(summary)
+        if searched and best and best[0]["mean"] is not None:
+            top = best[0]
+            console.print(
+                f"best: {top['config']} {metric}={top['mean']:.4f} params {json.dumps(top['params'])}"
+            )
         if not finished:
             console.print(f"workers alive: {', '.join(alive) or 'none'}")
         if odd:
@@ -814,13 +902,40 @@ def _sweep_report(
                        f"started; first: {odd[0]['reason'][:120]}", "yellow")
             )  # fmt: skip
         if finished:
-            png = sweeps.plot(best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png")
+            png = _sweep_plot(store, record, rows, best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png")
             if png is not None:
                 console.print(f"plot: {png}")
     if stalled is not None:
         raise sweep_control.SweepStalled(stalled)
     if any(r.state == "dead" for r in rows) and not any(r.state == "pending" for r in rows):
         raise JobFailed(f"sweep {sweep_id}: {sum(r.state == 'dead' for r in rows)} job(s) dead-lettered")
+
+
+def _sweep_plot(
+    store: Any, record: dict[str, Any], rows: list[Any], best: list[dict[str, Any]], metric: str, dest: Path
+) -> Path | None:
+    from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_search
+
+    if not record.get("search"):
+        return sweeps.plot(best, metric, dest)
+    key = record["search"].get("report") or metric
+    points = [
+        (int(r.job_id[1:]), "done", r.metric) for r in rows if r.state == "done" and r.metric is not None
+    ]
+    for r in rows:
+        last = (
+            sweep_search.last_reported(store, record["sweep_id"], r.job_id, key)
+            if r.state == "pruned"
+            else None
+        )
+        if last is not None:
+            points.append((int(r.job_id[1:]), "pruned", last))
+    top = best[0] if best and best[0]["mean"] is not None else None
+    best_point = (
+        {"trial": int(top["config"][1:]), "value": top["mean"], "params": top["params"]} if top else None
+    )
+    return sweep_search.plot_search(points, best_point, metric, dest)
 
 
 def main() -> None:

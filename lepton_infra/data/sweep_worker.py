@@ -103,10 +103,14 @@ class Worker:
         """Every job of our sweep has a committed result or an end record (dead letters archived
         first, however many the queue holds), or the sweep was cancelled."""
         try:
-            jobs = {j["job_id"] for j in json.loads(self.store.get(sweep_key(self.opts.sweep_id)))["jobs"]}
+            record = json.loads(self.store.get(sweep_key(self.opts.sweep_id)))
             archive_dead_letters(self.store, self.queue)
             ledger = read_ledger(self.store, self.opts.sweep_id)
-            return ledger.cancelled is not None or jobs <= ledger.done()
+            if ledger.cancelled is not None:
+                return True
+            if record.get("search") and not record.get("closed"):
+                return False  # the search controller has more trials to ask for
+            return {j["job_id"] for j in record["jobs"]} <= ledger.done()
         except Exception:  # noqa: BLE001 - unknown means not ended: keep serving
             return False
 

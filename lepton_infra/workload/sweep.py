@@ -136,13 +136,14 @@ class WorkerSettings:
     heartbeat_s: float = 10.0
     retry_backoff_s: float = 10.0
     snapshot_s: float = 30.0
+    check_s: float = 2.0  # how soon a running job sees a cancel or a prune
 
     def argv(self) -> list[str]:
         idle = self.idle_exit_s if self.idle_exit_s is not None else self.visibility_timeout_s + 60
         return [
             "--visibility-timeout-s", str(self.visibility_timeout_s), "--idle-exit-s", str(idle),
             "--heartbeat-s", str(self.heartbeat_s), "--retry-backoff-s", str(self.retry_backoff_s),
-            "--snapshot-s", str(self.snapshot_s),
+            "--snapshot-s", str(self.snapshot_s), "--check-s", str(self.check_s),
         ]  # fmt: skip
 
     def stale_after_s(self) -> float:
@@ -295,9 +296,11 @@ def running_sweeps(store: Store, queue: Queue) -> list[str]:
     for obj in store.list("sweeps"):
         parts = obj.key.split("/")
         if len(parts) == 3 and parts[2] == "sweep.json":
-            jobs = {j["job_id"] for j in json.loads(store.get(obj.key))["jobs"]}
+            record = json.loads(store.get(obj.key))
+            jobs = {j["job_id"] for j in record["jobs"]}
             ledger = read_ledger(store, parts[1])
-            if ledger.cancelled is None and not jobs <= ledger.done():
+            open_search = bool(record.get("search")) and not record.get("closed")
+            if ledger.cancelled is None and (open_search or not jobs <= ledger.done()):
                 out.append(parts[1])
     return out
 
@@ -327,6 +330,7 @@ def summary(rows: Sequence[JobRow], *, minimize: bool = False) -> list[dict[str,
                 "params": group[0].params,
                 "done": sum(r.state == "done" for r in group),
                 "dead": sum(r.state == "dead" for r in group),
+                "pruned": sum(r.state == "pruned" for r in group),
                 "jobs": len(group),
                 "mean": sum(values) / len(values) if values else None,
             }

@@ -61,14 +61,18 @@ def liveness(store: Store, sweep_id: str, now: float | None = None) -> tuple[lis
 
 
 def resume(inventory: Inventory, sweep_id: str, connect_timeout: float = 10.0) -> dict[str, str]:
-    """Start the sweep's workers again on the inventory's nodes; returns node -> worker dir."""
+    """Start the sweep's workers again on the inventory's nodes (unless some are alive); returns
+    node -> worker dir of those started."""
     store, queue = open_plane(inventory)
     record = load_record(store, sweep_id)
     ledger = read_ledger(store, sweep_id)
     if ledger.cancelled is not None:
         raise ConfigError(f"sweep {sweep_id!r} was cancelled; start a new sweep instead")
-    if {j["job_id"] for j in record["jobs"]} <= ledger.done():
+    open_search = bool(record.get("search")) and not record.get("closed")
+    if not open_search and {j["job_id"] for j in record["jobs"]} <= ledger.done():
         raise ConfigError(f"sweep {sweep_id!r} has no unfinished job; nothing to resume")
+    if live_workers(ledger, WorkerSettings(**record.get("worker", {})).stale_after_s()):
+        return {}  # its workers still serve it (only a search controller had stopped)
     conns = connect_all(inventory, connect_timeout)
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -405,3 +405,75 @@ def test_requeued_sweep_job_starts_from_its_own_last_snapshot(tmp_path: Path) ->
         "sweeps/s1/j/checkpoint/g"
     )
     assert store.list("sweeps/s1/j/checkpoint") == []  # the result holds output/: no second copy
+
+
+OBJECTIVE = textwrap.dedent(
+    """\
+    import argparse, json, os, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--x", type=float, required=True)
+    p.add_argument("--steps", type=int, default=8)
+    a = p.parse_args()
+    for step in range(a.steps):
+        score = -((a.x - 2.0) ** 2) + 0.01 * step
+        print("LEPTON_PROGRESS " + json.dumps({"step": step, "steps": a.steps, "score": score}), flush=True)
+        time.sleep(0.4)
+    with open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "metrics.json"), "w") as f:
+        json.dump({"score": score}, f)
+    """
+)
+
+
+@pytest.mark.slow
+def test_tpe_search_prunes_bad_trials_and_a_restarted_controller_continues_the_study(
+    local_pool, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import optuna
+
+    workload = tmp_path / "objective"
+    workload.mkdir()
+    (workload / "train.py").write_text(OBJECTIVE)
+    inv, runs = str(local_pool.inventory_path), tmp_path / "runs"
+    common = ["-i", inv, "--runs-dir", str(runs), "--metric", "score"]
+    controller = subprocess.Popen(
+        [*CLI, "sweep", str(workload), *common, "--search", "tpe", "--trials", "9", "--range", "x=-10.0:10.0",
+         "--pruner", "median", "--seed", "7", "--sweep-id", "tpe-1", "--heartbeat", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    db = f"sqlite:///{runs / 'sweeps' / 'tpe-1' / 'optuna.db'}"
+    deadline = time.monotonic() + 90
+    while True:  # let a few trials end, then the controller dies (the workers go on)
+        assert time.monotonic() < deadline and controller.poll() is None, controller.stdout.read()  # type: ignore[union-attr]
+        try:
+            ended = [
+                t for t in optuna.load_study(study_name="tpe-1", storage=db).trials if t.state.is_finished()
+            ]
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            ended = []
+        if len(ended) >= 3:
+            break
+        time.sleep(0.5)
+    controller.kill()
+    controller.wait()
+
+    resumed = subprocess.run(
+        [*CLI, "sweep", "resume", "tpe-1", *common, "--json"], capture_output=True, text=True, timeout=180
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    report = json.loads(resumed.stdout.strip().splitlines()[-1])
+    states = [j["state"] for j in report["jobs"]]
+    study = optuna.load_study(study_name="tpe-1", storage=db)
+    told = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(states) == len(told) == 9  # one study across both controllers, each trial once
+    assert set(states) <= {"done", "pruned"} and states.count("pruned") >= 1, report["jobs"]
+    pruned = {f"t{t.number:04d}" for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert pruned == {j["job_id"] for j in report["jobs"] if j["state"] == "pruned"}
+    best = report["summary"][0]
+    assert best["params"] == study.best_params and best["mean"] == pytest.approx(study.best_value)
+
+    table = subprocess.run(
+        [*CLI, "sweep", "status", "tpe-1", *common], capture_output=True, text=True, timeout=120
+    )
+    assert table.returncode == 0, table.stderr
+    assert "trials (score, best first)" in table.stdout and f"best: {best['config']}" in table.stdout
+    assert (runs / "sweeps" / "tpe-1" / "sweep.png").is_file()
