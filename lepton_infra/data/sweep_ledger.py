@@ -132,7 +132,7 @@ def live_workers(ledger: Ledger, stale_after_s: float, now: float | None = None)
 
 def malformed(store: Store, since: float = 0.0) -> list[dict[str, Any]]:
     """Dead letters no sweep could claim (not JSON, no sweep id), archived at or after `since`."""
-    out = []
+    out: list[dict[str, Any]] = []
     for obj in store.list(MALFORMED_PREFIX):
         try:
             record = json.loads(store.get(obj.key))

@@ -12,6 +12,7 @@ restart continues the same study: trials already told stay told, running ones ar
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -99,9 +100,9 @@ def open_study(spec: SearchSpec, sweep_id: str, folder: Path) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table says what happened
     folder.mkdir(parents=True, exist_ok=True)
     sampler: Any
-    if spec.kind == "grid":
-        sampler = optuna.samplers.GridSampler(dict(spec.choices), seed=spec.seed)
-    elif spec.kind == "random":
+    if spec.kind in ("grid", "random"):
+        # Grid: every combination is enqueued below. Optuna's GridSampler is not used: it calls
+        # Study.stop() once the grid is exhausted, which only works inside Study.optimize.
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
         sampler = optuna.samplers.TPESampler(
@@ -112,7 +113,7 @@ def open_study(spec: SearchSpec, sweep_id: str, folder: Path) -> Any:
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }[spec.pruner]()
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=sweep_id,
         storage=f"sqlite:///{folder / 'optuna.db'}",
         load_if_exists=True,
@@ -120,6 +121,11 @@ def open_study(spec: SearchSpec, sweep_id: str, folder: Path) -> Any:
         pruner=pruner,
         direction="minimize" if spec.minimize else "maximize",
     )
+    if spec.kind == "grid" and not study.trials:  # a new study (a restarted one has them stored)
+        keys = list(spec.choices)
+        for combo in itertools.product(*(spec.choices[k] for k in keys)):
+            study.enqueue_trial(dict(zip(keys, combo, strict=True)))
+    return study
 
 
 class SearchController:

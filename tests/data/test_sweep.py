@@ -477,3 +477,57 @@ def test_tpe_search_prunes_bad_trials_and_a_restarted_controller_continues_the_s
     assert table.returncode == 0, table.stderr
     assert "trials (score, best first)" in table.stdout and f"best: {best['config']}" in table.stdout
     assert (runs / "sweeps" / "tpe-1" / "sweep.png").is_file()
+
+
+def test_search_options_are_checked_naming_the_bad_value() -> None:
+    from lepton_infra.workload import sweep_search as ss
+
+    assert ss.parse_ranges(["lr=1e-4:1e-1:log", "epochs=1:5"]) == {
+        "lr": [1e-4, 0.1, True],
+        "epochs": [1, 5, False],
+    }
+    for bad in (["lr=1:0"], ["lr=0:1:log"], ["lr=a:b"], ["lr=1"], ["lr=1:2:ln"]):
+        with pytest.raises(ConfigError, match="--range"):
+            ss.parse_ranges(bad)
+    ok = ss.SearchSpec(kind="tpe", trials=4, ranges={"x": [0.0, 1.0, False]})
+    ss.check_spec(ok)
+    for bad_spec, word in (
+        (ss.SearchSpec(kind="bayes", trials=4, ranges=ok.ranges), "--search 'bayes'"),
+        (ss.SearchSpec(kind="tpe", trials=0, ranges=ok.ranges), "--trials"),
+        (ss.SearchSpec(kind="tpe", trials=4, ranges=ok.ranges, pruner="hyperband"), "--pruner"),
+        (ss.SearchSpec(kind="grid", trials=4, ranges=ok.ranges), "--search grid"),
+        (ss.SearchSpec(kind="tpe", trials=4), "needs parameters"),
+    ):
+        with pytest.raises(ConfigError, match=word):
+            ss.check_spec(bad_spec)
+
+
+def test_grid_search_runs_each_combination_once_however_many_trials_asked(tmp_path: Path) -> None:
+    from lepton_infra.workload.sweep_search import SearchController, SearchSpec
+
+    workdir = tmp_path / "w"
+    (workdir / "workload").mkdir(parents=True)
+    (workdir / "workload" / "train.py").write_text(JOB)
+    (tmp_path / "store").mkdir()
+    store = open_store(f"file://{tmp_path / 'store'}")
+    queue = open_queue(create_local_queue(tmp_path / "q.db"))
+    spec = SearchSpec(kind="grid", trials=10, choices={"lr": [0.1, 0.3]}, parallel=2, pruner="none")
+    record = {"sweep_id": "g1", "workload": "toyjob", "args": [], "jobs": [], "search": spec.__dict__}
+    store.put(sweep_key("g1"), json.dumps(record).encode())
+    worker = _worker(workdir, queue.url, store.url, "g1", check_s="0.5", idle_exit_s="30")
+    try:
+        controller = SearchController(store, queue, "g1", tmp_path / "runs" / "g1", "final_test_accuracy")
+        deadline = time.monotonic() + 60
+        while not controller.step():
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.3)
+    finally:
+        worker.kill()
+    rows = sweep.status(store, queue, "g1")
+    assert sorted((r.params["lr"], r.state) for r in rows) == [(0.1, "done"), (0.3, "done")]
+    assert controller.best() == {
+        "trial": controller.best()["trial"],
+        "value": pytest.approx(0.9),
+        "params": {"lr": 0.1},
+    }  # type: ignore[index]
+    assert sweep.running_sweeps(store, queue) == []  # the search closed its record
