@@ -236,11 +236,12 @@ class SearchController:
         except (StoreError, ValueError):
             return
         done = self.reported.get(number, 0)
+        last = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=-1)  # noqa: SLF001
         for index, rec in enumerate(records[done:], start=done):
-            value = rec.get(self.report_key)
-            if isinstance(value, int | float):
-                step = rec.get("step", rec.get("epoch", index))
-                trial.report(float(value), int(step) if isinstance(step, int | float) else index)
+            value, step = rec.get(self.report_key), _step(rec, index)
+            if isinstance(value, int | float) and step > last:
+                trial.report(float(value), step)
+                last = step
         self.reported[number] = len(records)
         if len(records) > done and trial.should_prune():
             reason = f"trial {number} pruned by the {self.spec.pruner} pruner after {len(records)} report(s)"
@@ -261,6 +262,23 @@ class SearchController:
         except ValueError:
             return None
         return {"trial": best.number, "value": best.value, "params": best.params}
+
+
+def _step(record: dict[str, Any], index: int) -> int:
+    """Where a progress record stands, comparable across trials: epoch x steps-per-epoch + step when
+    the job says both (the cifar10 job's step restarts each epoch), else its step, epoch or index."""
+
+    def num(key: str) -> int | None:
+        value = record.get(key)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    epoch, step, steps = num("epoch"), num("step"), num("steps")
+    if epoch is not None and step is not None and steps:
+        return (epoch - 1) * steps + step
+    for value in (step, epoch):
+        if value is not None:
+            return value
+    return index
 
 
 def last_reported(store: Store, sweep_id: str, job_id: str, key: str) -> float | None:

@@ -502,6 +502,22 @@ def test_search_options_are_checked_naming_the_bad_value() -> None:
             ss.check_spec(bad_spec)
 
 
+def test_search_steps_count_across_epochs_and_every_pruner_builds(tmp_path: Path) -> None:
+    import optuna
+
+    from lepton_infra.workload import sweep_search as ss
+
+    # The cifar10 job's step restarts each epoch: a step must still grow, and match across trials.
+    records = [{"epoch": 1, "steps": 100, "step": 50}, {"epoch": 2, "steps": 100, "step": 10}]
+    assert [ss._step(r, i) for i, r in enumerate(records)] == [50, 110]
+    assert [ss._step({"epoch": 3}, 0), ss._step({"loss": 1.0}, 4)] == [3, 4]
+    kinds = {"median": optuna.pruners.MedianPruner, "halving": optuna.pruners.SuccessiveHalvingPruner,
+             "none": optuna.pruners.NopPruner}  # fmt: skip
+    for name, kind in kinds.items():
+        spec = ss.SearchSpec(kind="tpe", trials=4, ranges={"x": [0.0, 1.0, False]}, pruner=name)
+        assert isinstance(ss.open_study(spec, f"s-{name}", tmp_path / name).pruner, kind)
+
+
 def test_grid_search_runs_each_combination_once_however_many_trials_asked(tmp_path: Path) -> None:
     from lepton_infra.workload.sweep_search import SearchController, SearchSpec
 
