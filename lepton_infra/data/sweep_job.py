@@ -30,6 +30,7 @@ _STOP_GRACE_S = 5.0
 _MAX_LINE = 64 * 1024
 STOP_FLAG = "_stop.json"  # the controller's request to stop one job (a pruned trial)
 PROGRESS = "_progress.json"  # the job's LEPTON_PROGRESS records so far
+STARTED = "_started.json"  # a worker took the job (node, receive count, time)
 
 
 def _die_with_parent() -> None:

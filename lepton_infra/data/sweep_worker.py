@@ -33,7 +33,7 @@ from typing import Any
 from lepton_infra.data.queue import Message, MessageLost, Queue, open_queue
 from lepton_infra.data.snapshots import drop_snapshots, latest_snapshot
 from lepton_infra.data.store import Store, open_store
-from lepton_infra.data.sweep_job import JobWatch, run_job
+from lepton_infra.data.sweep_job import STARTED, JobWatch, run_job
 from lepton_infra.data.sweep_ledger import (
     CANCELLED,
     archive_dead_letters,
@@ -247,6 +247,8 @@ class Worker:
             PYTHONUNBUFFERED="1",
         )
         self.log(f"job {job_id}: start (receive {message.receive_count}) {' '.join(argv[1:])}")
+        started_on = {"node": self.node, "receive_count": message.receive_count, "at": time.time()}
+        self.store.put(f"{prefix}/{STARTED}", json.dumps(started_on).encode())
         lost = threading.Event()
         done = threading.Event()
 

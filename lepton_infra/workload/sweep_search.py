@@ -21,7 +21,7 @@ from typing import Any
 
 from lepton_infra.data.queue import Queue
 from lepton_infra.data.store import Store, StoreError
-from lepton_infra.data.sweep_job import PROGRESS, STOP_FLAG
+from lepton_infra.data.sweep_job import PROGRESS, STARTED, STOP_FLAG
 from lepton_infra.data.sweep_ledger import archive_dead_letters, job_prefix, read_ledger, sweep_key
 from lepton_infra.errors import ConfigError
 from lepton_infra.workload.sweep import parse_value
@@ -144,8 +144,9 @@ class SearchController:
 
     def _recover(self) -> None:
         """After a controller restart: a trial asked but never recorded is failed (it is not one of
-        the --trials); one recorded but unfinished is queued again in case its message was never
-        sent (a duplicate is harmless: a worker acks a job whose result is committed)."""
+        the --trials); one recorded that no worker has started is queued again in case its message
+        was never sent (a duplicate costs at most a second run: a worker acks a job whose result
+        is committed, and both runs write the same result)."""
         import optuna
 
         jobs = {j["job_id"]: j for j in self.record["jobs"]}
@@ -154,7 +155,9 @@ class SearchController:
             job = jobs.get(f"t{number:04d}")
             if job is None:
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-            elif job["job_id"] not in done:
+            elif job["job_id"] not in done and not self.store.exists(
+                f"{job_prefix(self.sweep_id, job['job_id'])}/{STARTED}"
+            ):
                 self.queue.send(json.dumps(job))
 
     def _running(self) -> dict[int, Any]:
