@@ -414,8 +414,10 @@ OBJECTIVE = textwrap.dedent(
     p.add_argument("--x", type=float, required=True)
     p.add_argument("--steps", type=int, default=8)
     a = p.parse_args()
+    # Every third trial diverges (whatever x the sampler chose): the pruner has something to stop.
+    diverged = int(os.environ["LEPTON_JOB_ID"][1:]) % 3 == 2
     for step in range(a.steps):
-        score = -((a.x - 2.0) ** 2) + 0.01 * step
+        score = -((a.x - 2.0) ** 2) + 0.01 * step - (100.0 if diverged else 0.0)
         print("LEPTON_PROGRESS " + json.dumps({"step": step, "steps": a.steps, "score": score}), flush=True)
         time.sleep(0.4)
     with open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "metrics.json"), "w") as f:
@@ -441,7 +443,7 @@ def test_tpe_search_prunes_bad_trials_and_a_restarted_controller_continues_the_s
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     db = f"sqlite:///{runs / 'sweeps' / 'tpe-1' / 'optuna.db'}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     while True:  # let a few trials end, then the controller dies (the workers go on)
         assert time.monotonic() < deadline and controller.poll() is None, controller.stdout.read()  # type: ignore[union-attr]
         try:
