@@ -727,6 +727,10 @@ def sweep(
     from lepton_infra.workload import sweep_control
 
     inv = _load_inventory(inventory)
+    if workload not in _SWEEP_VERBS:
+        for name, value in (("--connect-timeout", connect_timeout), ("--heartbeat", heartbeat),
+                            ("--retry-backoff", retry_backoff)):  # fmt: skip
+            _positive(name, value)
     if workload in _SWEEP_VERBS:
         if len(args or []) != 1:
             raise ConfigError(f"usage: lepton-infra sweep {workload} SWEEP_ID")
@@ -770,9 +774,6 @@ def sweep(
         _run_search_if_any(inv, the_id, metric, runs_dir, as_json)
         watch = False
     else:
-        _positive("--connect-timeout", connect_timeout)
-        for name, value in (("--heartbeat", heartbeat), ("--retry-backoff", retry_backoff)):
-            _positive(name, value)
         started = sweeps.submit(
             inv,
             Path(workload),
