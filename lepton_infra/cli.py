@@ -828,7 +828,7 @@ def _sweep_report(
 
     from lepton_infra.data.sweep_ledger import malformed
     from lepton_infra.workload import sweep as sweeps
-    from lepton_infra.workload import sweep_control
+    from lepton_infra.workload import sweep_control, sweep_plots
 
     store, queue = sweeps.open_plane(inv)
     record = sweep_control.load_record(store, sweep_id)
@@ -903,40 +903,15 @@ def _sweep_report(
                        f"started; first: {odd[0]['reason'][:120]}", "yellow")
             )  # fmt: skip
         if finished:
-            png = _sweep_plot(store, record, rows, best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png")
+            png = sweep_plots.sweep_plot(
+                store, record, rows, best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png"
+            )
             if png is not None:
                 console.print(f"plot: {png}")
     if stalled is not None:
         raise sweep_control.SweepStalled(stalled)
     if any(r.state == "dead" for r in rows) and not any(r.state == "pending" for r in rows):
         raise JobFailed(f"sweep {sweep_id}: {sum(r.state == 'dead' for r in rows)} job(s) dead-lettered")
-
-
-def _sweep_plot(
-    store: Any, record: dict[str, Any], rows: list[Any], best: list[dict[str, Any]], metric: str, dest: Path
-) -> Path | None:
-    from lepton_infra.workload import sweep as sweeps
-    from lepton_infra.workload import sweep_search
-
-    if not record.get("search"):
-        return sweeps.plot(best, metric, dest)
-    key = record["search"].get("report") or metric
-    points = [
-        (int(r.job_id[1:]), "done", r.metric) for r in rows if r.state == "done" and r.metric is not None
-    ]
-    for r in rows:
-        last = (
-            sweep_search.last_reported(store, record["sweep_id"], r.job_id, key)
-            if r.state == "pruned"
-            else None
-        )
-        if last is not None:
-            points.append((int(r.job_id[1:]), "pruned", last))
-    top = best[0] if best and best[0]["mean"] is not None else None
-    best_point = (
-        {"trial": int(top["config"][1:]), "value": top["mean"], "params": top["params"]} if top else None
-    )
-    return sweep_search.plot_search(points, best_point, metric, dest)
 
 
 def main() -> None:

@@ -338,26 +338,3 @@ def summary(rows: Sequence[JobRow], *, minimize: bool = False) -> list[dict[str,
     missing = float("inf") if minimize else float("-inf")
     out.sort(key=lambda s: s["mean"] if s["mean"] is not None else missing, reverse=not minimize)
     return out
-
-
-def plot(summary_rows: Sequence[dict[str, Any]], metric: str, dest: Path) -> Path | None:
-    """A bar chart of the metric per configuration, best first (None when matplotlib is missing)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [s for s in summary_rows if s["mean"] is not None]
-    labels = [", ".join(f"{k}={v}" for k, v in s["params"].items()) or s["config"] for s in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
-    ax.bar(range(len(rows)), [s["mean"] for s in rows])
-    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(metric)
-    ax.set_title("sweep: best first")
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
-    return dest

@@ -292,35 +292,3 @@ def last_reported(store: Store, sweep_id: str, job_id: str, key: str) -> float |
         return None
     values = [r[key] for r in records if isinstance(r.get(key), int | float)]
     return float(values[-1]) if values else None
-
-
-def plot_search(
-    points: list[tuple[int, str, float]], best: dict[str, Any] | None, metric: str, dest: Path
-) -> Path | None:
-    """Each trial's value by trial number: finished ones as dots, pruned ones as crosses at their last
-    reported value, the best as a star; the title names the best parameters."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for state, marker, colour in (("done", "o", "tab:blue"), ("pruned", "x", "tab:grey")):
-        xs = [n for n, s, _ in points if s == state]
-        ax.scatter(xs, [v for _, s, v in points if s == state], marker=marker, color=colour, label=state)
-    if best is not None:
-        ax.scatter([best["trial"]], [best["value"]], marker="*", s=220, color="tab:orange", label="best")
-        params = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()
-        )
-        ax.set_title(f"best: trial {best['trial']} ({params})", fontsize=9)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
-    return dest
