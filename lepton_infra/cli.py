@@ -687,6 +687,12 @@ def collect(
         _load_inventory(inventory), run_id, runs_dir=runs_dir, connect_timeout=connect_timeout
     )
     _render_result(result, as_json)
+    if not as_json:
+        from lepton_infra.workload.record import RunStore
+        from lepton_infra.workload.results import store_notes
+
+        for line in store_notes(RunStore(runs_dir).load(run_id)):
+            console.print(line)
 
 
 # --------------------------------------------------------------------------- Pulumi stacks
@@ -832,19 +838,55 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
 # --------------------------------------------------------------------------- sweeps
 
 
+_SWEEP_VERBS = ("status", "resume", "cancel")
+
+
 @app.command()
 def sweep(
-    workload: Annotated[str, typer.Argument(help="Workload folder, or `status` followed by a sweep id.")],
+    workload: Annotated[
+        str, typer.Argument(help="Workload folder, or `status` / `resume` / `cancel` followed by a sweep id.")
+    ],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for every job (after --).")] = None,
     grid: Annotated[
         list[str] | None, typer.Option("--grid", help="NAME=V1,V2,... (repeatable): one job per combination.")
     ] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Jobs per combination.")] = 1,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            "--search", help="grid, random or tpe: Optuna picks each trial (--grid values, --range)."
+        ),
+    ] = None,
+    trials: Annotated[int, typer.Option("--trials", help="With --search: how many trials.")] = 10,
+    ranges: Annotated[
+        list[str] | None, typer.Option("--range", help="With --search: NAME=LOW:HIGH[:log] (repeatable).")
+    ] = None,
+    pruner: Annotated[
+        str, typer.Option("--pruner", help="With --search: median, halving or none (stops bad trials early).")
+    ] = "median",
+    parallel: Annotated[
+        int | None, typer.Option("--parallel", help="With --search: trials at once (default: one per node).")
+    ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option("--report", help="With --search: LEPTON_PROGRESS key to prune on (default: --metric)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="With --search: the sampler's seed.")] = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     sweep_id: Annotated[str | None, typer.Option("--sweep-id", help="Default: timestamp + suffix.")] = None,
     visibility_timeout: Annotated[
         int, typer.Option("--visibility-timeout", help="Seconds a taken job stays hidden between extensions.")
     ] = 300,
+    heartbeat: Annotated[
+        float,
+        typer.Option("--heartbeat", help="Seconds between worker beats; none for 3x this + 5 s = stalled."),
+    ] = 10.0,
+    retry_backoff: Annotated[
+        float, typer.Option("--retry-backoff", help="Seconds before a failed job's 2nd try (doubling).")
+    ] = 10.0,
+    snapshot_every: Annotated[
+        float, typer.Option("--snapshot-every", help="Seconds between snapshots of a job's output/ (0: off).")
+    ] = 30.0,
     metric: Annotated[
         str, typer.Option("--metric", help="Key of the job's metrics.json to rank by.")
     ] = "final_test_accuracy",
@@ -860,16 +902,59 @@ def sweep(
     as_json: JsonOpt = False,
 ) -> None:
     """Run WORKLOAD once per --grid combination (x --repeats) through the cluster's queue, a worker per
-    node; results land in <store>/sweeps/<id>/<job>/. `sweep status ID` shows where a sweep stands."""
+    node; results land in <store>/sweeps/<id>/<job>/. `sweep status ID` shows where a sweep stands,
+    `sweep resume ID` restarts its workers, `sweep cancel ID` ends it."""
     from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_control
 
     inv = _load_inventory(inventory)
-    if workload == "status":
+    if workload not in _SWEEP_VERBS:
+        for name, value in (("--connect-timeout", connect_timeout), ("--heartbeat", heartbeat),
+                            ("--retry-backoff", retry_backoff)):  # fmt: skip
+            _positive(name, value)
+    if workload in _SWEEP_VERBS:
         if len(args or []) != 1:
-            raise ConfigError("usage: lepton-infra sweep status SWEEP_ID [--watch]")
+            raise ConfigError(f"usage: lepton-infra sweep {workload} SWEEP_ID")
         the_id = (args or [])[0]
+        if workload == "cancel":
+            purged = sweep_control.cancel(inv, the_id)
+            console.print(f"sweep {the_id}: cancelled; {purged} queued job(s) removed, its record kept")
+            return
+        if workload == "resume":
+            _positive("--connect-timeout", connect_timeout)
+            workers = sweep_control.resume(inv, the_id, connect_timeout)
+            if not as_json:
+                restarted = ", ".join(workers) or "none (workers still alive)"
+                console.print(f"sweep {the_id}: workers restarted on {restarted}")
+            watch = not detach
+            _run_search_if_any(inv, the_id, metric, runs_dir, as_json)
+    elif search is not None:
+        import dataclasses
+
+        from lepton_infra.workload import sweep_search
+
+        if detach:
+            raise ConfigError("--search runs its controller in the foreground; --detach is for grid sweeps")
+        spec = sweep_search.SearchSpec(
+            kind=search, trials=trials, choices=sweeps.parse_grid(grid or []),
+            ranges=sweep_search.parse_ranges(ranges or []), pruner=pruner,
+            parallel=parallel or len(inv.nodes), report=report or "", minimize=minimize, seed=seed,
+        )  # fmt: skip
+        sweep_search.check_spec(spec)
+        started = sweeps.submit(
+            inv, Path(workload), {}, args=list(args or []), sweep_id=sweep_id, connect_timeout=connect_timeout,
+            settings=sweeps.WorkerSettings(visibility_timeout_s=visibility_timeout, heartbeat_s=heartbeat,
+                                           retry_backoff_s=retry_backoff, snapshot_s=snapshot_every, check_s=1.0),
+            jobs=[], extra={"search": dataclasses.asdict(spec)},
+        )  # fmt: skip
+        the_id = started.sweep_id
+        if not as_json:
+            console.print(
+                f"sweep {the_id}: {search} search, {trials} trial(s), workers on {', '.join(started.workers)}"
+            )
+        _run_search_if_any(inv, the_id, metric, runs_dir, as_json)
+        watch = False
     else:
-        _positive("--connect-timeout", connect_timeout)
         started = sweeps.submit(
             inv,
             Path(workload),
@@ -877,8 +962,13 @@ def sweep(
             repeats=repeats,
             args=list(args or []),
             sweep_id=sweep_id,
-            visibility_timeout_s=visibility_timeout,
             connect_timeout=connect_timeout,
+            settings=sweeps.WorkerSettings(
+                visibility_timeout_s=visibility_timeout,
+                heartbeat_s=heartbeat,
+                retry_backoff_s=retry_backoff,
+                snapshot_s=snapshot_every,
+            ),
         )
         the_id = started.sweep_id
         if not as_json:
@@ -889,6 +979,27 @@ def sweep(
     _sweep_report(inv, the_id, metric, minimize, watch, runs_dir, as_json)
 
 
+def _run_search_if_any(inv: Inventory, sweep_id: str, metric: str, runs_dir: Path, as_json: bool) -> None:
+    """Drive a search sweep's trials (ask, report, prune, tell) until all have ended; nothing for a grid."""
+    from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_control, sweep_search
+
+    store, queue = sweeps.open_plane(inv)
+    record = sweep_control.load_record(store, sweep_id)
+    if not record.get("search") or record.get("closed"):
+        return
+    controller = sweep_search.SearchController(store, queue, sweep_id, runs_dir / "sweeps" / sweep_id, metric)
+
+    def check() -> None:
+        _, stalled = sweep_control.liveness(store, sweep_id)
+        if stalled is not None:
+            raise sweep_control.SweepStalled(stalled)
+
+    if not as_json:
+        console.print(f"search {sweep_id}: Optuna study in {runs_dir / 'sweeps' / sweep_id / 'optuna.db'}")
+    controller.run(on_round=check)
+
+
 def _sweep_report(
     inv: Inventory, sweep_id: str, metric: str, minimize: bool, watch: bool, runs_dir: Path, as_json: bool
 ) -> None:
@@ -896,9 +1007,13 @@ def _sweep_report(
 
     from rich.live import Live
 
+    from lepton_infra.data.sweep_ledger import malformed
     from lepton_infra.workload import sweep as sweeps
+    from lepton_infra.workload import sweep_control, sweep_plots
 
     store, queue = sweeps.open_plane(inv)
+    record = sweep_control.load_record(store, sweep_id)
+    submitted = float(record.get("submitted", 0))
 
     def table(rows: list[Any]) -> Table:
         t = Table(title=f"sweep {sweep_id}")
@@ -909,41 +1024,73 @@ def _sweep_report(
             t.add_row(r.job_id, params, r.state, r.node or "-", _fmt(r.metric, ".4f"), r.detail[:80])
         return t
 
-    rows = sweeps.status(store, queue, sweep_id, metric)
+    def poll() -> tuple[list[Any], list[str], str | None]:
+        rows = sweeps.status(store, queue, sweep_id, metric)
+        alive, stalled = sweep_control.liveness(store, sweep_id)
+        return rows, alive, stalled
+
+    rows, alive, stalled = poll()
     if watch and not as_json:
         with Live(table(rows), console=console, refresh_per_second=1) as live:
-            while any(r.state == "pending" for r in rows):
+            while any(r.state == "pending" for r in rows) and stalled is None:
                 time.sleep(2)
-                rows = sweeps.status(store, queue, sweep_id, metric)
+                rows, alive, stalled = poll()
                 live.update(table(rows))
     elif watch:
-        while any(r.state == "pending" for r in rows):
+        while any(r.state == "pending" for r in rows) and stalled is None:
             time.sleep(2)
-            rows = sweeps.status(store, queue, sweep_id, metric)
+            rows, alive, stalled = poll()
     best = sweeps.summary(rows, minimize=minimize)
+    odd = malformed(store, since=submitted)
     if as_json:
-        print(
-            json.dumps(
-                {"sweep_id": sweep_id, "jobs": [_as_dict(r) for r in rows], "summary": best}, default=str
-            )
-        )
+        report = {"sweep_id": sweep_id, "jobs": [_as_dict(r) for r in rows], "summary": best,
+                  "workers_alive": alive, "stalled": stalled, "malformed": odd}  # fmt: skip
+        print(json.dumps(report, default=str))
     else:
         if not watch:
             console.print(table(rows))
         finished = not any(r.state == "pending" for r in rows)
-        summary = Table(title=f"summary by configuration ({metric}, best first)")
-        for column in ("config", "params", "done", "dead", f"mean {metric}"):
+        searched = bool(record.get("search"))
+        title = "trials" if searched else "summary by configuration"
+        summary = Table(title=f"{title} ({metric}, best first)")
+        for column in (
+            "trial" if searched else "config",
+            "params",
+            "done",
+            "dead",
+            "pruned",
+            f"mean {metric}",
+        ):
             summary.add_column(column)
         for s in best:
-            params = " ".join(f"{k}={v}" for k, v in s["params"].items())
-            summary.add_row(
-                s["config"], params, f"{s['done']}/{s['jobs']}", str(s["dead"]), _fmt(s["mean"], ".4f")
+            params = " ".join(
+                f"{k}={_fmt(v, '.4g') if isinstance(v, float) else v}" for k, v in s["params"].items()
             )
+            summary.add_row(
+                s["config"], params, f"{s['done']}/{s['jobs']}", str(s["dead"]), str(s["pruned"]),
+                _fmt(s["mean"], ".4f"),
+            )  # fmt: skip
         console.print(summary)
+        if searched and best and best[0]["mean"] is not None:
+            top = best[0]
+            console.print(
+                f"best: {top['config']} {metric}={top['mean']:.4f} params {json.dumps(top['params'])}"
+            )
+        if not finished:
+            console.print(f"workers alive: {', '.join(alive) or 'none'}")
+        if odd:
+            console.print(
+                styled(f"{len(odd)} malformed message(s) dead-lettered on this queue since the sweep "
+                       f"started; first: {odd[0]['reason'][:120]}", "yellow")
+            )  # fmt: skip
         if finished:
-            png = sweeps.plot(best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png")
+            png = sweep_plots.sweep_plot(
+                store, record, rows, best, metric, runs_dir / "sweeps" / sweep_id / "sweep.png"
+            )
             if png is not None:
                 console.print(f"plot: {png}")
+    if stalled is not None:
+        raise sweep_control.SweepStalled(stalled)
     if any(r.state == "dead" for r in rows) and not any(r.state == "pending" for r in rows):
         raise JobFailed(f"sweep {sweep_id}: {sum(r.state == 'dead' for r in rows)} job(s) dead-lettered")
 

@@ -159,6 +159,18 @@ class Inventory(_Strict):
             raise ValueError(f"must start with s3://, gs://, az:// or file://, got {value!r}")
         return value
 
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        parts = (value or "").split("/")
+        pubsub = len(parts) == 4 and parts[0] == "projects" and parts[2] == "subscriptions" and all(parts)
+        if value is not None and not (value.startswith(("sqlite:///", "https://", "http://")) or pubsub):
+            raise ValueError(
+                "must be sqlite:///ABSOLUTE/PATH.db (local), an SQS or Azure queue URL (https://...) or "
+                f"projects/PROJECT/subscriptions/NAME (Pub/Sub), got {value!r}"
+            )
+        return value
+
     @property
     def master(self) -> Node:
         """Node 0 is the rendezvous master."""

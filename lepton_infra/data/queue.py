@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -89,6 +90,14 @@ class Queue(ABC):
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Messages in the dead-letter queue, without consuming them."""
+
+    @abstractmethod
+    def drain_dead_letters(self, keep: Callable[[list[DeadLetter]], None], max_messages: int = 10_000) -> int:
+        """Take dead letters out of the dead-letter queue a batch at a time, each batch removed only
+        after `keep(batch)` returned (it archives them; a crash in between archives them twice,
+        never loses one).
+        Reads every page, so what a caller learns does not depend on how many letters wait there.
+        Returns how many were drained."""
 
     @abstractmethod
     def purge_dead_letters(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,17 +160,37 @@ class AzureQueue(Queue):
             raise QueueError(f"queue {self.url!r}: dead-letter failed: {_short(exc)}") from exc
         self.ack(message)
 
+    @staticmethod
+    def _letter(item: Any) -> DeadLetter:
+        try:
+            env = json.loads(item.content)
+            return DeadLetter(str(env.get("id", item.id)), str(env["body"]), str(env["reason"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return DeadLetter(item.id, str(item.content), "put on the poison queue by another client")
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        out: list[DeadLetter] = []
-        for item in self.poison.peek_messages(max_messages=min(limit, _AZURE_MAX_BATCH)):
+        return [self._letter(i) for i in self.poison.peek_messages(max_messages=min(limit, _AZURE_MAX_BATCH))]
+
+    def drain_dead_letters(self, keep: Callable[[list[DeadLetter]], None], max_messages: int = 10_000) -> int:
+        drained = 0
+        while drained < max_messages:
             try:
-                env = json.loads(item.content)
-                out.append(DeadLetter(str(env.get("id", item.id)), str(env["body"]), str(env["reason"])))
-            except (ValueError, KeyError, TypeError):
-                out.append(
-                    DeadLetter(item.id, str(item.content), "put on the poison queue by another client")
+                batch = list(
+                    self.poison.receive_messages(
+                        messages_per_page=_AZURE_MAX_BATCH,
+                        visibility_timeout=60,
+                        max_messages=_AZURE_MAX_BATCH,
+                    )
                 )
-        return out
+            except Exception as exc:
+                raise QueueError(f"queue {self.url!r}: draining dead letters failed: {_short(exc)}") from exc
+            if not batch:
+                break
+            keep([self._letter(item) for item in batch])
+            for item in batch:
+                self.poison.delete_message(item.id, item.pop_receipt)
+            drained += len(batch)
+        return drained
 
     def purge_dead_letters(self) -> int:
         count = len(self.dead_letters())

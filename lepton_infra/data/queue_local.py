@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -194,6 +194,22 @@ class LocalQueue(Queue):
         with self._db() as db:
             rows = db.execute("SELECT id, body, reason FROM dead ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [DeadLetter(*row) for row in rows]
+
+    def drain_dead_letters(self, keep: Callable[[list[DeadLetter]], None], max_messages: int = 10_000) -> int:
+        drained = 0
+        while drained < max_messages:
+            with self._db() as db:
+                rows = db.execute(
+                    "SELECT seq, id, body, reason FROM dead ORDER BY seq LIMIT ?",
+                    (min(500, max_messages - drained),),
+                ).fetchall()
+            if not rows:
+                break
+            keep([DeadLetter(*row[1:]) for row in rows])
+            with self._db() as db:
+                db.execute("DELETE FROM dead WHERE seq BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+            drained += len(rows)
+        return drained
 
     def purge_dead_letters(self) -> int:
         with self._db() as db:

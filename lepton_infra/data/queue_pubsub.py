@@ -9,6 +9,7 @@ Pub/Sub's ack deadline is at least 10 s and at most 600 s, so visibility timeout
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lepton_infra.data.queue import (
@@ -20,6 +21,7 @@ from lepton_infra.data.queue import (
     QueueError,
     dead_letter_reason_after,
 )
+from lepton_infra.data.urls import quiet_google_import
 from lepton_infra.errors import ConfigError
 
 _MIN_DEADLINE_S = 10
@@ -32,7 +34,8 @@ def _deadline(seconds: int) -> int:
 
 class PubSubQueue(Queue):
     def __init__(self, url: str) -> None:
-        from google.cloud import pubsub_v1
+        with quiet_google_import():
+            from google.cloud import pubsub_v1
 
         parts = url.split("/")
         if len(parts) != 4 or parts[0] != "projects" or parts[2] != "subscriptions":
@@ -166,17 +169,30 @@ class PubSubQueue(Queue):
             got = self._pull(dead_sub, min(limit, 100), 2.0)
             fresh = [r for r in got if r.message.message_id not in seen]
             for r in fresh:
-                attrs = dict(r.message.attributes)
-                reason = attrs.get(REASON_ATTRIBUTE) or dead_letter_reason_after(
-                    attrs.get("CloudPubSubDeadLetterSourceDeliveryCount", self._max)
-                )
-                seen[r.message.message_id] = DeadLetter(r.message.message_id, r.message.data.decode(), reason)
+                seen[r.message.message_id] = self._letter(r)
             ack_ids += [r.ack_id for r in got]
             if not fresh or len(seen) >= limit:
                 break
         if ack_ids:  # peek only: hand them straight back
             self._modify(ack_ids, 0, dead_sub)
         return list(seen.values())[:limit]
+
+    def _letter(self, received: Any) -> DeadLetter:
+        attrs = dict(received.message.attributes)
+        reason = attrs.get(REASON_ATTRIBUTE) or dead_letter_reason_after(
+            attrs.get("CloudPubSubDeadLetterSourceDeliveryCount", self._max)
+        )
+        return DeadLetter(received.message.message_id, received.message.data.decode(), reason)
+
+    def drain_dead_letters(self, keep: Callable[[list[DeadLetter]], None], max_messages: int = 10_000) -> int:
+        _, _, dead_sub = self._ensure()
+        drained = 0
+        while drained < max_messages and (got := self._pull(dead_sub, 100, 1.0)):
+            self._modify([r.ack_id for r in got], 60, dead_sub)
+            keep([self._letter(r) for r in got])
+            self._sub.acknowledge(request={"subscription": dead_sub, "ack_ids": [r.ack_id for r in got]})
+            drained += len(got)
+        return drained
 
     def purge_dead_letters(self) -> int:
         _, _, dead_sub = self._ensure()

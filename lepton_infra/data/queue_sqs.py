@@ -4,6 +4,7 @@ a message attribute, then deletes the original."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lepton_infra.data.queue import (
@@ -148,12 +149,38 @@ class SqsQueue(Queue):
             ).get("Messages", [])
             fresh = [m for m in got if m["MessageId"] not in seen]
             for m in fresh:
-                attr = m.get("MessageAttributes", {}).get(REASON_ATTRIBUTE)
-                reason = attr["StringValue"] if attr else dead_letter_reason_after(self.max_receive_count)
-                seen[m["MessageId"]] = DeadLetter(m["MessageId"], m["Body"], reason)
+                seen[m["MessageId"]] = self._letter(m)
             if not fresh or len(seen) >= limit:
                 break
         return list(seen.values())[:limit]
+
+    def _letter(self, m: dict[str, Any]) -> DeadLetter:
+        attr = m.get("MessageAttributes", {}).get(REASON_ATTRIBUTE)
+        reason = attr["StringValue"] if attr else dead_letter_reason_after(self.max_receive_count)
+        return DeadLetter(m["MessageId"], m["Body"], reason)
+
+    def drain_dead_letters(self, keep: Callable[[list[DeadLetter]], None], max_messages: int = 10_000) -> int:
+        drained = 0
+        while drained < max_messages:
+            got = self._call(
+                "drain dead letters",
+                self._sqs.receive_message,
+                QueueUrl=self.dead_letter_url,
+                MaxNumberOfMessages=_SQS_MAX_BATCH,
+                VisibilityTimeout=60,
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not got:
+                break
+            keep([self._letter(m) for m in got])
+            self._call(
+                "delete dead letters",
+                self._sqs.delete_message_batch,
+                QueueUrl=self.dead_letter_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
+            )
+            drained += len(got)
+        return drained
 
     def purge_dead_letters(self) -> int:
         count = len(self.dead_letters())

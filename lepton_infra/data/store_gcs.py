@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from lepton_infra.data.store import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
-from lepton_infra.data.urls import StoreUrl
+from lepton_infra.data.urls import StoreUrl, quiet_google_import
 from lepton_infra.errors import ConfigError
 
 
 def gcs_client(url: str) -> Any:
-    from google.cloud import storage
+    with quiet_google_import():
+        from google.cloud import storage
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from lepton_infra.errors import ConfigError
 
 STORE_SCHEMES = ("s3", "gs", "az", "file")
+
+
+@contextmanager
+def quiet_google_import() -> Iterator[None]:
+    """Google's client libraries warn on import that they will drop this Python some day: a notice
+    for whoever maintains the machine image, not for a CLI user, so it stays off stderr."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Google will stop supporting.*", category=FutureWarning)
+        yield
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from lepton_infra.data import NotCommitted, open_store
+from lepton_infra.data.snapshots import latest_snapshot
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload.models import NodeStatus
 from lepton_infra.workload.record import NodeRecord, RunRecord, RunStore, run_status_of
@@ -22,7 +23,7 @@ def committed_nodes(inventory: Inventory, run_id: str) -> list[str]:
         n.name
         for n in inventory.nodes
         if store.manifest(results_prefix(run_id, n.name)) is not None
-        or store.manifest(results_prefix(run_id, n.name) + "/checkpoint") is not None
+        or latest_snapshot(store, results_prefix(run_id, n.name)) is not None
     ]
 
 
@@ -44,8 +45,8 @@ def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str
         try:
             manifest = store.download_dir(prefix, dest)
         except NotCommitted:
-            snapshot = f"{prefix}/checkpoint"
-            if store.manifest(snapshot) is not None:
+            snapshot = latest_snapshot(store, prefix)
+            if snapshot is not None:
                 # Lost mid-run, but its last snapshot of output/ is there: take that.
                 got = store.download_dir(snapshot, dest)
                 nodes.append(
@@ -85,3 +86,14 @@ def fetch_from_store(inventory: Inventory, run_id: str, runs: RunStore, why: str
     record.status = run_status_of([n.state for n in nodes])
     runs.save(record)
     return record
+
+
+def store_notes(record: RunRecord | None) -> list[str]:
+    """One line per node whose results came from the store rather than the node, saying so."""
+    if record is None:
+        return []
+    return [
+        f"{n.name}: read from the store ({n.store_url}): {n.detail or n.state}"
+        for n in record.nodes
+        if getattr(n, "collected_from", None) == "store" and n.store_url
+    ]

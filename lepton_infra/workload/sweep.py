@@ -10,10 +10,12 @@ import itertools
 import json
 import secrets
 import shlex
+import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +23,7 @@ import lepton_infra
 from lepton_infra.data import open_queue, open_store
 from lepton_infra.data.queue import Queue
 from lepton_infra.data.store import Store
-from lepton_infra.data.sweep_worker import job_prefix
+from lepton_infra.data.sweep_ledger import archive_dead_letters, job_prefix, read_ledger, sweep_key
 from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec
@@ -32,6 +34,7 @@ _PKG = Path(lepton_infra.__file__).parent
 # What a node needs to run the worker: our error types and the data package (stdlib-only for local).
 _SHIPPED_LIB = ["__init__.py", "errors.py", "data"]
 DEFAULT_METRIC = "final_test_accuracy"
+BUNDLE = "bundle.tar"
 
 
 def remote_dir(sweep_id: str) -> str:
@@ -125,6 +128,30 @@ def open_plane(inventory: Inventory) -> tuple[Store, Queue]:
     return store, queue
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How the workers of one sweep behave; kept in sweep.json so `sweep resume` starts the same."""
+
+    visibility_timeout_s: int = 300
+    idle_exit_s: float | None = None  # default: visibility timeout + 60 s
+    heartbeat_s: float = 10.0
+    retry_backoff_s: float = 10.0
+    snapshot_s: float = 30.0
+    check_s: float = 2.0  # how soon a running job sees a cancel or a prune
+
+    def argv(self) -> list[str]:
+        idle = self.idle_exit_s if self.idle_exit_s is not None else self.visibility_timeout_s + 60
+        return [
+            "--visibility-timeout-s", str(self.visibility_timeout_s), "--idle-exit-s", str(idle),
+            "--heartbeat-s", str(self.heartbeat_s), "--retry-backoff-s", str(self.retry_backoff_s),
+            "--snapshot-s", str(self.snapshot_s), "--check-s", str(self.check_s),
+        ]  # fmt: skip
+
+    def stale_after_s(self) -> float:
+        """A worker silent this long is dead (three missed beats, and slack for a slow store)."""
+        return 3 * self.heartbeat_s + 5
+
+
 def submit(
     inventory: Inventory,
     workload_dir: Path,
@@ -136,8 +163,12 @@ def submit(
     visibility_timeout_s: int = 300,
     idle_exit_s: float | None = None,
     connect_timeout: float = 10.0,
+    settings: WorkerSettings | None = None,
+    jobs: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Sweep:
-    """Check the store and queue, enqueue every job, ship the workload and start one worker per node."""
+    """Check the store and queue, enqueue every job (the grid's, or `jobs` as given: a search
+    queues its own), ship the workload and start one worker per node."""
     workload_dir = Path(workload_dir)
     if not workload_dir.is_dir():
         raise ConfigError(f"workload {str(workload_dir)!r} is not a directory")
@@ -145,62 +176,91 @@ def submit(
     sweep_id = jobspec.check_run_id(
         sweep_id or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     )
+    settings = settings or WorkerSettings(visibility_timeout_s=visibility_timeout_s, idle_exit_s=idle_exit_s)
     store, queue = open_plane(inventory)
-    if store.exists(f"sweeps/{sweep_id}/sweep.json"):
+    if store.exists(sweep_key(sweep_id)):
         raise ConfigError(f"sweep id {sweep_id!r} already exists in {store.url}; choose another")
     busy = running_sweeps(store, queue)
     if busy:
         # Workers serve one sweep; a second sweep on the same queue would wait behind the first.
         raise ConfigError(
             f"sweep(s) {', '.join(busy)} still have unfinished jobs on queue {queue.url!r}; wait for them "
-            "(`lepton-infra sweep status ID`) before starting another"
+            "(`lepton-infra sweep status ID`), or end one with `lepton-infra sweep cancel ID`, before "
+            "starting another"
         )
     workload = workload_dir.resolve().name
-    jobs = plan_jobs(sweep_id, workload, grid, repeats, args)
+    if jobs is None:
+        jobs = plan_jobs(sweep_id, workload, grid, repeats, args)
     conns = connect_all(inventory, connect_timeout)  # every node reachable before anything is queued
     try:
         record = {
             "sweep_id": sweep_id,
             "workload": workload,
+            "entrypoint": entrypoint,
             "grid": grid,
             "repeats": repeats,
             "args": list(args),
             "jobs": jobs,
             "submitted": time.time(),
             "nodes": [n.name for n in inventory.nodes],
+            "worker": asdict(settings),
+            **(extra or {}),
         }
-        store.put(f"sweeps/{sweep_id}/sweep.json", json.dumps(record, indent=1).encode())
-        for job in jobs:
-            queue.send(json.dumps(job))
-        idle = idle_exit_s if idle_exit_s is not None else visibility_timeout_s + 60
-        sweep = Sweep(sweep_id, store.url, queue.url, jobs)
-
-        def start(conn: Any) -> str:
-            d = remote_dir(sweep_id)
-            worker = [
-                inventory.python, "-m", "lepton_infra.data.sweep_worker",
-                "--queue", queue.url, "--store", store.url, "--sweep-id", sweep_id,
-                "--workload", workload, "--entrypoint", entrypoint, "--node", conn.name,
-                "--visibility-timeout-s", str(visibility_timeout_s), "--idle-exit-s", str(idle),
-            ]  # fmt: skip
-            # The cluster's region: the worker's store and queue clients need it (jobspec.cluster_env).
-            settings = " ".join(f"{k}={shlex.quote(v)}" for k, v in jobspec.cluster_env(inventory).items())
-            # Unpack in the foreground (a background list reads /dev/null, not our stream), then
-            # start the worker in its own session with all three stdio redirected, so it outlives SSH.
-            command = (
-                f'D={d}; mkdir -p "$D" && tar -x -C "$D" && cd "$D" && '
-                f'{{ PYTHONPATH="$D/lib" {settings} setsid {" ".join(shlex.quote(w) for w in worker)} --workdir "$D" '
-                f'< /dev/null > "$D/worker.log" 2>&1 & echo $! > "$D/worker.pid"; }} && echo "$D"'
-            )
-            result, _, _ = conn.run_upload(command, lambda out: _bundle(workload_dir, out))
-            return result.stdout.decode().strip().splitlines()[-1]
-
-        for conn, path in zip(conns, parallel(conns, start), strict=True):
-            sweep.workers[conn.name] = path
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp) / "bundle.tar"
+            with bundle.open("wb") as out:
+                _bundle(workload_dir, out)
+            # Kept with the sweep: `sweep resume` restarts workers on fresh nodes without the folder.
+            store.put(f"sweeps/{sweep_id}/{BUNDLE}", bundle)
+            store.put(sweep_key(sweep_id), json.dumps(record, indent=1).encode())
+            for job in jobs:
+                queue.send(json.dumps(job))
+            workers = start_workers(conns, inventory, record, store.url, queue.url, bundle)
     finally:
         for conn in conns:
             conn.close()
-    return sweep
+    return Sweep(sweep_id, store.url, queue.url, jobs, workers)
+
+
+def start_workers(
+    conns: Sequence[Any],
+    inventory: Inventory,
+    record: dict[str, Any],
+    store_url: str,
+    queue_url: str,
+    bundle: Path,
+) -> dict[str, str]:
+    """Unpack `bundle` on every node and start a detached worker there; returns node -> its dir."""
+    sweep_id = record["sweep_id"]
+    settings = WorkerSettings(**record.get("worker", {}))
+    python = inventory.python
+    # The cluster's region: the worker's store and queue clients need it (jobspec.cluster_env).
+    cluster = " ".join(f"{k}={shlex.quote(v)}" for k, v in jobspec.cluster_env(inventory).items())
+
+    def start(conn: Any) -> str:
+        d = remote_dir(sweep_id)
+        worker = [
+            python, "-m", "lepton_infra.data.sweep_worker",
+            "--queue", queue_url, "--store", store_url, "--sweep-id", sweep_id,
+            "--workload", record["workload"], "--entrypoint", record.get("entrypoint", "train.py"),
+            "--node", conn.name, *settings.argv(),
+        ]  # fmt: skip
+        # Unpack in the foreground (a background list reads /dev/null, not our stream), then
+        # start the worker in its own session with all three stdio redirected, so it outlives SSH.
+        command = (
+            f'D={d}; mkdir -p "$D" && tar -x -C "$D" && cd "$D" && '
+            f'{{ PYTHONPATH="$D/lib" {cluster} setsid {" ".join(shlex.quote(w) for w in worker)} --workdir "$D" '
+            f'< /dev/null >> "$D/worker.log" 2>&1 & echo $! > "$D/worker.pid"; }} && echo "$D"'
+        )
+
+        def send(out: IO[bytes]) -> None:
+            with bundle.open("rb") as src:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+
+        result, _, _ = conn.run_upload(command, send)
+        return str(result.stdout.decode().strip().splitlines()[-1])
+
+    return {conn.name: path for conn, path in zip(conns, parallel(list(conns), start), strict=True)}
 
 
 @dataclass(frozen=True)
@@ -208,7 +268,7 @@ class JobRow:
     job_id: str
     config: str
     params: dict[str, Any]
-    state: str  # done | dead | pending
+    state: str  # done | dead | pruned | cancelled | pending
     node: str | None = None
     metric: float | None = None
     detail: str = ""
@@ -218,50 +278,38 @@ def status(store: Store, queue: Queue, sweep_id: str, metric: str = DEFAULT_METR
     """Every job of the sweep: done (result committed), dead (in the dead-letter queue, with the
     reason) or pending (queued or running)."""
     try:
-        record = json.loads(store.get(f"sweeps/{sweep_id}/sweep.json"))
+        record = json.loads(store.get(sweep_key(sweep_id)))
     except Exception as exc:
         raise ConfigError(f"no sweep {sweep_id!r} in {store.url} ({exc})") from exc
-    committed, dead = _ended(store, queue, sweep_id)
+    archive_dead_letters(store, queue)
+    ledger = read_ledger(store, sweep_id)
     rows = []
     for job in record["jobs"]:
         job_id = job["job_id"]
-        if job_id in committed:
+        if job_id in ledger.committed:
             value, node = _result(store, sweep_id, job_id, metric)
             rows.append(JobRow(job_id, job["config"], job["params"], "done", node, value))
-        elif job_id in dead:
-            rows.append(JobRow(job_id, job["config"], job["params"], "dead", detail=dead[job_id]))
+        elif job_id in ledger.ended:
+            end = ledger.ended[job_id]
+            rows.append(JobRow(job_id, job["config"], job["params"], str(end["state"]), detail=end["reason"]))
         else:
-            rows.append(JobRow(job_id, job["config"], job["params"], "pending"))
+            state = "pending" if ledger.cancelled is None else "cancelled"
+            rows.append(JobRow(job_id, job["config"], job["params"], state))
     return rows
 
 
-def _ended(store: Store, queue: Queue, sweep_id: str) -> tuple[set[str], dict[str, str]]:
-    """Job ids with a committed result, and dead-lettered job ids with their reasons."""
-    committed = {
-        o.key.split("/")[2]
-        for o in store.list(f"sweeps/{sweep_id}")
-        if o.key.endswith("/_lepton_manifest.json")
-    }
-    dead: dict[str, str] = {}
-    for letter in queue.dead_letters(limit=1000):
-        try:
-            body = json.loads(letter.body)
-            if body.get("sweep_id") == sweep_id:
-                dead[str(body.get("job_id"))] = letter.reason
-        except (ValueError, AttributeError):
-            continue
-    return committed, dead
-
-
 def running_sweeps(store: Store, queue: Queue) -> list[str]:
-    """Sweeps in this store with jobs neither committed nor dead-lettered."""
+    """Sweeps in this store, not cancelled, with jobs that have neither a result nor an end record."""
+    archive_dead_letters(store, queue)
     out = []
     for obj in store.list("sweeps"):
         parts = obj.key.split("/")
         if len(parts) == 3 and parts[2] == "sweep.json":
-            jobs = {j["job_id"] for j in json.loads(store.get(obj.key))["jobs"]}
-            committed, dead = _ended(store, queue, parts[1])
-            if not jobs <= committed | set(dead):
+            record = json.loads(store.get(obj.key))
+            jobs = {j["job_id"] for j in record["jobs"]}
+            ledger = read_ledger(store, parts[1])
+            open_search = bool(record.get("search")) and not record.get("closed")
+            if ledger.cancelled is None and (open_search or not jobs <= ledger.done()):
                 out.append(parts[1])
     return out
 
@@ -291,6 +339,7 @@ def summary(rows: Sequence[JobRow], *, minimize: bool = False) -> list[dict[str,
                 "params": group[0].params,
                 "done": sum(r.state == "done" for r in group),
                 "dead": sum(r.state == "dead" for r in group),
+                "pruned": sum(r.state == "pruned" for r in group),
                 "jobs": len(group),
                 "mean": sum(values) / len(values) if values else None,
             }
@@ -298,26 +347,3 @@ def summary(rows: Sequence[JobRow], *, minimize: bool = False) -> list[dict[str,
     missing = float("inf") if minimize else float("-inf")
     out.sort(key=lambda s: s["mean"] if s["mean"] is not None else missing, reverse=not minimize)
     return out
-
-
-def plot(summary_rows: Sequence[dict[str, Any]], metric: str, dest: Path) -> Path | None:
-    """A bar chart of the metric per configuration, best first (None when matplotlib is missing)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [s for s in summary_rows if s["mean"] is not None]
-    labels = [", ".join(f"{k}={v}" for k, v in s["params"].items()) or s["config"] for s in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
-    ax.bar(range(len(rows)), [s["mean"] for s in rows])
-    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(metric)
-    ax.set_title("sweep: best first")
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
-    return dest

@@ -172,3 +172,11 @@ def make_queue(
 @pytest.fixture(params=QUEUE_BACKENDS)
 def queue_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> str:
     return make_queue(request, monkeypatch, request.param, tmp_path, MAX_RECEIVES)
+
+
+@pytest.fixture
+def queue_of(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> object:
+    """`queue_of(kind, max_receives)`: a fresh queue on backend `kind` (tests that pick their backends)."""
+    return lambda kind, max_receives=MAX_RECEIVES: make_queue(
+        request, monkeypatch, kind, tmp_path, max_receives
+    )

@@ -76,3 +76,34 @@ def test_node_upload_to_a_missing_store_dir_fails_and_commits_nothing(tmp_path: 
     (tmp_path / "nostore").mkdir()
     with pytest.raises(NotCommitted):
         open_store(url).download_dir("runs/r1/node-0", tmp_path / "back")
+
+
+def _upload(store_url: str, *argv: str) -> None:
+    flags = ["-I", "-S"] if store_url.startswith("file://") else []
+    done = subprocess.run(
+        [sys.executable, *flags, str(UPLOADER), *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_snapshots_keep_two_generations_and_the_final_upload_keeps_no_second_copy(
+    store_url: str, tmp_path: Path
+) -> None:
+    from lepton_infra.data.snapshots import latest_snapshot
+
+    run = _run_dir(tmp_path / "run")
+    store = open_store(store_url)
+    for epoch in range(3):
+        (run / "output" / "metrics.json").write_text(json.dumps({"epoch": epoch}))
+        _upload(store_url, "--snapshot", store_url, "runs/r1/node-0/checkpoint", f"output={run / 'output'}")
+        latest = latest_snapshot(store, "runs/r1/node-0")
+        assert latest is not None
+        assert json.loads(store.get(f"{latest}/output/metrics.json")) == {"epoch": epoch}
+    generations = {
+        o.key.split("/")[4] for o in store.list("runs/r1/node-0/checkpoint") if o.key.count("/") > 4
+    }
+    assert len(generations) == 2  # the last one and the one it replaced; older ones are gone
+
+    _upload(store_url, "--drop-snapshots", store_url, "runs/r1/node-0", f"output={run / 'output'}")
+    assert store.manifest("runs/r1/node-0") is not None
+    assert store.list("runs/r1/node-0/checkpoint") == []  # one copy of output/, not two

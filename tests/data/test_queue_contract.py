@@ -151,3 +151,16 @@ def test_local_queue_refuses_a_stale_receipt(tmp_path: Path) -> None:
     queue.extend(second, 60)
     queue.ack(second)
     assert queue.receive(wait_s=0) == []
+
+
+def test_draining_dead_letters_takes_each_once_and_empties_the_dead_letter_queue(queue_url: str) -> None:
+    queue = open_queue(queue_url)
+    for i in range(3):
+        queue.send(f"dead-{i}")
+    for message in _receive_until(queue, 3):
+        queue.dead_letter(message, f"reason of {message.body}")
+    batches: list[list[str]] = []
+    assert queue.drain_dead_letters(lambda letters: batches.append([d.reason for d in letters])) == 3
+    assert sorted(r for batch in batches for r in batch) == [f"reason of dead-{i}" for i in range(3)]
+    assert queue.dead_letters() == []
+    assert queue.drain_dead_letters(lambda letters: batches.append([])) == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lepton_infra.data import open_store
+from lepton_infra.data.snapshots import latest_snapshot
 from lepton_infra.errors import NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import runner
@@ -129,9 +130,9 @@ def test_node_lost_mid_run_leaves_its_last_checkpoint_in_the_store(
     )
     runner_thread.start()
     deadline = time.monotonic() + 90
-    while store.manifest("runs/ckpt-1/node-0/checkpoint") is None and time.monotonic() < deadline:
+    while latest_snapshot(store, "runs/ckpt-1/node-0") is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert store.manifest("runs/ckpt-1/node-0/checkpoint") is not None, "no checkpoint snapshot was stored"
+    assert latest_snapshot(store, "runs/ckpt-1/node-0") is not None, "no checkpoint snapshot was stored"
     pool.stop_node("node-0")  # the node is lost mid-run (its job never ends)
 
     got = runner.collect(inventory, "ckpt-1", runs_dir=tmp_path / "elsewhere", connect_timeout=3)

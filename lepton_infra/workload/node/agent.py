@@ -306,7 +306,8 @@ CHECKPOINT_UPLOAD_S = 30.0  # at most one snapshot of output/ per this many seco
 class Snapshots:
     """While the job runs, copy output/ (checkpoints, metrics) to `<prefix>/checkpoint/` in the store
     whenever it changed, at most every CHECKPOINT_UPLOAD_S seconds, one upload at a time, so
-    a node lost mid-run (spot reclaim) leaves its last checkpoint behind."""
+    a node lost mid-run (spot reclaim) leaves its last checkpoint behind. Each snapshot is a new
+    generation committed by a pointer (upload.py --snapshot): one cut off never spoils the last."""
 
     def __init__(self, run_dir: str, spec: dict[str, Any]) -> None:
         self.run_dir = run_dir
@@ -340,7 +341,7 @@ class Snapshots:
             return
         self.last_mtime, self.last_start = newest, time.time()
         r = self.results
-        argv = [sys.executable, "-c", r["source"], r["store"], r["prefix"] + "/checkpoint"]
+        argv = [sys.executable, "-c", r["source"], "--snapshot", r["store"], r["prefix"] + "/checkpoint"]
         argv.append(f"output={_path(self.run_dir, 'output')}")
         try:
             with open(_path(self.run_dir, "logs", "upload.log"), "ab") as log:
@@ -375,7 +376,15 @@ def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any])
     try:
         with open(final_path, "w", encoding="utf-8") as f:
             json.dump(final, f)
-        argv = [sys.executable, "-c", results["source"], results["store"], results["prefix"]]
+        # The final result holds output/: its snapshots under checkpoint/ go once it is committed.
+        argv = [
+            sys.executable,
+            "-c",
+            results["source"],
+            "--drop-snapshots",
+            results["store"],
+            results["prefix"],
+        ]
         argv += [
             f"output={_path(run_dir, 'output')}",
             f"logs={_path(run_dir, 'logs')}",

@@ -1,4 +1,4 @@
-"""Node-side results uploader: `python upload.py STORE_URL PREFIX DIR [NAME=SUBDIR ...]`.
+"""Node-side results uploader: `python upload.py [--snapshot | --drop-snapshots] STORE_URL PREFIX NAME=PATH ...`.
 
 Shipped with the job; a node has no `lepton_infra`. For `file://` stores it needs only the standard
 library. For cloud stores it uses the client that cloud-init installs into the nodes' Python
@@ -9,6 +9,12 @@ It writes the same layout `lepton_infra.data.Store` reads: every object with its
 metadata `leptonsha256`; for files a hidden `.<name>.leptonsha256` beside it), each file written
 atomically, and `_lepton_manifest.json` last, so a folder without it is known to be incomplete.
 Prints one JSON line: {"url": ..., "files": N, "bytes": B} or {"error": ...} (exit 1).
+
+`--snapshot` writes a checkpoint snapshot atomically: into a new generation `PREFIX/g<ns>/`, then
+`PREFIX/LATEST.json` names it, then the generation before the replaced one is deleted; a node lost
+mid-snapshot leaves the last committed generation untouched (`lepton_infra.data.snapshots` reads
+this layout). `--drop-snapshots` deletes `PREFIX/checkpoint/` once the final upload is committed,
+so the store keeps one copy of output/, not two.
 
 `fetch(url, cache_root)` is the other direction, for jobs: the agent writes this file beside the
 run and names it in `LEPTON_STORE_CLIENT`, and `train.py --data-dir <store URL>` loads it from
@@ -206,6 +212,81 @@ def upload(url: str, prefix: str, sources: dict[str, str]) -> dict[str, object]:
     return manifest
 
 
+# --------------------------------------------------------------------------- snapshots
+
+POINTER = "LATEST.json"
+
+
+def remover_for(url: str) -> tuple[Callable[[str], None], str]:
+    """A function deleting every object under a folder key, and the key prefix inside the bucket."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    segments = [s for s in path.split("/") if s]
+    if parts.scheme == "file":
+        return (lambda key: shutil.rmtree(os.path.join(path, key), ignore_errors=True)), ""
+    if parts.scheme in ("s3", "az"):
+        import obstore
+
+        if parts.scheme == "s3":
+            store, base = _obstore_store("s3", parts.netloc, ""), "/".join(segments)
+        else:
+            store, base = _obstore_store("az", segments[0], parts.netloc), "/".join(segments[1:])
+
+        def remove_objects(key: str) -> None:
+            for batch in obstore.list(store, key.rstrip("/") + "/"):
+                paths = [meta["path"] for meta in batch]
+                if paths:
+                    obstore.delete(store, paths)
+
+        return remove_objects, base
+    if parts.scheme == "gs":
+        bucket = _gcs_bucket(parts.netloc)
+
+        def remove_blobs(key: str) -> None:
+            for blob in bucket.list_blobs(prefix=key.rstrip("/") + "/"):
+                blob.delete()
+
+        return remove_blobs, "/".join(segments)
+    raise ValueError(f"unknown store scheme in {url!r}; allowed: s3://, gs://, az://, file://")
+
+
+def _pointer(url: str, key: str) -> dict[str, Any]:
+    read, _ = reader_for(url)
+    fd, tmp = tempfile.mkstemp(prefix=".pointer-")
+    os.close(fd)
+    try:
+        read(key, tmp)
+        with open(tmp, "rb") as fh:
+            loaded = json.loads(fh.read())
+        return loaded if isinstance(loaded, dict) else {}
+    except Exception:  # noqa: BLE001 - no snapshot yet (or an unreadable pointer): start afresh
+        return {}
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def snapshot(url: str, prefix: str, sources: dict[str, str]) -> dict[str, object]:
+    """Upload `sources` as a new generation under `prefix`, then point LATEST.json at it."""
+    write, base = writer_for(url)
+    folder = "/".join(p for p in (base, prefix.strip("/")) if p)
+    current = _pointer(url, f"{folder}/{POINTER}")
+    gen = f"g{time.time_ns()}"
+    manifest = upload(url, f"{prefix.strip('/')}/{gen}", sources)
+    body = json.dumps({"generation": gen, "previous": current.get("generation"), "committed_at": time.time()})
+    write(f"{folder}/{POINTER}", None, body.encode(), hashlib.sha256(body.encode()).hexdigest())
+    older = current.get("previous")
+    if isinstance(older, str) and older.startswith("g") and "/" not in older:
+        remove, _ = remover_for(url)
+        remove(f"{folder}/{older}")  # neither the new one nor the one it replaced
+    return manifest
+
+
+def drop_snapshots(url: str, prefix: str) -> None:
+    remove, base = remover_for(url)
+    remove("/".join(p for p in (base, prefix.strip("/"), "checkpoint") if p))
+
+
 # --------------------------------------------------------------------------- fetch (data sets)
 
 Reader = Callable[[str, str], None]  # (key, local file to write) -> None
@@ -327,13 +408,23 @@ def fetch(url: str, cache_root: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    mode = argv[1] if len(argv) > 1 and argv[1] in ("--snapshot", "--drop-snapshots") else ""
+    argv = [argv[0], *argv[2:]] if mode else argv
     if len(argv) < 4:
-        print("usage: upload.py STORE_URL PREFIX NAME=PATH [NAME=PATH ...]", file=sys.stderr)
+        print(
+            "usage: upload.py [--snapshot|--drop-snapshots] STORE_URL PREFIX NAME=PATH ...", file=sys.stderr
+        )
         return 2
     url, prefix = argv[1], argv[2]
     sources = dict(a.split("=", 1) for a in argv[3:])
     try:
-        manifest = upload(url, prefix, {k: v for k, v in sources.items() if os.path.exists(v)})
+        present = {k: v for k, v in sources.items() if os.path.exists(v)}
+        manifest = snapshot(url, prefix, present) if mode == "--snapshot" else upload(url, prefix, present)
+        if mode == "--drop-snapshots":
+            try:
+                drop_snapshots(url, prefix)
+            except Exception as exc:  # noqa: BLE001 - the result is committed; a leftover copy is not fatal
+                print(f"dropping {prefix}/checkpoint failed: {exc}", file=sys.stderr)
     except SystemExit:
         raise
     except Exception as exc:  # reported, not raised: the caller records it and the job's status stands
