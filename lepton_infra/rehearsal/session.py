@@ -93,7 +93,9 @@ def _emulator(cloud: str, host: str, material: dict[str, Any]) -> Any:
         from google.cloud import storage
 
         options = {"api_endpoint": emu.env["STORAGE_EMULATOR_HOST"]}
-        client = storage.Client(project="rehearsal", credentials=AnonymousCredentials(), client_options=options)
+        client = storage.Client(
+            project="rehearsal", credentials=AnonymousCredentials(), client_options=options
+        )
         client.create_bucket(store.removeprefix("gs://").split("/")[0])
         return emu
     emu = emulators.start_azurite(host)

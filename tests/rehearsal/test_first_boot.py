@@ -61,11 +61,9 @@ def test_the_cifar_job_trains_on_the_booted_nodes_and_its_results_reach_the_stor
     assert job.returncode == 0, job.output[-4000:]
     record = json.loads((tmp_path / "runs" / run_id / "run.json").read_text())
     assert record["status"] == "succeeded", record
+    metrics = tmp_path / "runs" / run_id / "node-0" / "output" / "metrics.json"  # rank 0 writes them
+    assert json.loads(metrics.read_text())["epochs"], metrics.read_text()
     for node in record["nodes"]:
-        metrics = tmp_path / "runs" / run_id / node["name"] / "output" / "metrics.json"
-        assert metrics.exists(), (
-            f"{node['name']} collected nothing: {sorted(metrics.parent.parent.rglob('*'))}"
-        )
         assert node.get("store_url"), f"{node['name']} did not store its results: {node}"
     import os
 
