@@ -67,6 +67,7 @@ def _start(
     env: dict[str, str],
     timeout: float = 60.0,
     host: str = "127.0.0.1",
+    proc_env: dict[str, str] | None = None,
 ) -> Emulator:
     workdir = Path(tempfile.mkdtemp(prefix=f"lepton-{name}-"))
     log = workdir / "emulator.log"
@@ -78,6 +79,7 @@ def _start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=workdir,
+            env={**os.environ, **(proc_env or {})},
         )
     emulator = Emulator(name, proc, env, log, workdir)
     deadline = time.monotonic() + timeout
@@ -124,8 +126,11 @@ def start_moto(host: str = "127.0.0.1") -> Emulator:
     return _start("moto", [_venv_tool("moto_server"), "-H", host, "-p", str(port)], [port], env, host=host)
 
 
-def start_azurite(host: str = "127.0.0.1") -> Emulator:
-    """Azurite blob + queue services, in memory, on `host`."""
+def start_azurite(
+    host: str = "127.0.0.1", account: str = AZURITE_ACCOUNT, key: str = AZURITE_KEY
+) -> Emulator:
+    """Azurite blob + queue services, in memory, on `host`, for `account` (default: Azurite's
+    development account; another name is served with `key` through AZURITE_ACCOUNTS)."""
     tool = REPO_ROOT / "node_modules" / ".bin" / "azurite"
     if not tool.exists():
         raise EmulatorUnavailable(
@@ -133,10 +138,11 @@ def start_azurite(host: str = "127.0.0.1") -> Emulator:
         )
     blob, queue, table = free_port(), free_port(), free_port()
     conn = (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint=http://{host}:{blob}/{AZURITE_ACCOUNT};"
-        f"QueueEndpoint=http://{host}:{queue}/{AZURITE_ACCOUNT};"
+        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+        f"BlobEndpoint=http://{host}:{blob}/{account};"
+        f"QueueEndpoint=http://{host}:{queue}/{account};"
     )
+    accounts = {"AZURITE_ACCOUNTS": f"{account}:{key}"} if account != AZURITE_ACCOUNT else {}
     argv = [
         str(tool),
         "--disableTelemetry",
@@ -147,7 +153,14 @@ def start_azurite(host: str = "127.0.0.1") -> Emulator:
         "--queueHost", host, "--queuePort", str(queue),
         "--tableHost", host, "--tablePort", str(table),
     ]  # fmt: skip
-    return _start("azurite", argv, [blob, queue], {"AZURE_STORAGE_CONNECTION_STRING": conn}, host=host)
+    return _start(
+        "azurite",
+        argv,
+        [blob, queue],
+        {"AZURE_STORAGE_CONNECTION_STRING": conn},
+        host=host,
+        proc_env=accounts,
+    )
 
 
 def start_gcs(host: str = "127.0.0.1") -> Emulator:

@@ -98,7 +98,8 @@ def _emulator(cloud: str, host: str, material: dict[str, Any]) -> Any:
         )
         client.create_bucket(store.removeprefix("gs://").split("/")[0])
         return emu
-    emu = emulators.start_azurite(host)
+    # The cluster's own storage account name (Azurite serves any account it is given).
+    emu = emulators.start_azurite(host, account=store.split("/")[2], key=emulators.AZURITE_KEY)
     from azure.storage.blob import BlobServiceClient
 
     BlobServiceClient.from_connection_string(emu.env["AZURE_STORAGE_CONNECTION_STRING"]).create_container(

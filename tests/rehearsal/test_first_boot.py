@@ -69,7 +69,8 @@ def test_the_cifar_job_trains_on_the_booted_nodes_and_its_results_reach_the_stor
 
     os.environ.update(booted.host_env)
     store = open_store(booted.material["inventory"]["store"])
-    assert any(name.endswith("metrics.json") for name in store.list(f"runs/{run_id}/"))
+    stored = [o.key for o in store.list(f"runs/{run_id}/")]
+    assert any(key.endswith("metrics.json") for key in stored), stored
     if job.first_step is not None:
         TIMINGS[booted.cloud]["boot_to_first_step_s"] = max(booted.ssh_ready_s) + job.first_step - job.started
     print(f"\n[rehearsal {booted.cloud}] timings: {TIMINGS[booted.cloud]}")
