@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,9 @@ def booted(
 def test_first_boot_installs_the_pinned_key_user_watchdog_and_clients(booted: session.Rehearsal) -> None:
     from lepton_infra.rehearsal.checks import first_boot_findings
 
-    findings = [f for k in range(len(booted.machines)) for f in first_boot_findings(booted, k)]
+    with ThreadPoolExecutor() as pool:  # the nodes boot together; check them together
+        per_node = list(pool.map(lambda k: first_boot_findings(booted, k), range(len(booted.machines))))
+    findings = [f for found in per_node for f in found]
     reads = [c for c in booted.services.calls if c["kind"] == "secret-read"]
     assert sorted(c["node"] for c in reads) == list(range(len(booted.machines))), reads
     assert not findings, "\n".join(findings)
