@@ -9,7 +9,6 @@ CA in the trust store, the SDKs' standard endpoint variables, and the image's to
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -93,6 +92,15 @@ def _prepare(root: Path, name: str, user_data: str, layer: ImageLayer) -> None:
     extra = "".join(f"{addr} {host}\n" for host, addr in layer.hosts.items())
     base = hosts.read_text() if hosts.exists() else f"127.0.0.1 localhost\n127.0.1.1 {name}\n"
     hosts.write_text(base + "# lepton rehearsal: the cloud's endpoints\n" + extra)
+    # No DNS server is reachable from the rehearsal network: lookups fail at once instead of waiting
+    # for the host's resolver (c10d's reverse lookups of peers would stall the rendezvous).
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    _write(
+        resolv,
+        "# lepton rehearsal: no DNS here; names are in /etc/hosts\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
     if layer.ca_pem:
         bundle = root / "etc/ssl/certs/ca-certificates.crt"
         bundle.write_text(bundle.read_text() + layer.ca_pem)
@@ -138,7 +146,16 @@ def boot_machine(
     try:
         _prepare(root, name, user_data, layer)
         console = workdir / "console.log"
-        argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(root), "-b"]
+        argv = [
+            "systemd-nspawn",
+            "--register=no",
+            "--keep-unit",
+            "--quiet",
+            "--resolv-conf=off",
+            "-D",
+            str(root),
+            "-b",
+        ]
         argv += [f"--machine={name}", f"--hostname={name}", f"--network-namespace-path=/run/netns/{netns}"]
         argv += [f"--bind-ro={path}" for path in layer.binds]
         with open(console, "wb") as out:
@@ -153,11 +170,3 @@ def boot_machine(
         if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(root)], capture_output=True)
         subprocess.run(["rm", "-rf", str(upper), str(work)], capture_output=True)
-
-
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Last resort for an nspawn that ignored SIGTERM and SIGKILL of itself."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -172,8 +172,10 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
         r.logs["metadata"] = stack.enter_context(
             serve.serving(network.METADATA_IP, 80, services.metadata, transparent=True)
         )
+        # A cloud's DNS answers for its nodes' private addresses (reverse lookups included).
+        peers = {f"node-{k}.rehearsal.internal": net.address(k) for k in range(len(material["nodes"]))}
         layer = machine.ImageLayer(
-            hosts=services.hosts(net.gateway),
+            hosts={**services.hosts(net.gateway), **peers},
             ca_pem=tls.ca_pem,
             environment=services.environment,
             links={IMAGE_TORCH[cloud]: str(venv)},
