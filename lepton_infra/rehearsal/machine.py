@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +24,16 @@ from lepton_infra.errors import NodeError
 class ImageLayer:
     """The rehearsal's stand-in for what a cloud image brings: `hosts` (name -> address),
     `ca_pem` (trusted in addition to Debian's CAs), `environment` (for every service and login:
-    /etc/environment and systemd's DefaultEnvironment), `links` (path -> target: e.g. the image's
-    torch interpreter), `binds` (host paths mounted read-only at the same path)."""
+    /etc/environment and systemd's DefaultEnvironment), `files` (path -> text, e.g. /etc/pip.conf),
+    `binds` (host paths mounted read-only at the same path), and `hook(root)` for the rest (the
+    image's torch interpreter)."""
 
     hosts: dict[str, str] = field(default_factory=dict)
     ca_pem: str = ""
     environment: dict[str, str] = field(default_factory=dict)
-    links: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
     binds: tuple[str, ...] = ()
+    hook: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -108,10 +110,10 @@ def _prepare(root: Path, name: str, user_data: str, layer: ImageLayer) -> None:
     _write(root / "etc/environment", env_lines)
     quoted = " ".join(f'"{k}={v}"' for k, v in layer.environment.items())
     _write(root / "etc/systemd/system.conf.d/90-rehearsal.conf", f"[Manager]\nDefaultEnvironment={quoted}\n")
-    for path, target in layer.links.items():
-        link = root / path.lstrip("/")
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target)
+    for path, text in layer.files.items():
+        _write(root / path.lstrip("/"), text)
+    if layer.hook is not None:
+        layer.hook(root)
     # The host interpreter lives under /root (pyenv): the login user must be able to pass through.
     (root / "root").chmod(0o711)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lepton_infra.errors import ConfigError, NodeError
-from lepton_infra.rehearsal import clouds, machine, network, rootfs, serve
+from lepton_infra.rehearsal import clouds, index, machine, network, rootfs, serve
 
 # Where the rehearsal image keeps the image's torch interpreter (the path the image table names, or
-# one the cloud's boot steps look in): a link to the host's environment, bind-mounted read-only.
+# one the cloud's boot steps look in): an environment seeing torch from the host's (index.py).
 IMAGE_TORCH = {"aws": "/opt/pytorch", "gcp": "/opt/conda", "azure": "/opt/lepton/venv"}
 SSH_TIMEOUT_S = 180.0
 
@@ -144,6 +144,7 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
     if reason is not None:
         raise ConfigError(reason)
     root = rootfs.rootfs(state_dir)
+    wheels = index.wheels(state_dir, cloud)
     material = render(cloud, nodes)
     venv, base = host_python()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +170,10 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
 
         r = Rehearsal(cloud, material, services, net, host_env=dict(emu.env))
         r.logs["front"] = stack.enter_context(serve.serving(net.gateway, 443, dispatch, tls=tls.context))
+        pypi_port = emulators_free_port()
+        r.logs["index"] = stack.enter_context(
+            serve.serving(net.gateway, pypi_port, index.serve_folder(wheels))
+        )
         r.logs["metadata"] = stack.enter_context(
             serve.serving(network.METADATA_IP, 80, services.metadata, transparent=True)
         )
@@ -178,8 +183,9 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
             hosts={**services.hosts(net.gateway), **peers},
             ca_pem=tls.ca_pem,
             environment=services.environment,
-            links={IMAGE_TORCH[cloud]: str(venv)},
+            files={"/etc/pip.conf": index.pip_conf(f"http://{net.gateway}:{pypi_port}/")},
             binds=(str(venv), str(base)),
+            hook=lambda root: index.torch_environment(root, IMAGE_TORCH[cloud], base),
         )
         for k, node in enumerate(material["nodes"]):
             net.add_node()
@@ -202,6 +208,12 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
             )
         r.inventory_path = _write_inventory(r, workdir, key_path, venv)
         yield r
+
+
+def emulators_free_port() -> int:
+    from lepton_infra.data.emulators import free_port
+
+    return free_port()
 
 
 def _node_env(cloud: str, emulator_env: dict[str, str]) -> dict[str, str]:
