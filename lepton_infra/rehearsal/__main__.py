@@ -7,6 +7,7 @@ cannot rehearse (the reason is printed)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(".lepton"), help="where the rootfs is cached")
     parser.add_argument("--workdir", type=Path, default=None, help="console logs, inventory, runs (kept)")
     args = parser.parse_args(argv)
+    # A TERM (a CI timeout, `kill`) unwinds like Ctrl-C: every container, namespace and server goes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reason = session.unavailable()
     if reason is not None:
         print(f"cannot rehearse here: {reason}", file=sys.stderr)
