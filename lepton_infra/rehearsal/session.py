@@ -7,6 +7,7 @@ server it made."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def _wait_for_ssh(m: machine.Machine, host_key: str, key_path: Path, user: str) 
         client.get_host_keys().add(
             m.address,
             pinned[0],
-            paramiko.PKey.from_type_string(pinned[0], __import__("base64").b64decode(pinned[1])),
+            paramiko.PKey.from_type_string(pinned[0], base64.b64decode(pinned[1])),
         )
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
