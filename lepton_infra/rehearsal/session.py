@@ -8,6 +8,7 @@ server it made."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from lepton_infra.rehearsal import clouds, index, machine, network, rootfs, serv
 # one the cloud's boot steps look in): an environment seeing torch from the host's (index.py).
 IMAGE_TORCH = {"aws": "/opt/pytorch", "gcp": "/opt/conda", "azure": "/opt/lepton/venv"}
 SSH_TIMEOUT_S = 180.0
+# One rehearsal at a time per machine: each serves 169.254.169.254:80, which only one can bind.
+MACHINE_LOCK = Path("/run/lepton-rehearsal.lock")
 
 
 def unavailable() -> str | None:
@@ -153,6 +156,8 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
     key_path.write_text(material["private_key"])
     key_path.chmod(0o600)
     with ExitStack() as stack:
+        lock = stack.enter_context(MACHINE_LOCK.open("w"))
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         net = stack.enter_context(network.rehearsal_net())
         emu = _emulator(cloud, net.gateway, material)
         stack.callback(emu.stop)
