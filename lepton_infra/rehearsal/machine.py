@@ -44,11 +44,28 @@ class Machine:
     address: str
     console: Path
     root: Path
-    process: subprocess.Popen[bytes]
-    started: float
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+
+    def start(self) -> None:
+        """Boot (again): the same root, so a second start is the node's next boot, as after a
+        stop/start or deallocate/start on a cloud (cloud-init sees the same instance)."""
+        if self.process is not None:
+            _halt(self.process)
+        with open(self.console, "ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
 
     def leader(self) -> int:
         """PID of the container's init (nspawn's child), for `run`."""
+        assert self.process is not None
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             children = (task / "children").read_text().split()
             if children:
@@ -75,7 +92,7 @@ class Machine:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
     def running(self) -> bool:
-        return self.process.poll() is None
+        return self.process is not None and self.process.poll() is None
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -144,7 +161,7 @@ def boot_machine(
     )
     if done.returncode != 0:
         raise NodeError(name, f"overlay mount failed: {done.stderr.strip()}")
-    process = None
+    machine = None
     try:
         _prepare(root, name, user_data, layer)
         console = workdir / "console.log"
@@ -160,15 +177,13 @@ def boot_machine(
         ]
         argv += [f"--machine={name}", f"--hostname={name}", f"--network-namespace-path=/run/netns/{netns}"]
         argv += [f"--bind-ro={path}" for path in layer.binds]
-        with open(console, "wb") as out:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        started = time.monotonic()
-        yield Machine(name, address, console, root, process, started)
+        console.write_bytes(b"")
+        machine = Machine(name, address, console, root, argv)
+        machine.start()
+        yield machine
     finally:
-        if process is not None:
-            _halt(process)
+        if machine is not None and machine.process is not None:
+            _halt(machine.process)
         if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(root)], capture_output=True)
         subprocess.run(["rm", "-rf", str(upper), str(work)], capture_output=True)

@@ -67,6 +67,15 @@ class Rehearsal:
     host_env: dict[str, str] = field(default_factory=dict)  # the store emulator, for this machine
     ssh_ready_s: list[float] = field(default_factory=list)
     logs: dict[str, list[str]] = field(default_factory=dict)
+    key_path: Path | None = None
+
+    def restart(self, k: int) -> float:
+        """Stop node `k` and boot it again (its next boot, same instance); seconds until it serves
+        SSH with its pinned key again."""
+        assert self.key_path is not None
+        m, inventory = self.machines[k], self.material["inventory"]
+        m.start()
+        return _wait_for_ssh(m, inventory["nodes"][k]["host_key"], self.key_path, inventory["user"])
 
 
 def _emulator(cloud: str, host: str, material: dict[str, Any]) -> Any:
@@ -174,7 +183,7 @@ def rehearsal(cloud: str, nodes: int, state_dir: Path, workdir: Path) -> Iterato
             handler = front.get(req.host)
             return handler(req) if handler else serve.reply(404, f'{{"error": "no service {req.host}"}}')
 
-        r = Rehearsal(cloud, material, services, net, host_env=dict(emu.env))
+        r = Rehearsal(cloud, material, services, net, host_env=dict(emu.env), key_path=key_path)
         r.logs["front"] = stack.enter_context(serve.serving(net.gateway, 443, dispatch, tls=tls.context))
         pypi_port = emulators_free_port()
         r.logs["index"] = stack.enter_context(

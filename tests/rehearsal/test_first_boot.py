@@ -79,6 +79,20 @@ def test_the_cifar_job_trains_on_the_booted_nodes_and_its_results_reach_the_stor
     print(f"\n[rehearsal {booted.cloud}] timings: {TIMINGS[booted.cloud]}")
 
 
+def test_a_node_booted_again_serves_its_pinned_key_without_fetching_it_again(
+    booted: session.Rehearsal,
+) -> None:
+    def reads() -> list[dict]:
+        return [c for c in booted.services.calls if c["kind"] == "secret-read"]
+
+    before = reads()
+    seconds = booted.restart(0)  # a stopped/deallocated node started again: bootcmd runs again
+    print(f"\n[rehearsal {booted.cloud}] second boot -> SSH ready (pinned key): {seconds:.1f} s")
+    assert reads() == before, "the second boot fetched the host key again although it was in place"
+    m = booted.machines[0]
+    assert m.run("systemctl is-enabled lepton-watchdog.timer").stdout.strip() == "enabled"
+
+
 def test_the_watchdog_stops_the_node_through_the_cloud(booted: session.Rehearsal) -> None:
     from lepton_infra.rehearsal.checks import trip_watchdog
 
