@@ -7,16 +7,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lepton-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup sshd demo test test-fast bench chaos lint clean
+.PHONY: setup sshd demo test test-fast bench chaos lint clean rehearse
 
 setup: sshd $(STAMP) node_modules/.installed
 
-# System tools from apt when missing and we are root: OpenSSH's sshd (the local pool's nodes; required)
-# and cloud-init (its own schema validator checks our user data; that test skips without it).
+# System tools from apt when missing and we are root: OpenSSH's sshd (the local pool's nodes; required),
+# cloud-init (its own schema validator checks our user data; that test skips without it), and
+# mmdebstrap + systemd-container (the first-boot rehearsal's machines; those tests skip without them).
 sshd:
 	@missing=""; \
 	{ [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; } || missing="openssh-server openssh-client rsync"; \
 	command -v cloud-init >/dev/null 2>&1 || missing="$$missing cloud-init"; \
+	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	command -v systemd-nspawn >/dev/null 2>&1 || missing="$$missing systemd-container"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "==> installing$$missing (apt)"; \
@@ -72,6 +75,14 @@ lint: setup
 	$(VENV)/bin/ruff check lepton_infra tests workloads bench policy __main__.py
 	$(VENV)/bin/ruff format --check lepton_infra tests workloads bench policy __main__.py
 	$(VENV)/bin/pylint --score=n lepton_infra  # copied code only: see [tool.pylint] in pyproject.toml
+
+# Boot one cloud's nodes from their rendered user data beside emulated cloud services, check the first
+# boot, train on them, trip the watchdog (root; console logs kept under .lepton/rehearsal/runs/).
+# make rehearse CLOUD=aws NODES=2
+CLOUD ?= aws
+NODES ?= 1
+rehearse: setup
+	$(PY) -m lepton_infra.rehearsal $(CLOUD) --nodes $(NODES)
 
 clean:
 	rm -rf $(VENV) node_modules .lepton runs .pytest_cache

@@ -160,3 +160,25 @@ def test_a_full_disk_leaves_state_json_rewritable_in_place(tmp_path: Path) -> No
         f.write(agent._encode_state({"state": "failed", "detail": "x" * 10000}, size))
     assert json.loads((run_dir / "state.json").read_text())["state"] == "failed"
     assert (run_dir / "state.json").stat().st_size == size
+
+
+def test_a_multi_node_job_binds_gloo_to_the_interface_of_its_private_ip(tmp_path: Path) -> None:
+    """Found by the first-boot rehearsal: on an image whose hostname resolves to 127.0.1.1, gloo
+    bound loopback and the peer's connections were refused. The agent names the interface."""
+    env = {"LEPTON_NUM_NODES": "2", "LEPTON_NODE_RANK": "1", "LEPTON_NODE_IPS": "10.9.9.9,127.0.0.1"}
+    assert agent.gloo_interface(env) == {"GLOO_SOCKET_IFNAME": "lo"}
+    assert agent.gloo_interface({**env, "GLOO_SOCKET_IFNAME": "eth7"}) == {}  # the job's own choice
+    assert agent.gloo_interface({**env, "LEPTON_NUM_NODES": "1"}) == {}
+    run_dir = tmp_path / "run"
+    (run_dir / "workload").mkdir(parents=True)
+    code = "import os; print(os.environ.get('GLOO_SOCKET_IFNAME'))"
+    spec = {
+        "run_id": "t",
+        "node": "n1",
+        "argv": [sys.executable, "-c", code],
+        "env": {"LEPTON_OUTPUT_DIR": str(run_dir / "output"), "PYTHONUNBUFFERED": "1", **env},
+        "cwd": str(run_dir / "workload"),
+    }
+    _agent("launch", run_dir, spec)
+    assert _wait_terminal(run_dir)["state"] == "succeeded"
+    assert (run_dir / "logs" / "node.log").read_text() == "lo\n"

@@ -61,7 +61,13 @@ def free_port() -> int:
 
 
 def _start(
-    name: str, argv: list[str], ports: list[int], env: dict[str, str], timeout: float = 60.0
+    name: str,
+    argv: list[str],
+    ports: list[int],
+    env: dict[str, str],
+    timeout: float = 60.0,
+    host: str = "127.0.0.1",
+    proc_env: dict[str, str] | None = None,
 ) -> Emulator:
     workdir = Path(tempfile.mkdtemp(prefix=f"lepton-{name}-"))
     log = workdir / "emulator.log"
@@ -73,6 +79,7 @@ def _start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=workdir,
+            env={**os.environ, **(proc_env or {})},
         )
     emulator = Emulator(name, proc, env, log, workdir)
     deadline = time.monotonic() + timeout
@@ -83,13 +90,13 @@ def _start(
             emulator.stop()
             raise RuntimeError(f"{name} exited with {proc.returncode} before listening:\n{text}")
         try:
-            socket.create_connection(("127.0.0.1", pending[0]), 0.5).close()
+            socket.create_connection((host, pending[0]), 0.5).close()
             pending.pop(0)
         except OSError:
             if time.monotonic() > deadline:
                 emulator.stop()
                 raise RuntimeError(
-                    f"{name} did not listen on 127.0.0.1:{pending[0]} within {timeout:.0f} s"
+                    f"{name} did not listen on {host}:{pending[0]} within {timeout:.0f} s"
                 ) from None
             time.sleep(0.1)
     return emulator
@@ -105,11 +112,12 @@ def _venv_tool(name: str) -> str:
     return found
 
 
-def start_moto() -> Emulator:
-    """moto in server mode: S3 and SQS on one port."""
+def start_moto(host: str = "127.0.0.1") -> Emulator:
+    """moto in server mode: S3 and SQS (and every other service moto has) on one port of `host`
+    (default loopback; the first-boot rehearsal serves its nodes on its bridge's address)."""
     port = free_port()
     env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         # Not the default region: a client that ignores the configured one (and assumes
@@ -117,11 +125,14 @@ def start_moto() -> Emulator:
         "AWS_DEFAULT_REGION": "eu-west-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    return _start("moto", [_venv_tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], [port], env)
+    return _start("moto", [_venv_tool("moto_server"), "-H", host, "-p", str(port)], [port], env, host=host)
 
 
-def start_azurite() -> Emulator:
-    """Azurite blob + queue services, in memory."""
+def start_azurite(
+    host: str = "127.0.0.1", account: str = AZURITE_ACCOUNT, key: str = AZURITE_KEY
+) -> Emulator:
+    """Azurite blob + queue services, in memory, on `host`, for `account` (default: Azurite's
+    development account; another name is served with `key` through AZURITE_ACCOUNTS)."""
     tool = REPO_ROOT / "node_modules" / ".bin" / "azurite"
     if not tool.exists():
         raise EmulatorUnavailable(
@@ -129,35 +140,43 @@ def start_azurite() -> Emulator:
         )
     blob, queue, table = free_port(), free_port(), free_port()
     conn = (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{blob}/{AZURITE_ACCOUNT};"
-        f"QueueEndpoint=http://127.0.0.1:{queue}/{AZURITE_ACCOUNT};"
+        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+        f"BlobEndpoint=http://{host}:{blob}/{account};"
+        f"QueueEndpoint=http://{host}:{queue}/{account};"
     )
+    accounts = {"AZURITE_ACCOUNTS": f"{account}:{key}"} if account != AZURITE_ACCOUNT else {}
     argv = [
         str(tool),
         "--disableTelemetry",
         "--skipApiVersionCheck",
         "--inMemoryPersistence",
         "--silent",
-        "--blobHost", "127.0.0.1", "--blobPort", str(blob),
-        "--queueHost", "127.0.0.1", "--queuePort", str(queue),
-        "--tableHost", "127.0.0.1", "--tablePort", str(table),
+        "--blobHost", host, "--blobPort", str(blob),
+        "--queueHost", host, "--queuePort", str(queue),
+        "--tableHost", host, "--tablePort", str(table),
     ]  # fmt: skip
-    return _start("azurite", argv, [blob, queue], {"AZURE_STORAGE_CONNECTION_STRING": conn})
+    return _start(
+        "azurite",
+        argv,
+        [blob, queue],
+        {"AZURE_STORAGE_CONNECTION_STRING": conn},
+        host=host,
+        proc_env=accounts,
+    )
 
 
-def start_gcs() -> Emulator:
+def start_gcs(host: str = "127.0.0.1") -> Emulator:
     port = free_port()
     argv = [
         _venv_tool("gcp-storage-emulator"),
         "start",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--in-memory",
     ]
-    return _start("gcs", argv, [port], {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"})
+    return _start("gcs", argv, [port], {"STORAGE_EMULATOR_HOST": f"http://{host}:{port}"}, host=host)
 
 
 def pubsub_unavailable_reason() -> str | None:

@@ -18,9 +18,12 @@ left behind. Nothing here depends on the controller staying alive: state lives i
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -181,11 +184,41 @@ def _kill_leftovers(run_dir: str, pgid: int | None) -> None:
             pass
 
 
+def interface_of(address: str) -> str | None:
+    """The network interface holding the IPv4 `address` on this (Linux) node, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR: the interface's address
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(packed[20:24]) == address:
+                return name
+    return None
+
+
+def gloo_interface(env: dict[str, str]) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME for a multi-node job: the interface of this node's private IP (the address
+    its peers dial). Without it gloo binds the address the node's hostname resolves to, which on
+    images whose /etc/hosts maps the hostname to 127.0.1.1 (Debian's and cloud-init's default
+    template) is loopback, and the peers' connections are refused (found by the first-boot
+    rehearsal). A value the job's environment already sets is kept."""
+    if "GLOO_SOCKET_IFNAME" in env or int(env.get("LEPTON_NUM_NODES") or 1) < 2:
+        return {}
+    try:
+        own = env["LEPTON_NODE_IPS"].split(",")[int(env["LEPTON_NODE_RANK"])]
+    except (KeyError, IndexError, ValueError):
+        return {}
+    name = interface_of(own)
+    return {"GLOO_SOCKET_IFNAME": name} if name else {}
+
+
 def supervise(run_dir: str) -> int:
     with open(_path(run_dir, "spec.json"), encoding="utf-8") as f:
         spec = json.load(f)
     env = dict(os.environ)
     env.update(spec["env"])
+    env.update(gloo_interface(env))
     if spec.get("store_client"):
         # The job's fetch of store URLs (train.py --data-dir s3://...): the shipped node client.
         client = _path(run_dir, ".store_client.py")
