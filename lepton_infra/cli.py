@@ -479,6 +479,9 @@ def _render_node_statuses(run_id: str, rows: list[NodeStatus], as_json: bool) ->
     for d in nodes:
         table.add_row(*("-" if d.get(c) is None else str(d.get(c)) for c in columns))
     console.print(table)
+    for r in rows:
+        if said := r.killed_line():
+            console.print(plain(said), soft_wrap=True)
 
 
 @app.command()

@@ -41,6 +41,10 @@ class NodeStatus:
     detail: str = ""
     # The node's upload of its results to the store, when the inventory has one: {"url"} or {"error"}.
     results: dict[str, Any] | None = None
+    # Processes the node's agent had to stop (leftovers of the job, or ones that needed SIGKILL):
+    # [{"pid", "command", "signal", "escaped"}], the first few of `killed_count`.
+    killed: list[dict[str, Any]] = field(default_factory=list)
+    killed_count: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -62,7 +66,19 @@ class NodeStatus:
             heartbeat_age_s=age if data.get("state") in ("starting", "running") else None,
             detail=str(data.get("detail") or ""),
             results=data["results"] if isinstance(data.get("results"), dict) else None,
+            killed=[k for k in data.get("killed") or [] if isinstance(k, dict)],
+            killed_count=int(data.get("killed_count") or 0),
         )
+
+    def killed_line(self) -> str | None:
+        """One line naming what had to be stopped, or None when nothing was."""
+        if not self.killed_count:
+            return None
+        shown = ", ".join(
+            f"pid {k.get('pid')} `{k.get('command', '?')}` ({k.get('signal', '?')})" for k in self.killed[:5]
+        )
+        more = f" and {self.killed_count - 5} more" if self.killed_count > 5 else ""
+        return f"{self.node}: stopped {self.killed_count} process(es) the job left running: {shown}{more}"
 
 
 @dataclass

@@ -62,6 +62,9 @@ class NodeRecord(BaseModel):
     store_url: str | None = None
     store_error: str | None = None
     preflight: dict[str, Any] | None = None  # interpreter, torch version, CUDA, GPUs seen
+    # Processes the node's agent had to stop when the job ended or was cancelled (see NodeStatus).
+    killed: list[dict[str, Any]] = Field(default_factory=list)
+    killed_count: int = 0
 
 
 class BytesMoved(BaseModel):
@@ -129,6 +132,7 @@ class RunRecord(BaseModel):
                             "ended": st.ended,
                             "detail": st.detail,
                         }
+                        | ({"killed": st.killed, "killed_count": st.killed_count} if st.killed_count else {})
                         | (
                             {"store_url": st.results.get("url"), "store_error": st.results.get("error")}
                             if st.results

@@ -415,6 +415,7 @@ def run_job(
             on_first_output=first_output,
         )
         t = clock.lap("run", t_launch)
+        _report_stopped(group, events)
 
         _collect(group, run_id, local_dir, events)
         clock.lap("collect", t)
@@ -445,6 +446,15 @@ def _preflight_summary(found: Mapping[str, Mapping[str, Any]]) -> str:
         line = f"torch {f.get('torch')}, CUDA {'yes' if f.get('cuda') else 'no'}, {f.get('gpus', 0)} GPU(s) in {f.get('python')}"
         counts[line] = counts.get(line, 0) + 1
     return "; ".join(f"{line} on {n} node(s)" for line, n in counts.items())
+
+
+def _report_stopped(group: NodeGroup, events: RunEvents) -> None:
+    """Say on the terminal which processes the nodes' agents had to stop (daemons the job left
+    behind, ones that ignored SIGTERM); run.json keeps the list per node."""
+    for m in group:
+        said = m.status.killed_line() if m.status else None
+        if said:
+            events.on_phase("cleanup", said)
 
 
 def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) -> None:
@@ -589,6 +599,7 @@ def attach(
             if m.name not in known.names and m.status is not None:
                 events.on_node_done(m.name, m.status)
         _watch(known, run_id, store, events, offsets=offsets, heartbeat_timeout=heartbeat_timeout)
+        _report_stopped(known, events)
         _collect(group, run_id, local_dir, events)
     record = _update_record(inventory, run_id, group, store, {"attach": round(time.monotonic() - t0, 3)})
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")

@@ -1,0 +1,141 @@
+"""Jobs that misbehave, nodes that lie, links that stall (issue 21, README "Reliability"): on real
+sshd nodes, nothing a job starts outlives its run, no output blows up the controller, a collect
+that failed is never success, what a node sends back is untrusted, and slow links lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lepton_infra.inventory import Inventory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `lepton-infra` in a subprocess: what a user sees."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "lepton_infra.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- class 1: escapes
+
+# Starts two processes built to outlive the run: a daemon (double fork, setsid, an empty
+# environment: no marker of the run) and a child in the job's own group; both ignore SIGTERM.
+# Each writes its pid where the test can find it; `forever=1` keeps the job itself running.
+_ESCAPING_JOB = r"""
+import os, signal, sys, time
+opts = dict(a.split("=", 1) for a in sys.argv[1:])
+name = os.environ["LEPTON_NODE_NAME"]
+
+def start(kind, argv, detach):
+    if os.fork() == 0:
+        if detach:
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(os.path.join(opts["pids"], f"{name}-{kind}"), "w") as f:
+            f.write(str(os.getpid()))
+        os.execve("/bin/sleep", argv, {} if detach else dict(os.environ))
+    if detach:
+        os.wait()
+
+start("daemon", ["sleep", "613"], detach=True)
+start("child", ["sleep", "614"], detach=False)
+while len(os.listdir(opts["pids"])) < 2 * int(os.environ["LEPTON_NUM_NODES"]):
+    time.sleep(0.05)
+print(f"daemons started on {name}", flush=True)
+if opts.get("forever"):
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pids(folder: Path, expected: int, timeout: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while len(list(folder.iterdir())) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {p.name: int(p.read_text()) for p in folder.iterdir() if p.read_text().strip()}
+
+
+def _still_alive(pids: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while (left := {k: p for k, p in pids.items() if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.slow
+def test_daemons_a_job_leaves_behind_end_with_the_run_and_are_reported(
+    pool2: Inventory, make_workload, recorder, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from lepton_infra.workload import run_job
+
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    runs, events = tmp_path / "runs", recorder()
+    workload = make_workload(job=_ESCAPING_JOB)
+    result = run_job(pool2, workload, [f"pids={pid_dir}"], run_id="escape-1", runs_dir=runs, events=events)
+    pids = _pids(pid_dir, 4)
+    try:
+        assert result.status == "succeeded", result
+        assert len(pids) == 4
+        assert _still_alive(pids) == {}, "processes of the run outlived it"
+        record = json.loads((runs / "escape-1" / "run.json").read_text())
+        for node in record["nodes"]:
+            stopped = {k["command"]: k["signal"] for k in node["killed"]}
+            assert stopped.get("sleep 613") == "KILL" and stopped.get("sleep 614") == "KILL", node
+        said = [d for phase, d in events.phases if phase == "cleanup"]
+        assert len(said) == 2 and all("sleep 613" in d and "KILL" in d for d in said), said
+    finally:
+        for pid in pids.values():
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+@pytest.mark.slow
+def test_cancel_ends_daemons_that_left_the_session_and_ignore_sigterm(
+    pool2: Inventory, make_workload, tmp_path: Path, controller_thread
+) -> None:  # type: ignore[no-untyped-def]
+    from lepton_infra.workload import run_job
+
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    inventory = tmp_path / "inventory.json"
+    pool2.save(inventory)
+    runs = tmp_path / "runs"
+    workload = make_workload(job=_ESCAPING_JOB)
+    thread, box = controller_thread(
+        lambda: run_job(pool2, workload, [f"pids={pid_dir}", "forever=1"], run_id="escape-2", runs_dir=runs)
+    )
+    pids = _pids(pid_dir, 4)
+    try:
+        assert len(pids) == 4, box
+        done = cli("cancel", "escape-2", "--inventory", str(inventory), "--runs-dir", str(runs))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _still_alive(pids) == {}, "cancel left processes of the run running"
+        for node in pool2.nodes:
+            assert f"{node.name}: stopped" in done.stdout and "sleep 613" in done.stdout, done.stdout
+        thread.join(timeout=60)
+        assert box["result"].status == "cancelled", box
+    finally:
+        for pid in pids.values():
+            if _alive(pid):
+                os.kill(pid, 9)
