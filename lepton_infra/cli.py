@@ -503,7 +503,9 @@ def logs(
     if node is not None:
         inv.node(node)  # a clear ConfigError for an unknown node name
     with _live(quiet=False) as events:
-        read_logs(inv, run_id, node=node, follow=follow, events=events, connect_timeout=connect_timeout)
+        read_logs(
+            inv, run_id, node=node, follow=follow, events=events, connect_timeout=connect_timeout, keep=False
+        )
 
 
 @app.command()

@@ -8,9 +8,10 @@ a frozen machine: its reads end at their deadline) is lost. `run_job` and `attac
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,11 @@ BUSY_POLL_INTERVAL_S = 0.1
 # network) is lost; a node that answers but whose supervisor's heartbeat has not moved for this
 # long gets its agent asked whether the supervisor still lives.
 HEARTBEAT_TIMEOUT_S = 30.0
-READ_CHUNK = 1 << 20  # what one SFTP log read returns at most
-MAX_LINE_BYTES = 1 << 20  # an unterminated line longer than this is passed on as it is
+READ_CHUNK = 1 << 20  # what one SFTP log read returns at most (one per node per poll)
+# What a view gets of one line: the rest is cut (said at the end of the line), whatever the job
+# printed (a 20 MB line without a newline, binary); the node's logs/node.log keeps every byte.
+MAX_LINE_BYTES = 16 << 10
+CUT_MARK = " ... [line cut; every byte of it is in the node's logs/node.log]"
 
 
 @dataclass(frozen=True)
@@ -73,32 +77,58 @@ Event = LogLine | Progress | NodeDone | GangStop | Offsets
 
 
 class LineSplitter:
-    """Bytes of a log in, complete lines out (as LogLine or Progress events)."""
+    """Bytes of a log in, complete lines out (as LogLine or Progress events), each line at most
+    MAX_LINE_BYTES: memory stays bounded by one read, whatever the job prints."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.partial = b""
+        self.skipping = False  # inside a line already passed on cut: drop bytes up to its newline
 
-    def feed(self, data: bytes, *, final: bool = False) -> list[LogLine | Progress]:
-        out: list[LogLine | Progress] = []
-        chunks = (self.partial + data).split(b"\n")
-        self.partial = chunks.pop()
-        if (final and self.partial) or len(self.partial) > MAX_LINE_BYTES:
-            # A "line" that never ends (a binary dump, a progress bar using \r) is passed on in
-            # pieces rather than held in memory; the node's log file keeps it whole.
-            chunks.append(self.partial)
+    def feed(self, data: bytes, *, final: bool = False) -> Iterator[LogLine | Progress]:
+        """The lines `data` completes, made lazily (a 1 MB read of empty lines is a million)."""
+        limit = MAX_LINE_BYTES
+        body: bytes | None = None  # the complete lines, joined by newlines
+        last = data.rfind(b"\n")
+        tail = data[last + 1 :]
+        if last >= 0:
+            if self.skipping:  # data starts with the end of a line already passed on cut
+                first = data.find(b"\n")
+                body = data[first + 1 : last] if first < last else None
+                self.skipping = False
+            else:
+                body = self.partial + data[:last]
             self.partial = b""
-        if not chunks:
-            return out
-        # Decode the complete lines in one go (a 1 MB read is ~25k lines: per-line calls dominate).
-        text = b"\n".join(chunks).decode("utf-8", "replace")
-        tagged = jobspec.PROGRESS_TAG in text
+        head: bytes | None = None  # the start of a line too long to wait for, or the last one
+        if not self.skipping:
+            self.partial += tail[: limit + 1 - len(self.partial)]
+            if len(self.partial) > limit:
+                # A "line" that never ends (a binary dump, a progress bar using \r): its head now.
+                head, self.partial, self.skipping = self.partial, b"", True
+        if final:
+            head = head or self.partial or None
+            self.partial, self.skipping = b"", False
+        del data, tail
+        return self._events(body, head)
+
+    def _events(self, body: bytes | None, head: bytes | None) -> Iterator[LogLine | Progress]:
+        # Decode the complete lines in one go (a 1 MB read is ~25k lines: per-line calls dominate;
+        # and never bytes.join of a million pieces: it costs 80 bytes of bookkeeping each).
         node = self.node
-        for line in text.split("\n"):
-            line = line.rstrip("\r")
-            progress = jobspec.parse_progress(line) if tagged else None
-            out.append(Progress(node, progress) if progress is not None else LogLine(node, line))
-        return out
+        if body is not None:
+            text = body.decode("utf-8", "replace")
+            del body
+            tagged = jobspec.PROGRESS_TAG in text
+            for line in text.split("\n"):
+                line = line.rstrip("\r")
+                if len(line) > MAX_LINE_BYTES:
+                    yield LogLine(node, line[:MAX_LINE_BYTES] + CUT_MARK)
+                    continue
+                progress = jobspec.parse_progress(line) if tagged else None
+                yield Progress(node, progress) if progress is not None else LogLine(node, line)
+        if head is not None:
+            line = head[:MAX_LINE_BYTES].decode("utf-8", "replace").rstrip("\r")
+            yield LogLine(node, line + CUT_MARK if len(head) > MAX_LINE_BYTES else line)
 
 
 class _Watch:
@@ -113,31 +143,32 @@ class _Watch:
         self.last_heard = time.monotonic()
         self.heartbeat_timeout = heartbeat_timeout
         self.done = False
+        self.more = False  # the last read was a full chunk: there is more log to read at once
         # Each read must end well inside the heartbeat limit, or one hung read would outlast it.
         conn = member.conn
         conn.op_timeout = min(conn.op_timeout, max(1.0, heartbeat_timeout / 2))
         conn.connect_timeout = min(conn.connect_timeout, max(1.0, heartbeat_timeout / 2))
 
-    def _finish(self, status: NodeStatus) -> list[Event]:
+    def _finish(self, status: NodeStatus) -> list[Iterable[Event]]:
         self.done = True
         self.member.status = status
-        return [NodeDone(self.member.name, status)]
+        return [[NodeDone(self.member.name, status)]]
 
-    def poll(self) -> list[Event]:
-        events: list[Event] = []
+    def poll(self) -> list[Iterable[Event]]:
+        """What happened since the last poll, as iterables to chain (lines are made lazily)."""
+        events: list[Iterable[Event]] = []
         conn, run_dir = self.member.conn, self.member.run_dir
         try:
             if not conn.alive:
                 conn.reconnect()
             raw = conn.read_file(f"{run_dir}/state.json")
-            # The log is read AFTER the state: once the state is terminal the log is complete.
-            while True:
-                data = conn.read_range(f"{run_dir}/logs/node.log", self.offset)
-                self.offset += len(data)
-                events += self.lines.feed(data)
-                if len(data) < READ_CHUNK:
-                    break
-            self.unreachable_since = None
+            # The log is read AFTER the state: once the state is terminal and a read comes back
+            # short, the log is complete. One chunk per poll: memory is bounded by it.
+            data = conn.read_range(f"{run_dir}/logs/node.log", self.offset, READ_CHUNK)
+            self.offset += len(data)
+            self.more = len(data) >= READ_CHUNK
+            events.append(self.lines.feed(data))
+            del data
         except Exception as exc:  # noqa: BLE001 - any failure to read means unreachable for now
             silent = time.monotonic() - self.last_heard
             if silent > self.heartbeat_timeout:
@@ -152,7 +183,9 @@ class _Watch:
         if not isinstance(state, dict):
             return events
         if state.get("state") in TERMINAL_STATES:
-            events += self.lines.feed(b"", final=True)
+            if self.more:
+                return events  # the rest of the log first, at the next poll
+            events.append(self.lines.feed(b"", final=True))
             return events + self._finish(NodeStatus.from_agent(conn.name, state))
         hb = state.get("heartbeat")
         now = time.monotonic()
@@ -192,9 +225,9 @@ def monitor(
             return
         # poll() never raises, so every pending node is in .succeeded.
         batches = pending.run(lambda m: by_name[m.name].poll()).values()
-        busy = False
+        busy = any(w.more for w in watches)
         for batch in batches:
-            for event in batch:
+            for event in itertools.chain.from_iterable(batch):
                 busy = busy or isinstance(event, LogLine | Progress)
                 yield event
         current = {w.member.name: w.offset for w in watches}

@@ -40,11 +40,12 @@ from typing import Any
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec, steps
-from lepton_infra.workload.group import NodeGroup
+from lepton_infra.workload.group import NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
 from lepton_infra.workload.monitor import (
     HEARTBEAT_TIMEOUT_S,
+    READ_CHUNK,
     Event,
     LineSplitter,
     LogLine,
@@ -606,6 +607,15 @@ def attach(
     return record.result(local_dir)
 
 
+def _whole_log(m: NodeRun) -> Iterator[Event]:
+    """A node's log as events, read a chunk at a time (a log of gigabytes is never held whole)."""
+    lines, offset, path = LineSplitter(m.name), 0, f"{m.run_dir}/logs/node.log"
+    while data := m.conn.read_range(path, offset, READ_CHUNK):
+        offset += len(data)
+        yield from lines.feed(data)
+    yield from lines.feed(b"", final=True)
+
+
 def read_logs(
     inventory: Inventory,
     run_id: str,
@@ -614,10 +624,12 @@ def read_logs(
     follow: bool = False,
     events: RunEvents | None = None,
     connect_timeout: float = 10.0,
+    keep: bool = True,
 ) -> dict[str, str]:
     """A run's logs straight from the nodes: {node name: text} (LEPTON_PROGRESS lines left out).
     With `events`, every line also goes to events.on_log (progress to on_progress). With
-    `follow`, keeps streaming until every node's job has ended (it never stops or fails the run)."""
+    `follow`, keeps streaming until every node's job has ended (it never stops or fails the run).
+    `keep=False` returns empty texts (a viewer that only wants the events holds no log in memory)."""
     sink: RunEvents = events or NullEvents()
     texts: dict[str, list[str]] = {}
     with _open_run(inventory, run_id, connect_timeout, node) as group:
@@ -626,15 +638,9 @@ def read_logs(
         if follow:
             stream = monitor(known, run_id, offsets={}, stop_gang_on_failure=False)
         else:
-            stream = (
-                event
-                for m in known
-                for event in LineSplitter(m.name).feed(
-                    m.conn.read_file(f"{m.run_dir}/logs/node.log") or b"", final=True
-                )
-            )
+            stream = (event for m in known for event in _whole_log(m))
         for event in stream:
-            if isinstance(event, LogLine):
+            if keep and isinstance(event, LogLine):
                 texts[event.node].append(event.line)
             if not isinstance(event, Offsets):
                 deliver(event, sink)

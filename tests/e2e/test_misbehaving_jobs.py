@@ -139,3 +139,70 @@ def test_cancel_ends_daemons_that_left_the_session_and_ignore_sigterm(
         for pid in pids.values():
             if _alive(pid):
                 os.kill(pid, 9)
+
+
+# --------------------------------------------------------------------------- class 2: output
+
+# 20 MB on one line without a newline (NUL bytes, invalid UTF-8), then a quarter million empty lines,
+# then a line the user must still see.
+_HOSTILE_OUTPUT_JOB = r"""
+import sys
+out = sys.stdout.buffer
+for _ in range(20):
+    out.write(b"\x00\xff\xc3(" * (1 << 18))
+    out.flush()
+out.write(b"\n" * (1 << 18))
+out.write(b"after the flood\n")
+out.flush()
+"""
+_QUIET_JOB = "print('hello', flush=True)\n"
+
+# The real CLI in-process, reporting its own peak RSS (KiB) into the file named first.
+_MEASURED_CLI = """
+import resource, sys
+out, sys.argv = sys.argv[1], ["lepton-infra", *sys.argv[2:]]
+try:
+    from lepton_infra.cli import main
+    main()
+finally:
+    with open(out, "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+def _peak_rss_mb(tmp_path: Path, name: str, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    report = tmp_path / f"{name}.rss"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURED_CLI, str(report), *args],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    return int(report.read_text()) / 1024, done
+
+
+@pytest.mark.slow
+def test_controller_memory_stays_bounded_whatever_a_job_prints_in_every_output_mode(
+    pool: Inventory, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    inventory = tmp_path / "inventory.json"
+    pool.model_copy(update={"nodes": pool.nodes[:1]}).save(inventory)
+    runs = tmp_path / "runs"
+    common = ["--inventory", str(inventory), "--runs-dir", str(runs)]
+    idle, done = _peak_rss_mb(
+        tmp_path, "idle", "run", str(make_workload(job=_QUIET_JOB)), "--run-id", "quiet", *common
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    hostile = make_workload(job=_HOSTILE_OUTPUT_JOB)
+    for mode in ("live", "json"):
+        extra = ["--json"] if mode == "json" else []
+        peak, done = _peak_rss_mb(
+            tmp_path, mode, "run", str(hostile), "--run-id", f"flood-{mode}", *common, *extra
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert peak - idle < 40, f"{mode}: peak RSS {peak:.0f} MB vs {idle:.0f} MB for a quiet job"
+        log = (runs / f"flood-{mode}" / pool.nodes[0].name / "logs" / "node.log").read_bytes()
+        assert log.endswith(b"after the flood\n")
+        assert len(log) == 20 * 4 * (1 << 18) + (1 << 18) + len(b"after the flood\n")  # every byte kept
+        if mode == "live":
+            assert "line cut; every byte" in done.stdout and "line(s) not shown" in done.stdout
+            assert "\\x00" in done.stdout and len(done.stdout) < 1 << 20
