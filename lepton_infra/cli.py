@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 job failed, 2 bad input, 3 infrastructure/connection failure
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -63,6 +64,9 @@ class _OneErrorHandler(TyperGroup):
             _error(kind.get(exc.exit_code, "error"), str(exc))
             raise typer.Exit(exc.exit_code) from exc
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the environment's failure, not the input
+                _error("infrastructure error", redact(f"no space left on device: {exc.filename or exc}"))
+                raise typer.Exit(EXIT_INFRA) from exc
             # A path the user gave that the OS refuses (under a file, not writable, too long):
             # bad input, said in one line; never a traceback that could quote file contents.
             where = f" {exc.filename!r}" if exc.filename else ""
@@ -272,8 +276,19 @@ def _render_result(result: RunResult, as_json: bool) -> None:
     console.print(f"results: {result.run_dir}/  (run.json has per-node status, timings, bytes moved)")
 
 
+def _missing_results(result: RunResult) -> None:
+    """A run whose results are not all home is the environment's failure (exit 3), in one line
+    naming each node and why (the store keeps what a node stored: then it is not missing)."""
+    missing = [n for n in result.nodes if n.collect_error and not n.store_url]
+    if missing:
+        why = "; ".join(f"{n.name}: {n.collect_error}" for n in missing)
+        raise LeptonError(f"run {result.run_id}: results of {len(missing)} node(s) not brought home: {why}")
+
+
 def _finish(result: RunResult, as_json: bool) -> None:
     _render_result(result, as_json)
+    if all(n.state == "succeeded" for n in result.nodes):
+        _missing_results(result)
     if result.status != "succeeded":
         failed = [
             f"{n.name} ({n.state}" + (f": {n.detail})" if n.detail else ")")
@@ -524,6 +539,7 @@ def collect(
         _load_inventory(inventory), run_id, runs_dir=runs_dir, connect_timeout=connect_timeout
     )
     _render_result(result, as_json)
+    _missing_results(result)
 
 
 # --------------------------------------------------------------------------- Pulumi stacks

@@ -97,12 +97,15 @@ class NodeResult:
     output_dir: Path | None = None
     log_path: Path | None = None
     detail: str = ""
+    collect_error: str | None = None  # why its results are not (all) here; see `store_url`
+    store_url: str | None = None  # where the node itself stored its results, if it did
 
 
 @dataclass
 class RunResult:
     """The outcome of `run_job`/`attach`/`collect`. `status` is "succeeded" only if every node
-    succeeded; "failed" if any node failed or was lost; "cancelled" if it was stopped on request.
+    succeeded and its results are here (or in the store); "failed" if any node failed or was lost,
+    or its results could not be brought home (`NodeResult.collect_error`); "cancelled" if it was stopped on request.
     `timings` (seconds): connect, preflight, prepare, ship, launch, first_log (launch start to the first log
     line seen), run (launch start to the last node's end), collect, total."""
 

@@ -451,11 +451,14 @@ def _preflight_summary(found: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _report_stopped(group: NodeGroup, events: RunEvents) -> None:
     """Say on the terminal which processes the nodes' agents had to stop (daemons the job left
-    behind, ones that ignored SIGTERM); run.json keeps the list per node."""
+    behind, ones that ignored SIGTERM) and whose upload to the store failed; run.json keeps both."""
     for m in group:
         said = m.status.killed_line() if m.status else None
         if said:
             events.on_phase("cleanup", said)
+        failed = (m.status.results or {}).get("error") if m.status else None
+        if failed:
+            events.on_phase("store", f"{m.name}: storing its results failed: {failed}")
 
 
 def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) -> None:
@@ -466,7 +469,9 @@ def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) 
     for name in lost:
         events.on_phase("collect", f"{name}: lost, not collected (`lepton-infra collect` once it answers)")
     for name, err in steps.collect(reachable, run_id, local_dir).failed.items():
-        events.on_phase("collect", f"{name}: could not collect: {err}")
+        stored = (group[name].status.results or {}).get("url") if group[name].status else None
+        safe = f"; its results are safe in {stored}" if stored else ""
+        events.on_phase("collect", f"{name}: could not collect: {err}{safe}")
 
 
 # --------------------------------------------------------------------------- later processes

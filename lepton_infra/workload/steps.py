@@ -8,14 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
-import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from lepton_infra.errors import ConfigError, NodeError
+from lepton_infra.errors import ConfigError, LeptonError, NodeError, NoSpace
 from lepton_infra.inventory import Inventory, Node
-from lepton_infra.workload import jobspec, shipping
+from lepton_infra.workload import collecting, jobspec, shipping
 from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
@@ -212,26 +211,31 @@ def launch(
         started.raise_first()
 
 
-def _extract_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    try:
-        return tarfile.data_filter(member, dest)
-    except tarfile.FilterError:
-        return None  # e.g. a symlink pointing outside: skip it rather than lose the rest
-
-
 def collect(group: NodeGroup, run_id: str, local_dir: Path) -> GroupResult[None]:
-    """Bring every node's outputs, logs and state into `local_dir/<node>/`. One unreachable node
-    must not cost the others' results: its error is in the returned `.failed`."""
+    """Bring every node's outputs, logs and state into `local_dir/<node>/` (what is already there
+    is not sent again). One unreachable node, or a full disk, must not cost the others' results:
+    its error is in the returned `.failed` and in the member's `collect_error`. An interrupt
+    closes the connections, so the transfers stop at once."""
 
     def one(m: NodeRun) -> None:
         dest = local_dir / m.name
-        dest.mkdir(parents=True, exist_ok=True)
-
-        def consume(stream: IO[bytes]) -> None:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                tar.extractall(dest, filter=_extract_filter)
-
-        _, _, count = m.conn.run_download(agent_cmd(m.conn.inventory.python, run_id, "pack"), consume)
+        m.collect_error = None
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            request = json.dumps({"have": collecting.already_here(dest)}).encode()
+            _, _, count = m.conn.run_download(
+                agent_cmd(m.conn.inventory.python, run_id, "pack"),
+                collecting.Unpacker(m.name, run_id, dest),
+                stdin=request,
+            )
+        except LeptonError as exc:
+            m.collect_error = str(exc)
+            raise
+        except OSError as exc:
+            if not collecting.disk_full(exc):
+                raise
+            m.collect_error = f"no space left on device: cannot create {dest}/: {exc.strerror}"
+            raise NoSpace(m.collect_error) from exc
         m.bytes_collected = count
         try:
             state = json.loads((dest / "state.json").read_text(encoding="utf-8"))
@@ -240,7 +244,7 @@ def collect(group: NodeGroup, run_id: str, local_dir: Path) -> GroupResult[None]
         if isinstance(state, dict) and (m.status is None or not m.status.terminal):
             m.status = NodeStatus.from_agent(m.name, state)
 
-    return group.run(one)
+    return group.run(one, interruptible=True)
 
 
 def job_seconds(group: NodeGroup) -> dict[str, float]:

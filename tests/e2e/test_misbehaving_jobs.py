@@ -4,8 +4,10 @@ that failed is never success, what a node sends back is untrusted, and slow link
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -206,3 +208,152 @@ def test_controller_memory_stays_bounded_whatever_a_job_prints_in_every_output_m
         if mode == "live":
             assert "line cut; every byte" in done.stdout and "line(s) not shown" in done.stdout
             assert "\\x00" in done.stdout and len(done.stdout) < 1 << 20
+
+
+# --------------------------------------------------------------------------- class 3: collect
+
+# Each node writes 5 MB of results and a small file; `mb=` changes the size.
+_RESULTS_JOB = r"""
+import os, sys
+opts = dict(a.split("=", 1) for a in sys.argv[1:])
+out = os.environ["LEPTON_OUTPUT_DIR"]
+with open(os.path.join(out, "big.bin"), "wb") as f:
+    for _ in range(int(opts.get("mb", "5"))):
+        f.write(os.urandom(1 << 20))
+with open(os.path.join(out, "small.txt"), "w") as f:
+    f.write("small")
+print("written", flush=True)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A folder on an 8 MB tmpfs (root only; skipped where mounting is not allowed)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_collect_fails_the_run_naming_node_and_file_and_a_later_collect_resumes(
+    pool2: Inventory, make_workload, tmp_path: Path, small_disk: Path
+) -> None:  # type: ignore[no-untyped-def]
+    inventory = tmp_path / "inventory.json"
+    pool2.model_copy(update={"store": None}).save(inventory)  # results only come home by collect
+    runs = small_disk / "runs"
+    common = ["--inventory", str(inventory), "--runs-dir", str(runs)]
+    done = cli("run", str(make_workload(job=_RESULTS_JOB)), "--run-id", "full-collect", *common)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    error = " ".join(done.stderr.split())
+    assert "no space left on device" in error and "bad input" not in error, error
+    record = json.loads((runs / "full-collect" / "run.json").read_text())
+    assert record["status"] == "failed"
+    missing = [n for n in record["nodes"] if n["collect_error"]]
+    assert len(missing) == 1 and missing[0]["state"] == "succeeded", record["nodes"]
+    name = missing[0]["name"]
+    assert f"node {name!r}" in error and str(runs / "full-collect" / name) in error
+    assert "more" in error and "collect full-collect" in error  # how much, and what to do
+    partial = runs / "full-collect" / name / "output" / "big.bin"
+    assert not partial.exists() or partial.stat().st_size == 5 << 20  # never half a file
+
+    # A record that cannot be written keeps its last complete version, and says why.
+    from lepton_infra.errors import NoSpace
+    from lepton_infra.workload.record import RunStore
+
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * (64 << 10))
+    store = RunStore(runs)
+    with pytest.raises(NoSpace, match="no space left on device: cannot write .*run.json"):
+        store.save(store.load("full-collect").model_copy(update={"status": "succeeded"}))  # type: ignore[union-attr]
+    assert json.loads((runs / "full-collect" / "run.json").read_text()) == record
+    assert not list((runs / "full-collect").glob("*.tmp"))
+    filler.unlink()
+
+    # `collect` with the disk still too small says so per node (and fetches nothing it has).
+    again = cli("collect", "full-collect", *common)
+    assert again.returncode == 3, again.stdout[-2000:] + again.stderr[-2000:]
+    said = " ".join(again.stderr.split())
+    assert f"node {name!r}" in said and "no space left on device" in said, said
+
+    # Room again: `collect` brings the rest, not what is already here.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    done = cli("collect", "full-collect", "--json", *common)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    after = {n["name"]: n for n in json.loads(done.stdout)["nodes"]}
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert after[name]["bytes_collected"] >= 5 << 20 and after[name]["collect_error"] is None
+    other = next(n for n in after if n != name)
+    assert after[other]["bytes_collected"] < 1 << 20, after[other]  # not fetched again
+    for node in after:
+        assert (runs / "full-collect" / node / "output" / "big.bin").stat().st_size == 5 << 20
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_slow_collect_stops_the_controller_at_once(
+    pool2: Inventory, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from linkproxy import LinkProxy
+
+    node = pool2.nodes[0]
+    with LinkProxy((node.host, node.port), rate=2 << 20) as link:  # 60 MB at 2 MB/s: 30 s
+        slow = node.model_copy(update={"host": "127.0.0.1", "port": link.port})
+        inventory = tmp_path / "inventory.json"
+        pool2.model_copy(update={"nodes": [slow], "store": None}).save(inventory)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        argv = [sys.executable, "-m", "lepton_infra.cli", "run", str(make_workload(job=_RESULTS_JOB))]
+        argv += ["mb=60", "--inventory", str(inventory), "--runs-dir", str(tmp_path / "runs")]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while link.bytes_from_node < 8 << 20 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)  # until the collect is well under way
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pytest.fail("Ctrl-C during collect waited for the transfer to finish")
+            stopped_at = link.bytes_from_node
+        finally:
+            proc.kill()
+            out, err = proc.communicate()
+        assert proc.returncode != 0, out + err
+        assert stopped_at < 40 << 20, "the transfer ran on after Ctrl-C"
+        assert "Traceback" not in err, err[-3000:]
+
+
+# The store breaks while the job runs (its folder replaced by a file): the node's upload fails.
+_BREAKS_THE_STORE_JOB = r"""
+import os, shutil, sys
+store = sys.argv[1]
+shutil.rmtree(store)
+open(store, "w").close()
+open(os.path.join(os.environ["LEPTON_OUTPUT_DIR"], "result.txt"), "w").write("ok")
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_upload_to_the_store_is_shown_on_the_terminal(
+    pool: Inventory, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    store = tmp_path / "store"
+    store.mkdir()
+    inventory = tmp_path / "inventory.json"
+    pool.model_copy(update={"nodes": pool.nodes[:1], "store": f"file://{store}"}).save(inventory)
+    workload = make_workload(job=_BREAKS_THE_STORE_JOB)
+    done = cli(
+        "run", str(workload), str(store), "--inventory", str(inventory), "--runs-dir", str(tmp_path / "r")
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]  # the results are home
+    said = " ".join(done.stdout.split())
+    assert f"{pool.nodes[0].name}: storing its results failed" in said, said[-3000:]

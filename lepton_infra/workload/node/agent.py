@@ -18,9 +18,11 @@ left behind. Nothing here depends on the controller staying alive: state lives i
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -716,12 +718,55 @@ def cancel(run_dir: str, grace: float = 5.0) -> dict[str, Any]:
     return status(run_dir)
 
 
-def pack(run_dir: str, out: IO[bytes]) -> None:
+PACK_MANIFEST = ".lepton-pack.json"  # the first member of every pack: what it holds
+
+
+def pack(run_dir: str, out: IO[bytes], request: dict[str, Any] | None = None) -> None:
+    """A tar of output/, logs/, state.json and spec.json to `out`. `request["have"]` maps the
+    paths the controller already holds to [size, mtime]: those are not sent again. The first
+    member, PACK_MANIFEST, says how many files and bytes follow, so the controller can check its
+    space and limits before it writes anything."""
+    have = (request or {}).get("have") or {}
+    entries: list[tuple[str, str]] = []
+    total = {"files": 0, "bytes": 0, "send_files": 0, "send_bytes": 0, "skipped": 0}
+    for top in ("output", "logs"):
+        root = _path(run_dir, top)
+        if not os.path.isdir(root) or os.path.islink(root):
+            continue
+        entries.append((root, top))
+        for dirpath, dirs, files in os.walk(root):
+            dirs.sort()
+            rel_dir = os.path.relpath(dirpath, run_dir)
+            for name in dirs:
+                entries.append((os.path.join(dirpath, name), os.path.join(rel_dir, name)))
+            for name in sorted(files):
+                path, rel = os.path.join(dirpath, name), os.path.join(rel_dir, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+                total["files"] += 1
+                total["bytes"] += size
+                if have.get(rel) == [size, int(st.st_mtime)]:
+                    total["skipped"] += 1
+                    continue
+                total["send_files"] += 1
+                total["send_bytes"] += size
+                entries.append((path, rel))
+    for name in ("state.json", "spec.json"):
+        if os.path.exists(_path(run_dir, name)):
+            entries.append((_path(run_dir, name), name))
+    manifest = json.dumps(total).encode()
     with tarfile.open(fileobj=out, mode="w|") as tar:
-        for name in ("output", "logs", "state.json", "spec.json"):
-            path = _path(run_dir, name)
-            if os.path.exists(path):
-                tar.add(path, arcname=name)
+        info = tarfile.TarInfo(PACK_MANIFEST)
+        info.size, info.mtime = len(manifest), int(time.time())
+        tar.addfile(info, io.BytesIO(manifest))
+        for path, arcname in entries:
+            try:
+                tar.add(path, arcname=arcname, recursive=False)
+            except OSError:
+                continue  # vanished while packing (a job still writing): the next collect has it
 
 
 def main(argv: list[str]) -> int:
@@ -743,7 +788,8 @@ def _main(argv: list[str]) -> int:
     if command == "supervise":
         return supervise(run_dir)
     if command == "pack":
-        pack(run_dir, sys.stdout.buffer)
+        request = sys.stdin.read().strip()
+        pack(run_dir, sys.stdout.buffer, json.loads(request) if request else None)
         return 0
     if command == "launch":
         result = launch(run_dir, json.loads(sys.stdin.read()))
