@@ -109,6 +109,16 @@ HeartbeatOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+MaxBytesOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-collect-bytes",
+        help="Most one collect takes from one node (50G, 500M, bytes); the rest stays there, listed.",
+    ),
+]
+MaxFilesOpt = Annotated[
+    int, typer.Option("--max-collect-files", help="Most files one collect takes from one node.")
+]
 
 
 def _positive(name: str, value: float) -> None:
@@ -346,6 +356,8 @@ def run(
     connect_timeout: TimeoutOpt = 10.0,
     heartbeat_timeout: HeartbeatOpt = 30.0,
     as_json: JsonOpt = False,
+    max_collect_bytes: MaxBytesOpt = "50G",
+    max_collect_files: MaxFilesOpt = 100_000,
     follow_links: Annotated[
         bool,
         typer.Option(
@@ -359,6 +371,9 @@ def run(
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
     _positive("--connect-timeout", connect_timeout)
     _check_run_id(run_id)
+    from lepton_infra.workload.collecting import check_limits
+
+    limits = check_limits(max_collect_bytes, max_collect_files)
     inv = _load_inventory(inventory)
     from lepton_infra.workload import run_job
 
@@ -374,6 +389,7 @@ def run(
             events=events,
             follow_links=follow_links,
             heartbeat_timeout=heartbeat_timeout,
+            limits=limits,
         )
     _finish(result, as_json)
 
@@ -425,10 +441,14 @@ def attach(
     connect_timeout: TimeoutOpt = 10.0,
     heartbeat_timeout: HeartbeatOpt = 30.0,
     as_json: JsonOpt = False,
+    max_collect_bytes: MaxBytesOpt = "50G",
+    max_collect_files: MaxFilesOpt = 100_000,
 ) -> None:
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs, collect."""
     from lepton_infra.workload import attach as attach_run
+    from lepton_infra.workload.collecting import check_limits
 
+    limits = check_limits(max_collect_bytes, max_collect_files)
     _positive("--connect-timeout", connect_timeout)
     run_id = _run_or_latest(run_id, runs_dir)
     inv = _load_inventory(inventory)
@@ -440,6 +460,7 @@ def attach(
             connect_timeout=connect_timeout,
             events=events,
             heartbeat_timeout=heartbeat_timeout,
+            limits=limits,
         )
     _finish(result, as_json)
 
@@ -530,14 +551,21 @@ def collect(
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
+    max_collect_bytes: MaxBytesOpt = "50G",
+    max_collect_files: MaxFilesOpt = 100_000,
 ) -> None:
-    """(Re)collect every node's outputs and logs into RUNS_DIR/RUN_ID/ and write run.json."""
+    """(Re)collect every node's outputs and logs into RUNS_DIR/RUN_ID/ and write run.json; only
+    what is not already here is fetched."""
     from lepton_infra.workload import collect as collect_run
+    from lepton_infra.workload.collecting import check_limits
 
     _check_run_id(run_id)
-    result = collect_run(
-        _load_inventory(inventory), run_id, runs_dir=runs_dir, connect_timeout=connect_timeout
-    )
+    limits = check_limits(max_collect_bytes, max_collect_files)
+    inv = _load_inventory(inventory)
+    with _live(quiet=as_json) as events:
+        result = collect_run(
+            inv, run_id, runs_dir=runs_dir, connect_timeout=connect_timeout, limits=limits, events=events
+        )
     _render_result(result, as_json)
     _missing_results(result)
 

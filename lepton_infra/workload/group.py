@@ -36,6 +36,8 @@ class NodeRun:
     status: NodeStatus | None = None
     preflight: dict[str, Any] | None = None  # what the node's python has (steps.preflight)
     collect_error: str | None = None  # why the last collect did not bring its results home
+    collect_skipped: list[str] = field(default_factory=list)  # what it did not take, and why
+    collect_skipped_count: int = 0
 
     @property
     def name(self) -> str:

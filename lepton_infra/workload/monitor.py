@@ -31,6 +31,7 @@ READ_CHUNK = 1 << 20  # what one SFTP log read returns at most (one per node per
 # What a view gets of one line: the rest is cut (said at the end of the line), whatever the job
 # printed (a 20 MB line without a newline, binary); the node's logs/node.log keeps every byte.
 MAX_LINE_BYTES = 16 << 10
+MAX_STATE_BYTES = 1 << 18  # a node's state.json is ~8 KB; anything past this is not read
 CUT_MARK = " ... [line cut; every byte of it is in the node's logs/node.log]"
 
 
@@ -134,8 +135,9 @@ class LineSplitter:
 class _Watch:
     """Follows one node's log (SFTP reads from an offset) and state.json; never raises from poll."""
 
-    def __init__(self, member: NodeRun, offset: int, heartbeat_timeout: float) -> None:
+    def __init__(self, member: NodeRun, offset: int, heartbeat_timeout: float, run_id: str) -> None:
         self.member = member
+        self.run_id = run_id
         self.offset = offset
         self.lines = LineSplitter(member.name)
         self.hb: float | None = None
@@ -161,7 +163,8 @@ class _Watch:
         try:
             if not conn.alive:
                 conn.reconnect()
-            raw = conn.read_file(f"{run_dir}/state.json")
+            # Written by the node (and so by anything the job does there): read a bounded amount.
+            raw = conn.read_range(f"{run_dir}/state.json", 0, MAX_STATE_BYTES)
             # The log is read AFTER the state: once the state is terminal and a read comes back
             # short, the log is complete. One chunk per poll: memory is bounded by it.
             data = conn.read_range(f"{run_dir}/logs/node.log", self.offset, READ_CHUNK)
@@ -194,7 +197,7 @@ class _Watch:
         elif now - self.hb_changed > self.heartbeat_timeout:
             # Stale heartbeat: the node's agent decides (is the supervisor process still there?).
             try:
-                answer = agent(conn, str(state.get("run_id")), "status")
+                answer = agent(conn, self.run_id, "status")  # ours, never the one state.json names
             except LeptonError:
                 return events
             self.hb_changed = now
@@ -215,7 +218,7 @@ def monitor(
     """Stream every member's log and wait for every member's end. With `stop_gang_on_failure`, the
     first node that fails or is lost gets every other node cancelled (no orphans, no 300 s
     barriers). Members' `status` is kept current as a side effect."""
-    watches = [_Watch(m, offsets.get(m.name, 0), heartbeat_timeout) for m in group]
+    watches = [_Watch(m, offsets.get(m.name, 0), heartbeat_timeout, run_id) for m in group]
     by_name = {w.member.name: w for w in watches}
     gang_stopped = False
     saved: dict[str, int] = {}

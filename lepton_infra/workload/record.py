@@ -69,6 +69,9 @@ class NodeRecord(BaseModel):
     killed_count: int = 0
     # Why the node's results are not (all) here: the last collect failed (None once one succeeds).
     collect_error: str | None = None
+    # What the last collect did not take from the node (limits, unsafe names or links), with why.
+    skipped: list[str] = Field(default_factory=list)
+    skipped_count: int = 0
 
 
 class BytesMoved(BaseModel):
@@ -127,6 +130,8 @@ class RunRecord(BaseModel):
                         "output_dir": str(local_dir / m.name / "output"),
                         "log_path": str(local_dir / m.name / "logs" / "node.log"),
                         "collect_error": m.collect_error,
+                        "skipped": m.collect_skipped,
+                        "skipped_count": m.collect_skipped_count,
                     }
                     | (
                         {

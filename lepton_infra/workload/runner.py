@@ -40,6 +40,7 @@ from typing import Any
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec, steps
+from lepton_infra.workload.collecting import Limits
 from lepton_infra.workload.group import NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
@@ -250,12 +251,15 @@ def run_job(
     events: RunEvents | None = None,
     follow_links: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    limits: Limits | None = None,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
     A symlink leaving the workload folder is a ConfigError unless `follow_links` (then what it
     points to ships); links inside the folder ship as links.
     `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs).
+    `limits` bounds what the collect takes from each node (workload/collecting.py); what it
+    leaves is listed in run.json (`nodes[].skipped`) and said to `events`.
 
     While the run is prepared and shipped, a preflight asks every node's python for torch and its
     GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
@@ -418,7 +422,7 @@ def run_job(
         t = clock.lap("run", t_launch)
         _report_stopped(group, events)
 
-        _collect(group, run_id, local_dir, events)
+        _collect(group, run_id, local_dir, events, limits)
         clock.lap("collect", t)
         clock.timings.update(steps.job_seconds(group))
         clock.timings["total"] = round(time.monotonic() - clock.start, 3)
@@ -461,17 +465,28 @@ def _report_stopped(group: NodeGroup, events: RunEvents) -> None:
             events.on_phase("store", f"{m.name}: storing its results failed: {failed}")
 
 
-def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) -> None:
+def _collect(
+    group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents, limits: Limits | None
+) -> None:
     # A lost node did not answer within the heartbeat limit: asking it again would only wait.
     lost = [m.name for m in group if m.state == "lost"]
     reachable = group.subset(lambda m: m.state != "lost")
     events.on_phase("collect", f"collecting outputs and logs from {len(reachable)} node(s) into {local_dir}/")
     for name in lost:
         events.on_phase("collect", f"{name}: lost, not collected (`lepton-infra collect` once it answers)")
-    for name, err in steps.collect(reachable, run_id, local_dir).failed.items():
+    for name, err in steps.collect(reachable, run_id, local_dir, limits).failed.items():
         stored = (group[name].status.results or {}).get("url") if group[name].status else None
         safe = f"; its results are safe in {stored}" if stored else ""
         events.on_phase("collect", f"{name}: could not collect: {err}{safe}")
+    for m in reachable:
+        if m.collect_skipped_count:
+            shown = "; ".join(m.collect_skipped[:5])
+            more = f"; and {m.collect_skipped_count - 5} more" if m.collect_skipped_count > 5 else ""
+            events.on_phase(
+                "collect",
+                f"{m.name}: {m.collect_skipped_count} file(s) not collected: {shown}{more} "
+                "(run.json lists them; limits: --max-collect-bytes, --max-collect-files)",
+            )
 
 
 # --------------------------------------------------------------------------- later processes
@@ -538,7 +553,13 @@ def _update_record(
 
 
 def collect(
-    inventory: Inventory, run_id: str, *, runs_dir: Path = Path("runs"), connect_timeout: float = 10.0
+    inventory: Inventory,
+    run_id: str,
+    *,
+    runs_dir: Path = Path("runs"),
+    connect_timeout: float = 10.0,
+    limits: Limits | None = None,
+    events: RunEvents | None = None,
 ) -> RunResult:
     """(Re)collect every node's outputs, logs and state into `runs_dir/<run-id>/` and rewrite run.json.
     Works while the run is still going (a snapshot; status "running")."""
@@ -549,7 +570,7 @@ def collect(
     except (NodeError, ConfigError) as exc:
         return _from_store(inventory, run_id, store, exc)
     with group:
-        _collect(group, run_id, store.dir(run_id), NullEvents())
+        _collect(group, run_id, store.dir(run_id), events or NullEvents(), limits)
     record = _update_record(inventory, run_id, group, store, {"collect": round(time.monotonic() - t0, 3)})
     return record.result(store.dir(run_id))
 
@@ -575,6 +596,7 @@ def attach(
     events: RunEvents | None = None,
     from_start: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    limits: Limits | None = None,
 ) -> RunResult:
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs (from the
     offsets the last controller saved, or the start), wait for the end, collect everything.
@@ -606,7 +628,7 @@ def attach(
                 events.on_node_done(m.name, m.status)
         _watch(known, run_id, store, events, offsets=offsets, heartbeat_timeout=heartbeat_timeout)
         _report_stopped(known, events)
-        _collect(group, run_id, local_dir, events)
+        _collect(group, run_id, local_dir, events, limits)
     record = _update_record(inventory, run_id, group, store, {"attach": round(time.monotonic() - t0, 3)})
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")
     return record.result(local_dir)

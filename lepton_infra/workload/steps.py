@@ -211,23 +211,30 @@ def launch(
         started.raise_first()
 
 
-def collect(group: NodeGroup, run_id: str, local_dir: Path) -> GroupResult[None]:
+def collect(
+    group: NodeGroup, run_id: str, local_dir: Path, limits: collecting.Limits | None = None
+) -> GroupResult[None]:
     """Bring every node's outputs, logs and state into `local_dir/<node>/` (what is already there
     is not sent again). One unreachable node, or a full disk, must not cost the others' results:
     its error is in the returned `.failed` and in the member's `collect_error`. An interrupt
-    closes the connections, so the transfers stop at once."""
+    closes the connections, so the transfers stop at once. What a node sends is untrusted
+    (workload/collecting.py): what was not taken is in the member's `collect_skipped`."""
+    limits = limits or collecting.Limits()
 
     def one(m: NodeRun) -> None:
         dest = local_dir / m.name
         m.collect_error = None
         try:
             dest.mkdir(parents=True, exist_ok=True)
-            request = json.dumps({"have": collecting.already_here(dest)}).encode()
+            request = {"have": collecting.already_here(dest)}
+            request |= {"max_bytes": limits.max_bytes, "max_files": limits.max_files}
+            unpack = collecting.Unpacker(m.name, run_id, dest, limits)
             _, _, count = m.conn.run_download(
                 agent_cmd(m.conn.inventory.python, run_id, "pack"),
-                collecting.Unpacker(m.name, run_id, dest),
-                stdin=request,
+                unpack,
+                stdin=json.dumps(request).encode(),
             )
+            m.collect_skipped, m.collect_skipped_count = unpack.skipped, unpack.skipped_count
         except LeptonError as exc:
             m.collect_error = str(exc)
             raise
@@ -238,7 +245,8 @@ def collect(group: NodeGroup, run_id: str, local_dir: Path) -> GroupResult[None]
             raise NoSpace(m.collect_error) from exc
         m.bytes_collected = count
         try:
-            state = json.loads((dest / "state.json").read_text(encoding="utf-8"))
+            with (dest / "state.json").open("rb") as f:  # written by the node: never read it whole
+                state = json.loads(f.read(1 << 20))
         except (OSError, ValueError):
             state = None
         if isinstance(state, dict) and (m.status is None or not m.status.terminal):

@@ -357,3 +357,56 @@ def test_a_failed_upload_to_the_store_is_shown_on_the_terminal(
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]  # the results are home
     said = " ".join(done.stdout.split())
     assert f"{pool.nodes[0].name}: storing its results failed" in said, said[-3000:]
+
+
+# --------------------------------------------------------------------------- class 4: untrusted
+
+# Outputs no controller should take whole: a sparse file of a terabyte, more files than the
+# limit, links leaving the run's folder, names with newlines and terminal escapes.
+_HOSTILE_RESULTS_JOB = r"""
+import os
+out = os.environ["LEPTON_OUTPUT_DIR"]
+with open(os.path.join(out, "huge.sparse"), "wb") as f:
+    f.truncate(1 << 40)
+for i in range(150):
+    with open(os.path.join(out, f"part-{i:03d}.txt"), "w") as f:
+        f.write(str(i))
+os.symlink("/etc/passwd", os.path.join(out, "passwd"))
+os.symlink("../../../..", os.path.join(out, "up"))
+with open(os.path.join(out, "evil\nname\x1b[31m.txt"), "w") as f:
+    f.write("x")
+"""
+
+
+@pytest.mark.slow
+def test_what_a_node_sends_back_is_limited_kept_inside_the_run_folder_and_skips_are_said(
+    pool: Inventory, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    inventory = tmp_path / "inventory.json"
+    pool.model_copy(update={"nodes": pool.nodes[:1], "store": None}).save(inventory)
+    runs = tmp_path / "runs"
+    common = ["--inventory", str(inventory), "--runs-dir", str(runs)]
+    workload = str(make_workload(job=_HOSTILE_RESULTS_JOB))
+    done = cli("run", workload, "--run-id", "hostile-out", "--max-collect-files", "100", *common)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    said = " ".join(done.stdout.split())
+    name = pool.nodes[0].name
+    assert f"{name}: " in said and "file(s) not collected" in said and "huge.sparse" in said, said[-3000:]
+    assert "over --max-collect-bytes 50.0 GB" in said and "over --max-collect-files 100" in said
+    node_dir = runs / "hostile-out" / name
+    record = json.loads((runs / "hostile-out" / "run.json").read_text())["nodes"][0]
+    skipped = "\n".join(record["skipped"])
+    assert record["skipped_count"] >= 50 and "huge.sparse" in skipped
+    taken = [p for p in node_dir.rglob("*") if p.is_file() or p.is_symlink()]
+    assert sum(1 for p in taken if p.parent.name in ("output", "logs")) <= 100
+    assert not (node_dir / "output" / "huge.sparse").exists()
+    for path in taken:  # nothing written, and no link leading, outside the run's folder
+        assert path.resolve().is_relative_to(runs / "hostile-out"), path
+    assert "\x1b" not in done.stdout  # the hostile name is shown escaped
+
+    # Raised limits bring the rest, never the terabyte (over the default 50 GB).
+    done = cli("collect", "hostile-out", "--max-collect-files", "1000", "--json", *common)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = json.loads(done.stdout)["nodes"][0]
+    assert (node_dir / "output" / "part-149.txt").read_text() == "149"
+    assert any("huge.sparse" in s for s in after["skipped"]) and after["bytes_collected"] < 1 << 20

@@ -398,16 +398,25 @@ def read_killed(run_dir: str) -> list[dict[str, Any]]:
 
 
 def _add_killed(run_dir: str, entries: list[dict[str, Any]]) -> None:
-    merged = {e.get("pid"): e for e in read_killed(run_dir)}
-    for e in entries:
-        merged[e["pid"]] = {**merged.get(e["pid"], {}), **e}
-    tmp = _path(run_dir, f".killed.{os.getpid()}.tmp")
+    """Merge into KILLED_FILE under a lock: the cancel command and the supervisor may both stop
+    the same processes at once; the strongest signal either sent is the one recorded."""
+    import fcntl
+
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(list(merged.values()), f)
-        os.replace(tmp, _path(run_dir, KILLED_FILE))
+        with open(_path(run_dir, ".killed.lock"), "w", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {e.get("pid"): e for e in read_killed(run_dir)}
+            for e in entries:
+                old = merged.get(e["pid"], {})
+                strongest = "KILL" if "KILL" in (old.get("signal"), e.get("signal")) else e.get("signal")
+                escaped = bool(old.get("escaped") or e["escaped"])
+                merged[e["pid"]] = {**old, **e, "signal": strongest, "escaped": escaped}
+            tmp = _path(run_dir, f".killed.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(list(merged.values()), f)
+            os.replace(tmp, _path(run_dir, KILLED_FILE))
     except OSError:
-        pass
+        pass  # a full disk: the processes are stopped all the same, only the report is lost
 
 
 def killed_summary(run_dir: str) -> dict[str, Any]:
@@ -722,14 +731,18 @@ PACK_MANIFEST = ".lepton-pack.json"  # the first member of every pack: what it h
 
 
 def pack(run_dir: str, out: IO[bytes], request: dict[str, Any] | None = None) -> None:
-    """A tar of output/, logs/, state.json and spec.json to `out`. `request["have"]` maps the
-    paths the controller already holds to [size, mtime]: those are not sent again. The first
-    member, PACK_MANIFEST, says how many files and bytes follow, so the controller can check its
-    space and limits before it writes anything."""
-    have = (request or {}).get("have") or {}
+    """A tar of logs/, output/, state.json and spec.json to `out`. `request["have"]` maps the
+    paths the controller already holds to [size, mtime]: those are not sent again; files past
+    `request["max_files"]` or `request["max_bytes"]` are held back (listed, not sent). The first
+    member, PACK_MANIFEST, says what follows and what was held back, so the controller can check
+    its space before it writes anything and say what it did not get."""
+    request = request or {}
+    have = request.get("have") or {}
+    max_files, max_bytes = request.get("max_files"), request.get("max_bytes")
     entries: list[tuple[str, str]] = []
-    total = {"files": 0, "bytes": 0, "send_files": 0, "send_bytes": 0, "skipped": 0}
-    for top in ("output", "logs"):
+    total: dict[str, Any] = {"files": 0, "bytes": 0, "send_files": 0, "send_bytes": 0, "skipped": 0}
+    held: list[dict[str, Any]] = []
+    for top in ("logs", "output"):  # the logs first: past a limit, they matter most
         root = _path(run_dir, top)
         if not os.path.isdir(root) or os.path.islink(root):
             continue
@@ -751,12 +764,21 @@ def pack(run_dir: str, out: IO[bytes], request: dict[str, Any] | None = None) ->
                 if have.get(rel) == [size, int(st.st_mtime)]:
                     total["skipped"] += 1
                     continue
+                why = None
+                if isinstance(max_files, int) and total["send_files"] + 1 > max_files:
+                    why = "max_files"
+                elif isinstance(max_bytes, int) and total["send_bytes"] + size > max_bytes:
+                    why = "max_bytes"
+                if why:
+                    held.append({"path": rel, "size": size, "why": why})
+                    continue
                 total["send_files"] += 1
                 total["send_bytes"] += size
                 entries.append((path, rel))
     for name in ("state.json", "spec.json"):
         if os.path.exists(_path(run_dir, name)):
             entries.append((_path(run_dir, name), name))
+    total.update(held_back=held[:20], held_back_count=len(held), held_back_bytes=sum(h["size"] for h in held))
     manifest = json.dumps(total).encode()
     with tarfile.open(fileobj=out, mode="w|") as tar:
         info = tarfile.TarInfo(PACK_MANIFEST)
