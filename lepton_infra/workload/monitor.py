@@ -28,6 +28,8 @@ BUSY_POLL_INTERVAL_S = 0.1
 # long gets its agent asked whether the supervisor still lives.
 HEARTBEAT_TIMEOUT_S = 30.0
 READ_CHUNK = 1 << 20  # what one SFTP log read returns at most (one per node per poll)
+MIN_READ_CHUNK = 16 << 10  # a slow link gets smaller reads, down to this
+FIRST_READ_CHUNK = 64 << 10  # doubled while reads are quick: a fast link reaches READ_CHUNK at once
 # What a view gets of one line: the rest is cut (said at the end of the line), whatever the job
 # printed (a 20 MB line without a newline, binary); the node's logs/node.log keeps every byte.
 MAX_LINE_BYTES = 16 << 10
@@ -146,6 +148,9 @@ class _Watch:
         self.heartbeat_timeout = heartbeat_timeout
         self.done = False
         self.more = False  # the last read was a full chunk: there is more log to read at once
+        # Sized to the link: a read must end well inside its deadline, or a slow but healthy
+        # link (a backlog of log at 30 KB/s) would time out every read and the node look lost.
+        self.chunk = FIRST_READ_CHUNK
         # Each read must end well inside the heartbeat limit, or one hung read would outlast it.
         conn = member.conn
         conn.op_timeout = min(conn.op_timeout, max(1.0, heartbeat_timeout / 2))
@@ -165,14 +170,22 @@ class _Watch:
                 conn.reconnect()
             # Written by the node (and so by anything the job does there): read a bounded amount.
             raw = conn.read_range(f"{run_dir}/state.json", 0, MAX_STATE_BYTES)
+            self.last_heard = time.monotonic()  # it answers: slow, maybe, but not lost
             # The log is read AFTER the state: once the state is terminal and a read comes back
             # short, the log is complete. One chunk per poll: memory is bounded by it.
-            data = conn.read_range(f"{run_dir}/logs/node.log", self.offset, READ_CHUNK)
+            started = time.monotonic()
+            data = conn.read_range(f"{run_dir}/logs/node.log", self.offset, self.chunk)
+            took = time.monotonic() - started
             self.offset += len(data)
-            self.more = len(data) >= READ_CHUNK
+            self.more = len(data) >= self.chunk
+            if took > conn.op_timeout / 4:
+                self.chunk = max(MIN_READ_CHUNK, self.chunk // 2)
+            elif self.more and took < conn.op_timeout / 8:
+                self.chunk = min(READ_CHUNK, self.chunk * 2)
             events.append(self.lines.feed(data))
             del data
         except Exception as exc:  # noqa: BLE001 - any failure to read means unreachable for now
+            self.chunk = MIN_READ_CHUNK
             silent = time.monotonic() - self.last_heard
             if silent > self.heartbeat_timeout:
                 detail = f"no answer for {silent:.0f} s (heartbeat limit {self.heartbeat_timeout:g} s): {exc}"

@@ -410,3 +410,95 @@ def test_what_a_node_sends_back_is_limited_kept_inside_the_run_folder_and_skips_
     after = json.loads(done.stdout)["nodes"][0]
     assert (node_dir / "output" / "part-149.txt").read_text() == "149"
     assert any("huge.sparse" in s for s in after["skipped"]) and after["bytes_collected"] < 1 << 20
+
+
+# --------------------------------------------------------------------------- class 6: links
+
+_COUNTING_JOB = r"""
+import os, sys, time
+opts = dict(a.split("=", 1) for a in sys.argv[1:])
+name = os.environ["LEPTON_NODE_NAME"]
+burst = int(opts.get("burst", "0"))  # lines of 128 bytes at once first: a backlog for the link
+for i in range(burst):
+    print(f"{name} burst {i:06d} " + "x" * 100, flush=False)
+sys.stdout.flush()
+for i in range(int(opts.get("lines", "60"))):
+    print(f"{name} line {i}", flush=True)
+    time.sleep(float(opts.get("delay", "0.1")))
+"""
+
+
+def _behind_proxy(pool2: Inventory, link) -> Inventory:  # type: ignore[no-untyped-def]
+    """pool2 with its second node reached through `link` (a LinkProxy)."""
+    slow = pool2.nodes[1].model_copy(update={"host": "127.0.0.1", "port": link.port})
+    return pool2.model_copy(update={"nodes": [pool2.nodes[0], slow], "store": None})
+
+
+@pytest.mark.slow
+def test_a_slow_stalling_link_to_a_healthy_node_loses_no_line_and_never_makes_it_lost(
+    pool2: Inventory, make_workload, recorder, tmp_path: Path, controller_thread
+) -> None:  # type: ignore[no-untyped-def]
+    from linkproxy import LinkProxy
+
+    from lepton_infra.workload import run_job
+
+    target = pool2.nodes[1]
+    with LinkProxy((target.host, target.port), rate=32 << 10) as link:  # 256 KB of backlog: 8 s
+        events = recorder()
+        inventory = _behind_proxy(pool2, link)
+        workload = make_workload(job=_COUNTING_JOB)
+        thread, box = controller_thread(
+            lambda: run_job(
+                inventory, workload, ["lines=80", "burst=2000"], run_id="slow-link", runs_dir=tmp_path / "runs",
+                events=events, heartbeat_timeout=10,
+            )
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not events.lines(target.name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(2):  # stalls shorter than the heartbeat limit, as a congested link has
+            link.stall()
+            time.sleep(3)
+            link.resume()
+            time.sleep(1)
+        thread.join(timeout=120)
+    result = box.get("result")
+    assert result is not None, box
+    assert result.status == "succeeded", [(n.name, n.state, n.detail) for n in result.nodes]
+    lines = events.lines(target.name)
+    assert lines[:2000] == [f"{target.name} burst {i:06d} " + "x" * 100 for i in range(2000)]
+    assert lines[2000:] == [f"{target.name} line {i}" for i in range(80)]
+
+
+@pytest.mark.slow
+def test_a_link_that_stays_dead_makes_the_node_lost_within_the_heartbeat_limit(
+    pool2: Inventory, make_workload, recorder, tmp_path: Path, controller_thread, leftover_processes
+) -> None:  # type: ignore[no-untyped-def]
+    from linkproxy import LinkProxy
+
+    from lepton_infra.workload import cancel, run_job
+
+    target = pool2.nodes[1]
+    with LinkProxy((target.host, target.port)) as link:
+        events = recorder()
+        inventory = _behind_proxy(pool2, link)
+        workload = make_workload(job=_COUNTING_JOB)
+        thread, box = controller_thread(
+            lambda: run_job(
+                inventory, workload, ["lines=600"], run_id="dead-link", runs_dir=tmp_path / "runs",
+                events=events, heartbeat_timeout=6,
+            )
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not events.lines(target.name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        link.cut()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a dead link was never detected"
+    result = box.get("result")
+    assert result is not None and result.status == "failed", box
+    lost = result.node(target.name)
+    assert lost.state == "lost" and "heartbeat limit 6 s" in lost.detail, lost
+    assert result.node(pool2.nodes[0].name).state == "cancelled"
+    cancel(pool2, "dead-link")  # the node itself is fine: stop its job directly
+    assert leftover_processes("dead-link") == []
