@@ -76,3 +76,41 @@ def test_node_upload_to_a_missing_store_dir_fails_and_commits_nothing(tmp_path: 
     (tmp_path / "nostore").mkdir()
     with pytest.raises(NotCommitted):
         open_store(url).download_dir("runs/r1/node-0", tmp_path / "back")
+
+
+def test_checkpoint_snapshots_keep_only_what_is_needed(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run snapshots output/ again and again: unchanged files are not sent again, files the
+    job deleted (old checkpoints) leave the store, and `--drop` removes the snapshot once the
+    final results are stored (README "Reliability", class 5)."""
+    writes: list[str] = []
+    real = node_upload.writer_for
+
+    def counting(url: str):  # type: ignore[no-untyped-def]
+        write, base = real(url)
+        return (lambda key, *rest: (writes.append(key.rsplit("/", 1)[-1]), write(key, *rest))[1]), base
+
+    monkeypatch.setattr(node_upload, "writer_for", counting)
+    out = tmp_path / "output"
+    out.mkdir()
+    (out / "ckpt-1.pt").write_bytes(os.urandom(50_000))
+    (out / "metrics.json").write_text('{"epoch": 1}')
+    node_upload.upload(store_url, "runs/r1/n0/checkpoint", {"output": str(out)}, snapshot=True)
+    (out / "ckpt-1.pt").unlink()
+    (out / "ckpt-2.pt").write_bytes(os.urandom(50_000))
+    writes.clear()
+    node_upload.upload(store_url, "runs/r1/n0/checkpoint", {"output": str(out)}, snapshot=True)
+    assert sorted(writes) == ["_lepton_manifest.json", "ckpt-2.pt"]  # metrics.json unchanged
+    store = open_store(store_url)
+    keys = sorted(o.key.rsplit("/", 1)[-1] for o in store.list("runs/r1/n0/checkpoint"))
+    assert [k for k in keys if not k.startswith(".")] == [
+        "_lepton_manifest.json",
+        "ckpt-2.pt",
+        "metrics.json",
+    ]
+    assert node_upload.main(["upload.py", store_url, "runs/r1/n0/checkpoint", "--drop"]) == 0
+    assert store.manifest("runs/r1/n0/checkpoint") is None
+    assert [
+        o.key for o in store.list("runs/r1/n0/checkpoint") if not o.key.rsplit("/", 1)[-1].startswith(".")
+    ] == []

@@ -556,7 +556,7 @@ class Snapshots:
             return
         self.last_mtime, self.last_start = newest, time.time()
         r = self.results
-        argv = [sys.executable, "-c", r["source"], r["store"], r["prefix"] + "/checkpoint"]
+        argv = [sys.executable, "-c", r["source"], r["store"], r["prefix"] + "/checkpoint", "--snapshot"]
         argv.append(f"output={_path(self.run_dir, 'output')}")
         try:
             with open(_path(self.run_dir, "logs", "upload.log"), "ab") as log:
@@ -611,7 +611,26 @@ def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any])
                         pass
         lines = out.decode("utf-8", "replace").strip().splitlines()
         answer = json.loads(lines[-1]) if lines else {"error": f"uploader exited {proc.returncode} silently"}
-        return answer if isinstance(answer, dict) else {"error": f"unexpected uploader answer {answer!r}"}
+        if not isinstance(answer, dict):
+            return {"error": f"unexpected uploader answer {answer!r}"}
+        if not answer.get("error"):
+            # The results are stored: the checkpoint snapshots they supersede are not needed.
+            drop = [
+                sys.executable,
+                "-c",
+                results["source"],
+                results["store"],
+                results["prefix"] + "/checkpoint",
+            ]
+            with open(_path(run_dir, "logs", "upload.log"), "ab") as log:
+                try:
+                    subprocess.run(
+                        [*drop, "--drop"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        env=helper_env(run_dir), timeout=300, check=False,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    pass
+        return answer
     except Exception as exc:  # the job's own result stands whatever the upload did
         return {"error": f"{type(exc).__name__}: {exc}"}
 

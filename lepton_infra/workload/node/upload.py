@@ -1,4 +1,6 @@
-"""Node-side results uploader: `python upload.py STORE_URL PREFIX DIR [NAME=SUBDIR ...]`.
+"""Node-side results uploader: `python upload.py STORE_URL PREFIX [--snapshot|--drop] NAME=PATH ...`
+(`--snapshot`: send only what changed since the last one and remove what is gone; `--drop`:
+remove a committed folder, as the agent does with the checkpoint once the results are stored).
 
 Shipped with the job; a node has no `lepton_infra`. For `file://` stores it needs only the standard
 library. For cloud stores it uses the client that cloud-init installs into the nodes' Python
@@ -171,10 +173,88 @@ def writer_for(url: str) -> tuple[Callable[[str, str | None, bytes | None, str],
     raise SystemExit(json.dumps({"error": f"unknown store scheme in {url!r}"}))
 
 
-def upload(url: str, prefix: str, sources: dict[str, str]) -> dict[str, object]:
-    """Upload each source dir (or file) under `prefix/<name>/`, then the manifest; returns it."""
+def deleter_for(url: str) -> Callable[[str], None]:
+    """Removes one object (and a file store's checksum sidecar); an absent one is no error."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.scheme == "file":
+
+        def remove_file(key: str) -> None:
+            dest = os.path.join(path, key)
+            sidecar = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.leptonsha256")
+            for victim in (dest, sidecar):
+                try:
+                    os.unlink(victim)
+                except FileNotFoundError:
+                    pass
+
+        return remove_file
+    segments = [s for s in path.split("/") if s]
+    if parts.scheme in ("s3", "az"):
+        import obstore
+
+        if parts.scheme == "s3":
+            store = _obstore_store("s3", parts.netloc, "")
+        else:
+            store = _obstore_store("az", segments[0], parts.netloc)
+
+        def remove_object(key: str) -> None:
+            try:
+                obstore.delete(store, key)
+            except FileNotFoundError:  # obstore's NotFoundError (Azure reports an absent blob)
+                pass
+
+        return remove_object
+    if parts.scheme == "gs":
+        bucket = _gcs_bucket(parts.netloc)
+
+        def remove_blob(key: str) -> None:
+            from google.api_core.exceptions import NotFound
+
+            try:
+                bucket.blob(key).delete()
+            except NotFound:
+                pass
+
+        return remove_blob
+    raise ValueError(f"unknown store scheme in {url!r}; allowed: s3://, gs://, az://, file://")
+
+
+def _committed(url: str, root: str) -> dict[str, Any]:
+    """The files of the manifest committed under `root` ({} when there is none)."""
+    read, _base = reader_for(url)
+    fd, tmp = tempfile.mkstemp(prefix=".lepton-manifest-")
+    os.close(fd)
+    try:
+        read(f"{root}/{MANIFEST}", tmp)
+        with open(tmp, encoding="utf-8") as fh:
+            files = json.load(fh).get("files")
+        return files if isinstance(files, dict) else {}
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: everything is written
+        return {}
+    finally:
+        if os.path.exists(tmp):  # a failed GCS download removes it itself
+            os.unlink(tmp)
+
+
+def drop(url: str, prefix: str) -> None:
+    """Remove a committed folder: its manifest first (so it never looks complete), then its files."""
+    _write, base = writer_for(url)
+    root = "/".join(p for p in (base, prefix.strip("/")) if p)
+    files, remove = _committed(url, root), deleter_for(url)
+    remove(f"{root}/{MANIFEST}")
+    for rel in files:
+        remove(f"{root}/{rel}")
+
+
+def upload(url: str, prefix: str, sources: dict[str, str], *, snapshot: bool = False) -> dict[str, object]:
+    """Upload each source dir (or file) under `prefix/<name>/`, then the manifest; returns it.
+    A `snapshot` (the checkpoints sent while a job runs) keeps only what is needed: files the
+    last snapshot already holds (same size and SHA-256) are not sent again, and files it holds
+    that are gone from the sources are removed once the new manifest is written."""
     write, base = writer_for(url)
     root = "/".join(p for p in (base, prefix.strip("/")) if p)
+    previous = _committed(url, root) if snapshot else {}
     files: list[tuple[str, str]] = []
     for name, source in sources.items():
         if os.path.isfile(source):
@@ -189,9 +269,10 @@ def upload(url: str, prefix: str, sources: dict[str, str]) -> dict[str, object]:
 
     def one(item: tuple[str, str]) -> tuple[str, dict[str, object]]:
         rel, full = item
-        sha = sha256_file(full)
-        write(f"{root}/{rel}", full, None, sha)
-        return rel, {"size": os.path.getsize(full), "sha256": sha}
+        sha, size = sha256_file(full), os.path.getsize(full)
+        if previous.get(rel) != {"size": size, "sha256": sha}:
+            write(f"{root}/{rel}", full, None, sha)
+        return rel, {"size": size, "sha256": sha}
 
     with ThreadPoolExecutor(WORKERS) as pool:
         entries = dict(pool.map(one, sorted(files)))
@@ -203,6 +284,10 @@ def upload(url: str, prefix: str, sources: dict[str, str]) -> dict[str, object]:
     }
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()
     write(f"{root}/{MANIFEST}", None, body, hashlib.sha256(body).hexdigest())
+    if previous:
+        remove = deleter_for(url)
+        for rel in sorted(set(previous) - set(entries)):
+            remove(f"{root}/{rel}")
     return manifest
 
 
@@ -328,12 +413,20 @@ def fetch(url: str, cache_root: str) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 4:
-        print("usage: upload.py STORE_URL PREFIX NAME=PATH [NAME=PATH ...]", file=sys.stderr)
+        print(
+            "usage: upload.py STORE_URL PREFIX [--snapshot|--drop] NAME=PATH [NAME=PATH ...]", file=sys.stderr
+        )
         return 2
     url, prefix = argv[1], argv[2]
-    sources = dict(a.split("=", 1) for a in argv[3:])
+    flags = {a for a in argv[3:] if a in ("--snapshot", "--drop")}
+    sources = dict(a.split("=", 1) for a in argv[3:] if a not in flags)
     try:
-        manifest = upload(url, prefix, {k: v for k, v in sources.items() if os.path.exists(v)})
+        if "--drop" in flags:
+            drop(url, prefix)
+            print(json.dumps({"dropped": f"{url.rstrip('/')}/{prefix.strip('/')}"}))
+            return 0
+        existing = {k: v for k, v in sources.items() if os.path.exists(v)}
+        manifest = upload(url, prefix, existing, snapshot="--snapshot" in flags)
     except SystemExit:
         raise
     except Exception as exc:  # reported, not raised: the caller records it and the job's status stands
