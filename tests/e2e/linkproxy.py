@@ -20,6 +20,7 @@ class LinkProxy:
         self.target = target
         self.rate = rate  # bytes/s from the node to the controller; None: as fast as it goes
         self.bytes_from_node = 0
+        self.bytes_to_node = 0
         self._open = threading.Event()  # set: traffic flows
         self._open.set()
         self._refusing = False
@@ -64,6 +65,8 @@ class LinkProxy:
                 dst.sendall(data)
                 if from_node:
                     self.bytes_from_node += len(data)
+                else:
+                    self.bytes_to_node += len(data)
         except OSError:
             pass
         finally:

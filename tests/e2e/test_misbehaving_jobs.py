@@ -502,3 +502,76 @@ def test_a_link_that_stays_dead_makes_the_node_lost_within_the_heartbeat_limit(
     assert result.node(pool2.nodes[0].name).state == "cancelled"
     cancel(pool2, "dead-link")  # the node itself is fine: stop its job directly
     assert leftover_processes("dead-link") == []
+
+
+# --------------------------------------------------------------------------- class 5: long runs
+
+
+def test_an_idle_connection_sends_keepalives_so_a_nat_keeps_it(
+    pool2: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated time: the keepalive interval shortened to a second, then three idle seconds."""
+    from linkproxy import LinkProxy
+
+    from lepton_infra.workload import ssh
+
+    monkeypatch.setattr(ssh, "KEEPALIVE_S", 1)
+    node = pool2.nodes[0]
+    with LinkProxy((node.host, node.port)) as link:
+        inventory = pool2.model_copy(
+            update={"nodes": [node.model_copy(update={"host": "127.0.0.1", "port": link.port})]}
+        )
+        (conn,) = ssh.connect_all(inventory, 10)
+        try:
+            before = link.bytes_to_node
+            time.sleep(3.5)
+            assert link.bytes_to_node > before, "an idle connection sent nothing"
+            assert conn.run("echo still here").stdout.strip() == b"still here"
+        finally:
+            conn.close()
+
+
+@pytest.mark.slow
+def test_a_controller_that_sleeps_while_its_links_drop_carries_on_with_every_line(
+    pool2: Inventory, make_workload, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A laptop's sleep, simulated: the controller frozen (SIGSTOP) while the NAT drops its
+    connections, then woken; it reconnects by itself and the run ends with every line."""
+    from linkproxy import LinkProxy
+
+    node = pool2.nodes[1]
+    with LinkProxy((node.host, node.port)) as link:
+        inventory = tmp_path / "inventory.json"
+        _behind_proxy(pool2, link).save(inventory)
+        runs = tmp_path / "runs"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        argv = [
+            sys.executable,
+            "-m",
+            "lepton_infra.cli",
+            "run",
+            str(make_workload(job=_COUNTING_JOB)),
+            "lines=100",
+        ]
+        argv += ["--run-id", "sleeper", "--inventory", str(inventory), "--runs-dir", str(runs)]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            offsets = runs / "sleeper" / ".log-offsets.json"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if offsets.exists() and json.loads(offsets.read_text() or "{}").get(node.name, 0) > 0:
+                    break
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGSTOP)
+            link.cut()
+            time.sleep(4)
+            link.resume()
+            proc.send_signal(signal.SIGCONT)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    shown = [
+        line.split("| ", 1)[1] for line in out.splitlines() if f"{node.name} |" in line and " line " in line
+    ]
+    assert shown == [f"{node.name} line {i}" for i in range(100)]
