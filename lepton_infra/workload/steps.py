@@ -205,9 +205,16 @@ def launch(
         m.status = NodeStatus.from_agent(m.name, answer)
         return m.status
 
+    def stop(m: NodeRun) -> None:
+        # A node whose launch command failed may have started all the same (its connection died
+        # after the agent had launched): it is cancelled too, over a new connection.
+        if m.name in started.failed:
+            m.conn.reconnect()
+        agent(m.conn, run_id, "cancel")
+
     started = group.run(one)
     if started.failed:
-        group.subset(lambda m: m.name in started.succeeded).run(lambda m: agent(m.conn, run_id, "cancel"))
+        group.run(stop)
         started.raise_first()
 
 

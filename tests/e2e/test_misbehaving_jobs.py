@@ -143,6 +143,37 @@ def test_cancel_ends_daemons_that_left_the_session_and_ignore_sigterm(
                 os.kill(pid, 9)
 
 
+@pytest.mark.slow
+def test_a_node_whose_launch_answer_was_lost_is_stopped_with_the_others(
+    pool2: Inventory, make_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leftover_processes
+) -> None:  # type: ignore[no-untyped-def]
+    """The connection dies after the node's agent launched the job but before its answer came
+    back (the chaos run's kill-sshd found it): the run is refused and nothing keeps running."""
+    from lepton_infra.errors import NodeError
+    from lepton_infra.workload import run_job, steps
+
+    real = steps.agent
+    victim = pool2.nodes[1].name
+
+    def answer_lost(conn, run_id, verb, **kw):  # type: ignore[no-untyped-def]
+        answer = real(conn, run_id, verb, **kw)
+        if verb == "launch" and conn.name == victim:
+            conn.close()
+            raise NodeError(conn.name, "connection lost during command")
+        return answer
+
+    monkeypatch.setattr(steps, "agent", answer_lost)
+    workload = make_workload(job=_ESCAPING_JOB)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    with pytest.raises(NodeError, match=victim):
+        run_job(
+            pool2, workload, [f"pids={pid_dir}", "forever=1"], run_id="lost-answer", runs_dir=tmp_path / "r"
+        )
+    assert leftover_processes("lost-answer") == []
+    assert _still_alive({p.name: int(p.read_text()) for p in pid_dir.iterdir() if p.read_text()}) == {}
+
+
 # --------------------------------------------------------------------------- class 2: output
 
 # 20 MB on one line without a newline (NUL bytes, invalid UTF-8), then a quarter million empty lines,
