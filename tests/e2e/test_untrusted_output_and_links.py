@@ -209,7 +209,7 @@ def test_a_controller_that_sleeps_while_its_links_drop_carries_on_with_every_lin
             "lepton_infra.cli",
             "run",
             str(make_workload(job=_COUNTING_JOB)),
-            "lines=100",
+            "lines=60",
         ]
         argv += ["--run-id", "sleeper", "--inventory", str(inventory), "--runs-dir", str(runs)]
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -232,4 +232,4 @@ def test_a_controller_that_sleeps_while_its_links_drop_carries_on_with_every_lin
     shown = [
         line.split("| ", 1)[1] for line in out.splitlines() if f"{node.name} |" in line and " line " in line
     ]
-    assert shown == [f"{node.name} line {i}" for i in range(100)]
+    assert shown == [f"{node.name} line {i}" for i in range(60)]
