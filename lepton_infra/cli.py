@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 job failed, 2 bad input, 3 infrastructure/connection failure
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -63,6 +64,9 @@ class _OneErrorHandler(TyperGroup):
             _error(kind.get(exc.exit_code, "error"), str(exc))
             raise typer.Exit(exc.exit_code) from exc
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the environment's failure, not the input
+                _error("infrastructure error", redact(f"no space left on device: {exc.filename or exc}"))
+                raise typer.Exit(EXIT_INFRA) from exc
             # A path the user gave that the OS refuses (under a file, not writable, too long):
             # bad input, said in one line; never a traceback that could quote file contents.
             where = f" {exc.filename!r}" if exc.filename else ""
@@ -105,6 +109,16 @@ HeartbeatOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+MaxBytesOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-collect-bytes",
+        help="Most one collect takes from one node (50G, 500M, bytes); the rest stays there, listed.",
+    ),
+]
+MaxFilesOpt = Annotated[
+    int, typer.Option("--max-collect-files", help="Most files one collect takes from one node.")
+]
 
 
 def _positive(name: str, value: float) -> None:
@@ -307,8 +321,19 @@ def _metrics_cells(summary: dict[str, Any] | None) -> tuple[str, str, str]:
     return pct("cpu_pct"), pct("gpu_util_pct"), filesize.decimal(int(ram["peak"])) if ram else "-"
 
 
+def _missing_results(result: RunResult) -> None:
+    """A run whose results are not all home is the environment's failure (exit 3), in one line
+    naming each node and why (the store keeps what a node stored: then it is not missing)."""
+    missing = [n for n in result.nodes if n.collect_error and not n.store_url]
+    if missing:
+        why = "; ".join(f"{n.name}: {n.collect_error}" for n in missing)
+        raise LeptonError(f"run {result.run_id}: results of {len(missing)} node(s) not brought home: {why}")
+
+
 def _finish(result: RunResult, as_json: bool) -> None:
     _render_result(result, as_json)
+    if all(n.state == "succeeded" for n in result.nodes):
+        _missing_results(result)
     if result.status != "succeeded":
         failed = [
             f"{n.name} ({n.state}" + (f": {n.detail})" if n.detail else ")")
@@ -373,6 +398,8 @@ def run(
         ),
     ] = 900.0,
     as_json: JsonOpt = False,
+    max_collect_bytes: MaxBytesOpt = "50G",
+    max_collect_files: MaxFilesOpt = 100_000,
     follow_links: Annotated[
         bool,
         typer.Option(
@@ -392,6 +419,9 @@ def run(
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
     _positive("--connect-timeout", connect_timeout)
     _check_run_id(run_id)
+    from lepton_infra.workload.collecting import check_limits
+
+    limits = check_limits(max_collect_bytes, max_collect_files)
     inv = _load_inventory(inventory)
     from lepton_infra.workload import run_job
 
@@ -409,6 +439,7 @@ def run(
             heartbeat_timeout=heartbeat_timeout,
             metrics_every=metrics_every,
             boot_timeout=boot_timeout,
+            limits=limits,
         )
     _finish(result, as_json)
 
@@ -485,10 +516,14 @@ def attach(
     connect_timeout: TimeoutOpt = 10.0,
     heartbeat_timeout: HeartbeatOpt = 30.0,
     as_json: JsonOpt = False,
+    max_collect_bytes: MaxBytesOpt = "50G",
+    max_collect_files: MaxFilesOpt = 100_000,
 ) -> None:
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs, collect."""
     from lepton_infra.workload import attach as attach_run
+    from lepton_infra.workload.collecting import check_limits
 
+    limits = check_limits(max_collect_bytes, max_collect_files)
     _positive("--connect-timeout", connect_timeout)
     run_id = _run_or_latest(run_id, runs_dir)
     inv = _load_inventory(inventory)
@@ -500,6 +535,7 @@ def attach(
             connect_timeout=connect_timeout,
             events=events,
             heartbeat_timeout=heartbeat_timeout,
+            limits=limits,
         )
     _finish(result, as_json)
 
@@ -647,6 +683,9 @@ def _render_node_statuses(
     console.print(table)
     if cost is not None:
         console.print(f"cost{'' if cost.get('final') else ' so far'}: {money(cost)}")
+    for r in rows:
+        if said := r.killed_line():
+            console.print(plain(said), soft_wrap=True)
 
 
 @app.command()
@@ -668,7 +707,9 @@ def logs(
     if node is not None:
         inv.node(node)  # a clear ConfigError for an unknown node name
     with _live(quiet=False) as events:
-        read_logs(inv, run_id, node=node, follow=follow, events=events, connect_timeout=connect_timeout)
+        read_logs(
+            inv, run_id, node=node, follow=follow, events=events, connect_timeout=connect_timeout, keep=False
+        )
 
 
 @app.command()
@@ -678,14 +719,21 @@ def collect(
     runs_dir: RunsDirOpt = Path("runs"),
     connect_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
+    max_collect_bytes: MaxBytesOpt = "50G",
+    max_collect_files: MaxFilesOpt = 100_000,
 ) -> None:
-    """(Re)collect every node's outputs and logs into RUNS_DIR/RUN_ID/ and write run.json."""
+    """(Re)collect every node's outputs and logs into RUNS_DIR/RUN_ID/ and write run.json; only
+    what is not already here is fetched."""
     from lepton_infra.workload import collect as collect_run
+    from lepton_infra.workload.collecting import check_limits
 
     _check_run_id(run_id)
-    result = collect_run(
-        _load_inventory(inventory), run_id, runs_dir=runs_dir, connect_timeout=connect_timeout
-    )
+    limits = check_limits(max_collect_bytes, max_collect_files)
+    inv = _load_inventory(inventory)
+    with _live(quiet=as_json) as events:
+        result = collect_run(
+            inv, run_id, runs_dir=runs_dir, connect_timeout=connect_timeout, limits=limits, events=events
+        )
     _render_result(result, as_json)
     if not as_json:
         from lepton_infra.workload.record import RunStore
@@ -693,6 +741,7 @@ def collect(
 
         for line in store_notes(RunStore(runs_dir).load(run_id)):
             console.print(line)
+    _missing_results(result)
 
 
 # --------------------------------------------------------------------------- Pulumi stacks

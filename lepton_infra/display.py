@@ -66,6 +66,9 @@ class LiveView:
     COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
     FLUSH_S = 0.1
     MAX_LINES_PER_S = 200
+    # Lines waiting for the flusher at most: past it they are counted as not shown right away, so
+    # a flood (a million empty lines a second) cannot grow the controller's memory.
+    MAX_PENDING = 10_000
     BOARD_PRINT_S = 30.0
 
     def __init__(self, console: Console, *, quiet: bool = False, price: Any = None, nodes: int = 0) -> None:
@@ -112,7 +115,10 @@ class LiveView:
     def on_log(self, node: str, text: str) -> None:
         if not self.quiet:
             with self._lock:
-                self._pending.append((node, text))
+                if len(self._pending) < self.MAX_PENDING:
+                    self._pending.append((node, text))
+                else:
+                    self._hidden[node] += 1
 
     def on_progress(self, node: str, progress: dict[str, Any]) -> None:
         epochs, epoch = progress.get("epochs"), progress.get("epoch")

@@ -80,3 +80,11 @@ class JobFailed(LeptonError):
     """The job ran but at least one node's process exited non-zero (or was lost)."""
 
     exit_code = 1
+
+
+class NoSpace(LeptonError):
+    """A disk (or quota) on the controller has no room for what must be written there: the
+    environment failed, not the input (exit 3). The message names the file, the folder, how much
+    was needed and what was free."""
+
+    exit_code = 3

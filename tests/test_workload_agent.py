@@ -182,3 +182,37 @@ def test_a_multi_node_job_binds_gloo_to_the_interface_of_its_private_ip(tmp_path
     _agent("launch", run_dir, spec)
     assert _wait_terminal(run_dir)["state"] == "succeeded"
     assert (run_dir / "logs" / "node.log").read_text() == "lo\n"
+
+
+# A daemon in the making: double fork, setsid, an empty environment, SIGTERM ignored.
+_DAEMONIZER = (
+    "import os, signal, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "        os.execve('/bin/sleep', ['sleep', '617'], {})\n"
+    "    os._exit(0)\n"
+    "os.wait()\n"
+    "print('started', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_a_daemon_without_cgroup_is_still_found_through_the_subreaper(tmp_path: Path) -> None:
+    """The fallback where no cgroup can be made (no root, no delegation): the daemon reparents to
+    the supervisor (a child subreaper), so the run still knows it although it left the job's
+    session and carries no marker."""
+    run_dir = _launch(tmp_path, _DAEMONIZER)
+    deadline = time.time() + 10
+    while b"started" not in (run_dir / "logs" / "node.log").read_bytes() and time.time() < deadline:
+        time.sleep(0.05)
+    state = _agent("status", run_dir)
+    found = agent.run_processes(str(run_dir), {**state, "cgroup": None})
+    commands = [agent._describe(pid) for pid in found]
+    assert "sleep 617" in commands, commands
+    final = _agent("cancel", run_dir)
+    assert final["state"] == "cancelled"
+    assert [k["command"] for k in final["killed"]] == ["sleep 617"]
+    assert final["killed"][0]["signal"] == "KILL" and final["killed"][0]["escaped"] is True
+    assert _wait_gone(run_dir) == []

@@ -35,6 +35,9 @@ class NodeRun:
     bytes_collected: int = 0
     status: NodeStatus | None = None
     preflight: dict[str, Any] | None = None  # what the node's python has (steps.preflight)
+    collect_error: str | None = None  # why the last collect did not bring its results home
+    collect_skipped: list[str] = field(default_factory=list)  # what it did not take, and why
+    collect_skipped_count: int = 0
 
     @property
     def name(self) -> str:
@@ -109,9 +112,11 @@ class NodeGroup:
         """The members for which `keep` is true, sharing their connections with this group."""
         return NodeGroup([m for m in self.members if keep(m)])
 
-    def run(self, fn: Callable[[NodeRun], T]) -> GroupResult[T]:
+    def run(self, fn: Callable[[NodeRun], T], *, interruptible: bool = False) -> GroupResult[T]:
         """`fn` on every member in parallel. A member's LeptonError lands in `.failed`; any other
-        exception is a bug (or an interrupt) and is raised once every member has finished."""
+        exception is a bug (or an interrupt) and is raised once every member has finished. With
+        `interruptible`, an interrupt (Ctrl-C) closes every connection first, so long transfers
+        end at once instead of running to their end."""
 
         def one(m: NodeRun) -> tuple[bool, T | LeptonError]:
             try:
@@ -120,7 +125,8 @@ class NodeGroup:
                 return False, exc
 
         result: GroupResult[T] = GroupResult()
-        for m, (ok, value) in zip(self.members, parallel(self.members, one), strict=True):
+        stop = self.close if interruptible else None
+        for m, (ok, value) in zip(self.members, parallel(self.members, one, on_interrupt=stop), strict=True):
             if ok:
                 result.succeeded[m.name] = value  # type: ignore[assignment]
             else:

@@ -43,6 +43,10 @@ class NodeStatus:
     results: dict[str, Any] | None = None
     # The node's newest metrics sample (CPU, memory, GPUs) while the job runs; None without one.
     metrics: dict[str, Any] | None = None
+    # Processes the node's agent had to stop (leftovers of the job, or ones that needed SIGKILL):
+    # [{"pid", "command", "signal", "escaped"}], the first few of `killed_count`.
+    killed: list[dict[str, Any]] = field(default_factory=list)
+    killed_count: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -65,7 +69,19 @@ class NodeStatus:
             detail=str(data.get("detail") or ""),
             results=data["results"] if isinstance(data.get("results"), dict) else None,
             metrics=data["metrics"] if isinstance(data.get("metrics"), dict) else None,
+            killed=[k for k in data.get("killed") or [] if isinstance(k, dict)],
+            killed_count=int(data.get("killed_count") or 0),
         )
+
+    def killed_line(self) -> str | None:
+        """One line naming what had to be stopped, or None when nothing was."""
+        if not self.killed_count:
+            return None
+        shown = ", ".join(
+            f"pid {k.get('pid')} `{k.get('command', '?')}` ({k.get('signal', '?')})" for k in self.killed[:5]
+        )
+        more = f" and {self.killed_count - 5} more" if self.killed_count > 5 else ""
+        return f"{self.node}: stopped {self.killed_count} process(es) the job left running: {shown}{more}"
 
 
 @dataclass
@@ -84,12 +100,15 @@ class NodeResult:
     output_dir: Path | None = None
     log_path: Path | None = None
     detail: str = ""
+    collect_error: str | None = None  # why its results are not (all) here; see `store_url`
+    store_url: str | None = None  # where the node itself stored its results, if it did
 
 
 @dataclass
 class RunResult:
     """The outcome of `run_job`/`attach`/`collect`. `status` is "succeeded" only if every node
-    succeeded; "failed" if any node failed or was lost; "cancelled" if it was stopped on request.
+    succeeded and its results are here (or in the store); "failed" if any node failed or was lost,
+    or its results could not be brought home (`NodeResult.collect_error`); "cancelled" if it was stopped on request.
     `timings` (seconds): connect, preflight, prepare, ship, launch, first_log (launch start to the first log
     line seen), run (launch start to the last node's end), collect, total."""
 

@@ -8,9 +8,10 @@ a frozen machine: its reads end at their deadline) is lost. `run_job` and `attac
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,14 @@ BUSY_POLL_INTERVAL_S = 0.1
 # long gets its agent asked whether the supervisor still lives.
 HEARTBEAT_TIMEOUT_S = 30.0
 METRICS_POLL_S = 2.0  # how often the node's metrics file is read (the sampler writes every few s)
-READ_CHUNK = 1 << 20  # what one SFTP log read returns at most
-MAX_LINE_BYTES = 1 << 20  # an unterminated line longer than this is passed on as it is
+READ_CHUNK = 1 << 20  # what one SFTP log read returns at most (one per node per poll)
+MIN_READ_CHUNK = 16 << 10  # a slow link gets smaller reads, down to this
+FIRST_READ_CHUNK = 64 << 10  # doubled while reads are quick: a fast link reaches READ_CHUNK at once
+# What a view gets of one line: the rest is cut (said at the end of the line), whatever the job
+# printed (a 20 MB line without a newline, binary); the node's logs/node.log keeps every byte.
+MAX_LINE_BYTES = 16 << 10
+MAX_STATE_BYTES = 1 << 18  # a node's state.json is ~8 KB; anything past this is not read
+CUT_MARK = " ... [line cut; every byte of it is in the node's logs/node.log]"
 
 
 @dataclass(frozen=True)
@@ -83,39 +90,66 @@ Event = LogLine | Progress | NodeDone | GangStop | Offsets | NodeMetrics
 
 
 class LineSplitter:
-    """Bytes of a log in, complete lines out (as LogLine or Progress events)."""
+    """Bytes of a log in, complete lines out (as LogLine or Progress events), each line at most
+    MAX_LINE_BYTES: memory stays bounded by one read, whatever the job prints."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.partial = b""
+        self.skipping = False  # inside a line already passed on cut: drop bytes up to its newline
 
-    def feed(self, data: bytes, *, final: bool = False) -> list[LogLine | Progress]:
-        out: list[LogLine | Progress] = []
-        chunks = (self.partial + data).split(b"\n")
-        self.partial = chunks.pop()
-        if (final and self.partial) or len(self.partial) > MAX_LINE_BYTES:
-            # A "line" that never ends (a binary dump, a progress bar using \r) is passed on in
-            # pieces rather than held in memory; the node's log file keeps it whole.
-            chunks.append(self.partial)
+    def feed(self, data: bytes, *, final: bool = False) -> Iterator[LogLine | Progress]:
+        """The lines `data` completes, made lazily (a 1 MB read of empty lines is a million)."""
+        limit = MAX_LINE_BYTES
+        body: bytes | None = None  # the complete lines, joined by newlines
+        last = data.rfind(b"\n")
+        tail = data[last + 1 :]
+        if last >= 0:
+            if self.skipping:  # data starts with the end of a line already passed on cut
+                first = data.find(b"\n")
+                body = data[first + 1 : last] if first < last else None
+                self.skipping = False
+            else:
+                body = self.partial + data[:last]
             self.partial = b""
-        if not chunks:
-            return out
-        # Decode the complete lines in one go (a 1 MB read is ~25k lines: per-line calls dominate).
-        text = b"\n".join(chunks).decode("utf-8", "replace")
-        tagged = jobspec.PROGRESS_TAG in text
+        head: bytes | None = None  # the start of a line too long to wait for, or the last one
+        if not self.skipping:
+            self.partial += tail[: limit + 1 - len(self.partial)]
+            if len(self.partial) > limit:
+                # A "line" that never ends (a binary dump, a progress bar using \r): its head now.
+                head, self.partial, self.skipping = self.partial, b"", True
+        if final:
+            head = head or self.partial or None
+            self.partial, self.skipping = b"", False
+        del data, tail
+        return self._events(body, head)
+
+    def _events(self, body: bytes | None, head: bytes | None) -> Iterator[LogLine | Progress]:
+        # Decode the complete lines in one go (a 1 MB read is ~25k lines: per-line calls dominate;
+        # and never bytes.join of a million pieces: it costs 80 bytes of bookkeeping each).
         node = self.node
-        for line in text.split("\n"):
-            line = line.rstrip("\r")
-            progress = jobspec.parse_progress(line) if tagged else None
-            out.append(Progress(node, progress) if progress is not None else LogLine(node, line))
-        return out
+        if body is not None:
+            text = body.decode("utf-8", "replace")
+            del body
+            tagged = jobspec.PROGRESS_TAG in text
+            for line in text.split("\n"):
+                line = line.rstrip("\r")
+                if len(line) > MAX_LINE_BYTES:
+                    yield LogLine(node, line[:MAX_LINE_BYTES] + CUT_MARK)
+                    continue
+                progress = jobspec.parse_progress(line) if tagged else None
+                yield Progress(node, progress) if progress is not None else LogLine(node, line)
+        if head is not None:
+            line = head[:MAX_LINE_BYTES].decode("utf-8", "replace").rstrip("\r")
+            yield LogLine(node, line + CUT_MARK if len(head) > MAX_LINE_BYTES else line)
 
 
 class _Watch:
     """Follows one node's log (SFTP reads from an offset) and state.json; never raises from poll."""
 
-    def __init__(self, member: NodeRun, offset: int, heartbeat_timeout: float) -> None:
+    def __init__(self, member: NodeRun, offset: int, heartbeat_timeout: float, run_id: str) -> None:
         self.member = member
+        self.run_id = run_id
         self.offset = offset
         self.lines = LineSplitter(member.name)
         self.hb: float | None = None
@@ -125,35 +159,48 @@ class _Watch:
         self.done = False
         self.metrics = MetricsTail()
         self.metrics_at = 0.0
+        self.more = False  # the last read was a full chunk: there is more log to read at once
+        # Sized to the link: a read must end well inside its deadline, or a slow but healthy
+        # link (a backlog of log at 30 KB/s) would time out every read and the node look lost.
+        self.chunk = FIRST_READ_CHUNK
         # Each read must end well inside the heartbeat limit, or one hung read would outlast it.
         conn = member.conn
         conn.op_timeout = min(conn.op_timeout, max(1.0, heartbeat_timeout / 2))
         conn.connect_timeout = min(conn.connect_timeout, max(1.0, heartbeat_timeout / 2))
 
-    def _finish(self, status: NodeStatus) -> list[Event]:
+    def _finish(self, status: NodeStatus) -> list[Iterable[Event]]:
         self.done = True
         self.member.status = status
-        return [NodeDone(self.member.name, status)]
+        return [[NodeDone(self.member.name, status)]]
 
-    def poll(self) -> list[Event]:
-        events: list[Event] = []
+    def poll(self) -> list[Iterable[Event]]:
+        """What happened since the last poll, as iterables to chain (lines are made lazily)."""
+        events: list[Iterable[Event]] = []
         conn, run_dir = self.member.conn, self.member.run_dir
         try:
             if not conn.alive:
                 conn.reconnect()
-            raw = conn.read_file(f"{run_dir}/state.json")
-            # The log is read AFTER the state: once the state is terminal the log is complete.
-            while True:
-                data = conn.read_range(f"{run_dir}/logs/node.log", self.offset)
-                self.offset += len(data)
-                events += self.lines.feed(data)
-                if len(data) < READ_CHUNK:
-                    break
+            # Written by the node (and so by anything the job does there): read a bounded amount.
+            raw = conn.read_range(f"{run_dir}/state.json", 0, MAX_STATE_BYTES)
+            self.last_heard = time.monotonic()  # it answers: slow, maybe, but not lost
+            # The log is read AFTER the state: once the state is terminal and a read comes back
+            # short, the log is complete. One chunk per poll: memory is bounded by it.
+            started = time.monotonic()
+            data = conn.read_range(f"{run_dir}/logs/node.log", self.offset, self.chunk)
+            took = time.monotonic() - started
+            self.offset += len(data)
+            self.more = len(data) >= self.chunk
+            if took > conn.op_timeout / 4:
+                self.chunk = max(MIN_READ_CHUNK, self.chunk // 2)
+            elif self.more and took < conn.op_timeout / 8:
+                self.chunk = min(READ_CHUNK, self.chunk * 2)
+            events.append(self.lines.feed(data))
+            del data
             if time.monotonic() - self.metrics_at >= METRICS_POLL_S:  # one more read, now and then
                 self.metrics_at = time.monotonic()
-                events += [NodeMetrics(conn.name, s) for s in self.metrics.poll(conn, run_dir)]
-            self.unreachable_since = None
+                events.append([NodeMetrics(conn.name, s) for s in self.metrics.poll(conn, run_dir)])
         except Exception as exc:  # noqa: BLE001 - any failure to read means unreachable for now
+            self.chunk = MIN_READ_CHUNK
             silent = time.monotonic() - self.last_heard
             if silent > self.heartbeat_timeout:
                 detail = f"no answer for {silent:.0f} s (heartbeat limit {self.heartbeat_timeout:g} s): {exc}"
@@ -167,7 +214,9 @@ class _Watch:
         if not isinstance(state, dict):
             return events
         if state.get("state") in TERMINAL_STATES:
-            events += self.lines.feed(b"", final=True)
+            if self.more:
+                return events  # the rest of the log first, at the next poll
+            events.append(self.lines.feed(b"", final=True))
             return events + self._finish(NodeStatus.from_agent(conn.name, state))
         hb = state.get("heartbeat")
         now = time.monotonic()
@@ -176,7 +225,7 @@ class _Watch:
         elif now - self.hb_changed > self.heartbeat_timeout:
             # Stale heartbeat: the node's agent decides (is the supervisor process still there?).
             try:
-                answer = agent(conn, str(state.get("run_id")), "status")
+                answer = agent(conn, self.run_id, "status")  # ours, never the one state.json names
             except LeptonError:
                 return events
             self.hb_changed = now
@@ -197,7 +246,7 @@ def monitor(
     """Stream every member's log and wait for every member's end. With `stop_gang_on_failure`, the
     first node that fails or is lost gets every other node cancelled (no orphans, no 300 s
     barriers). Members' `status` is kept current as a side effect."""
-    watches = [_Watch(m, offsets.get(m.name, 0), heartbeat_timeout) for m in group]
+    watches = [_Watch(m, offsets.get(m.name, 0), heartbeat_timeout, run_id) for m in group]
     by_name = {w.member.name: w for w in watches}
     gang_stopped = False
     saved: dict[str, int] = {}
@@ -207,9 +256,9 @@ def monitor(
             return
         # poll() never raises, so every pending node is in .succeeded.
         batches = pending.run(lambda m: by_name[m.name].poll()).values()
-        busy = False
+        busy = any(w.more for w in watches)
         for batch in batches:
-            for event in batch:
+            for event in itertools.chain.from_iterable(batch):
                 busy = busy or isinstance(event, LogLine | Progress)
                 yield event
         current = {w.member.name: w.offset for w in watches}

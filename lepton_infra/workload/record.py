@@ -7,7 +7,9 @@ read per-node status, exit codes, timings and bytes moved without talking to the
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lepton_infra.errors import ConfigError
+from lepton_infra.errors import ConfigError, NoSpace
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec
 from lepton_infra.workload.group import NodeRun
@@ -64,6 +66,14 @@ class NodeRecord(BaseModel):
     preflight: dict[str, Any] | None = None  # interpreter, torch version, CUDA, GPUs seen
     # Mean and peak of the node's sampled metrics (workload/metrics.py `summarise`); None: no samples.
     metrics: dict[str, Any] | None = None
+    # Processes the node's agent had to stop when the job ended or was cancelled (see NodeStatus).
+    killed: list[dict[str, Any]] = Field(default_factory=list)
+    killed_count: int = 0
+    # Why the node's results are not (all) here: the last collect failed (None once one succeeds).
+    collect_error: str | None = None
+    # What the last collect did not take from the node (limits, unsafe names or links), with why.
+    skipped: list[str] = Field(default_factory=list)
+    skipped_count: int = 0
 
 
 class BytesMoved(BaseModel):
@@ -123,6 +133,9 @@ class RunRecord(BaseModel):
                         "bytes_collected": m.bytes_collected or prev.bytes_collected,
                         "output_dir": str(local_dir / m.name / "output"),
                         "log_path": str(local_dir / m.name / "logs" / "node.log"),
+                        "collect_error": m.collect_error,
+                        "skipped": m.collect_skipped,
+                        "skipped_count": m.collect_skipped_count,
                     }
                     | (
                         {
@@ -133,6 +146,7 @@ class RunRecord(BaseModel):
                             "ended": st.ended,
                             "detail": st.detail,
                         }
+                        | ({"killed": st.killed, "killed_count": st.killed_count} if st.killed_count else {})
                         | (
                             {"store_url": st.results.get("url"), "store_error": st.results.get("error")}
                             if st.results
@@ -145,6 +159,8 @@ class RunRecord(BaseModel):
             )
         self.nodes = nodes
         self.status = status or run_status_of([n.state for n in nodes])
+        if self.status == "succeeded" and any(n.collect_error and not n.store_url for n in nodes):
+            self.status = "failed"  # succeeded only with every node's results home (or stored)
         self.bytes = BytesMoved(
             shipped=sum(n.bytes_shipped for n in nodes), collected=sum(n.bytes_collected for n in nodes)
         )
@@ -171,6 +187,8 @@ class RunRecord(BaseModel):
                     output_dir=out if out.is_dir() else None,
                     log_path=log if log.is_file() else None,
                     detail=n.detail,
+                    collect_error=n.collect_error,
+                    store_url=n.store_url,
                 )
             )
         return RunResult(
@@ -189,11 +207,22 @@ class RunRecord(BaseModel):
 
 
 def _write_json(path: Path, text: str) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
+    """Write-then-rename, so a reader never sees half a file. On a full disk the old file stays
+    as it was, the temporary one is removed, and the error (NoSpace, exit 3) names the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise NoSpace(
+            f"no space left on device: cannot write {path} ({len(text.encode())} bytes needed, "
+            f"{free} free); it keeps its last complete version. Free some space and retry"
+        ) from exc
 
 
 class RunStore:

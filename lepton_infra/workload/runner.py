@@ -40,14 +40,16 @@ from typing import Any
 from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import boot, clients, jobspec, steps
+from lepton_infra.workload.collecting import Limits
 from lepton_infra.workload.cost import run_cost
-from lepton_infra.workload.group import NodeGroup
+from lepton_infra.workload.group import NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest, build_manifest
 from lepton_infra.workload.metrics import DEFAULT_EVERY_S as DEFAULT_METRICS_S
 from lepton_infra.workload.metrics import check_every
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
 from lepton_infra.workload.monitor import (
     HEARTBEAT_TIMEOUT_S,
+    READ_CHUNK,
     Event,
     LineSplitter,
     LogLine,
@@ -255,6 +257,7 @@ def run_job(
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     metrics_every: float = DEFAULT_METRICS_S,
     boot_timeout: float = boot.BOOT_TIMEOUT_S,
+    limits: Limits | None = None,
 ) -> RunResult:
     """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
     logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
@@ -263,6 +266,8 @@ def run_job(
     `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs). Every node samples
     its CPU, memory and GPUs each `metrics_every` seconds (0: off) for the live view, run.json,
     metrics.png and TensorBoard (workload/metrics.py, workload/report.py).
+    `limits` bounds what the collect takes from each node (workload/collecting.py); what it
+    leaves is listed in run.json (`nodes[].skipped`) and said to `events`.
 
     Nodes still in their first boot (cloud-init installing torch or the clients) are waited for, at
     most `boot_timeout` seconds, with progress (workload/boot.py); a failed boot is a NodeError
@@ -449,8 +454,9 @@ def run_job(
             on_first_output=first_output,
         )
         t = clock.lap("run", t_launch)
+        _report_stopped(group, events)
 
-        _collect(group, run_id, local_dir, events)
+        _collect(group, run_id, local_dir, events, limits)
         clock.lap("collect", t)
         clock.timings.update(steps.job_seconds(group))
         clock.timings["total"] = round(time.monotonic() - clock.start, 3)
@@ -483,15 +489,40 @@ def _preflight_summary(found: Mapping[str, Mapping[str, Any]]) -> str:
     return "; ".join(f"{line} on {n} node(s)" for line, n in counts.items())
 
 
-def _collect(group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents) -> None:
+def _report_stopped(group: NodeGroup, events: RunEvents) -> None:
+    """Say on the terminal which processes the nodes' agents had to stop (daemons the job left
+    behind, ones that ignored SIGTERM) and whose upload to the store failed; run.json keeps both."""
+    for m in group:
+        said = m.status.killed_line() if m.status else None
+        if said:
+            events.on_phase("cleanup", said)
+        failed = (m.status.results or {}).get("error") if m.status else None
+        if failed:
+            events.on_phase("store", f"{m.name}: storing its results failed: {failed}")
+
+
+def _collect(
+    group: NodeGroup, run_id: str, local_dir: Path, events: RunEvents, limits: Limits | None
+) -> None:
     # A lost node did not answer within the heartbeat limit: asking it again would only wait.
     lost = [m.name for m in group if m.state == "lost"]
     reachable = group.subset(lambda m: m.state != "lost")
     events.on_phase("collect", f"collecting outputs and logs from {len(reachable)} node(s) into {local_dir}/")
     for name in lost:
         events.on_phase("collect", f"{name}: lost, not collected (`lepton-infra collect` once it answers)")
-    for name, err in steps.collect(reachable, run_id, local_dir).failed.items():
-        events.on_phase("collect", f"{name}: could not collect: {err}")
+    for name, err in steps.collect(reachable, run_id, local_dir, limits).failed.items():
+        stored = (group[name].status.results or {}).get("url") if group[name].status else None
+        safe = f"; its results are safe in {stored}" if stored else ""
+        events.on_phase("collect", f"{name}: could not collect: {err}{safe}")
+    for m in reachable:
+        if m.collect_skipped_count:
+            shown = "; ".join(m.collect_skipped[:5])
+            more = f"; and {m.collect_skipped_count - 5} more" if m.collect_skipped_count > 5 else ""
+            events.on_phase(
+                "collect",
+                f"{m.name}: {m.collect_skipped_count} file(s) not collected: {shown}{more} "
+                "(run.json lists them; limits: --max-collect-bytes, --max-collect-files)",
+            )
 
 
 # --------------------------------------------------------------------------- later processes
@@ -589,7 +620,13 @@ def _report(record: RunRecord, local_dir: Path, inventory: Inventory, events: Ru
 
 
 def collect(
-    inventory: Inventory, run_id: str, *, runs_dir: Path = Path("runs"), connect_timeout: float = 10.0
+    inventory: Inventory,
+    run_id: str,
+    *,
+    runs_dir: Path = Path("runs"),
+    connect_timeout: float = 10.0,
+    limits: Limits | None = None,
+    events: RunEvents | None = None,
 ) -> RunResult:
     """(Re)collect every node's outputs, logs and state into `runs_dir/<run-id>/` and rewrite run.json.
     Works while the run is still going (a snapshot; status "running")."""
@@ -600,7 +637,7 @@ def collect(
     except (NodeError, ConfigError) as exc:
         return _from_store(inventory, run_id, store, exc)
     with group:
-        _collect(group, run_id, store.dir(run_id), NullEvents())
+        _collect(group, run_id, store.dir(run_id), events or NullEvents(), limits)
     record = _update_record(inventory, run_id, group, store, {"collect": round(time.monotonic() - t0, 3)})
     return record.result(store.dir(run_id))
 
@@ -626,6 +663,7 @@ def attach(
     events: RunEvents | None = None,
     from_start: bool = False,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    limits: Limits | None = None,
 ) -> RunResult:
     """Reconnect to a run (e.g. after the controller died), stream the rest of its logs (from the
     offsets the last controller saved, or the start), wait for the end, collect everything.
@@ -656,10 +694,20 @@ def attach(
             if m.name not in known.names and m.status is not None:
                 events.on_node_done(m.name, m.status)
         _watch(known, run_id, store, events, offsets=offsets, heartbeat_timeout=heartbeat_timeout)
-        _collect(group, run_id, local_dir, events)
+        _report_stopped(known, events)
+        _collect(group, run_id, local_dir, events, limits)
     record = _update_record(inventory, run_id, group, store, {"attach": round(time.monotonic() - t0, 3)})
     events.on_phase("done", f"run {run_id} {record.status}; results in {local_dir}/")
     return record.result(local_dir)
+
+
+def _whole_log(m: NodeRun) -> Iterator[Event]:
+    """A node's log as events, read a chunk at a time (a log of gigabytes is never held whole)."""
+    lines, offset, path = LineSplitter(m.name), 0, f"{m.run_dir}/logs/node.log"
+    while data := m.conn.read_range(path, offset, READ_CHUNK):
+        offset += len(data)
+        yield from lines.feed(data)
+    yield from lines.feed(b"", final=True)
 
 
 def read_logs(
@@ -670,10 +718,12 @@ def read_logs(
     follow: bool = False,
     events: RunEvents | None = None,
     connect_timeout: float = 10.0,
+    keep: bool = True,
 ) -> dict[str, str]:
     """A run's logs straight from the nodes: {node name: text} (LEPTON_PROGRESS lines left out).
     With `events`, every line also goes to events.on_log (progress to on_progress). With
-    `follow`, keeps streaming until every node's job has ended (it never stops or fails the run)."""
+    `follow`, keeps streaming until every node's job has ended (it never stops or fails the run).
+    `keep=False` returns empty texts (a viewer that only wants the events holds no log in memory)."""
     sink: RunEvents = events or NullEvents()
     texts: dict[str, list[str]] = {}
     with _open_run(inventory, run_id, connect_timeout, node) as group:
@@ -682,15 +732,9 @@ def read_logs(
         if follow:
             stream = monitor(known, run_id, offsets={}, stop_gang_on_failure=False)
         else:
-            stream = (
-                event
-                for m in known
-                for event in LineSplitter(m.name).feed(
-                    m.conn.read_file(f"{m.run_dir}/logs/node.log") or b"", final=True
-                )
-            )
+            stream = (event for m in known for event in _whole_log(m))
         for event in stream:
-            if isinstance(event, LogLine):
+            if keep and isinstance(event, LogLine):
                 texts[event.node].append(event.line)
             if not isinstance(event, Offsets):
                 deliver(event, sink)

@@ -510,17 +510,28 @@ class NodeConnection:
         return self._finish(channel, command, stdout, True), value, writer.count
 
     def run_download(
-        self, command: str, consumer: Callable[[IO[bytes]], T], *, timeout: float = TRANSFER_TIMEOUT_S
+        self,
+        command: str,
+        consumer: Callable[[IO[bytes]], T],
+        *,
+        timeout: float = TRANSFER_TIMEOUT_S,
+        stdin: bytes | None = None,
     ) -> tuple[CommandResult, T, int]:
-        """Run `command` with `consumer` reading its stdout. Returns (result, consumer's value, bytes read)."""
+        """Run `command` (given `stdin`) with `consumer` reading its stdout. Returns (result,
+        consumer's value, bytes read). A LeptonError of the consumer's passes through as it is."""
         channel = self._open(command, timeout)
-        channel.shutdown_write()
         reader = _CountingReader(channel)
         try:
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
             value = consumer(io.BufferedReader(reader, 1 << 16))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             channel.close()
             raise NodeError(self.name, f"download failed: {exc}", command=_short(command)) from exc
+        except BaseException:
+            channel.close()
+            raise
         return self._finish(channel, command, b"", True), value, reader.count
 
     # ----------------------------------------------------------------- SFTP (no shell)
@@ -592,14 +603,27 @@ def _short(command: str) -> str:
     return command if len(command) <= 160 else command[:157] + "..."
 
 
-def parallel(items: Sequence[T], fn: Callable[[T], R], *, max_workers: int = 32) -> list[R]:
+def parallel(
+    items: Sequence[T],
+    fn: Callable[[T], R],
+    *,
+    max_workers: int = 32,
+    on_interrupt: Callable[[], None] | None = None,
+) -> list[R]:
     """fn over items in threads; results in order. Waits for all, then raises the first error in
-    item order (a HostKeyMismatch before anything else: it is the one the user must see)."""
+    item order (a HostKeyMismatch before anything else: it is the one the user must see).
+    An interrupt while waiting calls `on_interrupt` (close the connections, so the threads end)
+    before the pool is waited for."""
     if not items:
         return []
     with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
         futures = [pool.submit(fn, item) for item in items]
-        errors = [f.exception() for f in futures]
+        try:
+            errors = [f.exception() for f in futures]
+        except BaseException:
+            if on_interrupt is not None:
+                on_interrupt()
+            raise
     for wanted in (HostKeyMismatch, BaseException):
         for err in errors:
             if isinstance(err, wanted):

@@ -8,14 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
-import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from lepton_infra.errors import ConfigError, NodeError
+from lepton_infra.errors import ConfigError, LeptonError, NodeError, NoSpace
 from lepton_infra.inventory import Inventory, Node
-from lepton_infra.workload import clients, jobspec, metrics, shipping
+from lepton_infra.workload import clients, collecting, jobspec, metrics, shipping
 from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
 from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
@@ -213,41 +212,61 @@ def launch(
         m.status = NodeStatus.from_agent(m.name, answer)
         return m.status
 
+    def stop(m: NodeRun) -> None:
+        # A node whose launch command failed may have started all the same (its connection died
+        # after the agent had launched): it is cancelled too, over a new connection.
+        if m.name in started.failed:
+            m.conn.reconnect()
+        agent(m.conn, run_id, "cancel")
+
     started = group.run(one)
     if started.failed:
-        group.subset(lambda m: m.name in started.succeeded).run(lambda m: agent(m.conn, run_id, "cancel"))
+        group.run(stop)
         started.raise_first()
 
 
-def _extract_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    try:
-        return tarfile.data_filter(member, dest)
-    except tarfile.FilterError:
-        return None  # e.g. a symlink pointing outside: skip it rather than lose the rest
-
-
-def collect(group: NodeGroup, run_id: str, local_dir: Path) -> GroupResult[None]:
-    """Bring every node's outputs, logs and state into `local_dir/<node>/`. One unreachable node
-    must not cost the others' results: its error is in the returned `.failed`."""
+def collect(
+    group: NodeGroup, run_id: str, local_dir: Path, limits: collecting.Limits | None = None
+) -> GroupResult[None]:
+    """Bring every node's outputs, logs and state into `local_dir/<node>/` (what is already there
+    is not sent again). One unreachable node, or a full disk, must not cost the others' results:
+    its error is in the returned `.failed` and in the member's `collect_error`. An interrupt
+    closes the connections, so the transfers stop at once. What a node sends is untrusted
+    (workload/collecting.py): what was not taken is in the member's `collect_skipped`."""
+    limits = limits or collecting.Limits()
 
     def one(m: NodeRun) -> None:
         dest = local_dir / m.name
-        dest.mkdir(parents=True, exist_ok=True)
-
-        def consume(stream: IO[bytes]) -> None:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                tar.extractall(dest, filter=_extract_filter)
-
-        _, _, count = m.conn.run_download(agent_cmd(m.conn.inventory.python, run_id, "pack"), consume)
+        m.collect_error = None
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            request = {"have": collecting.already_here(dest)}
+            request |= {"max_bytes": limits.max_bytes, "max_files": limits.max_files}
+            unpack = collecting.Unpacker(m.name, run_id, dest, limits)
+            _, _, count = m.conn.run_download(
+                agent_cmd(m.conn.inventory.python, run_id, "pack"),
+                unpack,
+                stdin=json.dumps(request).encode(),
+            )
+            m.collect_skipped, m.collect_skipped_count = unpack.skipped, unpack.skipped_count
+        except LeptonError as exc:
+            m.collect_error = str(exc)
+            raise
+        except OSError as exc:
+            if not collecting.disk_full(exc):
+                raise
+            m.collect_error = f"no space left on device: cannot create {dest}/: {exc.strerror}"
+            raise NoSpace(m.collect_error) from exc
         m.bytes_collected = count
         try:
-            state = json.loads((dest / "state.json").read_text(encoding="utf-8"))
+            with (dest / "state.json").open("rb") as f:  # written by the node: never read it whole
+                state = json.loads(f.read(1 << 20))
         except (OSError, ValueError):
             state = None
         if isinstance(state, dict) and (m.status is None or not m.status.terminal):
             m.status = NodeStatus.from_agent(m.name, state)
 
-    return group.run(one)
+    return group.run(one, interruptible=True)
 
 
 def job_seconds(group: NodeGroup) -> dict[str, float]:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -145,28 +147,6 @@ def _marker(run_dir: str) -> bytes | None:
     return f"LEPTON_OUTPUT_DIR={out}".encode() if out else None
 
 
-def run_processes(run_dir: str) -> list[int]:
-    """PIDs (not zombies) whose environment marks them as this run's: catches workers that torchrun
-    started in sessions of their own, which a process-group kill would miss."""
-    marker = _marker(run_dir)
-    if marker is None or not os.path.isdir("/proc"):
-        return []
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker not in f.read().split(b"\0"):
-                    continue
-            if not _pid_alive(int(entry)):
-                continue
-        except OSError:
-            continue
-        found.append(int(entry))
-    return found
-
-
 def _kill_group(pgid: int | None, sig: int) -> None:
     if pgid:
         try:
@@ -175,11 +155,188 @@ def _kill_group(pgid: int | None, sig: int) -> None:
             pass
 
 
-def _kill_leftovers(run_dir: str, pgid: int | None) -> None:
-    _kill_group(pgid, signal.SIGKILL)
-    for pid in run_processes(run_dir):
+# --------------------------------------------------------------------------- the run's processes
+# Everything a run starts must end with it, including daemons that double-fork, call setsid, clear
+# their environment or ignore SIGTERM. No single mark survives all of that, so a run's processes
+# are the union of: its own cgroup (a child cannot leave it; where this user may create one),
+# the job's session and process group, the supervisor's descendants (it is a child subreaper, so
+# orphans reparent to it rather than to init), and the run's marker in the environment.
+
+PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE_S = 5.0  # SIGTERM, then this long to exit, then SIGKILL
+HELPER_ENV = "LEPTON_AGENT_HELPER"  # marks the supervisor's own helpers (uploads), never the job
+KILLED_FILE = "killed.json"  # what had to be stopped (cancel and supervisor both add to it)
+MAX_KILLED_REPORTED = 20
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER via libc: orphans of the job reparent to this process, not init."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _cgroup_parent() -> str | None:
+    """This process's own cgroup directory: cgroup2 first, else cgroup v1's pids hierarchy."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            mounts = [line.split(" - ") for line in f if " - " in line]
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            own = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for fstype, option, hier in (("cgroup2", "", "0"), ("cgroup", "pids", None)):
+        for head, tail in mounts:
+            fields, after = head.split(), tail.split()
+            if len(fields) < 5 or len(after) < 3 or after[0] != fstype:
+                continue
+            if option and option not in after[2].split(","):
+                continue
+            for entry in own:
+                if len(entry) == 3 and (entry[0] == hier if hier else option in entry[1].split(",")):
+                    return fields[4] + entry[2].rstrip("/")
+    return None
+
+
+def make_cgroup(run_dir: str) -> str | None:
+    """A fresh cgroup for the run's job (None where this user may not make one)."""
+    import hashlib
+
+    parent = _cgroup_parent()
+    if parent is None:
+        return None
+    path = os.path.join(parent, "lepton-" + hashlib.sha256(run_dir.encode()).hexdigest()[:16])
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
+            return None
+    except OSError:
+        return None
+    return path
+
+
+def enter_cgroup(path: str | None) -> None:
+    """Move the calling process (the job, between fork and exec) into `path`; best effort."""
+    if path:
         try:
-            os.kill(pid, signal.SIGKILL)
+            with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as f:
+                f.write("0")
+        except OSError:
+            pass
+
+
+def _cgroup_members(path: str | None) -> set[int]:
+    if not path:
+        return set()
+    try:
+        with open(os.path.join(path, "cgroup.procs"), encoding="ascii") as f:
+            return {int(x) for x in f.read().split()}
+    except (OSError, ValueError):
+        return set()
+
+
+def remove_cgroup(path: str | None) -> None:
+    if path:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # still populated (zombies not yet reaped) or gone: the kernel frees it later
+
+
+def _table() -> dict[int, tuple[str, int, int, int]]:
+    """Every process: pid -> (state, ppid, pgid, session), from /proc/<pid>/stat."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[-1].split()
+            table[int(entry)] = (fields[0], int(fields[1]), int(fields[2]), int(fields[3]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def run_processes(run_dir: str, state: dict[str, Any] | None = None) -> list[int]:
+    """PIDs (not zombies) of this run's job, wherever they went: see the section comment."""
+    if not os.path.isdir("/proc"):
+        return []
+    state = state if state is not None else (read_state(run_dir) or {})
+    table = _table()
+    marker = _marker(run_dir)
+    job = state.get("pgid")
+    supervisor = state.get("supervisor_pid")
+    if supervisor != os.getpid() and not _pid_alive(supervisor, run_dir):
+        supervisor = None
+    found = _cgroup_members(state.get("cgroup"))
+    children: dict[int, list[int]] = {}
+    for pid, (_st, ppid, pgid, sid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+        if job and (pgid == job or sid == job):
+            found.add(pid)
+    helper = f"{HELPER_ENV}={run_dir}".encode()
+    todo = list(children.get(supervisor, [])) if supervisor else []
+    while todo:
+        pid = todo.pop()
+        if helper in _environ(pid):
+            continue  # the supervisor's own upload and its children
+        found.add(pid)
+        todo += children.get(pid, [])
+    if marker is not None:
+        for pid in table:
+            if pid not in found and marker in _environ(pid):
+                found.add(pid)
+    mine = (os.getpid(), supervisor)
+    return sorted(p for p in found if p in table and table[p][0] != "Z" and p not in mine)
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            text = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return (text or "?")[:120]
+
+
+def helper_env(run_dir: str) -> dict[str, str]:
+    """The environment of the supervisor's own helpers: marked so a stop spares them."""
+    return {**os.environ, HELPER_ENV: run_dir}
+
+
+def reap_orphans(keep: tuple[int, ...] = ()) -> None:
+    """As a subreaper the supervisor inherits the job's orphans: collect the ones that died."""
+    for pid, (st, ppid, _pgid, _sid) in _table().items():
+        if ppid == os.getpid() and st == "Z" and pid not in keep:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _signal_all(pids: list[int], sig: int, cgroup: str | None) -> None:
+    if sig == signal.SIGKILL and cgroup:
+        try:
+            with open(os.path.join(cgroup, "cgroup.kill"), "w", encoding="ascii") as f:
+                f.write("1")  # cgroup2: the kernel kills every member at once, forks included
+        except OSError:
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -213,6 +370,93 @@ def gloo_interface(env: dict[str, str]) -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": name} if name else {}
 
 
+def stop_run_processes(
+    run_dir: str, state: dict[str, Any], grace: float = STOP_GRACE_S, *, report_all: bool
+) -> list[dict[str, Any]]:
+    """TERM every process of the run, wait up to `grace`, KILL what is left (repeatedly: a process
+    may fork while dying). Returns what it stopped: every process with `report_all` (leftovers of
+    a job that has ended), else those that needed KILL or had left the job's session. Recorded in
+    KILLED_FILE for status and run.json."""
+    cgroup, job = state.get("cgroup"), state.get("pgid")
+    seen: dict[int, dict[str, Any]] = {}
+    table = _table()
+
+    def note(pids: list[int], sig: str) -> None:
+        for pid in pids:
+            entry = seen.setdefault(pid, {"pid": pid, "command": _describe(pid)})
+            entry["signal"] = sig
+            entry["escaped"] = bool(job) and pid in table and table[pid][3] != job
+
+    pids = run_processes(run_dir, state)
+    if not pids:
+        return []
+    note(pids, "TERM")
+    _signal_all(pids, signal.SIGTERM, None)
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        if state.get("supervisor_pid") == os.getpid():
+            reap_orphans(keep=(job or 0,))
+        pids = run_processes(run_dir, state)
+        if not pids:
+            break
+        new = [p for p in pids if p not in seen]
+        table = _table()
+        note(new, "TERM")
+        _signal_all(new, signal.SIGTERM, None)
+        time.sleep(0.1)
+    for _ in range(100):
+        pids = run_processes(run_dir, state)
+        if not pids:
+            break
+        table = _table()
+        note(pids, "KILL")
+        _signal_all(pids, signal.SIGKILL, cgroup)
+        time.sleep(0.05)
+        if state.get("supervisor_pid") == os.getpid():
+            reap_orphans(keep=(job or 0,))
+    stopped = [e for e in seen.values() if report_all or e["signal"] == "KILL" or e["escaped"]]
+    if stopped:
+        _add_killed(run_dir, stopped)
+    return stopped
+
+
+def read_killed(run_dir: str) -> list[dict[str, Any]]:
+    try:
+        with open(_path(run_dir, KILLED_FILE), encoding="utf-8") as f:
+            value = json.load(f)
+        return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _add_killed(run_dir: str, entries: list[dict[str, Any]]) -> None:
+    """Merge into KILLED_FILE under a lock: the cancel command and the supervisor may both stop
+    the same processes at once; the strongest signal either sent is the one recorded."""
+    import fcntl
+
+    try:
+        with open(_path(run_dir, ".killed.lock"), "w", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {e.get("pid"): e for e in read_killed(run_dir)}
+            for e in entries:
+                old = merged.get(e["pid"], {})
+                strongest = "KILL" if "KILL" in (old.get("signal"), e.get("signal")) else e.get("signal")
+                escaped = bool(old.get("escaped") or e["escaped"])
+                merged[e["pid"]] = {**old, **e, "signal": strongest, "escaped": escaped}
+            tmp = _path(run_dir, f".killed.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(list(merged.values()), f)
+            os.replace(tmp, _path(run_dir, KILLED_FILE))
+    except OSError:
+        pass  # a full disk: the processes are stopped all the same, only the report is lost
+
+
+def killed_summary(run_dir: str) -> dict[str, Any]:
+    """For state.json: the first few stopped processes and how many in all (state.json is small)."""
+    killed = read_killed(run_dir)
+    return {"killed": killed[:MAX_KILLED_REPORTED], "killed_count": len(killed)} if killed else {}
+
+
 def supervise(run_dir: str) -> int:
     with open(_path(run_dir, "spec.json"), encoding="utf-8") as f:
         spec = json.load(f)
@@ -242,6 +486,8 @@ def supervise(run_dir: str) -> int:
     if _cancel_requested(run_dir):
         write_state(run_dir, {**state, **_cancelled_before_launch(run_dir)})
         return 0
+    become_subreaper()
+    state["cgroup"] = cgroup = make_cgroup(run_dir)
     write_state(run_dir, state)
     os.makedirs(_path(run_dir, "logs"), exist_ok=True)
     with open(_path(run_dir, "logs", "node.log"), "ab", buffering=0) as log:
@@ -254,6 +500,7 @@ def supervise(run_dir: str) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: cancel stops the whole gang
+                preexec_fn=lambda: enter_cgroup(cgroup),  # noqa: PLW1509 - the supervisor has one thread
             )
         except OSError as exc:
             log.write(f"lepton: cannot start {spec['argv'][0]!r}: {exc}\n".encode())
@@ -277,12 +524,16 @@ def supervise(run_dir: str) -> int:
                 except OSError:
                     pass  # a missed heartbeat is survivable; a dead supervisor is not
                 snapshots.tick()
+                reap_orphans(keep=(proc.pid,))
         if sampler is not None:
             sampler.terminate()  # no wait here: the job's end is recorded first, then it is reaped
         snapshots.stop()
-    # The job is over; nothing of it may outlive it (torchrun's workers run in their own sessions).
-    _kill_leftovers(run_dir, proc.pid)
+    # The job is over; nothing of it may outlive it (torchrun's workers, daemons it started).
     cancelled = os.path.exists(_path(run_dir, "cancel"))
+    stop_run_processes(run_dir, state, report_all=not cancelled)
+    reap_orphans()
+    remove_cgroup(cgroup)
+    state.update(killed_summary(run_dir))
     detail = "cancelled" if cancelled else (f"killed by signal {-code}" if code < 0 else f"exit {code}")
     full = disk_full(run_dir) if code != 0 and not cancelled else None
     state.update(
@@ -309,7 +560,7 @@ def start_sampler(run_dir: str, spec: dict[str, Any]) -> subprocess.Popen[bytes]
     metrics = spec.get("metrics")
     if not isinstance(metrics, dict) or not metrics.get("source") or not metrics.get("every"):
         return None
-    env = dict(os.environ)
+    env = helper_env(run_dir)  # the supervisor's own helper: a stop of the run's processes spares it
     env.update({k: v for k, v in spec["env"].items() if k in ("PYTHONPATH", "LD_LIBRARY_PATH")})
     path = _path(run_dir, ".agent", "metrics.py")
     try:
@@ -379,7 +630,7 @@ class Snapshots:
         try:
             with open(_path(self.run_dir, "logs", "upload.log"), "ab") as log:
                 self.proc = subprocess.Popen(
-                    argv, env=uploader_env(r), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                    argv, env=uploader_env(r, self.run_dir), stdin=subprocess.DEVNULL, stdout=log, stderr=log
                 )
         except OSError:
             self.proc = None
@@ -394,11 +645,12 @@ class Snapshots:
                 self.proc.wait()
 
 
-def uploader_env(results: dict[str, Any]) -> dict[str, str]:
-    """The uploader's environment: this node's, plus the client settings the controller sent with
-    the results (the cluster's region, the user's endpoints): without the region an S3 client
-    assumes us-east-1. Not the job's whole environment: an uploader is no part of the job."""
-    return {**os.environ, **{str(k): str(v) for k, v in (results.get("env") or {}).items()}}
+def uploader_env(results: dict[str, Any], run_dir: str) -> dict[str, str]:
+    """The uploader's environment: this node's, marked as the supervisor's helper (a stop spares
+    it), plus the client settings the controller sent with the results (the cluster's region, the
+    user's endpoints): without the region an S3 client assumes us-east-1. Not the job's whole
+    environment: an uploader is no part of the job."""
+    return {**helper_env(run_dir), **{str(k): str(v) for k, v in (results.get("env") or {}).items()}}
 
 
 def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +677,11 @@ def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any])
         ]
         with open(_path(run_dir, "logs", "upload.log"), "ab") as log:
             proc = subprocess.Popen(
-                argv, env=uploader_env(results), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
+                argv,
+                env=uploader_env(results, run_dir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
             )
             deadline = time.time() + UPLOAD_TIMEOUT_S
             while True:
@@ -444,7 +700,9 @@ def upload_results(run_dir: str, results: dict[str, Any], final: dict[str, Any])
                         pass
         lines = out.decode("utf-8", "replace").strip().splitlines()
         answer = json.loads(lines[-1]) if lines else {"error": f"uploader exited {proc.returncode} silently"}
-        return answer if isinstance(answer, dict) else {"error": f"unexpected uploader answer {answer!r}"}
+        if not isinstance(answer, dict):
+            return {"error": f"unexpected uploader answer {answer!r}"}
+        return answer
     except Exception as exc:  # the job's own result stands whatever the upload did
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -457,9 +715,10 @@ def status(run_dir: str) -> dict[str, Any]:
         return {"state": "unknown", "detail": "run was shipped but not launched", "run_dir": run_dir}
     if state["state"] in ACTIVE and not _pid_alive(state.get("supervisor_pid"), run_dir):
         # The supervisor died without recording an end (killed, or the node rebooted).
-        alive = _group_alive(state.get("pgid")) or bool(run_processes(run_dir))
+        alive = _group_alive(state.get("pgid")) or bool(run_processes(run_dir, state))
         state["state"] = "lost"
         state["detail"] = "supervisor gone" + ("; job processes still running" if alive else "")
+    state.update(killed_summary(run_dir))
     state["run_dir"] = run_dir
     state["now"] = time.time()
     try:
@@ -554,13 +813,10 @@ def cancel(run_dir: str, grace: float = 5.0) -> dict[str, Any]:
         state = read_state(run_dir)
         if state is None or state["state"] in TERMINAL:
             return status(run_dir)
-    pgid = state.get("pgid")
-    # TERM first: torchrun forwards it to its workers and they may flush logs/checkpoints.
-    _kill_group(pgid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline and (_group_alive(pgid) or run_processes(run_dir)):
-        time.sleep(0.1)
-    _kill_leftovers(run_dir, pgid)
+    # TERM first (torchrun forwards it to its workers and they may flush logs/checkpoints), then
+    # KILL what is left after the grace, wherever it went (own session, cleared environment).
+    stop_run_processes(run_dir, state, grace, report_all=False)
+    remove_cgroup(state.get("cgroup"))
     deadline = time.time() + 5.0
     while time.time() < deadline:
         current = read_state(run_dir)
@@ -577,12 +833,68 @@ def cancel(run_dir: str, grace: float = 5.0) -> dict[str, Any]:
     return status(run_dir)
 
 
-def pack(run_dir: str, out: IO[bytes]) -> None:
+PACK_MANIFEST = ".lepton-pack.json"  # the first member of every pack: what it holds
+
+
+def pack(run_dir: str, out: IO[bytes], request: dict[str, Any] | None = None) -> None:
+    """A tar of logs/, output/, state.json and spec.json to `out`. `request["have"]` maps the
+    paths the controller already holds to [size, mtime]: those are not sent again; files past
+    `request["max_files"]` or `request["max_bytes"]` are held back (listed, not sent). The first
+    member, PACK_MANIFEST, says what follows and what was held back, so the controller can check
+    its space before it writes anything and say what it did not get."""
+    request = request or {}
+    have = request.get("have") or {}
+    max_files, max_bytes = request.get("max_files"), request.get("max_bytes")
+    entries: list[tuple[str, str]] = []
+    total: dict[str, Any] = {"files": 0, "bytes": 0, "send_files": 0, "send_bytes": 0, "skipped": 0}
+    held: list[dict[str, Any]] = []
+    for top in ("logs", "output"):  # the logs first: past a limit, they matter most
+        root = _path(run_dir, top)
+        if not os.path.isdir(root) or os.path.islink(root):
+            continue
+        entries.append((root, top))
+        for dirpath, dirs, files in os.walk(root):
+            dirs.sort()
+            rel_dir = os.path.relpath(dirpath, run_dir)
+            for name in dirs:
+                entries.append((os.path.join(dirpath, name), os.path.join(rel_dir, name)))
+            for name in sorted(files):
+                path, rel = os.path.join(dirpath, name), os.path.join(rel_dir, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+                total["files"] += 1
+                total["bytes"] += size
+                if have.get(rel) == [size, int(st.st_mtime)]:
+                    total["skipped"] += 1
+                    continue
+                why = None
+                if isinstance(max_files, int) and total["send_files"] + 1 > max_files:
+                    why = "max_files"
+                elif isinstance(max_bytes, int) and total["send_bytes"] + size > max_bytes:
+                    why = "max_bytes"
+                if why:
+                    held.append({"path": rel, "size": size, "why": why})
+                    continue
+                total["send_files"] += 1
+                total["send_bytes"] += size
+                entries.append((path, rel))
+    for name in ("state.json", "spec.json"):
+        if os.path.exists(_path(run_dir, name)):
+            entries.append((_path(run_dir, name), name))
+    total.update(held_back=held[:20], held_back_count=len(held), held_back_bytes=sum(h["size"] for h in held))
+    manifest = json.dumps(total).encode()
     with tarfile.open(fileobj=out, mode="w|") as tar:
-        for name in ("output", "logs", "state.json", "spec.json"):
-            path = _path(run_dir, name)
-            if os.path.exists(path):
-                tar.add(path, arcname=name)
+        info = tarfile.TarInfo(PACK_MANIFEST)
+        info.size, info.mtime = len(manifest), int(time.time())
+        tar.addfile(info, io.BytesIO(manifest))
+        for path, arcname in entries:
+            try:
+                tar.add(path, arcname=arcname, recursive=False)
+            except OSError:
+                continue  # vanished while packing (a job still writing): the next collect has it
 
 
 def main(argv: list[str]) -> int:
@@ -604,7 +916,8 @@ def _main(argv: list[str]) -> int:
     if command == "supervise":
         return supervise(run_dir)
     if command == "pack":
-        pack(run_dir, sys.stdout.buffer)
+        request = sys.stdin.read().strip()
+        pack(run_dir, sys.stdout.buffer, json.loads(request) if request else None)
         return 0
     if command == "launch":
         result = launch(run_dir, json.loads(sys.stdin.read()))
