@@ -507,6 +507,9 @@ class NodeConnection:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             channel.close()
             raise NodeError(self.name, f"upload failed: {exc}", command=_short(command)) from exc
+        except BaseException:
+            channel.close()  # the producer failed (e.g. a file changed while sent): the node sees EOF
+            raise
         return self._finish(channel, command, stdout, True), value, writer.count
 
     def run_download(

@@ -11,8 +11,10 @@ nothing was shipped yet. Standard library only. Layout it maintains on the node:
 `prepare` (JSON request on stdin) creates the run directory with one `mkdir`, which is atomic, so a
 run id can never be taken twice on a node; it answers which blobs the cache lacks and, on node 0,
 a free rendezvous port. `receive RUN_DIR` reads one stream on stdin (STREAM_MAGIC, the manifest as
-length-prefixed JSON, then `<sha256><size><bytes>` per missing blob, then 32 zero bytes: a framing
-with no per-file header to parse, unlike tar), verifies every blob's hash and writes the run's tree.
+length-prefixed JSON, then `<sha256><size><bytes>` per missing blob, then
+`<PENDING_DIGEST><size><bytes><sha256>` per file the manifest lists as `pending` (the controller
+hashed it while sending it: one read), then 32 zero bytes: a framing with no per-file header to
+parse, unlike tar), verifies every blob's hash and writes the run's tree.
 
 The cache is immutable, whatever a job does:
 - A run never gets a cache file (no hard links into the cache): its tree is its own files, written
@@ -55,6 +57,8 @@ SPARE_TREES = 3  # spare trees kept per node (the most recently built)
 SPARE_WAIT_S = 10.0  # how long `receive` waits for a spare tree that is being built
 STREAM_MAGIC = b"LEPTON-SHIP-1\n"
 BLOB_HEAD = struct.Struct(">32sQ")  # raw sha256, size; an all-zero digest ends the stream
+# In place of a digest: the next of the manifest's `pending` files, its sha256 after its bytes.
+PENDING_DIGEST = b"\xff" * 32
 MANIFEST_HEAD = struct.Struct(">Q")
 FETCH_TIMEOUT_S = 120.0  # a peer's fetch from node 0 with no byte for this long has failed
 FETCH_IDLE_S = 60.0  # node 0's blob server ends after this long without a request
@@ -157,7 +161,7 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
     tree = request.get("tree")
     shipped = None
     missing: list[str] = []
-    if isinstance(tree, dict):
+    if isinstance(tree, dict) and not tree.get("pending"):
         _check_manifest(tree)
         workload = os.path.join(run_dir, "workload")
         agent = str(tree.get("agent"))
@@ -167,7 +171,7 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
             shipped = _finish(run_dir, tree, _Receiver(workload, tree), 0, settle_in_background, True)
     if shipped is None:
         missing = [d for d, size in sorted(blobs.items()) if not cached(d, size)]
-    if isinstance(tree, dict) and shipped is None and not missing:
+    if isinstance(tree, dict) and not tree.get("pending") and shipped is None and not missing:
         # Nothing to send: write the run's tree now and spare the controller a `receive` (one
         # command and one interpreter start less per node for an unchanged tree).
         receiver = _Receiver(os.path.join(run_dir, "workload"), tree)
@@ -426,7 +430,9 @@ class _Receiver:
     def __init__(self, workload: str, manifest: dict[str, Any]) -> None:
         self.tree = _Tree(workload)
         self.manifest = manifest
+        manifest.setdefault("files", {})
         self.by_digest = _by_digest(manifest.get("files", {}))
+        self.pending = [(str(rel), int(mode)) for rel, mode in manifest.get("pending", [])]
         self.placed: set[str] = set()
         self.sizes: dict[str, int] = {}
         self.received = 0
@@ -437,6 +443,9 @@ class _Receiver:
             raw, size = BLOB_HEAD.unpack(_read_exact(stream, BLOB_HEAD.size))
             if raw == bytes(32):
                 return
+            if raw == PENDING_DIGEST:
+                self._take_pending(stream, size)
+                continue
             digest = raw.hex()
             self.sizes[digest] = size
             targets = self.by_digest.get(digest, [])
@@ -449,6 +458,37 @@ class _Receiver:
                 self.placed.add(digest)
             self.received += 1
             self.bytes += size
+
+    def _take_pending(self, stream: IO[bytes], size: int) -> None:
+        """The next pending file: its bytes go to its place, its digest follows them; it must be
+        the hash of what arrived, or nothing of it stays."""
+        if not self.pending:
+            raise ValueError("workload stream: a pending file beyond the manifest's list")
+        rel, mode = self.pending.pop(0)
+        dst = self.tree.path(rel)
+        hasher = hashlib.sha256()
+        try:
+            with open(dst, "wb") as out:
+                _write_all([out], _chunks(stream, size), hasher, size)
+            said = _read_exact(stream, 32)
+            if said != hasher.digest():
+                raise ValueError(f"pending file {rel!r} arrived corrupted (sha256 {hasher.hexdigest()})")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dst)
+            raise
+        digest = said.hex()
+        self.manifest["files"][rel] = [digest, mode]
+        self.by_digest.setdefault(digest, []).insert(0, (rel, mode))
+        self.sizes[digest] = size
+        self.placed.add(digest)
+        self.received += 1
+        self.bytes += size
+
+    def check_complete(self) -> None:
+        if self.pending:
+            raise ValueError(f"workload stream ended before pending file {self.pending[0][0]!r}")
+        self.manifest.pop("pending", None)
 
 
 def _fetch(receiver: _Receiver, fetch: dict[str, Any]) -> None:
@@ -474,6 +514,8 @@ def _check_manifest(manifest: dict[str, Any]) -> None:
         _safe_rel(rel)
     for rel, target in manifest.get("links", {}).items():
         _safe_link(rel, target)
+    for rel, _mode in manifest.get("pending", []):
+        _safe_rel(rel)
 
 
 def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = True) -> dict[str, Any]:
@@ -488,6 +530,7 @@ def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = Tru
     manifest = _read_header(stream)
     receiver = _Receiver(workload, manifest)
     receiver.take(stream)
+    receiver.check_complete()
     relayed = 0
     if manifest.get("fetch"):
         before = receiver.bytes
