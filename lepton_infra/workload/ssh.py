@@ -485,7 +485,7 @@ class NodeConnection:
         try:
             with self.deadline(timeout, "running a command"):
                 if stdin:
-                    channel.sendall(stdin)
+                    _ChannelWriter(channel).write(stdin)
                 channel.shutdown_write()
                 stdout = channel.makefile("rb").read()
         except (OSError, EOFError, paramiko.SSHException) as exc:
