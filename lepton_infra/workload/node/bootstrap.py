@@ -225,9 +225,28 @@ def tree_id(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(view, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _copy(src: str, dst: str) -> None:
-    """dst becomes a file of its own with src's content: a reflink where the filesystem shares
+def _copy(src: str, dst: str, mode: int | None = None, seal: bool = False) -> None:
+    """dst becomes a file of its own with src's content (then `mode` and the seal's mtime, when
+    asked, set on the open file). A small file is read whole and written: 6-8 syscalls instead
+    of ~14 through Python file objects and a reflink attempt, and a node copies 2,000 of them for
+    every spare tree (bench/RESULTS.md). A larger one: a reflink where the filesystem shares
     extents copy-on-write, else a kernel-side copy."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, SMALL_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) <= SMALL_BYTES:  # a short read of a regular file is its end
+        _write_small(dst, data, mode, seal)
+        return
+    _copy_large(src, dst)
+    if mode is not None:
+        os.chmod(dst, mode)
+    if seal:
+        os.utime(dst, ns=(SEAL_NS, SEAL_NS))
+
+
+def _copy_large(src: str, dst: str) -> None:
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
@@ -368,12 +387,17 @@ def _receive_blob(chunks: Iterator[bytes], digest: str, size: int, dsts: list[st
         os.replace(tmp, os.path.join(_cache(), digest))
 
 
-def _write_small(path: str, data: bytes) -> None:
+def _write_small(path: str, data: bytes, mode: int | None = None, seal: bool = False) -> None:
+    """Create `path` with `data` (then `mode` and the seal's mtime on the open file, when asked)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if seal:
+            os.utime(fd, ns=(SEAL_NS, SEAL_NS))
     finally:
         os.close(fd)
 
@@ -809,9 +833,7 @@ def _settle(workload: str, manifest: dict[str, Any], sizes: dict[str, int]) -> N
             os.makedirs(build)
             for rel, (digest, mode) in sorted(files.items()):
                 dst = tree.path(rel)
-                _copy(os.path.join(cache, str(digest)), dst)
-                os.chmod(dst, _mode(int(mode)))
-                os.utime(dst, ns=(SEAL_NS, SEAL_NS))
+                _copy(os.path.join(cache, str(digest)), dst, _mode(int(mode)), seal=True)
             tree.links(manifest.get("links", {}))
             os.rename(build, spare)
         except (OSError, ValueError):
