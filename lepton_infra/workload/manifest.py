@@ -121,9 +121,9 @@ class Manifest:
             self.hash_cache.save()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     hasher = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             hasher.update(chunk)
     return hasher.hexdigest()
@@ -164,7 +164,7 @@ class HashCache:
         key = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:32]
         return cls(Path(cache_dir) / f"{key}.json")
 
-    def digest(self, rel: str, path: Path, st: os.stat_result, defer_bytes: int | None = None) -> str:
+    def digest(self, rel: str, path: str | Path, st: os.stat_result, defer_bytes: int | None = None) -> str:
         """The file's sha256: remembered, or read now; "" (pending) for a file of `defer_bytes`
         or more that is not remembered (it is hashed while it is sent)."""
         stamp = stamp_of(st)
@@ -238,7 +238,7 @@ def build_manifest(
     seen_dirs: set[str] = {root_real}
 
     def add_file(rel: str, path: str, st: os.stat_result) -> None:
-        digest = cache.digest(rel, Path(path), st, defer_bytes)
+        digest = cache.digest(rel, path, st, defer_bytes)  # a str: no Path built per file
         manifest.files[rel] = FileEntry(digest, st.st_size, stat.S_IMODE(st.st_mode), stamp_of(st))
 
     def walk(dir_path: str, prefix: str) -> None:
