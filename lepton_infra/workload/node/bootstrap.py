@@ -169,13 +169,13 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
         # An unchanged tree with a spare copy ready: that copy is checked file by file (size
         # and seal), so the cache need not be; write nothing, answer at once.
         if cached(agent, blobs.get(agent, -1)) and _take_spare(tree_id(tree), workload, tree["files"], blobs):
-            shipped = _finish(run_dir, tree, _Receiver(workload, tree), 0, settle_in_background, True)
+            shipped = _finish(run_dir, tree, _Receiver(workload, tree, blobs), 0, settle_in_background, True)
     if shipped is None:
         missing = [d for d, size in sorted(blobs.items()) if not cached(d, size)]
     if isinstance(tree, dict) and not tree.get("pending") and shipped is None and not missing:
         # Nothing to send: write the run's tree now and spare the controller a `receive` (one
         # command and one interpreter start less per node for an unchanged tree).
-        receiver = _Receiver(os.path.join(run_dir, "workload"), tree)
+        receiver = _Receiver(os.path.join(run_dir, "workload"), tree, blobs)
         shipped = _finish(run_dir, tree, receiver, 0, settle_in_background)
     port = None
     probe = request.get("port_probe")
@@ -462,14 +462,15 @@ class _Receiver:
     """Takes blob frames (from the controller's stream, or from node 0 over the cluster network)
     and puts each blob in its first place in the run's tree, or in the cache."""
 
-    def __init__(self, workload: str, manifest: dict[str, Any]) -> None:
+    def __init__(self, workload: str, manifest: dict[str, Any], sizes: dict[str, int] | None = None) -> None:
         self.tree = _Tree(workload)
         self.manifest = manifest
         manifest.setdefault("files", {})
         self.by_digest = _by_digest(manifest.get("files", {}))
         self.pending = [(str(rel), int(mode)) for rel, mode in manifest.get("pending", [])]
         self.placed: set[str] = set()
-        self.sizes: dict[str, int] = {}
+        # Known sizes (prepare checked them against the cache) spare `_finish` a stat per blob.
+        self.sizes: dict[str, int] = dict(sizes or {})
         self.received = 0
         self.bytes = 0
 
