@@ -517,15 +517,20 @@ def test_a_large_new_file_is_read_once_hashed_while_sent_and_not_sent_again(
     workload = _tree(tmp_path / "w", {"train.py": "x"})
     (workload / "big.bin").write_bytes(big)
     (workload / "same.bin").write_bytes(big)  # identical content: placed by a copy on the node
-    hashed: list[str] = []
-    real = manifest_module.sha256_file
-    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    reads: list[str] = []
+
+    def counting_open(path: Any, *args: Any) -> Any:
+        reads.append(Path(path).name)
+        return open(path, *args)
+
+    monkeypatch.setattr(manifest_module, "open", counting_open, raising=False)
     cache = tmp_path / "hashes"
 
     first = build_manifest(workload, hash_cache_dir=cache, defer_bytes=1000)
-    assert hashed == ["train.py"] and first.pending == ["big.bin", "same.bin"]
+    assert reads == ["train.py"] and first.pending == ["big.bin", "same.bin"]
     answer, sent = _ship_with(first, "big-1")
-    assert sent == 2 * len(big) + len("x")  # the two pending files, each read once, and train.py
+    assert sent == 2 * len(big) + len("x")
+    assert sorted(reads) == ["big.bin", "same.bin", "train.py"]  # every file read once, in all
     assert first.files["big.bin"].sha256 == hashlib.sha256(big).hexdigest() and first.pending == []
     shipped = Path(answer["run_dir"]) / "workload"
     assert (shipped / "big.bin").read_bytes() == big and (shipped / "same.bin").read_bytes() == big
@@ -587,3 +592,19 @@ def test_a_file_changed_while_being_sent_stops_the_ship_and_the_node_keeps_nothi
     with pytest.raises(ValueError, match="ended"):
         bootstrap.receive(run_dir, io.BytesIO(out.getvalue()), settle_in_background=False)
     assert not (Path(run_dir) / "workload" / "big.bin").exists()
+
+
+def test_a_small_file_is_read_once_the_bytes_hashed_are_the_bytes_sent(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('v1')\n", "lib/util.py": "X = 1\n"})
+    manifest = build_manifest(workload, hash_cache_dir=None)
+    # Edited after hashing: the stream still carries the hashed version (no second read), so
+    # what the node checks against the digest is what the controller hashed.
+    (workload / "train.py").write_text("print('v2')\n")
+    (workload / "lib" / "util.py").unlink()
+    answer, sent = _ship_with(manifest, "once-1")
+    assert sent == len("print('v1')\n") + len("X = 1\n")
+    shipped = Path(answer["run_dir"]) / "workload"
+    assert (shipped / "train.py").read_text() == "print('v1')\n"
+    assert (shipped / "lib" / "util.py").read_text() == "X = 1\n"

@@ -35,6 +35,10 @@ ALWAYS_SKIPPED_AT_TOP = frozenset({"runs", ".lepton"})
 # A file this large that the hash cache does not know is hashed while it is sent (read once, and
 # the hash overlaps the transfer) instead of before: a 200 MB file's hash phase was 0.2-0.8 s here.
 DEFER_BYTES = 1 << 20
+# A small file hashed now keeps its bytes (up to KEEP_TOTAL in all) for the stream, so it is read
+# once: what is sent is exactly what was hashed, and sending opens no file a second time.
+KEEP_BYTES = 256 << 10
+KEEP_TOTAL = 64 << 20
 
 
 class IgnoreRules:
@@ -59,6 +63,22 @@ class IgnoreRules:
         return bool(self.spec.match_file(rel + "/" if is_dir else rel))
 
 
+class KeptBytes(dict[str, bytes]):
+    """Contents read while hashing, by digest, and their total size."""
+
+    total = 0
+
+    def add(self, digest: str, data: bytes) -> None:
+        if digest not in self:
+            self[digest] = data
+            self.total += len(data)
+
+    def drop(self) -> None:
+        """Forget them (after the ship: the manifest lives as long as the run)."""
+        self.clear()
+        self.total = 0
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One shipped file. `sha256` is "" while the file is pending (hashed as it is sent);
@@ -79,6 +99,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
     hash_cache: HashCache | None = field(default=None, repr=False, compare=False)
+    kept: KeptBytes = field(default_factory=lambda: KeptBytes(), repr=False, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -164,9 +185,17 @@ class HashCache:
         key = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:32]
         return cls(Path(cache_dir) / f"{key}.json")
 
-    def digest(self, rel: str, path: str | Path, st: os.stat_result, defer_bytes: int | None = None) -> str:
+    def digest(
+        self,
+        rel: str,
+        path: str | Path,
+        st: os.stat_result,
+        defer_bytes: int | None = None,
+        keep: KeptBytes | None = None,
+    ) -> str:
         """The file's sha256: remembered, or read now; "" (pending) for a file of `defer_bytes`
-        or more that is not remembered (it is hashed while it is sent)."""
+        or more that is not remembered (it is hashed while it is sent). A small file read now
+        leaves its bytes in `keep` (by digest) while it has room."""
         stamp = stamp_of(st)
         old = self.entries.get(rel)
         seen = isinstance(old, list) and len(old) == 5 and old[:4] == list(stamp)
@@ -175,6 +204,12 @@ class HashCache:
         elif not seen and defer_bytes is not None and st.st_size >= defer_bytes:
             # Never seen like this: likely new content, so the node likely lacks it too.
             return ""
+        elif keep is not None and st.st_size <= KEEP_BYTES and keep.total < KEEP_TOTAL:
+            with open(path, "rb") as f:
+                data = f.read(KEEP_BYTES + 1)
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) == st.st_size:  # else it changed since its stat: read it again to send
+                keep.add(digest, data)
         else:
             digest = sha256_file(path)
         self.remember(rel, list(stamp), digest)
@@ -238,7 +273,7 @@ def build_manifest(
     seen_dirs: set[str] = {root_real}
 
     def add_file(rel: str, path: str, st: os.stat_result) -> None:
-        digest = cache.digest(rel, path, st, defer_bytes)  # a str: no Path built per file
+        digest = cache.digest(rel, path, st, defer_bytes, manifest.kept)  # a str: no Path per file
         manifest.files[rel] = FileEntry(digest, st.st_size, stat.S_IMODE(st.st_mode), stamp_of(st))
 
     def walk(dir_path: str, prefix: str) -> None:
@@ -333,7 +368,10 @@ def write_stream(
         # The manifest's size: a file changed since hashing fails the node's hash check loudly
         # (or ends short here) instead of caching a blob under the wrong name.
         out.write(BLOB_HEAD.pack(bytes.fromhex(digest), sizes[digest]))
-        _send_file(paths[digest], sizes[digest], out, None)
+        if (data := manifest.kept.get(digest)) is not None and len(data) == sizes[digest]:
+            out.write(data)  # read once, while hashing: exactly the bytes the digest names
+        else:
+            _send_file(paths[digest], sizes[digest], out, None)
         content += sizes[digest]
     for rel, _mode in view.get("pending", []):
         entry = manifest.files[rel]
@@ -383,7 +421,7 @@ def _send_file(path: Path, size: int, out: IO[bytes], hasher: Any) -> tuple[int,
     """Copy `size` bytes of `path` to `out` in 1 MB reads (hashing them when asked); returns the
     file's stamp after reading."""
     left = size
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while left:
             chunk = f.read(min(left, 1 << 20))
             if not chunk:

@@ -68,6 +68,22 @@ def ship(
     """Send every node what it lacks (after `prepare` filled each target's `missing`); nodes named
     in `done` already have their tree (prepare wrote it) and get nothing, unless node 0 must serve.
     `bootstrap_cmd(python, *args)` builds the node-side command. Raises the first node's error."""
+    try:
+        return _ship(targets, manifest, python, bootstrap_cmd, agent_source, agent_digest, relay, done)
+    finally:
+        manifest.kept.drop()
+
+
+def _ship(
+    targets: Sequence[ShipTarget],
+    manifest: Manifest,
+    python: str,
+    bootstrap_cmd: Any,
+    agent_source: bytes,
+    agent_digest: str,
+    relay: bool,
+    done: frozenset[str],
+) -> ShipStats:
     pending = manifest.pending
     pending_bytes = sum(manifest.files[rel].size for rel in pending)
     stats = ShipStats(
