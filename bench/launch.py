@@ -3,6 +3,7 @@ hand-written OpenSSH way, same run, same pool; prints the ratios and our phase b
 
     .venv/bin/python bench/launch.py [--nodes 4] [--repeat 3]
     .venv/bin/python bench/launch.py --cifar --nodes 2     # issue 11 target 4: <= 1.03x torchrun
+    .venv/bin/python bench/launch.py --cifar --nodes 2 --edit   # the edit-run loop (issue 18)
 
 The workload is a `train.py` that prints one line at once and exits; with `--cifar` it is the real
 CIFAR-10 job (workloads/cifar10) on synthetic data, and the plain-python approach is left out
@@ -13,7 +14,9 @@ CIFAR-10 job (workloads/cifar10) on synthetic data, and the plain-python approac
                           torch.distributed.run ... train.py'` on every node at once: the same
                           launcher, none of the safety (dies with the SSH session, nothing collected)
   openssh rsync+python    the same with plain `python train.py`: what a user would type by hand
-"first line" is when the job's own line ("first line from ...") reached this machine."""
+"first line" is when the job's own line ("first line from ...") reached this machine. With `--edit`,
+one file of the workload changes before every launch of either approach (the loop a user repeats all
+day: edit, run, read the first line), so each ships one changed file instead of nothing."""
 
 from __future__ import annotations
 
@@ -88,6 +91,12 @@ def lepton_once(
     if events.lines != lines:
         raise RuntimeError(f"run_job {run_id}: {events.lines} job lines, expected {lines}")
     return events.first, total, result.timings
+
+
+def _edit(workload: Path, tag: str) -> None:
+    """Change one file of the workload the way an edit does: new content, same name."""
+    with (workload / "train.py").open("a", encoding="utf-8") as f:
+        f.write(f"# edited: {tag}\n")
 
 
 def _free_port(host: str) -> int:
@@ -174,9 +183,14 @@ def main() -> int:
     p.add_argument(
         "--cifar", action="store_true", help="the CIFAR-10 job (synthetic data) instead of one line"
     )
+    p.add_argument(
+        "--edit", action="store_true", help="change one workload file before every launch (edit-run loop)"
+    )
     args = p.parse_args()
     _bench.check_counts(args)
-    what = "the CIFAR-10 job" if args.cifar else "tiny job"
+    what = ("the CIFAR-10 job" if args.cifar else "tiny job") + (
+        ", one file edited per run" if args.edit else ""
+    )
     _bench.print_environment(f"launch: {what} on {args.nodes} nodes, {args.repeat} repeats")
     work = _bench.scratch_dir("launch")
     job_args, mark, lines = (CIFAR_ARGS, CIFAR_MARK, 1) if args.cifar else ([], MARK, args.nodes)
@@ -208,13 +222,16 @@ def main() -> int:
             for _ in range(args.warmup):
                 openssh_once(ssh, pool, workload, torchrun=True, job_args=job_args, mark=mark)
             # Interleaved per repeat so a slow spell of the shared machine hits every approach.
+            edit = _edit if args.edit else lambda _workload, _tag: None
             for i in range(args.repeat):
+                edit(workload, f"lepton {i}")
                 first, total, t = lepton_once(
                     inv, workload, work / "runs", f"launch-{i}", job_args, mark, lines
                 )
                 rows["l_first"].seconds.append(first)
                 rows["l_total"].seconds.append(total)
                 timings.append(t)
+                edit(workload, f"openssh {i}")
                 first, total = openssh_once(ssh, pool, workload, torchrun=True, job_args=job_args, mark=mark)
                 rows["t_first"].seconds.append(first)
                 rows["t_total"].seconds.append(total)

@@ -21,6 +21,7 @@ SCRIPTS = {
     "fanout.py": (["--nodes", "2", "--repeat", "1"], 4),
     "ship.py": (["--nodes", "2", "--repeat", "1", "--files", "20", "--big-mb", "1", "--one-file-mb", "1"], 5),
     "logs.py": (["--nodes", "2", "--lines", "200"], 0),
+    "ship_profile.py": (["--upload-mb", "1", "--files", "20"], 0),  # CPU and counts, no ratios
     "launch.py": (["--nodes", "2", "--repeat", "1", "--warmup", "0"], 4),
     "store.py": (["--mb", "1", "--repeat", "1"], 6),  # against the S3, GCS and Azure emulators
     "sampler.py": (["--seconds", "1", "--every", "0.5", "--warmup", "0.5", "--fake-nvml"], 0),  # no pool

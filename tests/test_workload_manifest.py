@@ -493,3 +493,118 @@ def test_cli_run_refuses_an_outside_link_with_exit_2_and_follows_it_when_asked(
     assert followed.returncode == 0, followed.stderr[-2000:]
     log = (tmp_path / "runs" / "cli-links-2" / "node-0" / "logs" / "node.log").read_text()
     assert "secret: from outside False" in log  # its content shipped, as a file of its own
+
+
+# --------------------------------------------------------------------------- hashed while sent (issue 18)
+
+
+def _ship_with(manifest: Any, run_id: str) -> tuple[dict, int]:
+    blobs = {**manifest.blobs(), AGENT_DIGEST: len(AGENT_SOURCE)}
+    answer = bootstrap.prepare({"run_id": run_id, "blobs": blobs})
+    buf = io.BytesIO()
+    sent = write_stream(manifest, answer["missing"], AGENT_SOURCE, AGENT_DIGEST, buf)
+    buf.seek(0)
+    bootstrap.receive(answer["run_dir"], buf, settle_in_background=False)
+    return answer, sent
+
+
+def test_a_large_new_file_is_read_once_hashed_while_sent_and_not_sent_again(
+    tmp_path: Path, node_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lepton_infra.workload import manifest as manifest_module
+
+    big = os.urandom(3000)
+    workload = _tree(tmp_path / "w", {"train.py": "x"})
+    (workload / "big.bin").write_bytes(big)
+    (workload / "same.bin").write_bytes(big)  # identical content: placed by a copy on the node
+    reads: list[str] = []
+
+    def counting_open(path: Any, *args: Any) -> Any:
+        reads.append(Path(path).name)
+        return open(path, *args)
+
+    monkeypatch.setattr(manifest_module, "open", counting_open, raising=False)
+    cache = tmp_path / "hashes"
+
+    first = build_manifest(workload, hash_cache_dir=cache, defer_bytes=1000)
+    assert reads == ["train.py"] and first.pending == ["big.bin", "same.bin"]
+    answer, sent = _ship_with(first, "big-1")
+    assert sent == 2 * len(big) + len("x")
+    assert sorted(reads) == ["big.bin", "same.bin", "train.py"]  # every file read once, in all
+    assert first.files["big.bin"].sha256 == hashlib.sha256(big).hexdigest() and first.pending == []
+    shipped = Path(answer["run_dir"]) / "workload"
+    assert (shipped / "big.bin").read_bytes() == big and (shipped / "same.bin").read_bytes() == big
+
+    # Just written, so not trusted yet: hashed before sending next time, and the node has it.
+    first.save_hashes()
+    second = build_manifest(workload, hash_cache_dir=cache, defer_bytes=1000)
+    assert second.pending == [] and second.files["big.bin"].sha256 == first.files["big.bin"].sha256
+    answer, sent = _ship_with(second, "big-2")
+    assert answer["missing"] == [] and sent == 0
+    assert (Path(answer["run_dir"]) / "workload" / "same.bin").read_bytes() == big
+
+
+def test_a_pending_file_whose_digest_does_not_match_is_refused_on_the_node(node_home: Path) -> None:
+    run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
+    buf = io.BytesIO()
+    write_header(buf, {"agent": AGENT_DIGEST, "files": {}, "pending": [["big.bin", 0o644]]})
+    buf.write(bootstrap.BLOB_HEAD.pack(bootstrap.PENDING_DIGEST, 4) + b"bad!")
+    buf.write(hashlib.sha256(b"good").digest())
+    write_end(buf)
+    buf.seek(0)
+    with pytest.raises(ValueError, match="'big.bin' arrived corrupted"):
+        bootstrap.receive(str(run_dir), buf, settle_in_background=False)
+    assert not (run_dir / "workload" / "big.bin").exists()
+    assert [p.name for p in (node_home / ".lepton" / "cache").iterdir()] == []
+
+
+def test_a_stream_missing_a_pending_file_is_refused(node_home: Path) -> None:
+    run_dir = Path(bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"])
+    buf = io.BytesIO()
+    write_header(buf, {"agent": AGENT_DIGEST, "files": {}, "pending": [["big.bin", 0o644]]})
+    write_end(buf)
+    buf.seek(0)
+    with pytest.raises(ValueError, match="ended before pending file 'big.bin'"):
+        bootstrap.receive(str(run_dir), buf, settle_in_background=False)
+
+
+def test_a_file_changed_while_being_sent_stops_the_ship_and_the_node_keeps_nothing(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "x"})
+    (workload / "big.bin").write_bytes(b"a" * 5000)
+    manifest = build_manifest(workload, hash_cache_dir=None, defer_bytes=1000)
+
+    class Appending(io.BytesIO):
+        """The file grows (a checkpoint still being written) while its bytes go out."""
+
+        def write(self, b: Any) -> int:
+            if len(b) == 5000:
+                with open(workload / "big.bin", "ab") as f:
+                    f.write(b"more")
+            return super().write(b)
+
+    out = Appending()
+    with pytest.raises(ConfigError, match="big.bin changed while it was being sent"):
+        write_stream(manifest, [], AGENT_SOURCE, AGENT_DIGEST, out)
+    assert manifest.files["big.bin"].sha256 == ""  # nothing remembered for it
+    run_dir = bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"]
+    with pytest.raises(ValueError, match="ended"):
+        bootstrap.receive(run_dir, io.BytesIO(out.getvalue()), settle_in_background=False)
+    assert not (Path(run_dir) / "workload" / "big.bin").exists()
+
+
+def test_a_small_file_is_read_once_the_bytes_hashed_are_the_bytes_sent(
+    tmp_path: Path, node_home: Path
+) -> None:
+    workload = _tree(tmp_path / "w", {"train.py": "print('v1')\n", "lib/util.py": "X = 1\n"})
+    manifest = build_manifest(workload, hash_cache_dir=None)
+    # Edited after hashing: the stream still carries the hashed version (no second read), so
+    # what the node checks against the digest is what the controller hashed.
+    (workload / "train.py").write_text("print('v2')\n")
+    (workload / "lib" / "util.py").unlink()
+    answer, sent = _ship_with(manifest, "once-1")
+    assert sent == len("print('v1')\n") + len("X = 1\n")
+    shipped = Path(answer["run_dir"]) / "workload"
+    assert (shipped / "train.py").read_text() == "print('v1')\n"
+    assert (shipped / "lib" / "util.py").read_text() == "X = 1\n"

@@ -481,12 +481,16 @@ def _cancelled_before_start(
 
 
 def _preflight_summary(found: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line per distinct finding, e.g. `torch 2.13.0+cpu, CUDA no, 0 GPU(s) in /x/python3 on 3 node(s)`."""
+    """One line per distinct finding, e.g. `torch 2.13.0+cpu, CUDA no, 0 GPU(s) in /x/python3 on 3 node(s)`,
+    and how many nodes answered from their preflight cache."""
     counts: dict[str, int] = {}
     for f in found.values():
         line = f"torch {f.get('torch')}, CUDA {'yes' if f.get('cuda') else 'no'}, {f.get('gpus', 0)} GPU(s) in {f.get('python')}"
         counts[line] = counts.get(line, 0) + 1
-    return "; ".join(f"{line} on {n} node(s)" for line, n in counts.items())
+    summary = "; ".join(f"{line} on {n} node(s)" for line, n in counts.items())
+    # A warm node answers from its cache (node/preflight.py says what its key covers).
+    cached = sum(1 for f in found.values() if f.get("cached"))
+    return f"{summary} ({cached} answered from the node's cache)" if cached else summary
 
 
 def _report_stopped(group: NodeGroup, events: RunEvents) -> None:

@@ -68,35 +68,66 @@ def ship(
     """Send every node what it lacks (after `prepare` filled each target's `missing`); nodes named
     in `done` already have their tree (prepare wrote it) and get nothing, unless node 0 must serve.
     `bootstrap_cmd(python, *args)` builds the node-side command. Raises the first node's error."""
-    stats = ShipStats(content_bytes=sum(sizes_of(manifest, t.missing, agent_digest) for t in targets))
-    lock = threading.Lock()
-    sizes = {**manifest.blobs(), agent_digest: len(agent_source)}
+    try:
+        return _ship(targets, manifest, python, bootstrap_cmd, agent_source, agent_digest, relay, done)
+    finally:
+        manifest.kept.drop()
 
-    def upload(t: ShipTarget, missing: Sequence[str], extra: dict[str, Any] | None) -> dict[str, Any]:
+
+def _ship(
+    targets: Sequence[ShipTarget],
+    manifest: Manifest,
+    python: str,
+    bootstrap_cmd: Any,
+    agent_source: bytes,
+    agent_digest: str,
+    relay: bool,
+    done: frozenset[str],
+) -> ShipStats:
+    pending = manifest.pending
+    pending_bytes = sum(manifest.files[rel].size for rel in pending)
+    stats = ShipStats(
+        content_bytes=sum(sizes_of(manifest, t.missing, agent_digest) + pending_bytes for t in targets)
+    )
+    lock = threading.Lock()
+    # One view for every stream that starts now: a pending file one stream resolves stays
+    # pending (sent again) in the others, which the node's manifest then still says.
+    first_view = manifest.node_view()
+
+    def upload(
+        t: ShipTarget,
+        missing: Sequence[str],
+        extra: dict[str, Any] | None,
+        view: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        view = first_view if view is None else view
+
         def produce(out: IO[bytes]) -> int:
-            return write_stream(manifest, missing, agent_source, agent_digest, out, extra)
+            return write_stream(manifest, missing, agent_source, agent_digest, out, extra, view)
 
         cmd = bootstrap_cmd(python, "receive", t.run_dir)
         result, _content, wire = t.conn.run_upload(cmd, produce)
         with lock:
             stats.controller_bytes += wire
         answer = _answer(t.conn, result.stdout)
-        t.bytes_shipped = sum(sizes.get(d, 0) for d in t.missing if d != agent_digest)
-        t.files_shipped = len([d for d in t.missing if d != agent_digest])
+        sizes = manifest.blobs()
+        t.bytes_shipped = sum(sizes.get(d, 0) for d in t.missing if d != agent_digest) + pending_bytes
+        t.files_shipped = len([d for d in t.missing if d != agent_digest]) + len(pending)
         return answer
 
     for t in targets:
         if t.conn.name in done:
             t.bytes_shipped = t.files_shipped = 0
     head, peers = targets[0], list(targets[1:])
-    fetching = [t for t in peers if t.missing]
+    fetching = [t for t in peers if t.missing or pending]
     if not relay or len(targets) < RELAY_MIN_NODES or not fetching:
         parallel([t for t in targets if t.conn.name not in done], lambda t: upload(t, t.missing, None))
+        manifest.save_hashes()
         return stats
 
     addr = head.conn.node.private_ip
     token = secrets.token_hex(16)
-    idle = [t for t in peers if not t.missing and t.conn.name not in done]
+    idle = [t for t in peers if not t.missing and not pending and t.conn.name not in done]
     serve = {"addr": addr, "token": token, "peers": len(fetching)}
 
     def lead() -> dict[str, Any]:
@@ -115,14 +146,19 @@ def ship(
     if not port:
         raise NodeError(head.conn.name, f"node 0 started no blob server for the other nodes: {first[0]}")
     fallbacks: list[str] = []
+    manifest.save_hashes()
+    # Node 0's stream hashed the pending files: the peers fetch them by digest like any blob.
+    resolved = {manifest.files[rel].sha256 for rel in pending}
+    later_view = manifest.node_view()
 
     def fetch(t: ShipTarget) -> int:
-        extra = {"fetch": {"addr": addr, "port": int(port), "token": token, "digests": sorted(t.missing)}}
+        digests = sorted(set(t.missing) | resolved)
+        extra = {"fetch": {"addr": addr, "port": int(port), "token": token, "digests": digests}}
         try:
-            return int(upload(t, [], extra).get("relayed_bytes", 0))
+            return int(upload(t, [], extra, later_view).get("relayed_bytes", 0))
         except LeptonError:
             fallbacks.append(t.conn.name)  # e.g. peers cannot reach node 0's private address
-            upload(t, t.missing, None)
+            upload(t, digests, None, later_view)
             return 0
 
     relayed = parallel(fetching, fetch)

@@ -13,6 +13,7 @@ import pytest
 
 from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory
+from lepton_infra.local import node_home
 from lepton_infra.workload import read_logs, run_job, run_status
 
 
@@ -92,14 +93,19 @@ def test_run_on_three_nodes_streams_logs_and_progress_and_collects_everything(
 
 @pytest.mark.slow
 def test_second_run_ships_zero_bytes_of_unchanged_files(
-    pool2: Inventory, make_workload: Callable[..., Path], tmp_path: Path
+    pool2: Inventory, local_pool: tuple[Inventory, Path], make_workload: Callable[..., Path], tmp_path: Path
 ) -> None:
-    blob = os.urandom(200_000)  # unique content, so no earlier test has cached it
-    workload = make_workload({"weights.bin": blob, "lib/a.py": "A = 1\n"})
+    # Unique content (no earlier test cached it), over 1 MB: hashed while sent to node 0, which
+    # node 1 then fetches it from by digest (the relay).
+    blob = os.urandom(1_200_000)
+    workload = make_workload({"weights.bin": blob, "copy.bin": blob, "lib/a.py": "A = 1\n"})
     runs = tmp_path / "runs"
     first = run_job(pool2, workload, ["lines=1"], run_id="ship-1", runs_dir=runs)
     assert first.status == "succeeded"
     assert all(n.bytes_shipped >= len(blob) for n in first.nodes)
+    for node in pool2.nodes:
+        tree = node_home(local_pool[1], node.name) / ".lepton" / "runs" / "ship-1" / "workload"
+        assert (tree / "weights.bin").read_bytes() == blob and (tree / "copy.bin").read_bytes() == blob
 
     second = run_job(pool2, workload, ["lines=1"], run_id="ship-2", runs_dir=runs)
     assert second.status == "succeeded"

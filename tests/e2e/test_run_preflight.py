@@ -91,6 +91,12 @@ def test_preflight_findings_are_recorded_and_nproc_defaults_to_one_without_gpus(
         assert found["torch"] == torch.__version__
         assert found["gpus"] == torch.cuda.device_count() and found["cuda"] == torch.cuda.is_available()
     assert "preflight" in result.timings
+    # A warm node answers the next run's preflight from its cache, with the same findings.
+    run_job(pool2, make_workload(), ["lines=1"], run_id="pre-ok-again", runs_dir=runs)
+    again = json.loads((runs / "pre-ok-again" / "run.json").read_text())
+    for before, after in zip(record["nodes"], again["nodes"], strict=True):
+        assert after["preflight"]["cached"] is True
+        assert {**after["preflight"], "cached": None} == {**before["preflight"], "cached": None}
 
 
 def test_cli_run_exits_3_naming_the_node_when_preflight_fails(
