@@ -17,6 +17,7 @@ from lepton_infra.inventory import Inventory
 from lepton_infra.local import LocalPool
 from lepton_infra.local.pool import node_home
 from lepton_infra.workload import run_job
+from lepton_infra.workload.models import NullEvents
 
 pytestmark = pytest.mark.slow
 
@@ -67,16 +68,14 @@ def _workload(tmp_path: Path) -> Path:
     return wl
 
 
-class _Phases:
+class _Phases(NullEvents):
+    """Keeps the phase lines a user would see; ignores the rest."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
     def on_phase(self, phase: str, detail: str) -> None:
         self.seen.append((phase, detail))
-
-    def on_log(self, node: str, line: str) -> None: ...
-    def on_progress(self, node: str, progress: dict[str, object]) -> None: ...
-    def on_node_done(self, node: str, status: object) -> None: ...
 
 
 def test_run_waits_for_first_boot_then_runs_with_what_the_boot_installed(

@@ -20,6 +20,7 @@ from lepton_infra.inventory import Inventory
 from lepton_infra.local import LocalPool
 from lepton_infra.local.pool import node_home
 from lepton_infra.workload import run_job
+from lepton_infra.workload.models import NullEvents
 
 pytestmark = pytest.mark.slow
 
@@ -44,16 +45,14 @@ def _python_without_the_clients(tmp_path: Path) -> Path:
     return venv / "bin" / "python"
 
 
-class _Phases:
+class _Phases(NullEvents):
+    """Keeps the phase lines a user would see; ignores the rest."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
     def on_phase(self, phase: str, detail: str) -> None:
         self.seen.append((phase, detail))
-
-    def on_log(self, node: str, line: str) -> None: ...
-    def on_progress(self, node: str, progress: dict[str, object]) -> None: ...
-    def on_node_done(self, node: str, status: object) -> None: ...
 
 
 def test_node_without_a_package_index_gets_the_clients_from_the_controller(
