@@ -84,3 +84,23 @@ def test_collect_sizes_read_as_people_write_them(value: str, expected: int) -> N
 def test_bad_collect_limits_are_refused_naming_the_option(size: str, files: int, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         check_limits(size, files)
+
+
+def test_nodes_collected_at_once_do_not_both_count_on_the_same_free_space(tmp_path: Path) -> None:
+    """Two nodes whose results each fit the free space but not together: the second is refused
+    before it writes anything, instead of both filling the disk half-way (seen once in CI)."""
+    import shutil
+
+    from lepton_infra.errors import NoSpace
+
+    free = shutil.disk_usage(tmp_path).free
+    manifest = json.dumps({"send_bytes": int(free * 0.6), "send_files": 1}).encode()
+    first, second = (Unpacker(n, "r1", tmp_path / n) for n in ("node-0", "node-1"))
+    for u in (first, second):
+        u.dest.mkdir()
+    first._read_manifest(io.BytesIO(manifest))  # node-0's collect is under way
+    with pytest.raises(NoSpace, match="node 'node-1'"):
+        second._read_manifest(io.BytesIO(manifest))
+    first(_stream([]))  # node-0's stream ends: its space is no longer spoken for
+    second._read_manifest(io.BytesIO(manifest))
+    second(_stream([]))

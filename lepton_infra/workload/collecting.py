@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +33,11 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 MAX_COLLECT_BYTES = 50 * 10**9  # per node and collect; --max-collect-bytes raises it
 MAX_COLLECT_FILES = 100_000  # per node and collect; --max-collect-files raises it
 _TAKEN = ("logs", "output", "state.json", "spec.json")
+# The nodes of a run are collected at once: each checks the space it needs against what is free
+# minus what the others still have to write, or two nodes could each see room for themselves and
+# both fill the disk half-way.
+_ACTIVE: set[Unpacker] = set()
+_ACTIVE_LOCK = threading.Lock()
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -97,7 +103,7 @@ class _CutOff(Exception):
     """The node sent more than its limits: stop reading its stream."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Unpacker:
     """The consumer of one node's pack stream (NodeConnection.run_download). `skipped` lists
     what was not taken, each with why; `skipped_count` counts all of it."""
@@ -114,15 +120,24 @@ class Unpacker:
     skipped_count: int = 0
 
     def __call__(self, stream: IO[bytes]) -> None:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            try:
-                for member in tar:
-                    if member.name == PACK_MANIFEST:
-                        self._read_manifest(tar.extractfile(member))
-                    else:
-                        self._extract(tar, member)
-            except _CutOff:
-                return
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                try:
+                    for member in tar:
+                        if member.name == PACK_MANIFEST:
+                            self._read_manifest(tar.extractfile(member))
+                        else:
+                            self._extract(tar, member)
+                except _CutOff:
+                    return
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(self)
+
+    @property
+    def outstanding(self) -> int:
+        """Bytes this collect has said it sends and not yet written."""
+        return max(self.need - self.written, 0)
 
     def skip(self, name: str, why: str) -> None:
         self.skipped_count += 1
@@ -143,9 +158,13 @@ class Unpacker:
                 why = self.limits.why.get(str(h.get("why")), "held back by the node")
                 self.skip(str(h.get("path")), f"{decimal(int(h.get('size') or 0))}, {why}")
         self.skipped_count += max(0, count - min(len(held), 20))
-        free = shutil.disk_usage(self.dest).free
-        if self.need + SPACE_MARGIN > free:
-            raise self._full(f"its {self.files} result file(s)", free)
+        with _ACTIVE_LOCK:
+            device = os.stat(self.dest).st_dev
+            others = sum(u.outstanding for u in _ACTIVE if os.stat(u.dest).st_dev == device)
+            free = shutil.disk_usage(self.dest).free - others
+            if self.need + SPACE_MARGIN > free:
+                raise self._full(f"its {self.files} result file(s)", max(free, 0))
+            _ACTIVE.add(self)
 
     def _filter(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         top = member.name.split("/", 1)[0]

@@ -288,7 +288,9 @@ def test_a_full_disk_during_collect_fails_the_run_naming_node_and_file_and_a_lat
     record = json.loads((runs / "full-collect" / "run.json").read_text())
     assert record["status"] == "failed"
     missing = [n for n in record["nodes"] if n["collect_error"]]
-    assert len(missing) == 1 and missing[0]["state"] == "succeeded", record["nodes"]
+    assert len(missing) == 1 and missing[0]["state"] == "succeeded", [
+        (n["name"], n["state"], n["collect_error"]) for n in record["nodes"]
+    ]
     name = missing[0]["name"]
     assert f"node {name!r}" in error and str(runs / "full-collect" / name) in error
     assert "more" in error and "collect full-collect" in error  # how much, and what to do
