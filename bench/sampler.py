@@ -1,4 +1,4 @@
-"""The node metrics sampler's own cost: CPU time of the real `workload/node/metrics.py` process
+"""The node metrics sampler's own cost: CPU time of the real `lepton_infra/node/metrics.py` process
 while it samples, as a share of one core (target: under 1 %).
 
     .venv/bin/python bench/sampler.py                      # 60 s at the default 5 s interval
@@ -19,7 +19,7 @@ import time
 
 from _bench import ROOT, parser, print_environment, scratch_dir
 
-SAMPLER = ROOT / "lepton_infra" / "workload" / "node" / "metrics.py"
+SAMPLER = ROOT / "lepton_infra" / "node" / "metrics.py"
 FAKE_NVML = ROOT / "tests" / "fixtures" / "fake_nvml"
 TICK = os.sysconf("SC_CLK_TCK")
 

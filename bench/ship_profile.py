@@ -31,7 +31,7 @@ from lepton_infra.workload.remote import AGENT_DIGEST, AGENT_SOURCE  # noqa: E40
 
 NODE_SIDE = """
 import io, json, os, sys, time
-from lepton_infra.workload.node import bootstrap
+from lepton_infra.node import bootstrap
 mode, stream_path, request_path = sys.argv[1:4]
 bootstrap.settle = bootstrap.settle if mode == "re-ship" else (lambda *a: None)
 request = json.loads(open(request_path).read())

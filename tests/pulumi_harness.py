@@ -80,6 +80,8 @@ class Recorded:
     depends_on: list[str] = field(default_factory=list)
     # The resource option `ignore_changes`, as the engine receives it (wire names).
     ignore_changes: list[str] = field(default_factory=list)
+    # The URN the engine gives it: its type prefixed by every ancestor's but the stack's.
+    urn: str = ""
 
 
 @dataclass
@@ -95,6 +97,13 @@ class Recorder(pulumi.runtime.Mocks):
     # A fresh GCP project: Compute Engine calls fail with SERVICE_DISABLED until a registered
     # `projects.Service` has turned the API on (tests set it, and reset it, around one build).
     fresh_gcp_project: bool = False
+    # Derive the mocks' made-up ids and addresses from each resource's type and name instead of
+    # its registration order, so a refactor that registers the same resources in another order
+    # sees the same inputs (the resource snapshot test sets it around its builds).
+    stable_ids: bool = False
+    pending_urns: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The mock monitor's URN of each registration -> the engine's (whose type names every ancestor).
+    engine_urns: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ queries for tests
     def of(self, typ: str) -> list[Recorded]:
@@ -120,6 +129,8 @@ class Recorder(pulumi.runtime.Mocks):
         inputs = _plain(dict(args.inputs))
         state: dict[str, Any] = dict(inputs)
         idx = len(self.resources)
+        if self.stable_ids:
+            idx = int(hashlib.sha256(f"{args.typ}|{args.name}".encode()).hexdigest()[:6], 16) % 240
         typ, name = args.typ, args.name
         rid = f"{name}-id"
         state.setdefault("name", f"{name}-{idx:07x}")
@@ -214,7 +225,10 @@ class Recorder(pulumi.runtime.Mocks):
             state["privateKeyPem"] = state["privateKeyOpenssh"]
         deps = self.pending_dependencies.pop((typ, name), [])
         ignores = self.pending_ignores.pop((typ, name), [])
-        self.resources.append(Recorded(typ, name, inputs, state, rid, args.provider or None, deps, ignores))
+        urn = self.pending_urns.pop((typ, name), "")
+        self.resources.append(
+            Recorded(typ, name, inputs, state, rid, args.provider or None, deps, ignores, urn)
+        )
         return rid, state
 
     def _refuse_eip_on_multi_interface_instance(self, inputs: dict[str, Any]) -> None:
@@ -318,6 +332,21 @@ MOCKS = Recorder()
 _register_resource = pulumi.runtime.mocks.MockMonitor.RegisterResource
 
 
+def _engine_urn(mocks: Recorder, monitor: Any, request: Any) -> str:
+    """The URN the Pulumi engine would give this registration. The mock monitor's own qualifies the
+    type with the parent's type only; the engine's with the parent's whole qualified type (every
+    ancestor but the root stack), which is what moving a resource under another component changes."""
+    mock_urn = monitor.make_urn(request.parent, request.type, request.name)
+    typ = request.type
+    parent = mocks.engine_urns.get(request.parent, "")
+    if parent:
+        typ = parent.split("::")[2] + "$" + typ
+    urn = "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), typ, request.name])
+    if request.type != "pulumi:pulumi:Stack":
+        mocks.engine_urns[mock_urn] = urn
+    return urn
+
+
 def _register_recording_dependencies(self: Any, request: Any) -> Any:
     """The mock monitor's RegisterResource, after noting the request's dependencies (URNs end in
     the logical name) for the `new_resource` call it makes with the same type and name."""
@@ -327,6 +356,7 @@ def _register_recording_dependencies(self: Any, request: Any) -> Any:
             {str(u).rsplit("::", 1)[-1] for u in request.dependencies}
         )
         mocks.pending_ignores[(request.type, request.name)] = list(request.ignoreChanges)
+        mocks.pending_urns[(request.type, request.name)] = _engine_urn(mocks, self, request)
     return _register_resource(self, request)
 
 
@@ -361,6 +391,7 @@ def build(
     by `fn` (e.g. ConfigError) propagate."""
     MOCKS.resources = []
     MOCKS.calls = []
+    MOCKS.engine_urns = {}
     install(MOCKS, stack=stack, config=config, preview=preview)
     box: dict[str, Any] = {}
 
@@ -373,6 +404,8 @@ def build(
 
     _run()
     rec = Recorder(
-        resources=list(MOCKS.resources), calls=list(MOCKS.calls), project_number=MOCKS.project_number
+        resources=list(MOCKS.resources),
+        calls=list(MOCKS.calls),
+        project_number=MOCKS.project_number,
     )
     return box, rec

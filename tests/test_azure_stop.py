@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from lepton_infra.components import azure_stop, cloudinit
+from lepton_infra.components import cloudinit
+from lepton_infra.node import azure_stop
 
 VM_ID = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Compute/virtualMachines/node-0"
 TOKEN = "token-of-the-vms-identity"

@@ -219,7 +219,7 @@ def test_a_wrong_signature_is_refused_by_the_check_the_fake_endpoint_makes(fake_
     """The signature check above can fail: a fetcher signing with another secret key is refused."""
     import urllib.error
 
-    from lepton_infra.components import aws_fetch_secret
+    from lepton_infra.node import aws_fetch_secret
 
     FakeAws.secret = "x"
     wrong = {**CREDS, "SecretAccessKey": "not-the-key"}

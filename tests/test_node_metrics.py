@@ -1,4 +1,4 @@
-"""The node metrics sampler (workload/node/metrics.py) run for real as a process, its summaries,
+"""The node metrics sampler (lepton_infra/node/metrics.py) run for real as a process, its summaries,
 straggler flags, cost, and the TensorBoard files made from its samples."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lepton_infra.errors import ConfigError
 from lepton_infra.inventory import Inventory, Price
 from lepton_infra.workload import cost, metrics, tensorboard
 
-SAMPLER = Path(metrics.__file__).parent / "node" / "metrics.py"
+SAMPLER = Path(metrics.__file__).parent.parent / "node" / "metrics.py"
 FAKE_NVML = Path(__file__).parent / "fixtures" / "fake_nvml"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lepton_infra.workload.node import agent
+from lepton_infra.node import agent
 
 AGENT = Path(agent.__file__)
 

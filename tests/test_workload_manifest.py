@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from lepton_infra.errors import ConfigError
+from lepton_infra.node import bootstrap
 from lepton_infra.workload.manifest import (
     IgnoreRules,
     build_manifest,
@@ -21,7 +22,6 @@ from lepton_infra.workload.manifest import (
     write_header,
     write_stream,
 )
-from lepton_infra.workload.node import bootstrap
 from lepton_infra.workload.runner import AGENT_DIGEST, AGENT_SOURCE
 
 

@@ -13,7 +13,6 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -43,6 +42,7 @@ from lepton_infra.components.common import (
 )
 from lepton_infra.components.pool import launch_nodes, node_host_keys, node_identities, pool_outputs
 from lepton_infra.errors import ConfigError
+from lepton_infra.node import source as node_source
 
 # AWS's public SSM parameter for the current PyTorch Deep Learning AMI (the image table's default row:
 # torch in /opt/pytorch/bin/python, which the inventory names).
@@ -535,7 +535,7 @@ def host_key_fetch(secret_arn: str) -> str:
 @functools.cache
 def _fetcher_source() -> str:
     """aws_fetch_secret.py without its docstrings (user data is limited to 16 KB)."""
-    tree = ast.parse(Path(__file__).with_name("aws_fetch_secret.py").read_text())
+    tree = ast.parse(node_source("aws_fetch_secret.py"))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ast
 import functools
 import shlex
-from pathlib import Path
+
+from lepton_infra.node import source
 
 
 def fetch_command(*args: str) -> str:
@@ -21,7 +22,7 @@ def fetch_command(*args: str) -> str:
 def node_script(filename: str) -> str:
     """A node-side script of this package without its docstrings and comments (cloud-init user data
     has size limits: 64 KB of custom data on Azure)."""
-    tree = ast.parse(Path(__file__).with_name(filename).read_text())
+    tree = ast.parse(source(filename))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):

@@ -28,10 +28,11 @@ from typing import IO, Any
 from lepton_infra.data.client_pins import PER_CLOUD, packages
 from lepton_infra.errors import NodeError
 from lepton_infra.inventory import Inventory
+from lepton_infra.node import source as node_source
 from lepton_infra.workload.group import NodeGroup, NodeRun
 from lepton_infra.workload.remote import inline_cmd, json_answer
 
-WHEELS_SOURCE = (Path(__file__).parent / "node" / "wheels.py").read_text(encoding="utf-8")
+WHEELS_SOURCE = node_source("wheels.py")
 DOWNLOAD_TIMEOUT_S = 900.0
 OLDEST_GLIBC_MINOR = 17  # manylinux2014: the oldest wheels the clients publish
 

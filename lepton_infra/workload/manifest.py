@@ -27,7 +27,7 @@ from typing import IO, Any
 import pathspec
 
 from lepton_infra.errors import ConfigError
-from lepton_infra.workload.node.bootstrap import BLOB_HEAD, MANIFEST_HEAD, PENDING_DIGEST, STREAM_MAGIC
+from lepton_infra.node.bootstrap import BLOB_HEAD, MANIFEST_HEAD, PENDING_DIGEST, STREAM_MAGIC
 
 IGNORE_FILE = ".leptonignore"
 ALWAYS_SKIPPED_ANYWHERE = frozenset({".git", "__pycache__"})

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lepton_infra.errors import ConfigError
+from lepton_infra.node import source as node_source
 
-SAMPLER_SOURCE = (Path(__file__).parent / "node" / "metrics.py").read_text(encoding="utf-8")
+SAMPLER_SOURCE = node_source("metrics.py")
 DEFAULT_EVERY_S = 5.0
 METRICS_FILE = "metrics.jsonl"  # under the node's logs/
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 from lepton_infra.errors import NodeError
+from lepton_infra.node import NODE_DIR
 from lepton_infra.workload.ssh import NodeConnection
 
-_NODE_CODE = Path(__file__).parent / "node"
+_NODE_CODE = NODE_DIR
 BOOTSTRAP_SOURCE = (_NODE_CODE / "bootstrap.py").read_text(encoding="utf-8")
 PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
 AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()

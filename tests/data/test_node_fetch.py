@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lepton_infra.data import open_store
-from lepton_infra.workload.node import upload as node_client
+from lepton_infra.node import upload as node_client
 
 
 def _dataset(root: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lepton_infra.data import NotCommitted, open_store
-from lepton_infra.workload.node import upload as node_upload
+from lepton_infra.node import upload as node_upload
 
 UPLOADER = Path(node_upload.__file__)
 
