@@ -1,18 +1,13 @@
 """The cloud-neutral components users build stacks from. Their args arrive valid (a `*Args` spec is
-validated when it is built, see `args`); each runs the cloud's own pool checks, then hands them to
-the per-cloud class (`AwsGpuVmPool`, `GcpObjectStore`, ...), imported only when that cloud
-is used, so an AWS stack never loads the GCP or Azure SDKs.
-
-Per-cloud module protocol (`lepton_infra.components.<cloud>`): classes `<Cloud>GpuVmPool`,
-`<Cloud>ObjectStore`, `<Cloud>JobQueue` (see `backend`), and optionally a function
-`check_pool_args(args: GpuVmPoolArgs) -> None` with the cloud's own checks (zone in region, image
-form, `network`/`identity` keys, ...), which registers nothing: the neutral layer runs it before a
-cluster registers its first resource, and `lepton_infra.config` before the program does."""
+validated when it is built, see `args`). Each picks its cloud's class (`cloud_classes`, imported only
+when that cloud is used, so an AWS stack never loads the GCP or Azure SDKs). A pool is planned once,
+before anything is registered (`CloudPool.plan`: the cloud's checks, catalog row, zone, image), and
+that plan is handed down, so a bad zone or image fails the whole cluster up front."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, NamedTuple, Protocol
 
 import pulumi
 import pulumi_tls as tls
@@ -21,9 +16,7 @@ from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
 from lepton_infra.components.common import PoolNode, child, inventory_json, price_doc, unwrap
 from lepton_infra.components.images import python_for
-from lepton_infra.components.pool import pool_outputs
-
-_PREFIX = {"aws": "Aws", "gcp": "Gcp", "azure": "Azure"}
+from lepton_infra.components.pool import PoolPlan, pool_outputs
 
 
 class StoreLike(Protocol):
@@ -39,34 +32,67 @@ class PoolLike(Protocol):
     nodes: list[PoolNode]
 
 
-def check_pool_args(args: GpuVmPoolArgs) -> None:
-    """The cloud module's own pool checks (if it has any), run before anything is registered, so a
-    bad zone or image fails the whole cluster up front instead of after its store and queue."""
-    module = importlib.import_module(f"lepton_infra.components.{args.cloud}")
-    check = getattr(module, "check_pool_args", None)
+class CloudClasses(NamedTuple):
+    """One cloud's public component classes."""
+
+    pool: Any  # a `CloudPool` component class
+    store: Any
+    queue: Any
+
+
+def cloud_classes(cloud: str) -> CloudClasses:
+    """The component classes of `cloud`, imported here and only here, when first used."""
+    if cloud == "aws":
+        from lepton_infra.components import aws
+
+        return CloudClasses(aws.AwsGpuVmPool, aws.AwsObjectStore, aws.AwsJobQueue)
+    if cloud == "gcp":
+        from lepton_infra.components import gcp
+
+        return CloudClasses(gcp.GcpGpuVmPool, gcp.GcpObjectStore, gcp.GcpJobQueue)
+    if cloud == "azure":
+        from lepton_infra.components import azure
+
+        return CloudClasses(azure.AzureGpuVmPool, azure.AzureObjectStore, azure.AzureJobQueue)
+    raise ValueError(f"no such cloud: {cloud!r}")  # args.check_cloud admits only the three
+
+
+def plan_pool(name: str, args: GpuVmPoolArgs) -> PoolPlan[Any] | None:
+    """The pool's plan by its cloud (checks included); registers nothing and calls no cloud API,
+    so `lepton_infra.config` runs it before the program does."""
+    pool = cloud_classes(args.cloud).pool
+    if hasattr(pool, "plan"):
+        return pool.plan(name, args)  # type: ignore[no-any-return]
+    import importlib  # TRANSITIONAL: clouds not yet on the CloudPool protocol
+
+    check = getattr(importlib.import_module(f"lepton_infra.components.{args.cloud}"), "check_pool_args", None)
     if check is not None:
         check(args)
+    return None
 
 
-def node_region(args: GpuVmPoolArgs) -> pulumi.Input[str]:
-    """The region the nodes run in, resolved as the cloud's pool resolves it (`region`, else the
-    provider's), for the inventory: the nodes' store and queue clients need it."""
-    module = importlib.import_module(f"lepton_infra.components.{args.cloud}")
-    if args.cloud == "gcp":
-        return str(module.resolve_region(args.region, args.zone))
-    if args.cloud == "azure":
+def check_pool_args(args: GpuVmPoolArgs) -> None:
+    """The cloud's own pool checks (zone in region, image form, `network`/`identity` keys, ...)."""
+    plan_pool("check", args)
+
+
+def node_region(args: GpuVmPoolArgs, plan: PoolPlan[Any] | None) -> pulumi.Input[str]:
+    """The region the nodes run in, for the inventory (the nodes' store and queue clients need it):
+    the plan's, else (AWS without `region`) the provider's."""
+    if plan is not None and plan.region:
+        return plan.region
+    if plan is None and args.cloud in ("gcp", "azure"):  # TRANSITIONAL
+        import importlib
+
+        module = importlib.import_module(f"lepton_infra.components.{args.cloud}")
+        if args.cloud == "gcp":
+            return str(module.resolve_region(args.region, args.zone))
         return str(module.resolve_location(args.region))
     if args.region:
         return args.region
     import pulumi_aws as aws
 
     return aws.get_region_output().region
-
-
-def backend(cloud: str, kind: str) -> Any:
-    """The per-cloud class `kind` ("GpuVmPool", "ObjectStore", "JobQueue") of `cloud`."""
-    module = importlib.import_module(f"lepton_infra.components.{cloud}")
-    return getattr(module, f"{_PREFIX[cloud]}{kind}")
 
 
 class ObjectStore(pulumi.ComponentResource):
@@ -77,7 +103,7 @@ class ObjectStore(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("lepton:storage:ObjectStore", name, None, opts)
-        self.impl = backend(args.cloud, "ObjectStore")(name, args, child(self))
+        self.impl = cloud_classes(args.cloud).store(name, args, child(self))
         self.url = self.impl.url
         self.register_outputs({"url": self.url})
 
@@ -91,7 +117,7 @@ class JobQueue(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: JobQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("lepton:queue:JobQueue", name, None, opts)
-        self.impl = backend(args.cloud, "JobQueue")(name, args, child(self))
+        self.impl = cloud_classes(args.cloud).queue(name, args, child(self))
         self.url = self.impl.url
         self.dead_letter_url = self.impl.dead_letter_url
         self.register_outputs({"url": self.url, "dead_letter_url": self.dead_letter_url})
@@ -113,13 +139,17 @@ class GpuVmPool(pulumi.ComponentResource):
         *,
         store: Any = None,
         queue: Any = None,
+        plan: PoolPlan[Any] | None = None,
     ) -> None:
         self.entry = args.validate()  # the catalog row (the spec is already valid)
-        check_pool_args(args)
+        plan = plan or plan_pool(name, args)
         super().__init__("lepton:compute:GpuVmPool", name, None, opts)
-        self.impl = backend(args.cloud, "GpuVmPool")(
-            name, args, child(self), store=unwrap(store), queue=unwrap(queue)
-        )
+        pool = cloud_classes(args.cloud).pool
+        cloud_opts = child(self)
+        if plan is not None:
+            self.impl = pool(name, args, cloud_opts, store=unwrap(store), queue=unwrap(queue), plan=plan)
+        else:  # TRANSITIONAL
+            self.impl = pool(name, args, cloud_opts, store=unwrap(store), queue=unwrap(queue))
         self.nodes = self.impl.nodes
         self.register_outputs(pool_outputs(self.nodes))
 
@@ -144,10 +174,10 @@ class TrainingCluster(pulumi.ComponentResource):
         self, name: str, args: TrainingClusterArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         entry = args.validate()  # the catalog row; the spec itself was validated when built
-        check_pool_args(args.pool_args())
-        super().__init__("lepton:index:TrainingCluster", name, None, opts)
         cluster = args.cluster or name
         env = args.env or pulumi.get_stack()
+        plan = plan_pool(f"{name}-pool", args.with_values(cluster=cluster, env=env).pool_args())
+        super().__init__("lepton:index:TrainingCluster", name, None, opts)
 
         self.login_key = None
         self.private_key = None
@@ -164,8 +194,10 @@ class TrainingCluster(pulumi.ComponentResource):
 
         self.store = ObjectStore(f"{name}-store", args.store_args(), child(self)) if args.store else None
         self.queue = JobQueue(f"{name}-queue", args.queue_args(), child(self)) if args.queue else None
+        if plan is not None:  # the plan with the login key, which exists only now
+            plan = dataclasses.replace(plan, args=args.pool_args())
         self.pool = GpuVmPool(
-            f"{name}-pool", args.pool_args(), child(self), store=self.store, queue=self.queue
+            f"{name}-pool", args.pool_args(), child(self), store=self.store, queue=self.queue, plan=plan
         )
 
         self.store_url = self.store.url if self.store else None
@@ -184,7 +216,7 @@ class TrainingCluster(pulumi.ComponentResource):
             python=python_for(args.cloud, args.image, args.python),
             jump=args.jump,
             price=price_doc(entry, args.spot),
-            region=node_region(args),
+            region=node_region(args, plan),
         )
         outputs: dict[str, Any] = {
             "inventory": self.inventory,
