@@ -25,8 +25,9 @@ BOOTSTRAP_MODULE = _BOOTSTRAP.name
 PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
 AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
-# Sent inside the launch spec; the agent runs it when the job ends (results to the store).
-UPLOADER_SOURCE = (_NODE_CODE / "upload.py").read_text(encoding="utf-8")
+# Sent inside the launch spec (one bundle of node/upload/); the agent runs it when the job ends
+# (results to the store) and writes it beside the run for the job's `fetch`.
+UPLOADER_SOURCE = bundle("upload", "lepton_upload").source
 NO_SUCH_RUN = "no such run on this node"
 
 
