@@ -40,11 +40,13 @@ class Bundle:
     source: str
 
 
-def bundle(package: str, prefix: str) -> Bundle:
-    """The bundle of the node-side package `lepton_infra/node/<package>/` (flat: its *.py only)."""
-    sources = {
-        path.stem: path.read_text(encoding="utf-8") for path in sorted((NODE_DIR / package).glob("*.py"))
-    }
+def bundle(package: str | Path, prefix: str) -> Bundle:
+    """The bundle of the node-side package `lepton_infra/node/<package>/` (or of the folder
+    `package`, a Path); flat: its *.py only, no subpackages."""
+    folder = NODE_DIR / package  # an absolute Path stays itself
+    sources = {path.stem: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.py"))}
+    if "__init__" not in sources:
+        raise ValueError(f"{folder} is not a package (no __init__.py): nothing to bundle")
     loader = source("loader.py")
     hasher = hashlib.sha256(loader.encode())
     for module, text in sources.items():

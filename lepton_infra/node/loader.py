@@ -54,13 +54,22 @@ class _Bundled:
         return None if key is None else self.sources[key]
 
 
+def _print_exception(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    """The interpreter's own hook reads a traceback's lines from files; `traceback` asks the
+    module's loader (`get_source`), so a bundled module's failing line is shown too."""
+    import traceback
+
+    traceback.print_exception(kind, value, tb)  # type: ignore[arg-type]
+
+
 def _open_bundle(package: str, sources: dict[str, str], namespace: dict[str, object]) -> None:
     """Import `package` from `sources`; run as a program (`python -c`, `python FILE`) it calls the
     package's `main(sys.argv)` and exits with its status; imported as a module, that module gets
     the package's public names (its `__all__`)."""
     if not any(getattr(f, "package", None) == package for f in sys.meta_path):
         sys.meta_path.insert(0, _Bundled(package, sources))  # type: ignore[arg-type]
-    module = __import__(package)
     if namespace.get("__name__") == "__main__":
-        sys.exit(module.main(sys.argv))
+        sys.excepthook = _print_exception
+        sys.exit(__import__(package).main(sys.argv))
+    module = __import__(package)
     namespace.update({name: getattr(module, name) for name in getattr(module, "__all__", ())})
