@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType, TracebackType
+
 
 class _Bundled:
     """Finder and loader of one package whose module sources are held in memory. `sources`
@@ -29,20 +34,19 @@ class _Bundled:
         parent, _, name = fullname.rpartition(".")
         return name if parent == self.package and name in self.sources else None
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
         key = self._key(fullname)
         if key is None:
             return None
         from importlib.machinery import ModuleSpec
 
-        return ModuleSpec(fullname, self, is_package=key == "__init__")
+        return ModuleSpec(fullname, self, is_package=key == "__init__")  # type: ignore[arg-type]  # a Loader by protocol
 
-    def create_module(self, spec: object) -> None:
+    def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module object
 
-    def exec_module(self, module: object) -> None:
-        name: str = module.__name__  # type: ignore[attr-defined]
-        key = self._key(name)
+    def exec_module(self, module: ModuleType) -> None:
+        key = self._key(module.__name__)
         # Not inside angle brackets: linecache then asks get_source for a traceback's lines.
         filename = f"{self.package}/{key}.py"
         # dont_inherit: this file's `from __future__` flags are not the module's.
@@ -54,12 +58,12 @@ class _Bundled:
         return None if key is None else self.sources[key]
 
 
-def _print_exception(kind: type[BaseException], value: BaseException, tb: object) -> None:
+def _print_exception(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     """The interpreter's own hook reads a traceback's lines from files; `traceback` asks the
     module's loader (`get_source`), so a bundled module's failing line is shown too."""
     import traceback
 
-    traceback.print_exception(kind, value, tb)  # type: ignore[arg-type]
+    traceback.print_exception(kind, value, tb)
 
 
 def _open_bundle(package: str, sources: dict[str, str], namespace: dict[str, object]) -> None:

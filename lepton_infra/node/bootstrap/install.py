@@ -25,7 +25,7 @@ def install_self(asked: Any) -> None:
     `{"name": <package>}`) and it runs from a bundle (its sources in memory); best effort, and
     atomic: the package directory appears whole (a rename) or not at all."""
     package = __package__ or ""
-    sources = getattr(__loader__, "sources", None)  # the bundle's loader holds them
+    sources = getattr(globals().get("__loader__"), "sources", None)  # the bundle's loader holds them
     if not isinstance(asked, dict) or asked.get("name") != package or not _NAME.match(package):
         return
     if not isinstance(sources, dict):
