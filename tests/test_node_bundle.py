@@ -72,18 +72,16 @@ def _package(root: Path, helper: str) -> Path:
 HELPER = "def shout(word):\n    if word == 'boom':\n        raise ValueError('no ' + word)\n    return word.upper()\n"
 
 
-def test_a_bundle_runs_as_one_source_and_imports_as_one_file(tmp_path: Path) -> None:
+def test_a_bundle_runs_as_one_source_or_one_file_and_imports_as_one_file(tmp_path: Path) -> None:
     made = bundle(_package(tmp_path / "pkg", HELPER), "tiny")
-    ran = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", made.source, "hello", "3"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert (ran.returncode, ran.stdout) == (3, "HELLO\n"), ran.stderr
-
     as_file = tmp_path / "client.py"
     as_file.write_text(made.source)
+    for program in (["-c", made.source], [str(as_file)]):  # as the bootstrap and uploader; as a shipped file
+        ran = subprocess.run(
+            [sys.executable, "-I", "-S", *program, "hello", "3"], capture_output=True, text=True, timeout=30
+        )
+        assert (ran.returncode, ran.stdout) == (3, "HELLO\n"), ran.stderr
+
     code = (
         "import importlib.util, sys; s = importlib.util.spec_from_file_location('c', sys.argv[1]);"
         " m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.shout('x'), hasattr(m, 'main'))"
