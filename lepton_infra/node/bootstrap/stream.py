@@ -74,7 +74,7 @@ class Receiver:
         self.by_digest = by_digest(manifest.get("files", {}))
         self.pending = [(str(rel), int(mode)) for rel, mode in manifest.get("pending", [])]
         self.placed: set[str] = set()
-        # Known sizes (prepare checked them against the cache) spare `_finish` a stat per blob.
+        # Known sizes (prepare checked them against the cache) spare `commands._finish` a stat per blob.
         self.sizes: dict[str, int] = dict(sizes or {})
         self.received = 0
         self.bytes = 0
