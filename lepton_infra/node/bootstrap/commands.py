@@ -14,7 +14,6 @@ from . import spares
 from .cache import cache_dir, cached, lepton_home
 from .files import copy_file, rmtree, run_mode, umask
 from .install import install_self
-from .relay import BlobServer, fetch_blobs
 from .stream import Receiver, read_header
 from .tree import check_manifest, tree_id
 
@@ -109,6 +108,8 @@ def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = Tru
     relayed = 0
     if manifest.get("fetch"):
         before = receiver.bytes
+        from .relay import fetch_blobs  # a relayed ship only: most commands never load it
+
         fetch_blobs(receiver, manifest["fetch"])
         relayed = receiver.bytes - before
     return _finish(run_dir, manifest, receiver, relayed, settle_in_background)
@@ -118,6 +119,8 @@ def serve(run_dir: str, request: dict[str, Any]) -> dict[str, Any]:
     """Start node 0's blob server for a run whose tree is already in place (nothing was sent to
     node 0, but other nodes lack blobs): answers the port, serves from a detached process."""
     check_manifest(request)
+    from .relay import BlobServer
+
     server = BlobServer.start(os.path.join(run_dir, "workload"), request, request["serve"])
     spares.detach(server.run)
     return {"serve": {"port": server.port}}
@@ -173,7 +176,11 @@ def _finish(
         "tree": tid,
         **counts,
     }
-    server = BlobServer.start(workload, manifest, manifest["serve"]) if manifest.get("serve") else None
+    server = None
+    if manifest.get("serve"):
+        from .relay import BlobServer
+
+        server = BlobServer.start(workload, manifest, manifest["serve"])
     if server is not None:
         answer["serve"] = {"port": server.port}
 
