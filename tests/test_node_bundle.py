@@ -49,7 +49,7 @@ def test_the_first_prepare_runs_inline_and_installs_the_bootstrap_for_the_next_c
     assert second["exists"] is True
     # The second command imported the installed package from its files: bytecode now cached.
     cached = {p.name.split(".")[0] for p in (installed / "__pycache__").glob("*.pyc")}
-    assert cached == {name.removesuffix(".py") for name in shipped}
+    assert {"__init__", "commands", "stream"} <= cached <= {name.removesuffix(".py") for name in shipped}
 
 
 def test_prepare_installs_only_the_version_it_was_asked_for(tmp_path: Path) -> None:
