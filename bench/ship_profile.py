@@ -33,7 +33,7 @@ NODE_SIDE = """
 import io, json, os, sys, time
 from lepton_infra.node import bootstrap
 mode, stream_path, request_path = sys.argv[1:4]
-bootstrap.settle = bootstrap.settle if mode == "re-ship" else (lambda *a: None)
+bootstrap.spares.settle = bootstrap.spares.settle if mode == "re-ship" else (lambda *a: None)
 request = json.loads(open(request_path).read())
 if mode == "receive":
     run = bootstrap.prepare({"run_id": "r", "blobs": {}})["run_dir"]

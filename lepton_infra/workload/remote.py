@@ -1,8 +1,9 @@
 """The commands the controller sends to a node, and how their answers are read.
 
-Three node-side programs exist, both standard library only (a node has no `lepton_infra`):
-`node/bootstrap.py` and `node/preflight.py`, sent inline as `python -c SOURCE` because they must
-work before anything was shipped (preflight, prepare, receive), and `node/agent.py`, shipped with each run into
+Three node-side programs exist, all standard library only (a node has no `lepton_infra`):
+`node/bootstrap/` (one bundle of modules, see `lepton_infra.node.bundle`) and `node/preflight.py`,
+sent inline as `python -c SOURCE` because they must work before anything was shipped (preflight,
+prepare, receive), and `node/agent.py`, shipped with each run into
 `~/.lepton/runs/<run-id>/.agent/` (launch, status, cancel, pack). Each answers one JSON object on
 the last line of stdout."""
 
@@ -14,16 +15,19 @@ import shlex
 from typing import Any
 
 from lepton_infra.errors import NodeError
-from lepton_infra.node import NODE_DIR
+from lepton_infra.node import NODE_DIR, bundle
 from lepton_infra.workload.ssh import NodeConnection
 
 _NODE_CODE = NODE_DIR
-BOOTSTRAP_SOURCE = (_NODE_CODE / "bootstrap.py").read_text(encoding="utf-8")
+_BOOTSTRAP = bundle("bootstrap", "lepton_bootstrap")
+BOOTSTRAP_SOURCE = _BOOTSTRAP.source
+BOOTSTRAP_MODULE = _BOOTSTRAP.name
 PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
 AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
-# Sent inside the launch spec; the agent runs it when the job ends (results to the store).
-UPLOADER_SOURCE = (_NODE_CODE / "upload.py").read_text(encoding="utf-8")
+# Sent inside the launch spec (one bundle of node/upload/); the agent runs it when the job ends
+# (results to the store) and writes it beside the run for the job's `fetch`.
+UPLOADER_SOURCE = bundle("upload", "lepton_upload").source
 NO_SUCH_RUN = "no such run on this node"
 
 
@@ -32,26 +36,27 @@ def remote_run_dir(run_id: str) -> str:
     return '"$HOME"/.lepton/runs/' + shlex.quote(run_id)
 
 
-BOOTSTRAP_MODULE = "lepton_bootstrap_" + hashlib.sha256(BOOTSTRAP_SOURCE.encode()).hexdigest()[:16]
-_BOOTSTRAP_STUB = f"import sys; sys.path.insert(0, sys.argv.pop(1)); import {BOOTSTRAP_MODULE} as b; sys.exit(b.main(sys.argv))"
+_BOOTSTRAP_STUB = f"import sys; sys.path.insert(0, sys.argv.pop(1)); from {BOOTSTRAP_MODULE} import main; sys.exit(main(sys.argv))"
 
 
 def bootstrap_cmd(python: str, *args: str) -> str:
-    """The bootstrap on the node: once `prepare` has installed this version as a module under
-    ~/.lepton/bin, it is imported from there (its bytecode cached, nothing to compile); before
-    that, the source goes inline. `-S`: it is standard library only, so the interpreter skips
+    """The bootstrap on the node, one command either way: once `prepare` has installed this
+    version as the package ~/.lepton/bin/<BOOTSTRAP_MODULE>/ (its name is the digest of all its
+    modules), it is imported from there (bytecode cached, nothing to compile); before that, the
+    whole bundle goes inline. `-S`: it is standard library only, so the interpreter skips
     site-packages and their .pth files (a tenth of a second each start on a loaded node)."""
     py, rest = shlex.quote(python), " ".join(map(shlex.quote, args))
     return (
-        f'D="$HOME"/.lepton/bin; if [ -f "$D/{BOOTSTRAP_MODULE}.py" ]; '
+        f'D="$HOME"/.lepton/bin; if [ -f "$D/{BOOTSTRAP_MODULE}/__init__.py" ]; '
         f'then exec {py} -S -c {shlex.quote(_BOOTSTRAP_STUB)} "$D" {rest}; '
         f"else exec {py} -S -c {shlex.quote(BOOTSTRAP_SOURCE)} {rest}; fi"
     )
 
 
 def bootstrap_install() -> dict[str, str]:
-    """What `prepare` needs to install this bootstrap version as a module (see bootstrap_cmd)."""
-    return {"name": BOOTSTRAP_MODULE, "source": BOOTSTRAP_SOURCE}
+    """Asks `prepare` to install this bootstrap version (see bootstrap_cmd). The inline bundle
+    installs itself from the sources it carries: nothing more is sent."""
+    return {"name": BOOTSTRAP_MODULE}
 
 
 CANCELLED_WHILE_SHIPPING = "cancelled while shipping"

@@ -14,6 +14,7 @@ import pytest
 
 from lepton_infra.data import open_store
 from lepton_infra.node import upload as node_client
+from lepton_infra.workload.remote import UPLOADER_SOURCE
 
 
 def _dataset(root: Path) -> Path:
@@ -59,6 +60,9 @@ def test_file_fetch_needs_only_the_standard_library(tmp_path: Path) -> None:
     root = tmp_path / "store"
     root.mkdir()
     open_store(f"file://{root}").upload_dir(_dataset(tmp_path / "local"), "d")
+    # The bundle as the agent writes it beside the run ($LEPTON_STORE_CLIENT) and train.py imports it.
+    client = tmp_path / ".store_client.py"
+    client.write_text(UPLOADER_SOURCE)
     code = (
         "import importlib.util, sys; s = importlib.util.spec_from_file_location('c', sys.argv[1]);"
         " m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.fetch(sys.argv[2], sys.argv[3]))"
@@ -70,7 +74,7 @@ def test_file_fetch_needs_only_the_standard_library(tmp_path: Path) -> None:
             "-S",
             "-c",
             code,
-            node_client.__file__,
+            str(client),
             f"file://{root}/d",
             str(tmp_path / "c"),
         ],

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from lepton_infra.data import NotCommitted, open_store
-from lepton_infra.node import upload as node_upload
+from lepton_infra.workload.remote import UPLOADER_SOURCE
 
-UPLOADER = Path(node_upload.__file__)
+# As the agent runs it: the whole bundle (node/upload/'s modules in one source) on the command line.
+UPLOADER = ["-c", UPLOADER_SOURCE]
 
 
 def _run_dir(root: Path) -> Path:
@@ -38,7 +39,7 @@ def test_node_upload_is_read_back_verified_by_the_controller(store_url: str, tmp
         "missing=/nope",
     ]
     done = subprocess.run(
-        [sys.executable, *flags, str(UPLOADER), store_url, "runs/r1/node-0", *args],
+        [sys.executable, *flags, *UPLOADER, store_url, "runs/r1/node-0", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -66,7 +67,7 @@ def test_node_upload_to_a_missing_store_dir_fails_and_commits_nothing(tmp_path: 
     run = _run_dir(tmp_path / "run")
     url = f"file://{tmp_path / 'nostore'}"
     done = subprocess.run(
-        [sys.executable, "-I", "-S", str(UPLOADER), url, "runs/r1/node-0", f"output={run / 'output'}"],
+        [sys.executable, "-I", "-S", *UPLOADER, url, "runs/r1/node-0", f"output={run / 'output'}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -81,7 +82,7 @@ def test_node_upload_to_a_missing_store_dir_fails_and_commits_nothing(tmp_path: 
 def _upload(store_url: str, *argv: str) -> None:
     flags = ["-I", "-S"] if store_url.startswith("file://") else []
     done = subprocess.run(
-        [sys.executable, *flags, str(UPLOADER), *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, *flags, *UPLOADER, *argv], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
