@@ -43,11 +43,12 @@ def node_instance_args(
     user_data: pulumi.Input[str],
     subnet_id: pulumi.Input[str],
     security_group_id: pulumi.Input[str],
-    efa: tuple[ec2.PlacementGroup, ec2.LaunchTemplate] | None,
+    placement_group: ec2.PlacementGroup | None,
+    launch_template: ec2.LaunchTemplate | None,
 ) -> ec2.InstanceArgs:
     """Node `i`'s instance args: the secure defaults, its identity, cloud-init and tags, and either
-    the pool's subnet and security group or (EFA types, `efa`) its placement group and launch
-    template, with `extra` merged in last."""
+    the pool's subnet and security group or (EFA types) its placement group and launch template,
+    with `extra` merged in last."""
     spec = instance_spec(plan.args, plan.entry, ami=ami, public=plan.public)
     spec.update(
         iam_instance_profile=profile,
@@ -55,12 +56,14 @@ def node_instance_args(
         tags={**plan.node_tags, "Name": f"{plan.cluster}-node-{i}"},
         volume_tags=dict(plan.tags),
     )
-    if efa is not None:
+    if launch_template is not None and placement_group is not None:
         # The template's EFA interfaces carry the subnet and security group; an instance with
         # several network cards cannot be given a public IP at launch (`efa_public_address`).
-        group, template = efa
         del spec["associate_public_ip_address"]
-        spec.update(launch_template={"id": template.id, "version": "$Latest"}, placement_group=group.name)
+        spec.update(
+            launch_template={"id": launch_template.id, "version": "$Latest"},
+            placement_group=placement_group.name,
+        )
     else:
         spec.update(subnet_id=subnet_id, vpc_security_group_ids=[security_group_id])
     return instance_args(merge_extra(spec, plan.args.extra))

@@ -78,11 +78,10 @@ class AwsGpuVmPool(pulumi.ComponentResource):
     def plan(cls, name: str, args: GpuVmPoolArgs) -> PoolPlan[aws_plan.AwsPlan]:
         return aws_plan.plan(name, args)
 
-    def network(self, plan: PoolPlan[aws_plan.AwsPlan]) -> None:  # type: ignore[override]
+    def network(self, plan: PoolPlan[aws_plan.AwsPlan]) -> None:
         """The zone, the network and, for EFA types, the placement group and EFA launch template."""
         self.zone = pool_zone(plan, parent=self)
-        # From here on `self.network` is the network itself (what users and tests read).
-        self.network = AwsNetwork(  # type: ignore[assignment,method-assign]
+        network = AwsNetwork(
             f"{plan.name}-net",
             allowed_ssh_cidrs=plan.ssh_sources,
             public=plan.public,
@@ -93,7 +92,9 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             private_egress=plan.args.private_egress,
             opts=child(self),
         )
-        self.placement_group, self.launch_template = efa_placement(plan, self.network, parent=self)
+        # From here on `self.network` is the network itself (what users and tests read).
+        self.network = network  # type: ignore[assignment,method-assign]
+        self.placement_group, self.launch_template = efa_placement(plan, network, parent=self)
 
     def secrets(self, plan: PoolPlan[aws_plan.AwsPlan], host_keys: Sequence[tls.PrivateKey]) -> None:
         """Each node's host key in Secrets Manager; a shared existing role is admitted to their KMS key."""
@@ -152,7 +153,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         if self.image is None:  # looked up for the first node, booted by all
             self.image = node_image(plan, parent=self)
         identity, secrets = self.identities[i], self.host_key_secrets
-        efa = (self.placement_group, self.launch_template) if self.launch_template is not None else None
+        network: AwsNetwork = self.network  # type: ignore[assignment]  # set by the `network` hook
         # The node reads its key at first boot: the value and the grant exist before it starts.
         ready: list[pulumi.Resource] = [secrets.versions[i], *secrets.policies[i : i + 1]]
         if identity.policy is not None:
@@ -165,16 +166,17 @@ class AwsGpuVmPool(pulumi.ComponentResource):
                 ami=self.image.ami,
                 profile=identity.instance_profile_name,
                 user_data=user_data,
-                subnet_id=self.network.subnet_id,
-                security_group_id=self.network.security_group.id,
-                efa=efa,  # type: ignore[arg-type]
+                subnet_id=network.subnet_id,
+                security_group_id=network.security_group.id,
+                placement_group=self.placement_group,
+                launch_template=self.launch_template,
             ),
             opts=child(self, depends_on=ready, ignore_changes=self.image.ignore_changes),
         )
         self.instances.append(instance)
         if not plan.public:
             return instance.private_ip, instance.private_ip
-        if efa is None:
+        if self.launch_template is None:
             return instance.public_ip, instance.private_ip
         self.addresses.append(efa_public_address(plan, i, instance, parent=self))
         return self.addresses[-1].public_ip, instance.private_ip
