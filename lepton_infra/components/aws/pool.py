@@ -76,6 +76,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
 
     @classmethod
     def plan(cls, name: str, args: GpuVmPoolArgs) -> PoolPlan[aws_plan.AwsPlan]:
+        """AWS's checks and decisions (`aws.plan`); registers nothing, calls no AWS API."""
         return aws_plan.plan(name, args)
 
     def network(self, plan: PoolPlan[aws_plan.AwsPlan]) -> None:
@@ -114,6 +115,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         )
 
     def identity(self, plan: PoolPlan[aws_plan.AwsPlan], i: int | None) -> AwsNodeIdentity:
+        """Node `i`'s role allowed the store, the queue and its own host key; or the existing profile."""
         if i is None:
             return AwsNodeIdentity(
                 f"{plan.name}-identity",
@@ -150,6 +152,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
     def launch(
         self, plan: PoolPlan[aws_plan.AwsPlan], i: int, user_data: pulumi.Output[str]
     ) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
+        """Node `i`'s instance, started only once its host key and its grant exist."""
         if self.image is None:  # looked up for the first node, booted by all
             self.image = node_image(plan, parent=self)
         identity, secrets = self.identities[i], self.host_key_secrets
@@ -182,4 +185,5 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         return self.addresses[-1].public_ip, instance.private_ip
 
     def own_outputs(self, plan: PoolPlan[aws_plan.AwsPlan]) -> Mapping[str, Any]:
+        """The instance type and the zone (None: an existing subnet's own)."""
         return {"instance_type": plan.entry.instance_type, "zone": self.zone}
