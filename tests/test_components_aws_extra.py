@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from lepton_infra.components import aws
 from lepton_infra.components.args import GpuVmPoolArgs, JobQueueArgs, ObjectStoreArgs, TrainingClusterArgs
+from lepton_infra.components.aws import plan as aws_plan
 from lepton_infra.components.cloudinit import render_cloud_init
 from lepton_infra.components.neutral import TrainingCluster
 from lepton_infra.errors import ConfigError
@@ -88,6 +89,25 @@ def test_training_cluster_region_reaches_the_aws_resources() -> None:
     assert {r.inputs.get("region") for r in regional(rec)} == {"us-east-2"}
     (inst,) = rec.of(INSTANCE)
     assert inst.inputs["instanceType"] == "g6.xlarge"
+
+
+def test_a_cluster_checks_its_aws_arguments_once_and_looks_up_image_and_zone_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The AWS checks ran twice per cluster (the neutral layer's, then the pool's own); the cluster's
+    one plan is now handed down, and the AMI and zone are looked up once for all its nodes."""
+    zone_checks: list[Any] = []
+    real_check = aws_plan.check_zone
+    monkeypatch.setattr(aws_plan, "check_zone", lambda *a: zone_checks.append(a) or real_check(*a))
+    args = TrainingClusterArgs(
+        cloud="aws", accelerator="T4", nodes=3, allowed_ssh_cidrs=["203.0.113.0/24"], ssh_public_key=PUBKEY
+    )
+    _, rec = harness.build(lambda: {"inventory": TrainingCluster("c", args).inventory})
+    assert len(rec.of(INSTANCE)) == 3
+    assert zone_checks == [(None, "us-east-1")]  # no zone given; the provider's region
+    invokes = [token for token, _ in rec.calls]
+    assert invokes.count(SSM) == 1
+    assert invokes.count("aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings") == 1
 
 
 def test_an_ami_id_image_is_used_as_is_without_a_lookup() -> None:
