@@ -74,7 +74,8 @@ chaos: setup
 lint: setup
 	$(VENV)/bin/ruff check lepton_infra tests workloads bench policy __main__.py
 	$(VENV)/bin/ruff format --check lepton_infra tests workloads bench policy __main__.py
-	$(VENV)/bin/pylint --score=n lepton_infra  # copied code only: see [tool.pylint] in pyproject.toml
+	$(VENV)/bin/pylint --score=n --recursive=y lepton_infra tests bench policy workloads __main__.py  # copied code only, whole repo: see [tool.pylint] in pyproject.toml
+	$(PY) -m lepton_infra.provider.generate --check  # the component package's inputs.py matches the *Args models
 
 # Boot one cloud's nodes from their rendered user data beside emulated cloud services, check the first
 # boot, train on them, trip the watchdog (root; console logs kept under .lepton/rehearsal/runs/).

@@ -409,3 +409,22 @@ def build(
         project_number=MOCKS.project_number,
     )
     return box, rec
+
+
+# The demo pool/cluster the graph tests build, spelled once (a new required field changes one place).
+DEMO_REGION = {"aws": "us-east-1", "gcp": "us-central1", "azure": "eastus"}
+
+
+def demo_spec(cloud: str, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of the tests' demo spec on `cloud`: 2 x T4 in the cloud's demo region, SSH
+    from a documentation range, cluster `demo`, env `dev`; `overrides` on top."""
+    return {
+        "cloud": cloud,
+        "accelerator": "T4",
+        "nodes": 2,
+        "region": DEMO_REGION[cloud],
+        "allowed_ssh_cidrs": ["203.0.113.0/24"],
+        "cluster": "demo",
+        "env": "dev",
+        **overrides,
+    }

@@ -23,18 +23,7 @@ INSTANCE = "aws:ec2/instance:Instance"
 
 
 def pool_args(**overrides: Any) -> GpuVmPoolArgs:
-    base: dict[str, Any] = {
-        "cloud": "aws",
-        "accelerator": "T4",
-        "nodes": 2,
-        "region": "us-east-1",
-        "allowed_ssh_cidrs": ["203.0.113.0/24"],
-        "ssh_public_key": PUBKEY,
-        "cluster": "demo",
-        "env": "dev",
-    }
-    base.update(overrides)
-    return GpuVmPoolArgs(**base)
+    return GpuVmPoolArgs(**harness.demo_spec("aws", ssh_public_key=PUBKEY, **overrides))
 
 
 def build_pool(**overrides: Any) -> tuple[dict[str, Any], harness.Recorder]:

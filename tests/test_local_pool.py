@@ -26,17 +26,18 @@ from lepton_infra.inventory import Inventory, Node
 from lepton_infra.local import (
     INVENTORY_FILE,
     POOL_FILE,
+    LocalNodeStatus,
     LocalPool,
-    NodeStatus,
     down,
     fingerprint,
     pool_processes,
+    ports,
     procs,
     status,
     up,
     with_foreign_host_key,
 )
-from lepton_infra.local import pool as pool_module
+from lepton_infra.local import sshd as sshd_module
 from lepton_infra.local.keys import write_ed25519_key
 from lepton_infra.local.sshd_config import account_locked, find_sshd
 
@@ -177,7 +178,7 @@ def test_status_shows_every_node_alive(local_pool: LocalPool) -> None:
     assert [(r.name, r.host, r.port) for r in rows] == [
         (n.name, n.host, n.port) for n in local_pool.inventory.nodes
     ]
-    assert all(isinstance(r, NodeStatus) and r.alive and r.pid > 1 for r in rows)
+    assert all(isinstance(r, LocalNodeStatus) and r.alive and r.pid > 1 for r in rows)
 
 
 def test_up_again_on_a_running_pool_refuses_and_leaves_it_running(local_pool: LocalPool) -> None:
@@ -209,8 +210,8 @@ def test_two_pools_at_once_listen_on_different_sockets(local_pool: LocalPool, lo
 
 
 def test_sshd_that_will_not_start_fails_with_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_render = pool_module.render
-    monkeypatch.setattr(pool_module, "render", lambda cfg: real_render(cfg) + "NoSuchOption yes\n")
+    real_render = sshd_module.render
+    monkeypatch.setattr(sshd_module, "render", lambda cfg: real_render(cfg) + "NoSuchOption yes\n")
     with pytest.raises(NodeError) as failed:
         up(2, tmp_path / "state")
     assert "NoSuchOption" in str(failed.value) and "node-0" in str(failed.value)
@@ -226,9 +227,9 @@ def test_a_port_taken_between_probe_and_start_is_retried_on_another(
         squatter.bind(("127.0.0.2", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real_pick = pool_module._pick_port
+        real_pick = ports.pick_port
         draws = iter([taken])
-        monkeypatch.setattr(pool_module, "_pick_port", lambda host: next(draws, None) or real_pick(host))
+        monkeypatch.setattr(ports, "pick_port", lambda host: next(draws, None) or real_pick(host))
         with LocalPool.start(1, tmp_path / "state") as pool:
             node = pool.inventory.nodes[0]
             assert node.port != taken

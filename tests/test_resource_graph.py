@@ -15,7 +15,6 @@ from lepton_infra.components.args import TrainingClusterArgs
 from lepton_infra.components.common import gcp_labels, tags_for
 from lepton_infra.components.neutral import TrainingCluster
 
-REGION = {"aws": "us-east-1", "gcp": "us-central1", "azure": "eastus"}
 # The argument that holds tags on each provider (GCP's `tags` are network tags; labels are its tags).
 TAG_FIELD = {"aws": "tags", "gcp": "labels", "azure-native": "tags"}
 VARIANTS = {
@@ -27,16 +26,7 @@ VARIANTS = {
 
 
 def cluster(cloud: str, **overrides: Any) -> Any:
-    base: dict[str, Any] = {
-        "cloud": cloud,
-        "accelerator": "T4",
-        "nodes": 2,
-        "region": REGION[cloud],
-        "allowed_ssh_cidrs": ["203.0.113.0/24"],
-        "cluster": "demo",
-        "env": "dev",
-    }
-    args = TrainingClusterArgs(**{**base, **overrides})
+    args = TrainingClusterArgs(**harness.demo_spec(cloud, **overrides))
     return lambda: {"inventory": TrainingCluster("demo", args).inventory}
 
 

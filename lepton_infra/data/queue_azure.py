@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from lepton_infra.data.queue import (
+from lepton_infra.data.queue_backend import (
     DEFAULT_MAX_RECEIVE_COUNT,
     DeadLetter,
     Message,

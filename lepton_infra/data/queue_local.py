@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lepton_infra.data.queue import (
+from lepton_infra.data.queue_backend import (
     DEFAULT_MAX_RECEIVE_COUNT,
     DeadLetter,
     Message,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lepton_infra.data.queue import (
+from lepton_infra.data.queue_backend import (
     REASON_ATTRIBUTE,
     DeadLetter,
     Message,

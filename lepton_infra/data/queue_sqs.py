@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lepton_infra.data.queue import (
+from lepton_infra.data.queue_backend import (
     DEFAULT_MAX_RECEIVE_COUNT,
     REASON_ATTRIBUTE,
     DeadLetter,

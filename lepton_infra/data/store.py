@@ -13,24 +13,31 @@ import json
 import os
 import tempfile
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from lepton_infra.data.store_backend import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
 from lepton_infra.data.urls import StoreUrl, parse_store_url
 from lepton_infra.errors import ConfigError, LeptonError
 
+__all__ = [
+    "MANIFEST",
+    "MULTIPART_THRESHOLD",
+    "PART_SIZE",
+    "SHA_KEY",
+    "Backend",
+    "ChecksumMismatch",
+    "NotCommitted",
+    "ObjectInfo",
+    "Store",
+    "StoreError",
+    "open_store",
+    "sha256_file",
+]
+
 MANIFEST = "_lepton_manifest.json"
-# Metadata key holding the SHA-256. Letters only: Azure metadata names must be identifiers, and some
-# HTTP proxies drop headers whose names contain underscores.
-SHA_KEY = "leptonsha256"
-# Above this size an object is uploaded in parts (S3/Azure multipart, GCS resumable): parts are sent
-# concurrently and a failed part is retried alone.
-MULTIPART_THRESHOLD = 8 * 1024 * 1024
-PART_SIZE = 8 * 1024 * 1024
 DEFAULT_WORKERS = 8
 _HASH_CHUNK = 1024 * 1024
 
@@ -63,31 +70,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class Backend(ABC):
-    """What one storage service must do. Keys here are full keys (the URL's prefix included)."""
-
-    @abstractmethod
-    def probe(self, prefix: str) -> None:
-        """Raise if the bucket/container is missing or we may not read it."""
-
-    @abstractmethod
-    def put_file(self, key: str, path: Path, sha256: str) -> None: ...
-
-    @abstractmethod
-    def put_bytes(self, key: str, data: bytes, sha256: str) -> None: ...
-
-    @abstractmethod
-    def get_into(self, key: str, out: IO[bytes]) -> str | None:
-        """Write the object's bytes to `out`; return the SHA-256 stored with it (None if absent)."""
-
-    @abstractmethod
-    def list(self, prefix: str) -> Iterable[tuple[str, int]]:
-        """(full key, size) of every object under `prefix` (a folder prefix, or '' for all)."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None: ...
 
 
 class Store:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from lepton_infra.data.store import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
+from lepton_infra.data.store_backend import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
 from lepton_infra.data.urls import StoreUrl, quiet_google_import
 from lepton_infra.errors import ConfigError
 

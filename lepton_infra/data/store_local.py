@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from lepton_infra.data.store import Backend
+from lepton_infra.data.store_backend import Backend
 from lepton_infra.errors import ConfigError
 
 SIDECAR_SUFFIX = ".leptonsha256"

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import obstore
 
-from lepton_infra.data.store import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
+from lepton_infra.data.store_backend import MULTIPART_THRESHOLD, PART_SIZE, SHA_KEY, Backend
 from lepton_infra.data.urls import StoreUrl, azure_connection_settings
 from lepton_infra.errors import ConfigError
 

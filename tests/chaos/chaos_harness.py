@@ -37,7 +37,7 @@ from typing import Any
 
 from lepton_infra.errors import LeptonError
 from lepton_infra.local import LocalPool, pool_processes
-from lepton_infra.local import pool as pool_module
+from lepton_infra.local.records import read_records
 from lepton_infra.workload import NodeStatus, RunEvents, RunResult, attach, run_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,8 +173,8 @@ def job_pids(run_id: str, node: str) -> list[int]:
 def start_sshd(pool: LocalPool, node: str) -> None:
     """Start the node's sshd again with its recorded command and config (its host key unchanged),
     as a service manager would after a crash; `local down` sweeps it like any process of the node."""
-    # The pool keeps its nodes' records private; reading them is the one way to restart a node.
-    records = {r.name: r for r in pool_module._read_pool(pool.state_dir) or []}
+    # The pool's records of its sshds (pool.json) are the one way to restart a node as it was.
+    records = {r.name: r for r in read_records(pool.state_dir) or []}
     r = records[node]
     env = {
         "PATH": os.environ.get("PATH", ""),
