@@ -593,7 +593,7 @@ def test_enable_apis_turns_on_each_components_apis_first_and_never_disables_them
 
 def test_enable_apis_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError, match="enable_apis"):
-        gcp.check_pool_args(pool_args(extra={"enable_apis": "yes"}))
+        gcp.GcpGpuVmPool.plan("p", pool_args(extra={"enable_apis": "yes"}))
 
 
 # --------------------------------------------------------------------------- preview
