@@ -106,8 +106,9 @@ def scheduling(spot: bool) -> dict[str, Any]:
 
 
 def instance_args(spec: Mapping[str, Any]) -> compute.InstanceArgs:
-    """Turn the merged (base + extra) instance spec into `compute.Instance` kwargs with the provider's
-    typed `*Args` classes for every nested block we or a user may set as a dict."""
+    """The merged (base + extra) instance spec as the provider's typed `compute.InstanceArgs`, every
+    nested block we or a user may set as a dict typed too, so a misspelled key fails naming the
+    allowed ones (the mocks, and a preview, would accept it silently)."""
     out = dict(spec)
     if isinstance(out.get("boot_disk"), Mapping):
         disk = dict(out["boot_disk"])
@@ -136,7 +137,7 @@ def instance_args(spec: Mapping[str, Any]) -> compute.InstanceArgs:
             nic = typed_args(compute.InstanceNetworkInterfaceArgs, nic)
         nics.append(nic)
     out["network_interfaces"] = nics
-    return typed_args(compute.InstanceArgs, {k: v for k, v in out.items() if v is not None})  # type: ignore[no-any-return]
+    return typed_args(compute.InstanceArgs, {k: v for k, v in out.items() if v is not None})
 
 
 def node_addresses(instance: compute.Instance, public: bool) -> tuple[pulumi.Output[str], pulumi.Output[str]]:

@@ -4,7 +4,7 @@ a few lines that hand over to the module doing that part (plan, network, secrets
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pulumi
 import pulumi_tls as tls
@@ -54,7 +54,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
 
     type_token: ClassVar[str] = "lepton:gcp:GpuVmPool"
 
-    # `network` is also the hook that makes it: the instance attribute replaces the method once run.
+    # `network` (the GcpNetwork) is set by the hook of that name, which it then replaces.
     identities: list[GcpNodeIdentity]
     host_key_secrets: list[GcpHostKeySecret]
     apis: list[Any]
@@ -87,14 +87,18 @@ class GcpGpuVmPool(pulumi.ComponentResource):
 
     @property
     def zone(self) -> str:
+        """The zone every node runs in."""
         return self.pool_plan.cloud.zone
 
     @classmethod
     def plan(cls, name: str, args: GpuVmPoolArgs) -> PoolPlan[GcpPlan]:
+        """GCP's checks and decisions (`plan.py`), before anything is registered."""
         return plan_pool(name, args)
 
-    def network(self, plan: PoolPlan[GcpPlan]) -> None:  # type: ignore[override]
-        """The APIs first (when asked), then the network, then the placement of a2/a3 pools."""
+    def network(self, plan: PoolPlan[GcpPlan]) -> None:
+        """The APIs first (when asked: every later resource waits for them), then the network, then
+        the compact placement of multi-node a2/a3 pools. `self.network` is the `GcpNetwork` from
+        here on (the attribute users read replaces this hook on the instance)."""
         gcp = plan.cloud
         self.apis = enable_apis(self, gcp_slug(plan.name), gcp.project, POOL_APIS) if gcp.enable_apis else []
         self.network = GcpNetwork(  # type: ignore[assignment,method-assign]
@@ -121,6 +125,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             )
 
     def secrets(self, plan: PoolPlan[GcpPlan], host_keys: Sequence[tls.PrivateKey]) -> None:
+        """Each node's host key in its own Secret Manager secret; readers are granted in `grant`."""
         labels = gcp_labels(plan.tags)
         self.host_key_secrets = [
             GcpHostKeySecret(
@@ -149,6 +154,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
     def grant(
         self, plan: PoolPlan[GcpPlan], identities: Sequence[GcpNodeIdentity]
     ) -> list[pulumi.Input[str]]:
+        """Node i's account may read node i's secret (a child of that secret, as it always was)."""
         for secret, identity in zip(self.host_key_secrets, identities, strict=True):
             secret.allow_reader(identity.email)
         return [secret.fetch() for secret in self.host_key_secrets]
@@ -156,10 +162,11 @@ class GcpGpuVmPool(pulumi.ComponentResource):
     def launch(
         self, plan: PoolPlan[GcpPlan], i: int, user_data: pulumi.Output[str]
     ) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
+        """Node i's instance, created once its secret is readable by it (the first-boot fetch)."""
         if self._image is None:  # the family is resolved once, for the first node
             self._image = boot_image(plan.args.image, plan.cloud.project, self, self.apis)
         image, keep_image = self._image
-        network: GcpNetwork = self.network  # type: ignore[assignment]
+        network = cast(GcpNetwork, self.network)  # the hook's result by now (see `network`)
         spec = instance_spec(
             plan,
             i,
@@ -171,7 +178,6 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             placement=self.placement.self_link if self.placement is not None else None,
         )
         secret = self.host_key_secrets[i]
-        # After the node's secret is readable by it, so the first-boot fetch finds its key.
         instance = compute.Instance(
             f"{gcp_slug(plan.name)}-{i}",
             instance_args(spec),
@@ -183,6 +189,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         return node_addresses(instance, plan.public)
 
     def own_outputs(self, plan: PoolPlan[GcpPlan]) -> Mapping[str, Any]:
+        """The machine type and zone, beside the nodes' addresses."""
         return {"machine_type": plan.entry.instance_type, "zone": plan.cloud.zone}
 
     def _after_apis(self) -> pulumi.ResourceOptions:
@@ -196,7 +203,7 @@ def _own(what: str, part: Any, cls: type) -> Any:
     part = unwrap(part)
     if part is not None and not isinstance(part, cls):
         raise ConfigError(
-            f"{what} is a {type(part).__name__}; a gcp pool's nodes can only be allowed a {cls.__name__} "
+            f"{what}: got {type(part).__name__}; a gcp pool's nodes can only be allowed a {cls.__name__} "
             f"(or a neutral {what} with cloud='gcp')"
         )
     return part
