@@ -486,6 +486,51 @@ def test_bad_gcp_pool_settings_are_config_errors(overrides: dict[str, Any], mess
         build(lambda: gcp.GcpGpuVmPool("bad", pool_args(**overrides)))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"extra": {"machine_typ": "n1-standard-4"}}, "machine_typ.*allowed keys"),
+        ({"extra": {"boot_disk": {"initialize_params": {"sise": 10}}}}, "sise"),
+        ({"allowed_ssh_cidrs": ["2001:db8::/32"]}, "only IPv6"),
+        ({"zone": "europe-west4-a"}, "not in region"),
+    ],
+)
+def test_bad_gcp_pool_choices_fail_before_any_resource(overrides: dict[str, Any], message: str) -> None:
+    """The pool is planned before it registers anything: a misspelled `extra` key (probed against
+    the instance's arguments) fails with no network or service account half-created."""
+    with pytest.raises(ConfigError, match=message):
+        build(lambda: gcp.GcpGpuVmPool("bad", pool_args(**overrides)))
+    assert harness.MOCKS.resources == []
+    from lepton_infra.components.neutral import check_pool_args  # what `lepton_infra.config` runs
+
+    with pytest.raises(ConfigError, match=message):
+        check_pool_args(pool_args(**overrides))
+
+
+def test_a_store_of_another_cloud_is_refused_naming_what_a_gcp_pool_takes() -> None:
+    from lepton_infra.components.neutral import ObjectStore
+
+    def make() -> None:
+        store = ObjectStore("s3", ObjectStoreArgs(cloud="aws", region="us-east-1"))
+        gcp.GcpGpuVmPool("p", pool_args(nodes=1), store=store)
+
+    with pytest.raises(ConfigError, match="store: got AwsObjectStore; .* only be allowed a GcpObjectStore"):
+        build(make)
+
+
+def test_ipv6_ssh_sources_beside_ipv4_ones_are_warned_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    _, rec = build(
+        lambda: gcp.GcpGpuVmPool("p", pool_args(nodes=1, allowed_ssh_cidrs=[CIDR, "2001:db8::/32"]))
+    )
+    assert [w for w in warnings if "IPv6" in w] == [
+        "gcp: ignoring IPv6 SSH sources ['2001:db8::/32']: the pool's nodes are IPv4-only"
+    ]
+    ssh = next(r for r in rec.of(FIREWALL) if r.name.endswith("-ssh"))
+    assert ssh.inputs["sourceRanges"] == [CIDR]
+
+
 def test_a_missing_project_is_a_config_error_saying_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"):
         monkeypatch.delenv(var, raising=False)
@@ -593,7 +638,7 @@ def test_enable_apis_turns_on_each_components_apis_first_and_never_disables_them
 
 def test_enable_apis_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError, match="enable_apis"):
-        gcp.check_pool_args(pool_args(extra={"enable_apis": "yes"}))
+        gcp.GcpGpuVmPool.plan("p", pool_args(extra={"enable_apis": "yes"}))
 
 
 # --------------------------------------------------------------------------- preview
