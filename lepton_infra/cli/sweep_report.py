@@ -70,6 +70,8 @@ def _summary_table(best: list[dict[str, Any]], metric: str, searched: bool) -> T
 def sweep_report(
     inv: Inventory, sweep_id: str, metric: str, minimize: bool, watch: bool, runs_dir: Path, as_json: bool
 ) -> None:
+    """What `sweep run`, `status` and `resume` end with: the sweep's jobs (until none is pending
+    with `watch`), then the summary, or the one-line SweepReport with --json."""
     import time
 
     from rich.live import Live
