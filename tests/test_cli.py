@@ -161,3 +161,41 @@ def test_runs_since_keeps_recent_runs_and_sums_their_cost(tmp_path: Path) -> Non
     assert "total cost of 3 run(s): $3.50" in table.stdout and "(1 without a price" in table.stdout
     bad = lepton("runs", "--since", "lately", cwd=tmp_path)
     assert bad.returncode == 2 and "--since 'lately' is not a duration" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["sweep", "run", "wl"], "sweep run"),
+        (["sweep", "wl", "--grid", "lr=0.1"], "sweep run"),  # the form of every earlier version
+        (["sweep", "-i", "inv.json", "wl"], "sweep run"),
+        (["sweep", "status", "s1"], "sweep status"),
+        (["sweep", "-i", "inv.json", "status", "s1"], "sweep status"),  # options before the verb
+        (["sweep", "--inventory=inv.json", "resume", "s1"], "sweep resume"),
+        (["sweep", "cancel", "s1", "-i", "inv.json"], "sweep cancel"),
+    ],
+)
+def test_sweep_sub_commands_and_the_old_single_command_form_reach_the_same_command(
+    argv: list[str], command: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from lepton_infra.cli import app
+
+    shown = CliRunner().invoke(app, [*argv, "--help"], prog_name="lepton-infra", env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert f"Usage: lepton-infra {command} [OPTIONS]" in shown.output
+
+
+def test_sweep_with_no_workload_or_an_unusable_inventory_exits_2_before_anything_runs(tmp_path: Path) -> None:
+    bare = lepton("sweep")
+    assert bare.returncode == 2 and "Missing argument 'workload'" in bare.stderr
+    for argv in (
+        ["sweep", "wl"],
+        ["sweep", "status", "s1"],
+        ["sweep", "resume", "s1"],
+        ["sweep", "cancel", "s1"],
+    ):
+        done = lepton(*argv, "-i", str(tmp_path / "none.json"))
+        assert done.returncode == 2, (argv, done.stderr)
+        assert f"inventory file '{tmp_path / 'none.json'}' does not exist" in done.stderr
