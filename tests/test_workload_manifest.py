@@ -22,7 +22,7 @@ from lepton_infra.workload.manifest import (
     write_header,
     write_stream,
 )
-from lepton_infra.workload.runner import AGENT_DIGEST, AGENT_SOURCE
+from lepton_infra.workload.remote import AGENT_DIGEST, AGENT_SOURCE
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
