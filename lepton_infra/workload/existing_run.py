@@ -12,7 +12,7 @@ from lepton_infra.errors import ConfigError, LeptonError, NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import follow, jobspec, steps
 from lepton_infra.workload.collecting import Limits
-from lepton_infra.workload.group import NodeGroup, NodeRun
+from lepton_infra.workload.group import ConnectedNode, NodeGroup
 from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
 from lepton_infra.workload.monitor import (
     HEARTBEAT_TIMEOUT_S,
@@ -193,7 +193,7 @@ def attach(
     return record.result(local_dir)
 
 
-def _whole_log(m: NodeRun) -> Iterator[Event]:
+def _whole_log(m: ConnectedNode) -> Iterator[Event]:
     """A node's log as events, read a chunk at a time (a log of gigabytes is never held whole)."""
     lines, offset, path = LineSplitter(m.name), 0, f"{m.run_dir}/logs/node.log"
     while data := m.conn.read_range(path, offset, READ_CHUNK):
