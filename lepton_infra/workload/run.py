@@ -1,7 +1,7 @@
 """`run_job` as an object: one `Run` per call, whose phases (connect, boot, preflight beside prepare
 and ship, launch, watch, collect) are methods that each save the run record themselves, so run.json
 always says how far the run got (`cancel`, `status` and `attach` read it). The input was checked
-before (`run_plan.plan_run`); `run_job` is the thin public function over both."""
+before (`run_plan.plan_run`); `runner.run_job` is the thin public function over both."""
 
 from __future__ import annotations
 
@@ -9,25 +9,21 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NoReturn
 
 from lepton_infra.errors import LeptonError
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import boot, clients, follow, steps
-from lepton_infra.workload.collecting import Limits
 from lepton_infra.workload.cost import run_cost
 from lepton_infra.workload.group import NodeGroup
-from lepton_infra.workload.metrics import DEFAULT_EVERY_S as DEFAULT_METRICS_S
-from lepton_infra.workload.models import NodeStatus, NullEvents, RunEvents, RunResult
-from lepton_infra.workload.monitor import HEARTBEAT_TIMEOUT_S
+from lepton_infra.workload.models import NodeStatus, RunEvents, RunResult
 from lepton_infra.workload.preflight_beside import BackgroundPreflight, summary
 from lepton_infra.workload.record import RunRecord, RunStore
 from lepton_infra.workload.remote import AGENT_DIGEST, CANCELLED_WHILE_SHIPPING
 from lepton_infra.workload.run_cancel import CANCELLED_BEFORE_START, cancel_watch
-from lepton_infra.workload.run_plan import RunPlan, plan_run
+from lepton_infra.workload.run_plan import RunPlan
 
 
 @dataclass
@@ -280,61 +276,3 @@ class Run:
         self.record.observe(self.group, self.local_dir, self.laps.timings)
         follow.write_report(self.record, self.local_dir, self.inventory, self.events)
         self.store.save(self.record)
-
-
-def run_job(
-    inventory: Inventory,
-    workload_dir: Path,
-    args: Sequence[str] = (),
-    *,
-    nproc_per_node: int | None = None,
-    run_id: str | None = None,
-    runs_dir: Path = Path("runs"),
-    connect_timeout: float = 10.0,
-    env: Mapping[str, str] | None = None,
-    events: RunEvents | None = None,
-    follow_links: bool = False,
-    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
-    metrics_every: float = DEFAULT_METRICS_S,
-    boot_timeout: float = boot.BOOT_TIMEOUT_S,
-    limits: Limits | None = None,
-) -> RunResult:
-    """Ship `workload_dir` to every node, run its entrypoint under torchrun on all of them, stream
-    logs and progress to `events`, collect outputs and logs into `runs_dir/<run-id>/`.
-    A symlink leaving the workload folder is a ConfigError unless `follow_links` (then what it
-    points to ships); links inside the folder ship as links.
-    `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs). Every node samples
-    its CPU, memory and GPUs each `metrics_every` seconds (0: off) for the live view, run.json,
-    metrics.png and TensorBoard (workload/metrics.py, workload/report.py).
-    `limits` bounds what the collect takes from each node (workload/collecting.py); what it
-    leaves is listed in run.json (`nodes[].skipped`) and said to `events`.
-
-    Nodes still in their first boot (cloud-init installing torch or the clients) are waited for, at
-    most `boot_timeout` seconds, with progress (workload/boot.py); a failed boot is a NodeError
-    carrying the boot's own log. While the run is prepared and shipped, a preflight asks every node's python for torch and its
-    GPUs: a node without torch, or with fewer GPUs than the inventory says, is a NodeError naming
-    it, and the run's folders are removed again; nothing is ever launched then.
-
-    Returns the RunResult whatever the job did (status "failed" when a node failed or was lost;
-    the other nodes are then stopped). Raises ConfigError for bad input (no workload, no
-    entrypoint, bad run id/args/env, a run id already used) before anything runs, and NodeError
-    (HostKeyMismatch for a wrong host key) when a node cannot be reached or refuses a command;
-    connection problems are found before anything runs on any node."""
-    laps = Laps()  # the whole call is timed: `connect` includes checking and hashing
-    store = RunStore(runs_dir)
-    plan = plan_run(
-        inventory,
-        store,
-        workload_dir,
-        args,
-        nproc_per_node=nproc_per_node,
-        run_id=run_id,
-        env=env,
-        connect_timeout=connect_timeout,
-        heartbeat_timeout=heartbeat_timeout,
-        metrics_every=metrics_every,
-        boot_timeout=boot_timeout,
-        follow_links=follow_links,
-        limits=limits,
-    )
-    return Run(inventory, plan, store, events or NullEvents(), laps).execute()
