@@ -79,7 +79,8 @@ def collect_into(
     for name in lost:
         events.on_phase("collect", f"{name}: lost, not collected (`lepton-infra collect` once it answers)")
     for name, err in steps.collect(reachable, run_id, local_dir, limits).failed.items():
-        stored = (group[name].status.results or {}).get("url") if group[name].status else None
+        status = group[name].status
+        stored = (status.results or {}).get("url") if status else None
         safe = f"; its results are safe in {stored}" if stored else ""
         events.on_phase("collect", f"{name}: could not collect: {err}{safe}")
     for m in reachable:

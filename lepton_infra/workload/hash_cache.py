@@ -88,7 +88,7 @@ class HashCache:
         or more that is not remembered (it is hashed while it is sent). A small file read now
         leaves its bytes in `keep` (by digest) while it has room."""
         stamp = stamp_of(st)
-        old = self.entries.get(rel)
+        old = self.entries.get(rel) or []
         seen = isinstance(old, list) and len(old) == 5 and old[:4] == list(stamp)
         if seen and old[4]:
             digest = str(old[4])

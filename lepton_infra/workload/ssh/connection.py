@@ -7,6 +7,7 @@ status."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import threading
 import time
@@ -69,17 +70,18 @@ class NodeConnection:
         node, inv = self.node, self.inventory
         parse_host_key(node)  # a bad pinned key fails before anything is dialled
         deadline = time.monotonic() + self.connect_timeout
-        login = {
-            "pkey": self.pkey,
-            "key_path": inv.private_key_path,
-            "deadline": deadline,
-            "connect_timeout": self.connect_timeout,
-        }
+        login = functools.partial(
+            dial,
+            pkey=self.pkey,
+            key_path=inv.private_key_path,
+            deadline=deadline,
+            connect_timeout=self.connect_timeout,
+        )
         if inv.jump is not None and (self._jump is None or not active(self._jump)):
-            self._jump = dial(inv.jump, "jump", inv.jump.user, **login)
+            self._jump = login(inv.jump, "jump", inv.jump.user)
         jump = self._jump
         sock = (lambda: through_jump(jump, node, deadline)) if jump is not None else None
-        self.client = dial(node, node.name, inv.user, sock=sock, **login)
+        self.client = login(node, node.name, inv.user, sock=sock)
         self._expired = None
         return self
 
