@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 
 from lepton_infra.workload.group import NodeGroup  # noqa: E402
-from lepton_infra.workload.manifest import build_manifest, write_stream  # noqa: E402
+from lepton_infra.workload.manifest import build_manifest  # noqa: E402
 from lepton_infra.workload.remote import AGENT_DIGEST, AGENT_SOURCE  # noqa: E402
+from lepton_infra.workload.ship_stream import write_stream  # noqa: E402
 
 NODE_SIDE = """
 import io, json, os, sys, time

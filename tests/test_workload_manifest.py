@@ -14,15 +14,9 @@ import pytest
 
 from lepton_infra.errors import ConfigError
 from lepton_infra.node import bootstrap
-from lepton_infra.workload.manifest import (
-    IgnoreRules,
-    build_manifest,
-    write_blob,
-    write_end,
-    write_header,
-    write_stream,
-)
-from lepton_infra.workload.runner import AGENT_DIGEST, AGENT_SOURCE
+from lepton_infra.workload.manifest import IgnoreRules, build_manifest
+from lepton_infra.workload.remote import AGENT_DIGEST, AGENT_SOURCE
+from lepton_infra.workload.ship_stream import write_blob, write_end, write_header, write_stream
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -511,7 +505,7 @@ def _ship_with(manifest: Any, run_id: str) -> tuple[dict, int]:
 def test_a_large_new_file_is_read_once_hashed_while_sent_and_not_sent_again(
     tmp_path: Path, node_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lepton_infra.workload import manifest as manifest_module
+    from lepton_infra.workload import hash_cache, ship_stream
 
     big = os.urandom(3000)
     workload = _tree(tmp_path / "w", {"train.py": "x"})
@@ -523,7 +517,8 @@ def test_a_large_new_file_is_read_once_hashed_while_sent_and_not_sent_again(
         reads.append(Path(path).name)
         return open(path, *args)
 
-    monkeypatch.setattr(manifest_module, "open", counting_open, raising=False)
+    for reader in (hash_cache, ship_stream):  # hashing reads files, and so does sending
+        monkeypatch.setattr(reader, "open", counting_open, raising=False)
     cache = tmp_path / "hashes"
 
     first = build_manifest(workload, hash_cache_dir=cache, defer_bytes=1000)

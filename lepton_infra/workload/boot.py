@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lepton_infra.errors import ConfigError, NodeError
-from lepton_infra.workload.group import NodeGroup, NodeRun
+from lepton_infra.workload.group import ConnectedNode, NodeGroup
 
 BOOT_TIMEOUT_S = 900.0  # a first boot that installs torch (Azure) or drivers takes minutes
 LOG_LINES = 15  # lines of cloud-init's output log shown when a boot failed
@@ -87,7 +87,7 @@ def parse(output: str) -> BootState:
     return BootState("booting", stage)
 
 
-def check(m: NodeRun) -> BootState:
+def check(m: ConnectedNode) -> BootState:
     result = m.conn.run(BOOT_CHECK, check=False)
     return parse(result.stdout.decode("utf-8", "replace"))
 

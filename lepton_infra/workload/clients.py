@@ -29,7 +29,7 @@ from lepton_infra.data.client_pins import PER_CLOUD, packages
 from lepton_infra.errors import NodeError
 from lepton_infra.inventory import Inventory
 from lepton_infra.node import source as node_source
-from lepton_infra.workload.group import NodeGroup, NodeRun
+from lepton_infra.workload.group import ConnectedNode, NodeGroup
 from lepton_infra.workload.remote import inline_cmd, json_answer
 
 WHEELS_SOURCE = node_source("wheels.py")
@@ -189,7 +189,7 @@ def provide(
         f"installing {' '.join(pins)} on {', '.join(group.names)} from the controller (no package index needed)"
     )
 
-    def one(m: NodeRun) -> dict[str, Any]:
+    def one(m: ConnectedNode) -> dict[str, Any]:
         house = houses[Platform.of(m.name, found[m.name])]
         files: dict[str, str] = json.loads((house / "wheels.json").read_text())
         python = inventory.python

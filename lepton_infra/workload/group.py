@@ -21,9 +21,11 @@ T = TypeVar("T")
 
 
 @dataclass
-class NodeRun:
-    """One member of a group: the node's connection plus what the controller learnt about it
-    during this run (its run dir on the node, blobs it lacks, bytes moved, last known status)."""
+class ConnectedNode:
+    """One member of a group: a node the controller holds a connection to, plus what it learnt
+    about the node during this run (its run dir there, blobs it lacks, bytes moved, last known
+    status). What the node itself reports is a `NodeStatus`; what run.json keeps, a `NodeRecord`;
+    what `run_job` returns, a `NodeResult`."""
 
     conn: NodeConnection
     rank: int
@@ -78,7 +80,7 @@ class NodeGroup:
     """The connected nodes of one run (or of a later process working on a run). Closing the group
     closes every connection; use it as a context manager."""
 
-    def __init__(self, members: Sequence[NodeRun]) -> None:
+    def __init__(self, members: Sequence[ConnectedNode]) -> None:
         self.members = list(members)
 
     @classmethod
@@ -90,15 +92,15 @@ class NodeGroup:
         Ranks are the nodes' positions in the inventory."""
         ranks = {n.name: i for i, n in enumerate(inventory.nodes)}
         conns = connect_all(inventory, connect_timeout, nodes)
-        return cls([NodeRun(conn, ranks[conn.name]) for conn in conns])
+        return cls([ConnectedNode(conn, ranks[conn.name]) for conn in conns])
 
-    def __iter__(self) -> Iterator[NodeRun]:
+    def __iter__(self) -> Iterator[ConnectedNode]:
         return iter(self.members)
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def __getitem__(self, name: str) -> NodeRun:
+    def __getitem__(self, name: str) -> ConnectedNode:
         for m in self.members:
             if m.name == name:
                 return m
@@ -108,17 +110,17 @@ class NodeGroup:
     def names(self) -> list[str]:
         return [m.name for m in self.members]
 
-    def subset(self, keep: Callable[[NodeRun], bool]) -> NodeGroup:
+    def subset(self, keep: Callable[[ConnectedNode], bool]) -> NodeGroup:
         """The members for which `keep` is true, sharing their connections with this group."""
         return NodeGroup([m for m in self.members if keep(m)])
 
-    def run(self, fn: Callable[[NodeRun], T], *, interruptible: bool = False) -> GroupResult[T]:
+    def run(self, fn: Callable[[ConnectedNode], T], *, interruptible: bool = False) -> GroupResult[T]:
         """`fn` on every member in parallel. A member's LeptonError lands in `.failed`; any other
         exception is a bug (or an interrupt) and is raised once every member has finished. With
         `interruptible`, an interrupt (Ctrl-C) closes every connection first, so long transfers
         end at once instead of running to their end."""
 
-        def one(m: NodeRun) -> tuple[bool, T | LeptonError]:
+        def one(m: ConnectedNode) -> tuple[bool, T | LeptonError]:
             try:
                 return True, fn(m)
             except LeptonError as exc:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-NodeState = Literal["starting", "running", "succeeded", "failed", "cancelled", "lost", "unknown"]
-RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
 
 

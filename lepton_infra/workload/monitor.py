@@ -17,7 +17,7 @@ from typing import Any
 
 from lepton_infra.errors import LeptonError
 from lepton_infra.workload import jobspec
-from lepton_infra.workload.group import NodeGroup, NodeRun
+from lepton_infra.workload.group import ConnectedNode, NodeGroup
 from lepton_infra.workload.metrics import MetricsTail
 from lepton_infra.workload.models import TERMINAL_STATES, NodeStatus, RunEvents
 from lepton_infra.workload.remote import agent
@@ -147,7 +147,7 @@ class LineSplitter:
 class _Watch:
     """Follows one node's log (SFTP reads from an offset) and state.json; never raises from poll."""
 
-    def __init__(self, member: NodeRun, offset: int, heartbeat_timeout: float, run_id: str) -> None:
+    def __init__(self, member: ConnectedNode, offset: int, heartbeat_timeout: float, run_id: str) -> None:
         self.member = member
         self.run_id = run_id
         self.offset = offset

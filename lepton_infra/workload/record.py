@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lepton_infra.errors import ConfigError, NoSpace
 from lepton_infra.inventory import Inventory
 from lepton_infra.workload import jobspec
-from lepton_infra.workload.group import NodeRun
+from lepton_infra.workload.group import ConnectedNode
 from lepton_infra.workload.models import TERMINAL_STATES, NodeResult, RunResult, iso
 
 RECORD = "run.json"
@@ -106,7 +106,7 @@ class RunRecord(BaseModel):
 
     def observe(
         self,
-        members: Iterable[NodeRun],
+        members: Iterable[ConnectedNode],
         local_dir: Path,
         timings: Mapping[str, float] | None = None,
         *,

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from lepton_infra.errors import LeptonError, NodeError
-from lepton_infra.workload.manifest import Manifest, write_stream
+from lepton_infra.workload.manifest import Manifest
+from lepton_infra.workload.ship_stream import write_stream
 from lepton_infra.workload.ssh import NodeConnection, parallel
 
 RELAY_MIN_NODES = 2

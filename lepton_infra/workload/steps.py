@@ -15,7 +15,7 @@ from typing import Any
 from lepton_infra.errors import ConfigError, LeptonError, NodeError, NoSpace
 from lepton_infra.inventory import Inventory, Node
 from lepton_infra.workload import clients, collecting, jobspec, metrics, shipping
-from lepton_infra.workload.group import GroupResult, NodeGroup, NodeRun
+from lepton_infra.workload.group import ConnectedNode, GroupResult, NodeGroup
 from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
 from lepton_infra.workload.remote import (
@@ -51,7 +51,7 @@ def preflight(group: NodeGroup, inventory: Inventory) -> dict[str, dict[str, Any
     python = inventory.python
     pins = clients.pins_for(inventory)  # which of the data plane's clients it lacks, too
 
-    def one(m: NodeRun) -> dict[str, Any]:
+    def one(m: ConnectedNode) -> dict[str, Any]:
         result = m.conn.run(inline_cmd(python, PREFLIGHT_SOURCE, *pins), check=False)
         if result.exit_status != 0 or not result.stdout.strip():
             tail = " | ".join(result.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])
@@ -109,7 +109,7 @@ def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Invent
     request: dict[str, Any] = {"run_id": run_id, "blobs": blobs, "tree": tree, "install": install}
     shared = json.dumps(request).encode()  # ~170 B a file: encoded once, not once per node
 
-    def one(m: NodeRun) -> dict[str, Any]:
+    def one(m: ConnectedNode) -> dict[str, Any]:
         body = shared
         if m.rank == 0:
             probe = {"addr": inventory.master.private_ip, "port": preferred}
@@ -174,7 +174,7 @@ def launch(
     """Start torchrun under the node agent's supervisor on every node. All or nothing: if any node
     refuses, the started ones are cancelled, so nothing half-run stays behind."""
 
-    def one(m: NodeRun) -> NodeStatus:
+    def one(m: ConnectedNode) -> NodeStatus:
         spec = {
             "run_id": run_id,
             "node": m.name,
@@ -216,7 +216,7 @@ def launch(
         m.status = NodeStatus.from_agent(m.name, answer)
         return m.status
 
-    def stop(m: NodeRun) -> None:
+    def stop(m: ConnectedNode) -> None:
         # A node whose launch command failed may have started all the same (its connection died
         # after the agent had launched): it is cancelled too, over a new connection.
         if m.name in started.failed:
@@ -239,7 +239,7 @@ def collect(
     (workload/collecting.py): what was not taken is in the member's `collect_skipped`."""
     limits = limits or collecting.Limits()
 
-    def one(m: NodeRun) -> None:
+    def one(m: ConnectedNode) -> None:
         dest = local_dir / m.name
         m.collect_error = None
         try:

@@ -752,8 +752,8 @@ def test_attach_to_a_run_whose_controller_died_before_the_launch_says_it_never_r
 
 def test_a_sink_that_chokes_on_progress_gets_the_plain_line_and_an_endless_line_is_passed_on() -> None:
     from lepton_infra.workload import RunEvents
+    from lepton_infra.workload.follow import deliver_safely
     from lepton_infra.workload.monitor import MAX_LINE_BYTES, LineSplitter, Progress
-    from lepton_infra.workload.runner import _deliver_safely
 
     class Choking(RunEvents):
         def __init__(self) -> None:
@@ -766,7 +766,7 @@ def test_a_sink_that_chokes_on_progress_gets_the_plain_line_and_an_endless_line_
             self.lines.append(line)
 
     sink = Choking()
-    _deliver_safely(Progress("node-0", {"step": 1, "steps": 0}), sink)
+    deliver_safely(Progress("node-0", {"step": 1, "steps": 0}), sink)
     assert sink.lines == ['LEPTON_PROGRESS {"step": 1, "steps": 0}']
     splitter = LineSplitter("node-0")
     events = [e for _ in range(3) for e in splitter.feed(b"x" * (MAX_LINE_BYTES // 2 + 1))]

@@ -172,8 +172,9 @@ def test_an_idle_connection_sends_keepalives_so_a_nat_keeps_it(
     from linkproxy import LinkProxy
 
     from lepton_infra.workload import ssh
+    from lepton_infra.workload.ssh import dial
 
-    monkeypatch.setattr(ssh, "KEEPALIVE_S", 1)
+    monkeypatch.setattr(dial, "KEEPALIVE_S", 1)
     node = pool2.nodes[0]
     with LinkProxy((node.host, node.port)) as link:
         inventory = pool2.model_copy(
