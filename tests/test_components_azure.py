@@ -21,6 +21,8 @@ import pytest
 # The shared harness sets the mocks on import: it must come before any component module.
 import pulumi_harness as harness  # isort: skip
 
+import pulumi_azure_native.resources as resources  # noqa: E402
+
 from lepton_infra.components import azure  # noqa: E402  (after the harness has set the mocks)
 from lepton_infra.components.args import (  # noqa: E402
     GpuVmPoolArgs,
@@ -28,6 +30,7 @@ from lepton_infra.components.args import (  # noqa: E402
     ObjectStoreArgs,
     TrainingClusterArgs,
 )
+from lepton_infra.components.common import ssh_needs_public_ip  # noqa: E402
 from lepton_infra.errors import ConfigError  # noqa: E402
 
 Recorder, build = harness.Recorder, harness.build
@@ -632,9 +635,9 @@ def test_helpers_give_valid_azure_names_and_public_ip_decisions() -> None:
     assert azure.azure_slug("Demo_Cluster--Store") == "demo-cluster-store"
     assert azure.azure_slug("x") == "lepton-x"
     assert len(azure.azure_slug("a" * 100, 56)) == 56
-    assert azure.ssh_needs_public_ip(["203.0.113.0/24"]) is True  # documentation range = "an office"
-    assert azure.ssh_needs_public_ip(["10.0.0.0/8", "192.168.1.0/24"]) is False
-    assert azure.ssh_needs_public_ip(["10.0.0.0/8", "198.51.100.7/32"]) is True
+    assert ssh_needs_public_ip(["203.0.113.0/24"]) is True  # documentation range = "an office"
+    assert ssh_needs_public_ip(["10.0.0.0/8", "192.168.1.0/24"]) is False
+    assert ssh_needs_public_ip(["10.0.0.0/8", "198.51.100.7/32"]) is True
     assert all(ipaddress.ip_network(c) for c in (azure.VNET_CIDR, azure.SUBNET_CIDR))
 
 
@@ -698,7 +701,7 @@ def test_ipv6_ssh_sources_are_dropped_and_alone_refused_because_nodes_are_ipv4_o
 
 def test_store_queue_and_pool_can_share_one_resource_group() -> None:
     def make() -> dict[str, Any]:
-        group = azure.resources.ResourceGroup("shared", azure.resources.ResourceGroupArgs(location="eastus"))
+        group = resources.ResourceGroup("shared", resources.ResourceGroupArgs(location="eastus"))
         in_group = {"resource_group_name": group.name}
         store = azure.AzureObjectStore("s", ObjectStoreArgs(cloud="azure", extra=in_group))
         queue = azure.AzureJobQueue("q", JobQueueArgs(cloud="azure", extra=in_group))
