@@ -800,6 +800,52 @@ def test_a_zone_with_a_multi_node_nd_pool_is_a_config_error() -> None:
         )
 
 
+def test_the_plan_decides_location_catalog_row_and_placement_without_registering_or_calling_azure() -> None:
+    planned: dict[str, Any] = {}
+
+    def make() -> dict[str, Any]:
+        planned["plan"] = azure.AzureGpuVmPool.plan(
+            "nd", pool_args(accelerator="H100", gpus_per_node=8, nodes=2)
+        )
+        return {}
+
+    _, rec = build(make)
+    plan = planned["plan"]
+    assert rec.resources == [] and rec.calls == [], "a plan registers nothing and invokes nothing"
+    assert plan.region == plan.cloud.location == "eastus"
+    assert plan.entry.instance_type.startswith("Standard_ND96")
+    assert plan.cloud.infiniband and plan.cloud.zones is None
+    assert plan.cloud.image == azure.DEFAULT_IMAGE and plan.cloud.image_moves, "the default image is `latest`"
+    assert plan.boot is not None and azure.INSTALL_TORCH_PATH in plan.boot.runcmd
+
+
+def test_a_cluster_plans_its_azure_pool_once_and_the_pool_uses_that_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lepton_infra.components import TrainingCluster
+    from lepton_infra.components.azure import pool as pool_module
+
+    planned: list[str] = []
+    real = pool_module.plan_azure_pool
+
+    def counting(name: str, args: GpuVmPoolArgs) -> Any:
+        planned.append(name)
+        return real(name, args)
+
+    monkeypatch.setattr(pool_module, "plan_azure_pool", counting)
+    args = TrainingClusterArgs(
+        cloud="azure",
+        accelerator="T4",
+        nodes=1,
+        region="eastus",
+        allowed_ssh_cidrs=[CIDR],
+        ssh_public_key=PUBKEY,
+    )
+    _, rec = build(lambda: TrainingCluster("demo", args))
+    assert planned == ["demo-pool"]
+    assert len(rec.of(VM)) == 1
+
+
 def test_preview_registers_the_same_graph_as_an_update() -> None:
     _, up = build(full_cluster())
     _, preview = build(full_cluster(), preview=True)

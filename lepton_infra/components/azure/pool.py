@@ -94,7 +94,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     def plan(cls, name: str, args: GpuVmPoolArgs) -> Plan:
         return plan_azure_pool(name, args)
 
-    def network(self, plan: Plan) -> None:  # type: ignore[override]  # becomes the AzureNetwork
+    def network(self, plan: Plan) -> None:
         """The pool's resource group (or the existing one `network` names) first, since everything
         lives in one; then its network, with the InfiniBand placement ND pools need."""
         az = plan.cloud
@@ -130,7 +130,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
 
-    def identity(self, plan: Plan, i: int | None) -> AzureNodeIdentity:  # type: ignore[override]
+    def identity(self, plan: Plan, i: int | None) -> AzureNodeIdentity:
         """Node `i`'s identity, the VM's only one (so every tool on the node gets it from IMDS
         without a client id): its host key secret and the right to stop its own VM are its alone."""
         return AzureNodeIdentity(
@@ -202,7 +202,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     @functools.cached_property
     def _subscription(self) -> pulumi.Output[str]:
         """The deployment's subscription id (one invoke per pool)."""
-        return client_config(self).subscription_id  # type: ignore[no-any-return]
+        return client_config(self).subscription_id
 
     @functools.cached_property
     def _keep_image(self) -> list[str]:
