@@ -57,7 +57,10 @@ def infiniband_placement(
     group = compute.ProximityPlacementGroup(
         f"{name}-ppg",
         compute.ProximityPlacementGroupArgs(
-            resource_group_name=rg, location=location, proximity_placement_group_type="Standard", tags=dict(tags)
+            resource_group_name=rg,
+            location=location,
+            proximity_placement_group_type="Standard",
+            tags=dict(tags),
         ),
         opts=child(parent),
     )

@@ -161,7 +161,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     def launch(
         self, plan: Plan, i: int, user_data: pulumi.Output[str]
     ) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
-        pip, nic = node_interface(self, plan, i, self.network, rg=self.resource_group_name)  # type: ignore[arg-type]
+        network: AzureNetwork = self.network  # type: ignore[assignment]  # set by the `network` hook
+        pip, nic = node_interface(self, plan, i, network, rg=self.resource_group_name)
         if pip is not None:
             self.public_ips.append(pip)
         self.nics.append(nic)
