@@ -21,6 +21,8 @@ import pytest
 # The shared harness sets the mocks on import: it must come before any component module.
 import pulumi_harness as harness  # isort: skip
 
+import pulumi_azure_native.resources as resources  # noqa: E402
+
 from lepton_infra.components import azure  # noqa: E402  (after the harness has set the mocks)
 from lepton_infra.components.args import (  # noqa: E402
     GpuVmPoolArgs,
@@ -28,6 +30,7 @@ from lepton_infra.components.args import (  # noqa: E402
     ObjectStoreArgs,
     TrainingClusterArgs,
 )
+from lepton_infra.components.common import ssh_needs_public_ip  # noqa: E402
 from lepton_infra.errors import ConfigError  # noqa: E402
 
 Recorder, build = harness.Recorder, harness.build
@@ -632,9 +635,9 @@ def test_helpers_give_valid_azure_names_and_public_ip_decisions() -> None:
     assert azure.azure_slug("Demo_Cluster--Store") == "demo-cluster-store"
     assert azure.azure_slug("x") == "lepton-x"
     assert len(azure.azure_slug("a" * 100, 56)) == 56
-    assert azure.ssh_needs_public_ip(["203.0.113.0/24"]) is True  # documentation range = "an office"
-    assert azure.ssh_needs_public_ip(["10.0.0.0/8", "192.168.1.0/24"]) is False
-    assert azure.ssh_needs_public_ip(["10.0.0.0/8", "198.51.100.7/32"]) is True
+    assert ssh_needs_public_ip(["203.0.113.0/24"]) is True  # documentation range = "an office"
+    assert ssh_needs_public_ip(["10.0.0.0/8", "192.168.1.0/24"]) is False
+    assert ssh_needs_public_ip(["10.0.0.0/8", "198.51.100.7/32"]) is True
     assert all(ipaddress.ip_network(c) for c in (azure.VNET_CIDR, azure.SUBNET_CIDR))
 
 
@@ -698,7 +701,7 @@ def test_ipv6_ssh_sources_are_dropped_and_alone_refused_because_nodes_are_ipv4_o
 
 def test_store_queue_and_pool_can_share_one_resource_group() -> None:
     def make() -> dict[str, Any]:
-        group = azure.resources.ResourceGroup("shared", azure.resources.ResourceGroupArgs(location="eastus"))
+        group = resources.ResourceGroup("shared", resources.ResourceGroupArgs(location="eastus"))
         in_group = {"resource_group_name": group.name}
         store = azure.AzureObjectStore("s", ObjectStoreArgs(cloud="azure", extra=in_group))
         queue = azure.AzureJobQueue("q", JobQueueArgs(cloud="azure", extra=in_group))
@@ -795,6 +798,52 @@ def test_a_zone_with_a_multi_node_nd_pool_is_a_config_error() -> None:
                 "nd", pool_args(accelerator="H100", gpus_per_node=8, nodes=2, zone="1")
             )
         )
+
+
+def test_the_plan_decides_location_catalog_row_and_placement_without_registering_or_calling_azure() -> None:
+    planned: dict[str, Any] = {}
+
+    def make() -> dict[str, Any]:
+        planned["plan"] = azure.AzureGpuVmPool.plan(
+            "nd", pool_args(accelerator="H100", gpus_per_node=8, nodes=2)
+        )
+        return {}
+
+    _, rec = build(make)
+    plan = planned["plan"]
+    assert rec.resources == [] and rec.calls == [], "a plan registers nothing and invokes nothing"
+    assert plan.region == plan.cloud.location == "eastus"
+    assert plan.entry.instance_type.startswith("Standard_ND96")
+    assert plan.cloud.infiniband and plan.cloud.zones is None
+    assert plan.cloud.image == azure.DEFAULT_IMAGE and plan.cloud.image_moves, "the default image is `latest`"
+    assert plan.boot is not None and azure.INSTALL_TORCH_PATH in plan.boot.runcmd
+
+
+def test_a_cluster_plans_its_azure_pool_once_and_the_pool_uses_that_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lepton_infra.components import TrainingCluster
+    from lepton_infra.components.azure import pool as pool_module
+
+    planned: list[str] = []
+    real = pool_module.plan_azure_pool
+
+    def counting(name: str, args: GpuVmPoolArgs) -> Any:
+        planned.append(name)
+        return real(name, args)
+
+    monkeypatch.setattr(pool_module, "plan_azure_pool", counting)
+    args = TrainingClusterArgs(
+        cloud="azure",
+        accelerator="T4",
+        nodes=1,
+        region="eastus",
+        allowed_ssh_cidrs=[CIDR],
+        ssh_public_key=PUBKEY,
+    )
+    _, rec = build(lambda: TrainingCluster("demo", args))
+    assert planned == ["demo-pool"]
+    assert len(rec.of(VM)) == 1
 
 
 def test_preview_registers_the_same_graph_as_an_update() -> None:

@@ -241,3 +241,31 @@ def new_node_image(
         return value
 
     return pulumi.Output.from_input(image).apply(say), [image_property] if moving else []
+
+
+_FORWARD_ARGS = re.compile(r"ForwardRef\('(\w+Args)'\)")
+
+
+def typed_args_tree(cls: type, value: Any, module: Any) -> Any:
+    """`typed_args` all the way down: `cls(**value)` with every nested dict (and list of dicts) turned
+    into the provider's own `*Args` class, found by name in `module` from `cls`'s annotations, so a
+    misspelled key at any depth (ours or the user's in `extra`) is a ConfigError naming it instead of
+    being silently ignored. Typed values and Outputs pass through unchanged. (azure-native's
+    arguments nest deepest: a VM's `os_profile.linux_configuration.ssh.public_keys[0]`.)"""
+    if not isinstance(value, Mapping):
+        return value
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        param = params.get(key)
+        if param is not None and item is not None:
+            annotation = repr(param.annotation)
+            match = _FORWARD_ARGS.search(annotation)
+            if match and not annotation.startswith("typing.Union[typing.Mapping"):
+                nested = getattr(module, match.group(1))
+                if annotation.startswith("typing.Union[typing.Sequence") and isinstance(item, (list, tuple)):
+                    item = [typed_args_tree(nested, x, module) for x in item]
+                else:
+                    item = typed_args_tree(nested, item, module)
+        out[key] = item
+    return typed_args(cls, out)

@@ -62,7 +62,8 @@ def test_run_status_and_runs_json_keep_their_keys_order_and_types(
     assert ran.stdout == (tmp_path / "runs" / "json-1" / "run.json").read_text()  # run.json as it is
     assert list(run) == RUN_KEYS and run["run_id"] == "json-1" and run["status"] == "succeeded"
     assert [list(n) for n in run["nodes"]] == [RUN_NODE_KEYS] * 3
-    assert run["bytes"]["shipped"] > 0 and list(run["bytes"]) == ["shipped", "collected"]
+    # Shipped may be 0: an earlier test of the session may have left this workload in the nodes' cache.
+    assert isinstance(run["bytes"]["shipped"], int) and list(run["bytes"]) == ["shipped", "collected"]
     assert isinstance(run["timings"]["total"], float) and run["args"] == ["lines=1", "delay=0"]
 
     status = _document(lepton("status", "json-1", "-i", inventory, "--json", cwd=tmp_path))
