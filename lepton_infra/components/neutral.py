@@ -57,18 +57,11 @@ def cloud_classes(cloud: str) -> CloudClasses:
     raise ValueError(f"no such cloud: {cloud!r}")  # args.check_cloud admits only the three
 
 
-def plan_pool(name: str, args: GpuVmPoolArgs) -> PoolPlan[Any] | None:
+def plan_pool(name: str, args: GpuVmPoolArgs) -> PoolPlan[Any]:
     """The pool's plan by its cloud (checks included); registers nothing and calls no cloud API,
     so `lepton_infra.config` runs it before the program does."""
-    pool = cloud_classes(args.cloud).pool
-    if hasattr(pool, "plan"):
-        return pool.plan(name, args)  # type: ignore[no-any-return]
-    import importlib  # TRANSITIONAL: clouds not yet on the CloudPool protocol
-
-    check = getattr(importlib.import_module(f"lepton_infra.components.{args.cloud}"), "check_pool_args", None)
-    if check is not None:
-        check(args)
-    return None
+    plan: PoolPlan[Any] = cloud_classes(args.cloud).pool.plan(name, args)
+    return plan
 
 
 def check_pool_args(args: GpuVmPoolArgs) -> None:
@@ -76,20 +69,11 @@ def check_pool_args(args: GpuVmPoolArgs) -> None:
     plan_pool("check", args)
 
 
-def node_region(args: GpuVmPoolArgs, plan: PoolPlan[Any] | None) -> pulumi.Input[str]:
+def node_region(plan: PoolPlan[Any]) -> pulumi.Input[str]:
     """The region the nodes run in, for the inventory (the nodes' store and queue clients need it):
     the plan's, else (AWS without `region`) the provider's."""
-    if plan is not None and plan.region:
+    if plan.region:
         return plan.region
-    if plan is None and args.cloud in ("gcp", "azure"):  # TRANSITIONAL
-        import importlib
-
-        module = importlib.import_module(f"lepton_infra.components.{args.cloud}")
-        if args.cloud == "gcp":
-            return str(module.resolve_region(args.region, args.zone))
-        return str(module.resolve_location(args.region))
-    if args.region:
-        return args.region
     import pulumi_aws as aws
 
     return aws.get_region_output().region
@@ -141,15 +125,11 @@ class GpuVmPool(pulumi.ComponentResource):
         queue: Any = None,
         plan: PoolPlan[Any] | None = None,
     ) -> None:
-        self.entry = args.validate()  # the catalog row (the spec is already valid)
         plan = plan or plan_pool(name, args)
+        self.entry = plan.entry  # the catalog row of the region the cloud resolved
         super().__init__("lepton:compute:GpuVmPool", name, None, opts)
         pool = cloud_classes(args.cloud).pool
-        cloud_opts = child(self)
-        if plan is not None:
-            self.impl = pool(name, args, cloud_opts, store=unwrap(store), queue=unwrap(queue), plan=plan)
-        else:  # TRANSITIONAL
-            self.impl = pool(name, args, cloud_opts, store=unwrap(store), queue=unwrap(queue))
+        self.impl = pool(name, args, child(self), store=unwrap(store), queue=unwrap(queue), plan=plan)
         self.nodes = self.impl.nodes
         self.register_outputs(pool_outputs(self.nodes))
 
@@ -173,10 +153,10 @@ class TrainingCluster(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: TrainingClusterArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        entry = args.validate()  # the catalog row; the spec itself was validated when built
         cluster = args.cluster or name
         env = args.env or pulumi.get_stack()
         plan = plan_pool(f"{name}-pool", args.with_values(cluster=cluster, env=env).pool_args())
+        entry = plan.entry  # the catalog row of the region the cloud resolved (looked up once)
         super().__init__("lepton:index:TrainingCluster", name, None, opts)
 
         self.login_key = None
@@ -194,8 +174,7 @@ class TrainingCluster(pulumi.ComponentResource):
 
         self.store = ObjectStore(f"{name}-store", args.store_args(), child(self)) if args.store else None
         self.queue = JobQueue(f"{name}-queue", args.queue_args(), child(self)) if args.queue else None
-        if plan is not None:  # the plan with the login key, which exists only now
-            plan = dataclasses.replace(plan, args=args.pool_args())
+        plan = dataclasses.replace(plan, args=args.pool_args())  # with the login key, made only now
         self.pool = GpuVmPool(
             f"{name}-pool", args.pool_args(), child(self), store=self.store, queue=self.queue, plan=plan
         )
@@ -216,7 +195,7 @@ class TrainingCluster(pulumi.ComponentResource):
             python=python_for(args.cloud, args.image, args.python),
             jump=args.jump,
             price=price_doc(entry, args.spot),
-            region=node_region(args, plan),
+            region=node_region(plan),
         )
         outputs: dict[str, Any] = {
             "inventory": self.inventory,

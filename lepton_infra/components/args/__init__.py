@@ -10,7 +10,7 @@ A spec is validated once, when it is constructed, and normalised there (`cloud="
 `"aws"`); a bad value raises `ConfigError` naming the field, the value and what is allowed, before
 any resource exists. Components receive an already valid spec and never re-check it; `validate()`
 only returns the catalog row and changes nothing. Cloud-specific shapes (an existing network's ids,
-an image string) are checked by the per-cloud module's `check_pool_args`, which knows them.
+an image string) are checked by the cloud's pool `plan` (`components/pool.py`), which knows them.
 
 Laid out as: `checks` (plain checks), `fields` (how a field is declared and read), one module per
 spec (`gpu_pool`, `store_queue`, `cluster`); every public name is importable from here."""
