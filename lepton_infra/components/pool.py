@@ -95,20 +95,20 @@ class CloudPool(Protocol):
         stack configuration can be checked with it before the program runs."""
         ...
 
-    def network(self, plan: PoolPlan[Any]) -> None:
+    def build_network(self, plan: PoolPlan[Any]) -> None:
         """The pool's network (or the existing one `args.network` names) and its SSH rules."""
         ...
 
-    def secrets(self, plan: PoolPlan[Any], host_keys: Sequence[tls.PrivateKey]) -> None:
+    def store_host_keys(self, plan: PoolPlan[Any], host_keys: Sequence[tls.PrivateKey]) -> None:
         """Each node's host private key in the cloud's secret store."""
         ...
 
-    def identity(self, plan: PoolPlan[Any], i: int | None) -> Any:
+    def make_identity(self, plan: PoolPlan[Any], i: int | None) -> Any:
         """Node `i`'s identity, allowed exactly the pool's store and queue (`i` None: the existing
         shared identity, wrapped once)."""
         ...
 
-    def grant(self, plan: PoolPlan[Any], identities: Sequence[Any]) -> list[pulumi.Input[str]]:
+    def grant_host_keys(self, plan: PoolPlan[Any], identities: Sequence[Any]) -> list[pulumi.Input[str]]:
         """Each node's identity the right to read its own host key secret and nothing else's; returns
         per node the shell that prints that key at first boot."""
         ...
@@ -134,11 +134,11 @@ def build_pool(
     plan = plan or type(pool).plan(name, args)
     pulumi.ComponentResource.__init__(pool, type(pool).type_token, name, None, opts)
     pool.pool_plan = plan
-    pool.network(plan)
+    pool.build_network(plan)
     pool.host_keys = node_host_keys(name, args.nodes, pool)
-    pool.secrets(plan, pool.host_keys)
-    pool.identities = node_identities(args.nodes, plan.shared_identity, lambda i: pool.identity(plan, i))
-    fetch = pool.grant(plan, pool.identities)
+    pool.store_host_keys(plan, pool.host_keys)
+    pool.identities = node_identities(args.nodes, plan.shared_identity, lambda i: pool.make_identity(plan, i))
+    fetch = pool.grant_host_keys(plan, pool.identities)
     nodes = launch_nodes(
         args,
         cloud=args.cloud,

@@ -33,13 +33,13 @@ class AwsGpuVmPool(pulumi.ComponentResource):
     when SSH is allowed from outside private address space, spot as one-time/terminate (a reclaimed
     node never comes back half-configured). `extra` is merged into every `ec2.Instance`'s args.
 
-    What it builds stays readable as attributes: `network` (the `AwsNetwork`, which replaces the
-    hook of that name once it ran), `zone`, `placement_group`, `launch_template`, `host_keys`,
+    What it builds stays readable as attributes: `network` (the `AwsNetwork`), `zone`, `placement_group`, `launch_template`, `host_keys`,
     `host_key_secrets`, `identities`, `instances`, `addresses` (EFA nodes' public IPs), `nodes`."""
 
     type_token: ClassVar[str] = "lepton:aws:GpuVmPool"
 
     pool_plan: PoolPlan[aws_plan.AwsPlan]
+    network: AwsNetwork
     zone: pulumi.Output[str] | None
     placement_group: ec2.PlacementGroup | None
     launch_template: ec2.LaunchTemplate | None
@@ -79,7 +79,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         """AWS's checks and decisions (`aws.plan`); registers nothing, calls no AWS API."""
         return aws_plan.plan(name, args)
 
-    def network(self, plan: PoolPlan[aws_plan.AwsPlan]) -> None:
+    def build_network(self, plan: PoolPlan[aws_plan.AwsPlan]) -> None:
         """The zone, the network and, for EFA types, the placement group and EFA launch template."""
         self.zone = pool_zone(plan, parent=self)
         network = AwsNetwork(
@@ -94,10 +94,10 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
         # From here on `self.network` is the network itself (what users and tests read).
-        self.network = network  # type: ignore[assignment,method-assign]
+        self.network = network
         self.placement_group, self.launch_template = efa_placement(plan, network, parent=self)
 
-    def secrets(self, plan: PoolPlan[aws_plan.AwsPlan], host_keys: Sequence[tls.PrivateKey]) -> None:
+    def store_host_keys(self, plan: PoolPlan[aws_plan.AwsPlan], host_keys: Sequence[tls.PrivateKey]) -> None:
         """Each node's host key in Secrets Manager; a shared existing role is admitted to their KMS key."""
         profile = plan.shared_identity
         self.shared_profile = (
@@ -114,7 +114,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
 
-    def identity(self, plan: PoolPlan[aws_plan.AwsPlan], i: int | None) -> AwsNodeIdentity:
+    def make_identity(self, plan: PoolPlan[aws_plan.AwsPlan], i: int | None) -> AwsNodeIdentity:
         """Node `i`'s role allowed the store, the queue and its own host key; or the existing profile."""
         if i is None:
             return AwsNodeIdentity(
@@ -133,7 +133,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
 
-    def grant(
+    def grant_host_keys(
         self, plan: PoolPlan[aws_plan.AwsPlan], identities: Sequence[AwsNodeIdentity]
     ) -> list[pulumi.Input[str]]:
         """Each node's secret admits its own role (or the shared one) and the deployer, nobody else."""
@@ -156,7 +156,7 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         if self.image is None:  # looked up for the first node, booted by all
             self.image = node_image(plan, parent=self)
         identity, secrets = self.identities[i], self.host_key_secrets
-        network: AwsNetwork = self.network  # type: ignore[assignment]  # set by the `network` hook
+        network = self.network
         # The node reads its key at first boot: the value and the grant exist before it starts.
         ready: list[pulumi.Resource] = [secrets.versions[i], *secrets.policies[i : i + 1]]
         if identity.policy is not None:

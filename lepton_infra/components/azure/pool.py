@@ -1,5 +1,5 @@
 """`AzureGpuVmPool`: Azure's hooks of the one pool sequence (`components/pool.py` drives it). Each
-hook is short and hands the work to the part that knows it: `plan`, `network`, `secrets`,
+hook is short and hands the work to the module that knows the part: `plan`, `network`, `secrets`,
 `identity`, `instance`."""
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     Standard static public IP only when SSH is allowed from outside internal address space, password
     login off and the one SSH key for `user`, its own managed identity, a pinned ed25519 host key
     and the watchdog installed by cloud-init, a Premium OS disk deleted with the VM, and Spot with
-    eviction Delete when `spot`. `extra` is merged into every VirtualMachine's arguments.
-
-    `network` and `identity` are methods of the sequence until it has run them; then they are the
-    pool's network and its first node's identity (as they always were for users)."""
+    eviction Delete when `spot`. `extra` is merged into every VirtualMachine's arguments. `identity`
+    is the first node's identity (as it always was for users)."""
 
     type_token: ClassVar[str] = "lepton:azure:GpuVmPool"
 
@@ -51,6 +49,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     encryption_at_host: bool
     resource_group: resources.ResourceGroup | None
     resource_group_name: pulumi.Input[str]
+    network: AzureNetwork
+    identity: AzureNodeIdentity
     identities: list[AzureNodeIdentity]
     stop_role: authorization.RoleDefinition
     host_key_secrets: AzureHostKeySecrets
@@ -94,14 +94,14 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     def plan(cls, name: str, args: GpuVmPoolArgs) -> Plan:
         return plan_azure_pool(name, args)
 
-    def network(self, plan: Plan) -> None:
+    def build_network(self, plan: Plan) -> None:
         """The pool's resource group (or the existing one `network` names) first, since everything
         lives in one; then its network, with the InfiniBand placement ND pools need."""
         az = plan.cloud
         self.resource_group, self.resource_group_name = resource_group(
             self, plan.name, az.location, plan.tags, az.resource_group_name
         )
-        self.network = AzureNetwork(  # type: ignore[method-assign,assignment]
+        self.network = AzureNetwork(
             plan.name,
             resource_group_name=self.resource_group_name,
             location=az.location,
@@ -120,7 +120,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         self.proximity_group = self.placement.proximity_group if self.placement else None
         self.availability_set = self.placement.availability_set if self.placement else None
 
-    def secrets(self, plan: Plan, host_keys: Sequence[tls.PrivateKey]) -> None:
+    def store_host_keys(self, plan: Plan, host_keys: Sequence[tls.PrivateKey]) -> None:
         self.host_key_secrets = AzureHostKeySecrets(
             plan.name,
             resource_group_name=self.resource_group_name,
@@ -130,7 +130,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
 
-    def identity(self, plan: Plan, i: int | None) -> AzureNodeIdentity:
+    def make_identity(self, plan: Plan, i: int | None) -> AzureNodeIdentity:
         """Node `i`'s identity, the VM's only one (so every tool on the node gets it from IMDS
         without a client id): its host key secret and the right to stop its own VM are its alone."""
         return AzureNodeIdentity(
@@ -144,10 +144,10 @@ class AzureGpuVmPool(pulumi.ComponentResource):
             opts=child(self),
         )
 
-    def grant(self, plan: Plan, identities: Sequence[AzureNodeIdentity]) -> list[pulumi.Input[str]]:
+    def grant_host_keys(self, plan: Plan, identities: Sequence[AzureNodeIdentity]) -> list[pulumi.Input[str]]:
         """Each node's host key secret readable by its identity alone, and the watchdog's stop role
         (assigned per VM in `launch`, once the VM exists)."""
-        self.identity = identities[0]  # type: ignore[method-assign,assignment]
+        self.identity = identities[0]
         rg_id = (
             self.resource_group.id
             if self.resource_group is not None
@@ -161,7 +161,7 @@ class AzureGpuVmPool(pulumi.ComponentResource):
     def launch(
         self, plan: Plan, i: int, user_data: pulumi.Output[str]
     ) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
-        network: AzureNetwork = self.network  # type: ignore[assignment]  # set by the `network` hook
+        network = self.network
         pip, nic = node_interface(self, plan, i, network, rg=self.resource_group_name)
         if pip is not None:
             self.public_ips.append(pip)

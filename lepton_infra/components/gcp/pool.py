@@ -4,7 +4,7 @@ a few lines that hand over to the module doing that part (plan, network, secrets
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import pulumi
 import pulumi_tls as tls
@@ -54,7 +54,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
 
     type_token: ClassVar[str] = "lepton:gcp:GpuVmPool"
 
-    # `network` (the GcpNetwork) is set by the hook of that name, which it then replaces.
+    network: GcpNetwork
     identities: list[GcpNodeIdentity]
     host_key_secrets: list[GcpHostKeySecret]
     apis: list[Any]
@@ -95,13 +95,12 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         """GCP's checks and decisions (`plan.py`), before anything is registered."""
         return plan_pool(name, args)
 
-    def network(self, plan: PoolPlan[GcpPlan]) -> None:
+    def build_network(self, plan: PoolPlan[GcpPlan]) -> None:
         """The APIs first (when asked: every later resource waits for them), then the network, then
-        the compact placement of multi-node a2/a3 pools. `self.network` is the `GcpNetwork` from
-        here on (the attribute users read replaces this hook on the instance)."""
+        the compact placement of multi-node a2/a3 pools."""
         gcp = plan.cloud
         self.apis = enable_apis(self, gcp_slug(plan.name), gcp.project, POOL_APIS) if gcp.enable_apis else []
-        self.network = GcpNetwork(  # type: ignore[assignment,method-assign]
+        self.network = GcpNetwork(
             f"{plan.name}-net",
             region=str(plan.region),
             project=gcp.project,
@@ -124,8 +123,8 @@ class GcpGpuVmPool(pulumi.ComponentResource):
                 opts=self._after_apis(),
             )
 
-    def secrets(self, plan: PoolPlan[GcpPlan], host_keys: Sequence[tls.PrivateKey]) -> None:
-        """Each node's host key in its own Secret Manager secret; readers are granted in `grant`."""
+    def store_host_keys(self, plan: PoolPlan[GcpPlan], host_keys: Sequence[tls.PrivateKey]) -> None:
+        """Each node's host key in its own Secret Manager secret; readers are granted in `grant_host_keys`."""
         labels = gcp_labels(plan.tags)
         self.host_key_secrets = [
             GcpHostKeySecret(
@@ -139,7 +138,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             for i, key in enumerate(host_keys)
         ]
 
-    def identity(self, plan: PoolPlan[GcpPlan], i: int | None) -> GcpNodeIdentity:
+    def make_identity(self, plan: PoolPlan[GcpPlan], i: int | None) -> GcpNodeIdentity:
         """Node `i`'s own service account (each node's host key secret is then readable by that node
         alone), or the existing one given in `identity` (`i` None), allowed the store and queue."""
         return GcpNodeIdentity(
@@ -151,7 +150,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
             opts=self._after_apis(),
         )
 
-    def grant(
+    def grant_host_keys(
         self, plan: PoolPlan[GcpPlan], identities: Sequence[GcpNodeIdentity]
     ) -> list[pulumi.Input[str]]:
         """Node i's account may read node i's secret (a child of that secret, as it always was)."""
@@ -166,7 +165,7 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         if self._image is None:  # the family is resolved once, for the first node
             self._image = boot_image(plan.args.image, plan.cloud.project, self, self.apis)
         image, keep_image = self._image
-        network = cast(GcpNetwork, self.network)  # the hook's result by now (see `network`)
+        network = self.network
         spec = instance_spec(
             plan,
             i,
