@@ -216,3 +216,67 @@ def test_a_daemon_without_cgroup_is_still_found_through_the_subreaper(tmp_path: 
     assert [k["command"] for k in final["killed"]] == ["sleep 617"]
     assert final["killed"][0]["signal"] == "KILL" and final["killed"][0]["escaped"] is True
     assert _wait_gone(run_dir) == []
+
+
+def test_wait_blocks_until_the_end_is_recorded_and_answers_with_it(tmp_path: Path) -> None:
+    """`wait` sleeps in flock on the supervisor's end lock: it answers with the final state, not
+    with "running" (the controller learns of the end without polling state.json for it)."""
+    run_dir = _launch(tmp_path, "import sys, time; time.sleep(1.0); sys.exit(5)")
+    final = _agent("wait", run_dir)
+    assert final["state"] == "failed" and final["exit_code"] == 5
+
+
+def test_wait_answers_lost_at_once_when_the_supervisor_dies(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "import time; time.sleep(120)")
+    os.kill(_agent("status", run_dir)["supervisor_pid"], signal.SIGKILL)
+    assert _agent("wait", run_dir)["state"] == "lost"  # the kernel dropped the dead holder's lock
+    _agent("cancel", run_dir)
+    assert _wait_gone(run_dir) == []
+
+
+def test_wait_gives_up_after_its_limit_while_the_job_runs(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "import time; time.sleep(120)")
+    assert agent.wait(str(run_dir), limit=0.3)["state"] == "running"
+    _agent("cancel", run_dir)
+
+
+def test_job_wait_returns_the_exit_code_when_the_job_exits_and_none_while_it_runs() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(4)"])
+    job = agent.JobWait(proc)
+    assert job.fd is not None  # Linux >= 5.3: woken by the kernel, no timed polling
+    assert job.wait(0.01) is None
+    assert job.wait(30) == 4
+    job.close()
+
+
+def test_orphans_are_reaped_while_the_job_runs_and_its_own_exit_code_survives(tmp_path: Path) -> None:
+    """The supervisor is a subreaper: a grandchild orphaned by the job is reparented to it and
+    must be reaped (no zombies pile up), without ever reaping the job itself (its exit code)."""
+    code = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(0.3); os._exit(0)\n"  # the orphan: dies under the supervisor
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        "time.sleep(4.5)\n"  # two heartbeats: the supervisor reaps in between
+        "sys.exit(7)\n"
+    )
+    run_dir = _launch(tmp_path, code)
+    supervisor = _agent("status", run_dir)["supervisor_pid"]
+    time.sleep(3.0)
+
+    def zombies() -> list[int]:
+        out = []
+        for entry in os.listdir("/proc"):
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == supervisor and fields[0] == "Z":
+                out.append(int(entry))
+        return out
+
+    assert zombies() == []
+    final = _wait_terminal(run_dir)
+    assert final["state"] == "failed" and final["exit_code"] == 7
