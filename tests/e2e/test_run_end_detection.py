@@ -29,9 +29,14 @@ def test_the_end_is_seen_without_waiting_for_the_next_poll(
     workload = make_workload()
     thread, box = controller_thread(
         lambda: run_job(
-            pool2, workload, ["lines=2", "delay=0.5"], run_id="end-notify", runs_dir=tmp_path, events=events,
+            pool2,
+            workload,
+            ["lines=2", "delay=0.5"],
+            run_id="end-notify",
+            runs_dir=tmp_path,
+            events=events,
             metrics_every=0,
-        )  # fmt: skip
+        )
     )
     thread.join(timeout=120)
     assert not thread.is_alive(), "the run's end was not noticed until a poll"
