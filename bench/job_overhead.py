@@ -15,6 +15,7 @@ The job's own epoch times (`epoch N/M ... time=Xs`, rank 0) say how much the tra
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import statistics
@@ -196,6 +197,11 @@ class _Lines(RunEvents):
         self.lines: list[str] = []
         self.marks: dict[str, Any] = {}
 
+        self.done_at: dict[str, float] = {}
+
+    def on_node_done(self, node: str, status: Any) -> None:
+        self.done_at[node] = time.time()  # the nodes are this machine: the same clock as theirs
+
     def on_log(self, node: str, line: str) -> None:
         self.lines.append(line)
         for name, needle in (("first", FIRST), ("last", LAST)):
@@ -255,7 +261,14 @@ def main() -> int:
     p = _bench.parser(__doc__.splitlines()[0], nodes=2, repeat=3)
     p.add_argument("--metrics-every", type=float, default=None, help="run_job's sampler period (0: off)")
     p.add_argument("--top", type=int, default=0, help="also print the N busiest processes of each window")
+    p.add_argument(
+        "--poll", type=float, default=None, help="the monitor's log poll interval, busy and idle (an experiment)"
+    )
     args = p.parse_args()
+    if args.poll is not None:
+        from lepton_infra.workload import monitor
+
+        monitor.POLL_INTERVAL_S = monitor.BUSY_POLL_INTERVAL_S = args.poll
     _bench.check_counts(args)
     _bench.print_environment(f"job overhead: CIFAR-10 on {args.nodes} nodes, {args.repeat} repeats")
     work = _bench.scratch_dir("overhead")
@@ -264,6 +277,7 @@ def main() -> int:
     epochs: dict[str, list[float]] = {"lepton": [], "hand": []}
     walls: dict[str, list[float]] = {"lepton": [], "hand": []}
     phases: list[dict[str, float]] = []
+    ends: dict[str, list[float]] = {"job": [], "end seen": []}
     loads: list[float] = []
     try:
         workload = work / "workload"
@@ -291,6 +305,11 @@ def main() -> int:
                     walls["lepton"].append(time.perf_counter() - t0)
                 if not result.succeeded:
                     raise RuntimeError(f"run_job: {result.status}")
+                for node, seen in sink.done_at.items():
+                    # state.json keeps the node's own float times (run.json rounds them to seconds)
+                    state = json.loads((work / "runs" / f"overhead-{i}" / node / "state.json").read_text())
+                    ends["job"].append(state["ended"] - state["started"])
+                    ends["end seen"].append(seen - state["ended"])
                 samples["lepton"].append(cpu.seconds())
                 windows["lepton"].append(cpu.window(sink.marks["first"], sink.marks["last"]))
                 for row in cpu.top(args.top):
@@ -320,6 +339,11 @@ def main() -> int:
     for name in ("lepton", "hand"):
         cpu = {r: statistics.median(s[r] for s in windows[name]) for r in (*ROLES, "wall")}
         print(f"{name:<12} {cpu['wall']:>8.2f}  " + "  ".join(f"{cpu[r]:>10.2f}" for r in ROLES))
+    print(
+        f"per node, median: job (supervisor's start to the job's end, node clock) {statistics.median(ends['job']):.3f} s; "
+        f"end recorded -> controller saw it {statistics.median(ends['end seen']):.3f} s "
+        f"(max {max(ends['end seen']):.3f}; includes the results upload to the pool's store)"
+    )
     keys = ("launch_to_first_log", "job", "run", "collect", "total")
     print("lepton phases (median s): " + "  ".join(
         f"{k} {statistics.median(t[k] for t in phases if k in t):.3f}" for k in keys if any(k in t for t in phases)

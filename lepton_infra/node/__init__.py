@@ -5,8 +5,9 @@ lepton_infra installed, so each file here is sent as source.
   `metadata_fetch_secret.py` print the node's pinned host key from its cloud's secret store;
   `azure_stop.py` deallocates an Azure node with its own managed identity (the watchdog's stop).
 - Every run (sent by the workload layer): `bootstrap.py` and `preflight.py` are sent as
-  `python -c SOURCE` (they must work before anything was shipped); `agent.py` is shipped with each
-  run into `~/.lepton/runs/<run-id>/.agent/agent.py`; `upload.py` and `metrics.py` (the node metrics
+  `python -c SOURCE` (they must work before anything was shipped); the agent (`agent.py` and its
+  `agent_*.py` modules, one zip: `agent_program()`) is shipped with each run into
+  `~/.lepton/runs/<run-id>/.agent/agent.py`; `upload.py` and `metrics.py` (the node metrics
   sampler) travel in the launch spec and the agent writes them beside the run; `wheels.py` installs
   the data clients from wheels the controller brought.
 
@@ -14,6 +15,8 @@ This `__init__` is the controller's handle on them and is never sent."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 NODE_DIR = Path(__file__).parent
@@ -22,3 +25,30 @@ NODE_DIR = Path(__file__).parent
 def source(filename: str) -> str:
     """The text of the node-side program `filename` (as it is sent to a node)."""
     return (NODE_DIR / filename).read_text(encoding="utf-8")
+
+
+# The agent's modules: agent.py is the entry point, the others one job each (see agent.py).
+AGENT_MODULES = (
+    "agent.py",
+    "agent_files.py",
+    "agent_procs.py",
+    "agent_supervise.py",
+    "agent_results.py",
+    "agent_pack.py",
+)
+_AGENT_MAIN = "import sys\n\nimport agent\n\nsys.exit(agent.main(sys.argv))\n"
+
+
+def agent_program() -> bytes:
+    """The agent as ONE file: a zip of its modules plus a `__main__.py` that runs agent.main, which
+    `python agent.py COMMAND RUN_DIR` runs as a program (Python runs any zip with a __main__.py),
+    its modules imported from inside it. Byte-for-byte the same for the same sources (fixed
+    timestamps, stored uncompressed: the sources stay readable in it), so its digest names the
+    version and an unchanged agent is never sent twice."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for name, text in (("__main__.py", _AGENT_MAIN), *((m, source(m)) for m in AGENT_MODULES)):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, text)
+    return buf.getvalue()

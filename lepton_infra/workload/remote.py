@@ -14,13 +14,13 @@ import shlex
 from typing import Any
 
 from lepton_infra.errors import NodeError
-from lepton_infra.node import NODE_DIR
+from lepton_infra.node import NODE_DIR, agent_program
 from lepton_infra.workload.ssh import NodeConnection
 
 _NODE_CODE = NODE_DIR
 BOOTSTRAP_SOURCE = (_NODE_CODE / "bootstrap.py").read_text(encoding="utf-8")
 PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
-AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
+AGENT_SOURCE = agent_program()  # one zip of the agent's modules, run as `python agent.py ...`
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
 # Sent inside the launch spec; the agent runs it when the job ends (results to the store).
 UPLOADER_SOURCE = (_NODE_CODE / "upload.py").read_text(encoding="utf-8")
