@@ -262,7 +262,10 @@ def main() -> int:
     p.add_argument("--metrics-every", type=float, default=None, help="run_job's sampler period (0: off)")
     p.add_argument("--top", type=int, default=0, help="also print the N busiest processes of each window")
     p.add_argument(
-        "--poll", type=float, default=None, help="the monitor's log poll interval, busy and idle (an experiment)"
+        "--poll",
+        type=float,
+        default=None,
+        help="the monitor's log poll interval, busy and idle (an experiment)",
     )
     args = p.parse_args()
     if args.poll is not None:
