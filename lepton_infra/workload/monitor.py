@@ -255,7 +255,7 @@ class _EndWaiter(threading.Thread):
                 # A deadline well past the node's own limit: a node that answers never trips it.
                 result = conn.run(command, timeout=END_WAIT_S + max(conn.op_timeout, 10.0))
                 state = json_answer(conn, result.stdout, "agent wait").get("state")
-            except Exception:  # noqa: BLE001 - a lost connection is the monitor's business
+            except Exception as exc:  # noqa: BLE001 - a lost connection is the monitor's business
                 return
             if state not in ("starting", "running"):
                 self.wake.set()
@@ -308,6 +308,8 @@ def monitor(
             # A node that cannot be told to stop is watched on until it ends or is lost.
             others.run(lambda m: agent(m.conn, run_id, "cancel"))
             continue
+        if all(w.done for w in watches):
+            return  # the last end just seen: no sleep before saying so
         # While lines flow, poll again soon (live logs), but never spin: each poll costs round trips.
         wake.wait(BUSY_POLL_INTERVAL_S if busy else POLL_INTERVAL_S)
 
