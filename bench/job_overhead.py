@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -218,7 +219,14 @@ def epoch_times(lines: list[str]) -> list[float]:
     ]
 
 
-def by_hand(ssh: OpenSSH, pool: LocalPool, workload: Path, sink: _Lines) -> float:
+def job_args(samples: int) -> list[str]:
+    """launch.py's CIFAR-10 arguments with `samples` training samples (fewer: a quicker check)."""
+    out = list(launch.CIFAR_ARGS)
+    out[out.index("--train-samples") + 1] = str(samples)
+    return out
+
+
+def by_hand(ssh: OpenSSH, pool: LocalPool, workload: Path, sink: _Lines, args: list[str]) -> float:
     """rsync + one `ssh node torchrun ...` per node (launch.py's baseline), every line kept."""
     inv = pool.inventory
     t0 = time.perf_counter()
@@ -234,7 +242,7 @@ def by_hand(ssh: OpenSSH, pool: LocalPool, workload: Path, sink: _Lines) -> floa
             f"GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1 exec {shlex.quote(inv.python)} -m torch.distributed.run "
             f"--nnodes {len(inv.nodes)} --node-rank {rank} --nproc-per-node 1 "
             f"--master-addr {inv.master.private_ip} --master-port {port} "
-            f"--rdzv-conf timeout=60 --max-restarts 0 train.py {shlex.join(launch.CIFAR_ARGS)}"
+            f"--rdzv-conf timeout=60 --max-restarts 0 train.py {shlex.join(args)}"
         )
         remote = f"cd {shlex.quote(str(dests[n.name]))} && {job}"
         cmd = ["ssh", *ssh.options(), ssh.destination(n), remote]
@@ -267,7 +275,10 @@ def main() -> int:
         default=None,
         help="the monitor's log poll interval, busy and idle (an experiment)",
     )
+    p.add_argument("--samples", type=int, default=6000, help="training samples (default 6000, as launch.py)")
+    p.add_argument("--warmup", type=int, default=1, help="uncounted runs by hand first (default 1)")
     args = p.parse_args()
+    job = job_args(args.samples)
     if args.poll is not None:
         from lepton_infra.workload import monitor
 
@@ -284,17 +295,14 @@ def main() -> int:
     loads: list[float] = []
     try:
         workload = work / "workload"
-        import shutil
-
         shutil.copytree(
             launch.REPO / "workloads" / "cifar10", workload, ignore=shutil.ignore_patterns("__pycache__")
         )
         with _bench.local_pool(args.nodes) as pool:
             ssh = OpenSSH(pool.inventory, work / "ssh")
-            with CpuByRole(str(pool.state_dir)) as cpu:
-                by_hand(
-                    ssh, pool, workload, _Lines(cpu)
-                )  # warm-up: the first `import torch` reads it from disk
+            for _ in range(args.warmup):  # the first `import torch` after a while reads it from disk
+                with CpuByRole(str(pool.state_dir)) as cpu:
+                    by_hand(ssh, pool, workload, _Lines(cpu), job)
             extra = {} if args.metrics_every is None else {"metrics_every": args.metrics_every}
             for i in range(args.repeat):
                 loads.append(os.getloadavg()[0])
@@ -302,7 +310,7 @@ def main() -> int:
                     sink = _Lines(cpu)
                     t0 = time.perf_counter()
                     result = run_job(
-                        pool.inventory, workload, launch.CIFAR_ARGS, runs_dir=work / "runs",
+                        pool.inventory, workload, job, runs_dir=work / "runs",
                         run_id=f"overhead-{i}", events=sink, **extra,
                     )  # fmt: skip
                     walls["lepton"].append(time.perf_counter() - t0)
@@ -321,7 +329,7 @@ def main() -> int:
                 phases.append(result.timings)
                 with CpuByRole(str(pool.state_dir)) as cpu:
                     sink = _Lines(cpu)
-                    walls["hand"].append(by_hand(ssh, pool, workload, sink))
+                    walls["hand"].append(by_hand(ssh, pool, workload, sink, job))
                 samples["hand"].append(cpu.seconds())
                 windows["hand"].append(cpu.window(sink.marks["first"], sink.marks["last"]))
                 for row in cpu.top(args.top):
@@ -351,6 +359,19 @@ def main() -> int:
     print("lepton phases (median s): " + "  ".join(
         f"{k} {statistics.median(t[k] for t in phases if k in t):.3f}" for k in keys if any(k in t for t in phases)
     ))  # fmt: skip
+    print()
+    rows = {}
+    for name in ("lepton", "hand"):
+        rows[name, "window"] = _bench.Row(f"{name}: job window", [w["wall"] for w in windows[name]])
+        rows[name, "whole"] = _bench.Row(f"{name}: whole run", walls[name])
+    _bench.print_table("job overhead", list(rows.values()))
+    _bench.ratio(
+        "job_overhead", "job-window lepton/torchrun-by-hand", rows["lepton", "window"], rows["hand", "window"]
+    )
+    _bench.ratio(
+        "job_overhead", "whole-run lepton/torchrun-by-hand", rows["lepton", "whole"], rows["hand", "whole"]
+    )
+    _bench.finish(args)
     return 0
 
 
