@@ -3,8 +3,9 @@
 Per node, each poll is SFTP reads only (state.json, then the log from the last offset): no shell
 per poll, each under a deadline. A heartbeat that stops moving makes the node's agent decide
 whether the supervisor is gone; a node that has not answered for `heartbeat_timeout` (a hung sshd,
-a frozen machine: its reads end at their deadline) is lost. `run_job` and `attach` turn the events into
-`RunEvents` callbacks with `deliver`."""
+a frozen machine: its reads end at their deadline) is lost. A node's end is not left to the next
+poll: one `_EndWaiter` per node blocks in the agent's `wait` and wakes the loop the moment the end
+is recorded. `run_job` and `attach` turn the events into `RunEvents` callbacks with `deliver`."""
 
 from __future__ import annotations
 
@@ -255,7 +256,7 @@ class _EndWaiter(threading.Thread):
                 # A deadline well past the node's own limit: a node that answers never trips it.
                 result = conn.run(command, timeout=END_WAIT_S + max(conn.op_timeout, 10.0))
                 state = json_answer(conn, result.stdout, "agent wait").get("state")
-            except Exception as exc:  # noqa: BLE001 - a lost connection is the monitor's business
+            except Exception:  # noqa: BLE001 - a lost connection is the monitor's business
                 return
             if state not in ("starting", "running"):
                 self.wake.set()

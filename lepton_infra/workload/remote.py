@@ -2,8 +2,9 @@
 
 Three node-side programs exist, both standard library only (a node has no `lepton_infra`):
 `node/bootstrap.py` and `node/preflight.py`, sent inline as `python -c SOURCE` because they must
-work before anything was shipped (preflight, prepare, receive), and `node/agent.py`, shipped with each run into
-`~/.lepton/runs/<run-id>/.agent/` (launch, status, cancel, pack). Each answers one JSON object on
+work before anything was shipped (preflight, prepare, receive), and the agent (`node/agent*.py`,
+one zip), shipped with each run into `~/.lepton/runs/<run-id>/.agent/` (launch, status, wait,
+cancel, pack). Each answers one JSON object on
 the last line of stdout."""
 
 from __future__ import annotations
