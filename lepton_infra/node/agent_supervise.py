@@ -49,8 +49,9 @@ class JobWait:
                 return self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 return None
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        return self.proc.wait() if ready else None
+        poller = select.poll()  # not select.select: no FD_SETSIZE limit on the descriptor
+        poller.register(self.fd, select.POLLIN)
+        return self.proc.wait() if poller.poll(timeout * 1000) else None
 
     def close(self) -> None:
         if self.fd is not None:
