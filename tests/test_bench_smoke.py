@@ -23,6 +23,7 @@ SCRIPTS = {
     "logs.py": (["--nodes", "2", "--lines", "200"], 0),
     "ship_profile.py": (["--upload-mb", "1", "--files", "20"], 0),  # CPU and counts, no ratios
     "launch.py": (["--nodes", "2", "--repeat", "1", "--warmup", "0"], 4),
+    "job_overhead.py": (["--repeat", "1", "--warmup", "0", "--samples", "200"], 2),  # CIFAR, tiny
     "store.py": (["--mb", "1", "--repeat", "1"], 6),  # against the S3, GCS and Azure emulators
     "sampler.py": (["--seconds", "1", "--every", "0.5", "--warmup", "0.5", "--fake-nvml"], 0),  # no pool
 }

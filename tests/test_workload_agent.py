@@ -4,19 +4,50 @@ sessions of their own, as torchrun's workers are), and a vanished supervisor rea
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from lepton_infra.node import agent
+from lepton_infra.node import (
+    AGENT_MODULES,
+    NODE_DIR,
+    agent,
+    agent_files,
+    agent_procs,
+    agent_program,
+    agent_supervise,
+)
 
-AGENT = Path(agent.__file__)
+AGENT = Path(agent.__file__)  # replaced by the shipped form (one zip) for every test: see below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shipped_agent(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run the agent as the nodes do: the zip `agent_program()` makes, named agent.py."""
+    global AGENT
+    AGENT = tmp_path_factory.mktemp("agent") / ".agent" / "agent.py"
+    AGENT.parent.mkdir()
+    AGENT.write_bytes(agent_program())
+
+
+def test_the_shipped_agent_is_one_file_holding_every_module_and_stable() -> None:
+    """Its digest names the version: the same sources give the same bytes, and it holds every
+    module the agent imports (a module left out would fail only on a node)."""
+    shipped = agent_program()
+    assert shipped == agent_program()
+    with zipfile.ZipFile(io.BytesIO(shipped)) as archive:
+        assert sorted(archive.namelist()) == sorted(["__main__.py", *AGENT_MODULES])
+        for name in AGENT_MODULES:
+            assert archive.read(name) == (NODE_DIR / name).read_bytes()
+    assert sorted(p.name for p in NODE_DIR.glob("agent*.py")) == sorted(AGENT_MODULES)
 
 
 def _agent(verb: str, run_dir: Path, spec: dict | None = None) -> dict:
@@ -50,7 +81,7 @@ def _wait_terminal(run_dir: Path, timeout: float = 30) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = _agent("status", run_dir)
-        if state["state"] in agent.TERMINAL:
+        if state["state"] in agent_files.TERMINAL:
             return state
         time.sleep(0.1)
     raise AssertionError(f"still {state}")
@@ -58,7 +89,7 @@ def _wait_terminal(run_dir: Path, timeout: float = 30) -> dict:
 
 def _wait_gone(run_dir: Path, timeout: float = 10) -> list[int]:
     deadline = time.time() + timeout
-    while (left := agent.run_processes(str(run_dir))) and time.time() < deadline:
+    while (left := agent_procs.run_processes(str(run_dir))) and time.time() < deadline:
         time.sleep(0.1)
     return left
 
@@ -99,9 +130,9 @@ _ESCAPER = (
 def test_cancel_stops_the_job_and_workers_in_other_sessions(tmp_path: Path) -> None:
     run_dir = _launch(tmp_path, _ESCAPER.format(sleep=120))
     deadline = time.time() + 10
-    while len(agent.run_processes(str(run_dir))) < 2 and time.time() < deadline:
+    while len(agent_procs.run_processes(str(run_dir))) < 2 and time.time() < deadline:
         time.sleep(0.05)
-    assert len(agent.run_processes(str(run_dir))) == 2
+    assert len(agent_procs.run_processes(str(run_dir))) == 2
     state = _agent("cancel", run_dir)
     assert state["state"] == "cancelled"
     assert _wait_gone(run_dir) == []
@@ -153,11 +184,11 @@ def test_a_full_disk_leaves_state_json_rewritable_in_place(tmp_path: Path) -> No
     """The in-place path that a full disk takes: the padded file is rewritten without new blocks."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    agent.write_state(str(run_dir), {"state": "running", "detail": ""})
+    agent_files.write_state(str(run_dir), {"state": "running", "detail": ""})
     size = (run_dir / "state.json").stat().st_size
-    assert size == agent.STATE_PAD
+    assert size == agent_files.STATE_PAD
     with open(run_dir / "state.json", "r+b") as f:  # what write_state does when the tmp file fails
-        f.write(agent._encode_state({"state": "failed", "detail": "x" * 10000}, size))
+        f.write(agent_files._encode_state({"state": "failed", "detail": "x" * 10000}, size))
     assert json.loads((run_dir / "state.json").read_text())["state"] == "failed"
     assert (run_dir / "state.json").stat().st_size == size
 
@@ -166,9 +197,9 @@ def test_a_multi_node_job_binds_gloo_to_the_interface_of_its_private_ip(tmp_path
     """Found by the first-boot rehearsal: on an image whose hostname resolves to 127.0.1.1, gloo
     bound loopback and the peer's connections were refused. The agent names the interface."""
     env = {"LEPTON_NUM_NODES": "2", "LEPTON_NODE_RANK": "1", "LEPTON_NODE_IPS": "10.9.9.9,127.0.0.1"}
-    assert agent.gloo_interface(env) == {"GLOO_SOCKET_IFNAME": "lo"}
-    assert agent.gloo_interface({**env, "GLOO_SOCKET_IFNAME": "eth7"}) == {}  # the job's own choice
-    assert agent.gloo_interface({**env, "LEPTON_NUM_NODES": "1"}) == {}
+    assert agent_supervise.gloo_interface(env) == {"GLOO_SOCKET_IFNAME": "lo"}
+    assert agent_supervise.gloo_interface({**env, "GLOO_SOCKET_IFNAME": "eth7"}) == {}  # the job's own choice
+    assert agent_supervise.gloo_interface({**env, "LEPTON_NUM_NODES": "1"}) == {}
     run_dir = tmp_path / "run"
     (run_dir / "workload").mkdir(parents=True)
     code = "import os; print(os.environ.get('GLOO_SOCKET_IFNAME'))"
@@ -208,11 +239,75 @@ def test_a_daemon_without_cgroup_is_still_found_through_the_subreaper(tmp_path: 
     while b"started" not in (run_dir / "logs" / "node.log").read_bytes() and time.time() < deadline:
         time.sleep(0.05)
     state = _agent("status", run_dir)
-    found = agent.run_processes(str(run_dir), {**state, "cgroup": None})
-    commands = [agent._describe(pid) for pid in found]
+    found = agent_procs.run_processes(str(run_dir), {**state, "cgroup": None})
+    commands = [agent_procs._describe(pid) for pid in found]
     assert "sleep 617" in commands, commands
     final = _agent("cancel", run_dir)
     assert final["state"] == "cancelled"
     assert [k["command"] for k in final["killed"]] == ["sleep 617"]
     assert final["killed"][0]["signal"] == "KILL" and final["killed"][0]["escaped"] is True
     assert _wait_gone(run_dir) == []
+
+
+def test_wait_blocks_until_the_end_is_recorded_and_answers_with_it(tmp_path: Path) -> None:
+    """`wait` sleeps in flock on the supervisor's end lock: it answers with the final state, not
+    with "running" (the controller learns of the end without polling state.json for it)."""
+    run_dir = _launch(tmp_path, "import sys, time; time.sleep(1.0); sys.exit(5)")
+    final = _agent("wait", run_dir)
+    assert final["state"] == "failed" and final["exit_code"] == 5
+
+
+def test_wait_answers_lost_at_once_when_the_supervisor_dies(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "import time; time.sleep(120)")
+    os.kill(_agent("status", run_dir)["supervisor_pid"], signal.SIGKILL)
+    assert _agent("wait", run_dir)["state"] == "lost"  # the kernel dropped the dead holder's lock
+    _agent("cancel", run_dir)
+    assert _wait_gone(run_dir) == []
+
+
+def test_wait_gives_up_after_its_limit_while_the_job_runs(tmp_path: Path) -> None:
+    run_dir = _launch(tmp_path, "import time; time.sleep(120)")
+    assert agent.wait(str(run_dir), limit=0.3)["state"] == "running"
+    _agent("cancel", run_dir)
+
+
+def test_job_wait_returns_the_exit_code_when_the_job_exits_and_none_while_it_runs() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(4)"])
+    job = agent_supervise.JobWait(proc)
+    assert job.fd is not None  # Linux >= 5.3: woken by the kernel, no timed polling
+    assert job.wait(0.01) is None
+    assert job.wait(30) == 4
+    job.close()
+
+
+def test_orphans_are_reaped_while_the_job_runs_and_its_own_exit_code_survives(tmp_path: Path) -> None:
+    """The supervisor is a subreaper: a grandchild orphaned by the job is reparented to it and
+    must be reaped (no zombies pile up), without ever reaping the job itself (its exit code)."""
+    code = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(0.3); os._exit(0)\n"  # the orphan: dies under the supervisor
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        "time.sleep(4.5)\n"  # two heartbeats: the supervisor reaps in between
+        "sys.exit(7)\n"
+    )
+    run_dir = _launch(tmp_path, code)
+    supervisor = _agent("status", run_dir)["supervisor_pid"]
+    time.sleep(3.0)
+
+    def zombies() -> list[int]:
+        out = []
+        for entry in os.listdir("/proc"):
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == supervisor and fields[0] == "Z":
+                out.append(int(entry))
+        return out
+
+    assert zombies() == []
+    final = _wait_terminal(run_dir)
+    assert final["state"] == "failed" and final["exit_code"] == 7

@@ -5,18 +5,23 @@ lepton_infra installed, so each program here is sent as source.
   `metadata_fetch_secret.py` print the node's pinned host key from its cloud's secret store;
   `azure_stop.py` deallocates an Azure node with its own managed identity (the watchdog's stop).
 - Every run (sent by the workload layer): `bootstrap/` (a package) and `preflight.py` are sent as
-  `python -c SOURCE` (they must work before anything was shipped); `agent.py` is shipped with each
-  run into `~/.lepton/runs/<run-id>/.agent/agent.py`; `upload/` (a package) and `metrics.py` (the
-  node metrics sampler) travel in the launch spec and the agent writes them beside the run;
-  `wheels.py` installs the data clients from wheels the controller brought.
-- A package travels as ONE source, a bundle (`bundle()` below, run by `loader.py`): its modules
-  keep ordinary relative imports and still arrive as one text, in one round trip.
+  `python -c SOURCE` (they must work before anything was shipped); the agent (`agent.py` and its
+  `agent_*.py` modules) is shipped with each run into `~/.lepton/runs/<run-id>/.agent/agent.py`;
+  `upload/` (a package) and `metrics.py` (the node metrics sampler) travel in the launch spec and
+  the agent writes them beside the run; `wheels.py` installs the data clients from wheels the
+  controller brought.
+- Several modules travel as ONE thing, in one round trip, in one of two forms: a program sent as
+  text (`python -c`) is a bundle (`bundle()` below, run by `loader.py`: the modules keep ordinary
+  relative imports); the agent, which the node runs from a file, is a zip (`agent_program()`:
+  Python runs a zip with a `__main__.py` natively, and a file on the node needs no loader).
 
 This `__init__` is the controller's handle on them and is never sent."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +59,30 @@ def bundle(package: str | Path, prefix: str) -> Bundle:
         hasher.update(f"\0{module}\0{len(data)}\0".encode() + data)  # length-prefixed: unambiguous
     name = f"{prefix}_{hasher.hexdigest()[:16]}"
     return Bundle(name, sources, f"{loader}\n_open_bundle({name!r}, {sources!r}, globals())\n")
+
+
+# The agent's modules: agent.py is the entry point, the others one job each (see agent.py).
+AGENT_MODULES = (
+    "agent.py",
+    "agent_files.py",
+    "agent_procs.py",
+    "agent_supervise.py",
+    "agent_results.py",
+    "agent_pack.py",
+)
+_AGENT_MAIN = "import sys\n\nimport agent\n\nsys.exit(agent.main(sys.argv))\n"
+
+
+def agent_program() -> bytes:
+    """The agent as ONE file: a zip of its modules plus a `__main__.py` that runs agent.main, which
+    `python agent.py COMMAND RUN_DIR` runs as a program (Python runs any zip with a __main__.py),
+    its modules imported from inside it. Byte-for-byte the same for the same sources (fixed
+    timestamps, stored uncompressed: the sources stay readable in it), so its digest names the
+    version and an unchanged agent is never sent twice."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for name, text in (("__main__.py", _AGENT_MAIN), *((m, source(m)) for m in AGENT_MODULES)):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, text)
+    return buf.getvalue()

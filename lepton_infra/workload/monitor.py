@@ -3,13 +3,15 @@
 Per node, each poll is SFTP reads only (state.json, then the log from the last offset): no shell
 per poll, each under a deadline. A heartbeat that stops moving makes the node's agent decide
 whether the supervisor is gone; a node that has not answered for `heartbeat_timeout` (a hung sshd,
-a frozen machine: its reads end at their deadline) is lost. `run_job` and `attach` turn the events into
-`RunEvents` callbacks with `deliver`."""
+a frozen machine: its reads end at their deadline) is lost. A node's end is not left to the next
+poll: one `_EndWaiter` per node blocks in the agent's `wait` and wakes the loop the moment the end
+is recorded. `run_job` and `attach` turn the events into `RunEvents` callbacks with `deliver`."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from lepton_infra.workload import jobspec
 from lepton_infra.workload.group import ConnectedNode, NodeGroup
 from lepton_infra.workload.metrics import MetricsTail
 from lepton_infra.workload.models import TERMINAL_STATES, NodeStatus, RunEvents
-from lepton_infra.workload.remote import agent
+from lepton_infra.workload.remote import agent, agent_cmd, json_answer
 
 POLL_INTERVAL_S = 0.5
 BUSY_POLL_INTERVAL_S = 0.1
@@ -37,6 +39,7 @@ FIRST_READ_CHUNK = 64 << 10  # doubled while reads are quick: a fast link reache
 MAX_LINE_BYTES = 16 << 10
 MAX_STATE_BYTES = 1 << 18  # a node's state.json is ~8 KB; anything past this is not read
 CUT_MARK = " ... [line cut; every byte of it is in the node's logs/node.log]"
+END_WAIT_S = 20.0  # the node agent's `wait` answers after at most this long (node/agent.py WAIT_MAX_S)
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,33 @@ class _Watch:
         return events
 
 
+class _EndWaiter(threading.Thread):
+    """Blocks in the node agent's `wait` (which sleeps in flock on the supervisor's end lock) and
+    sets `wake` the moment the node's run has ended, so the monitor reads the end at once instead
+    of at its next poll. Any failure just ends the waiter: the polling finds the end all the same."""
+
+    def __init__(self, member: NodeRun, run_id: str, wake: threading.Event) -> None:
+        super().__init__(name=f"end-wait-{member.name}", daemon=True)
+        self.member, self.run_id, self.wake = member, run_id, wake
+
+    def run(self) -> None:
+        conn = self.member.conn
+        while True:
+            started = time.monotonic()
+            try:
+                command = agent_cmd(conn.inventory.python, self.run_id, "wait")
+                # A deadline well past the node's own limit: a node that answers never trips it.
+                result = conn.run(command, timeout=END_WAIT_S + max(conn.op_timeout, 10.0))
+                state = json_answer(conn, result.stdout, "agent wait").get("state")
+            except Exception:  # noqa: BLE001 - a lost connection is the monitor's business
+                return
+            if state not in ("starting", "running"):
+                self.wake.set()
+                return
+            if time.monotonic() - started < END_WAIT_S / 2:
+                return  # it answered early while running: it cannot block there; polling it is
+
+
 def monitor(
     group: NodeGroup,
     run_id: str,
@@ -248,12 +278,16 @@ def monitor(
     barriers). Members' `status` is kept current as a side effect."""
     watches = [_Watch(m, offsets.get(m.name, 0), heartbeat_timeout, run_id) for m in group]
     by_name = {w.member.name: w for w in watches}
+    wake = threading.Event()  # set by a node's end waiter: poll now rather than after the sleep
+    for w in watches:
+        _EndWaiter(w.member, run_id, wake).start()
     gang_stopped = False
     saved: dict[str, int] = {}
     while True:
         pending = NodeGroup([w.member for w in watches if not w.done])
         if not len(pending):
             return
+        wake.clear()  # before the poll: an end recorded during it wakes the next sleep
         # poll() never raises, so every pending node is in .succeeded.
         batches = pending.run(lambda m: by_name[m.name].poll()).values()
         busy = any(w.more for w in watches)
@@ -275,8 +309,10 @@ def monitor(
             # A node that cannot be told to stop is watched on until it ends or is lost.
             others.run(lambda m: agent(m.conn, run_id, "cancel"))
             continue
+        if all(w.done for w in watches):
+            return  # the last end just seen: no sleep before saying so
         # While lines flow, poll again soon (live logs), but never spin: each poll costs round trips.
-        time.sleep(BUSY_POLL_INTERVAL_S if busy else POLL_INTERVAL_S)
+        wake.wait(BUSY_POLL_INTERVAL_S if busy else POLL_INTERVAL_S)
 
 
 def deliver(event: Event, sink: RunEvents) -> None:

@@ -3,8 +3,9 @@
 Three node-side programs exist, all standard library only (a node has no `lepton_infra`):
 `node/bootstrap/` (one bundle of modules, see `lepton_infra.node.bundle`) and `node/preflight.py`,
 sent inline as `python -c SOURCE` because they must work before anything was shipped (preflight,
-prepare, receive), and `node/agent.py`, shipped with each run into
-`~/.lepton/runs/<run-id>/.agent/` (launch, status, cancel, pack). Each answers one JSON object on
+prepare, receive), and the agent (`node/agent*.py`, one zip: `lepton_infra.node.agent_program`),
+shipped with each run into `~/.lepton/runs/<run-id>/.agent/` (launch, status, wait, cancel, pack).
+Each answers one JSON object on
 the last line of stdout."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shlex
 from typing import Any
 
 from lepton_infra.errors import NodeError
-from lepton_infra.node import NODE_DIR, bundle
+from lepton_infra.node import NODE_DIR, agent_program, bundle
 from lepton_infra.workload.ssh import NodeConnection
 
 _NODE_CODE = NODE_DIR
@@ -23,7 +24,7 @@ _BOOTSTRAP = bundle("bootstrap", "lepton_bootstrap")
 BOOTSTRAP_SOURCE = _BOOTSTRAP.source
 BOOTSTRAP_MODULE = _BOOTSTRAP.name
 PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
-AGENT_SOURCE = (_NODE_CODE / "agent.py").read_bytes()
+AGENT_SOURCE = agent_program()  # one zip of the agent's modules, run as `python agent.py ...`
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
 # Sent inside the launch spec (one bundle of node/upload/); the agent runs it when the job ends
 # (results to the store) and writes it beside the run for the job's `fetch`.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lepton_infra.data import open_store
 from lepton_infra.data.snapshots import latest_snapshot
-from lepton_infra.node.agent import Snapshots
+from lepton_infra.node.agent_results import Snapshots
 from lepton_infra.workload.remote import UPLOADER_SOURCE
 
 FILES = 300  # enough that an upload takes a while (every file is fsynced twice)
