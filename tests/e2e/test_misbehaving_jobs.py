@@ -302,7 +302,8 @@ def test_a_full_disk_during_collect_fails_the_run_naming_node_and_file_and_a_lat
     from lepton_infra.workload.record import RunStore
 
     filler = small_disk / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
+    # suppress outermost: the file's close (flushing its last buffer) fails on a full disk too
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
         while True:
             f.write(b"\0" * (64 << 10))
     store = RunStore(runs)
