@@ -4,7 +4,7 @@ A snapshot of a job's output/ goes to a new generation folder, `<prefix>/checkpo
 (manifest last), and only then does `<prefix>/checkpoint/LATEST.json` name it: a node lost
 mid-upload leaves a half-written generation nobody points at, and the last committed one untouched.
 Generations older than the one just replaced are deleted. The node-side uploader of `run` jobs
-(`workload/node/upload.py`) writes the same layout; this module is the Store-side reader and the
+(`lepton_infra/node/upload/`) writes the same layout; this module is the Store-side reader and the
 sweep worker's writer."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The run's results to the store: snapshots of output/ while the job runs (a node lost mid-run
 leaves its last checkpoint) and the final upload before the end is recorded, both with the
-uploader the controller sent in the spec (node/upload.py), as helpers a stop spares.
+uploader the controller sent in the spec (node/upload/, one bundle), as helpers a stop spares.
 Standard library only; part of the agent shipped with every run (see agent.py)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Snapshots:
     """While the job runs, copy output/ (checkpoints, metrics) to `<prefix>/checkpoint/` in the store
     whenever it changed, at most every CHECKPOINT_UPLOAD_S seconds, one upload at a time, so
     a node lost mid-run (spot reclaim) leaves its last checkpoint behind. Each snapshot is a new
-    generation committed by a pointer (upload.py --snapshot): one cut off never spoils the last."""
+    generation committed by a pointer (the uploader's --snapshot): one cut off never spoils the last."""
 
     def __init__(self, run_dir: str, spec: dict[str, Any]) -> None:
         self.run_dir = run_dir

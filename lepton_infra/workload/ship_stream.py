@@ -1,7 +1,7 @@
 """The ship stream the node-side `bootstrap receive` reads: a header (the manifest, so the node
 writes each blob straight to its place), the blobs the node lacks, each once, then the pending
 files hashed while they are sent, and an end mark. The framing is the node's own
-(`lepton_infra/node/bootstrap.py`)."""
+(`lepton_infra/node/bootstrap/`)."""
 
 from __future__ import annotations
 
