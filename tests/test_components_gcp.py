@@ -514,7 +514,10 @@ def test_a_store_of_another_cloud_is_refused_naming_what_a_gcp_pool_takes() -> N
         store = ObjectStore("s3", ObjectStoreArgs(cloud="aws", region="us-east-1"))
         gcp.GcpGpuVmPool("p", pool_args(nodes=1), store=store)
 
-    with pytest.raises(ConfigError, match="store: got AwsObjectStore; .* only be allowed a GcpObjectStore"):
+    with pytest.raises(
+        ConfigError,
+        match="store is a AwsObjectStore; a GCP pool can only be granted a GCP store .GcpObjectStore",
+    ):
         build(make)
 
 

@@ -32,7 +32,9 @@ from lepton_infra.components.common import (
     ipv4_ssh_cidrs,
     pool_tags,
     ssh_needs_public_ip,
+    unwrap,
 )
+from lepton_infra.errors import ConfigError
 
 T = TypeVar("T")
 C = TypeVar("C")  # a cloud's own part of the plan
@@ -123,6 +125,23 @@ class CloudPool(Protocol):
     def own_outputs(self, plan: PoolPlan[Any]) -> Mapping[str, Any]:
         """The cloud's own few registered outputs beside the nodes' addresses (instance type, zone)."""
         ...
+
+
+_POOL_OF = {"aws": ("an", "AWS"), "gcp": ("a", "GCP"), "azure": ("an", "Azure")}
+
+
+def granted(what: str, part: Any, cls: type, cloud: str) -> Any:
+    """`part` (a `cls`, or the neutral component wrapping one) or None: the store or queue a pool's
+    nodes are allowed. A part of another cloud is a ConfigError here, naming what was given and what
+    is allowed, rather than an attribute error deep in the identity's grants."""
+    part = unwrap(part)
+    if part is not None and not isinstance(part, cls):
+        article, label = _POOL_OF[cloud]
+        raise ConfigError(
+            f"{what} is a {type(part).__name__}; {article} {label} pool can only be granted {article} {label} "
+            f"{what} ({cls.__name__} or a neutral one with cloud={cloud!r})"
+        )
+    return part
 
 
 def build_pool(

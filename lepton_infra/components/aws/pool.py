@@ -22,8 +22,7 @@ from lepton_infra.components.aws.queue import AwsJobQueue
 from lepton_infra.components.aws.secrets import AwsHostKeySecrets, host_key_fetch
 from lepton_infra.components.aws.store import AwsObjectStore
 from lepton_infra.components.common import PoolNode, child
-from lepton_infra.components.pool import PoolPlan, build_pool
-from lepton_infra.errors import ConfigError
+from lepton_infra.components.pool import PoolPlan, build_pool, granted
 
 
 class AwsGpuVmPool(pulumi.ComponentResource):
@@ -63,13 +62,8 @@ class AwsGpuVmPool(pulumi.ComponentResource):
         queue: AwsJobQueue | None = None,
         plan: PoolPlan[aws_plan.AwsPlan] | None = None,
     ) -> None:
-        for what, given, cls in (("store", store, AwsObjectStore), ("queue", queue, AwsJobQueue)):
-            if given is not None and not isinstance(given, cls):
-                raise ConfigError(
-                    f"{what} is a {type(given).__name__}; an AWS pool can only be granted an AWS {what} "
-                    f"({cls.__name__} or a neutral one with cloud='aws')"
-                )
-        self._store, self._queue = store, queue
+        self._store = granted("store", store, AwsObjectStore, "aws")
+        self._queue = granted("queue", queue, AwsJobQueue, "aws")
         self.image, self.instances, self.addresses = None, [], []
         self.nodes = build_pool(self, name, args, opts, plan)
         self.entry = self.pool_plan.entry

@@ -25,9 +25,8 @@ from lepton_infra.components.azure.plan import AzurePlan, plan_azure_pool
 from lepton_infra.components.azure.queue import AzureJobQueue
 from lepton_infra.components.azure.secrets import AzureHostKeySecrets
 from lepton_infra.components.azure.store import AzureObjectStore
-from lepton_infra.components.common import PoolNode, child, new_node_image, unwrap
-from lepton_infra.components.pool import PoolPlan, build_pool
-from lepton_infra.errors import ConfigError
+from lepton_infra.components.common import PoolNode, child, new_node_image
+from lepton_infra.components.pool import PoolPlan, build_pool, granted
 
 Plan = PoolPlan[AzurePlan]
 
@@ -75,16 +74,8 @@ class AzureGpuVmPool(pulumi.ComponentResource):
         plan: Plan | None = None,
         encryption_at_host: bool = False,
     ) -> None:
-        self.store, self.queue = unwrap(store), unwrap(queue)
-        for given, cls, what in (
-            (self.store, AzureObjectStore, "store"),
-            (self.queue, AzureJobQueue, "queue"),
-        ):
-            if given is not None and not isinstance(given, cls):
-                raise ConfigError(
-                    f"{what} is a {type(given).__name__}; an Azure pool can only be granted an Azure {what} "
-                    f"({cls.__name__} or a neutral one with cloud='azure')"
-                )
+        self.store = granted("store", store, AzureObjectStore, "azure")
+        self.queue = granted("queue", queue, AzureJobQueue, "azure")
         self.encryption_at_host = encryption_at_host
         self.public_ips, self.nics, self.instances, self.stop_grants = [], [], [], []
         self.nodes = build_pool(self, name, args, opts, plan)

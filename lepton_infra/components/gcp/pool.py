@@ -12,7 +12,7 @@ from pulumi_gcp import compute
 
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs
-from lepton_infra.components.common import PoolNode, child, gcp_labels, unwrap
+from lepton_infra.components.common import PoolNode, child, gcp_labels
 from lepton_infra.components.gcp.apis import POOL_APIS, enable_apis
 from lepton_infra.components.gcp.identity import GcpNodeIdentity
 from lepton_infra.components.gcp.image import boot_image
@@ -23,8 +23,7 @@ from lepton_infra.components.gcp.plan import GcpPlan, plan_pool
 from lepton_infra.components.gcp.queue import GcpJobQueue
 from lepton_infra.components.gcp.secrets import GcpHostKeySecret
 from lepton_infra.components.gcp.store import GcpObjectStore
-from lepton_infra.components.pool import PoolPlan, build_pool
-from lepton_infra.errors import ConfigError
+from lepton_infra.components.pool import PoolPlan, build_pool, granted
 
 
 class GcpGpuVmPool(pulumi.ComponentResource):
@@ -74,8 +73,8 @@ class GcpGpuVmPool(pulumi.ComponentResource):
         queue: Any = None,
         plan: PoolPlan[GcpPlan] | None = None,
     ) -> None:
-        self.store = _own("store", store, GcpObjectStore)
-        self.queue = _own("queue", queue, GcpJobQueue)
+        self.store = granted("store", store, GcpObjectStore, "gcp")
+        self.queue = granted("queue", queue, GcpJobQueue, "gcp")
         self.instances = []
         self._image: tuple[pulumi.Output[str], list[str]] | None = None
         self.nodes = build_pool(self, name, args, opts, plan)
@@ -194,15 +193,3 @@ class GcpGpuVmPool(pulumi.ComponentResource):
     def _after_apis(self) -> pulumi.ResourceOptions:
         """A child that waits for the APIs this pool enables (none unless asked)."""
         return child(self, depends_on=self.apis)
-
-
-def _own(what: str, part: Any, cls: type) -> Any:
-    """`part` (a `cls`, or the neutral component wrapping one) or None; a part of another cloud is a
-    ConfigError here rather than an attribute error deep in the identity's grants."""
-    part = unwrap(part)
-    if part is not None and not isinstance(part, cls):
-        raise ConfigError(
-            f"{what}: got {type(part).__name__}; a gcp pool's nodes can only be allowed a {cls.__name__} "
-            f"(or a neutral {what} with cloud='gcp')"
-        )
-    return part
