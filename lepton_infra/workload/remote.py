@@ -16,14 +16,13 @@ import shlex
 from typing import Any
 
 from lepton_infra.errors import NodeError
-from lepton_infra.node import NODE_DIR, agent_program, bundle
+from lepton_infra.node import agent_program, bundle, source
 from lepton_infra.workload.ssh import NodeConnection
 
-_NODE_CODE = NODE_DIR
 _BOOTSTRAP = bundle("bootstrap", "lepton_bootstrap")
 BOOTSTRAP_SOURCE = _BOOTSTRAP.source
 BOOTSTRAP_MODULE = _BOOTSTRAP.name
-PREFLIGHT_SOURCE = (_NODE_CODE / "preflight.py").read_text(encoding="utf-8")
+PREFLIGHT_SOURCE = source("preflight.py")
 AGENT_SOURCE = agent_program()  # one zip of the agent's modules, run as `python agent.py ...`
 AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()
 # Sent inside the launch spec (one bundle of node/upload/); the agent runs it when the job ends
