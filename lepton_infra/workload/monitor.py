@@ -243,7 +243,7 @@ class _EndWaiter(threading.Thread):
     sets `wake` the moment the node's run has ended, so the monitor reads the end at once instead
     of at its next poll. Any failure just ends the waiter: the polling finds the end all the same."""
 
-    def __init__(self, member: NodeRun, run_id: str, wake: threading.Event) -> None:
+    def __init__(self, member: ConnectedNode, run_id: str, wake: threading.Event) -> None:
         super().__init__(name=f"end-wait-{member.name}", daemon=True)
         self.member, self.run_id, self.wake = member, run_id, wake
 
