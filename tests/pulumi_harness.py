@@ -10,6 +10,7 @@ test that records nothing then passes vacuously).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable
@@ -379,6 +380,26 @@ def install(
 install()
 
 
+def _settle_event_loop(limit: float = 5.0) -> None:
+    """Let the tasks a build left behind finish on the shared event loop, then cancel the rest.
+
+    When a registration fails, Pulumi's `wait_for_rpcs` raises at once and leaves the build's other
+    registrations queued. They would run in the NEXT build's loop and land in its fresh record (an
+    order-dependent failure CI once hit: a VPC endpoint from one test appeared in the next)."""
+    loop = asyncio.get_event_loop()
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        return
+    _, still = loop.run_until_complete(asyncio.wait(pending, timeout=limit))
+    for task in still:
+        task.cancel()
+    if still:
+        loop.run_until_complete(asyncio.gather(*still, return_exceptions=True))
+    for task in pending:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
+
+
 def build(
     fn: Callable[[], Any],
     *,
@@ -402,7 +423,10 @@ def build(
             return pulumi.Output.all(**outs).apply(box.update)
         return None
 
-    _run()
+    try:
+        _run()
+    finally:
+        _settle_event_loop()
     rec = Recorder(
         resources=list(MOCKS.resources),
         calls=list(MOCKS.calls),
