@@ -360,7 +360,11 @@ def test_nodes_run_with_the_hardened_settings_sshd_reports(local_pool: LocalPool
         "permitrootlogin": "without-password",  # sshd's spelling of prohibit-password
         "allowusers": local_pool.inventory.user,
         "x11forwarding": "no",
-        "allowtcpforwarding": "no",
+        # Local forwarding to the node's own loopback only: how the controller reaches its keeper.
+        "allowtcpforwarding": "local",
+        "permitopen": "127.0.0.1:*",
+        "allowstreamlocalforwarding": "no",
+        "gatewayports": "no",
         "allowagentforwarding": "no",
         "subsystem": "sftp internal-sftp",
         "hostkeyalgorithms": "ssh-ed25519",

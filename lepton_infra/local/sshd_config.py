@@ -134,7 +134,9 @@ def render(cfg: NodeConfig) -> str:
                 "ForceCommand /bin/false",
             ]
             if cfg.permit_open
-            else ["AllowTcpForwarding no"]
+            # A node: forwarding only to its own loopback, where its keeper listens
+            # (lepton_infra/node/bootstrap/keeper.py; every request is token-proven).
+            else ["AllowTcpForwarding local", "PermitOpen 127.0.0.1:*"]
         ),
         "AllowStreamLocalForwarding no",
         "GatewayPorts no",

@@ -6,6 +6,7 @@ back). Per node each step is ONE command on the node's one connection."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 from lepton_infra.errors import ConfigError, LeptonError, NodeError, NoSpace
 from lepton_infra.inventory import Inventory, Node
-from lepton_infra.workload import clients, collecting, jobspec, metrics, shipping
+from lepton_infra.workload import clients, collecting, jobspec, keeper, metrics, shipping
 from lepton_infra.workload.group import ConnectedNode, GroupResult, NodeGroup
 from lepton_infra.workload.manifest import Manifest
 from lepton_infra.workload.models import NodeStatus
@@ -104,18 +105,33 @@ def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Invent
 
     # The tree too: a node that lacks nothing writes it at once (no `receive` for it).
     tree = {**manifest.node_view(), "agent": AGENT_DIGEST}
-    install = bootstrap_install()
-
-    request: dict[str, Any] = {"run_id": run_id, "blobs": blobs, "tree": tree, "install": install}
-    shared = json.dumps(request).encode()  # ~170 B a file: encoded once, not once per node
+    # ~170 B a file: encoded once, not once per node. Its digest names it to the nodes' keepers,
+    # which remember the trees they were given: a node's keeper that has this one is sent the key only.
+    core = json.dumps({"blobs": blobs, "tree": tree}).encode()
+    extra: dict[str, Any] = {
+        "run_id": run_id,
+        "install": bootstrap_install(),
+        "keeper": True,
+        "tree_key": hashlib.sha256(core).hexdigest(),
+    }
 
     def one(m: ConnectedNode) -> dict[str, Any]:
-        body = shared
-        if m.rank == 0:
-            probe = {"addr": inventory.master.private_ip, "port": preferred}
-            body = json.dumps({**request, "port_probe": probe}).encode()
-        result = m.conn.run(bootstrap_cmd(inventory.python, "prepare"), stdin=body)
-        answer = json_answer(m.conn, result.stdout, "prepare")
+        mine = (
+            extra
+            if m.rank != 0
+            else {**extra, "port_probe": {"addr": inventory.master.private_ip, "port": preferred}}
+        )
+        full = core[:-1] + b", " + json.dumps(mine).encode()[1:]  # one JSON object: core's keys and mine
+        entry = keeper.known(m.conn)
+        short = [json.dumps(mine).encode()] if entry and mine["tree_key"] in entry["trees"] else []
+        # A node's keeper answers without a new interpreter on the node (workload/keeper.py).
+        answer = keeper.call(m.conn, "prepare", [*short, full])
+        if answer is not None and not answer.get("exists"):
+            keeper.remember(m.conn, tree=mine["tree_key"])  # the keeper now holds this tree
+        elif answer is None:
+            result = m.conn.run(bootstrap_cmd(inventory.python, "prepare"), stdin=full)
+            answer = json_answer(m.conn, result.stdout, "prepare")
+            keeper.remember(m.conn, answer.pop("keeper", None))
         m.run_dir = answer["run_dir"]
         m.missing = list(answer.get("missing", []))
         m.tree_ready = bool(answer.get("shipped"))

@@ -1,6 +1,7 @@
 """The three commands a controller sends to the bootstrap: `prepare` (reserve the run directory,
 say which blobs the cache lacks), `receive` (read the ship stream into the run's tree) and `serve`
-(node 0's blob server when nothing was sent to node 0 itself). Each answers one JSON object."""
+(node 0's blob server when nothing was sent to node 0 itself). Each answers one JSON object.
+`prepare` also reaches a running keeper (keeper.py) without a command, once one was started."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import os
 import sys
 
-from . import spares
+from . import keeper, spares
 from .cache import cache_dir, cached, lepton_home
 from .files import copy_file, rmtree, run_mode, umask
 from .install import install_self
@@ -81,7 +82,7 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
             if _port_free(probe["addr"], candidate):
                 port = candidate
                 break
-    return {
+    answer = {
         "home": os.path.expanduser("~"),
         "run_dir": run_dir,
         "exists": False,
@@ -89,6 +90,38 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
         "port": port,
         "shipped": shipped,
     }
+    if request.get("keeper"):
+        # The controller's next prepare on this node goes to the keeper (keeper.py) instead of a
+        # new interpreter; started after this run's work, so it never delays this answer's content.
+        answer["keeper"] = keeper.ensure(_keeper_serves)
+    return answer
+
+
+# The keeper's memory of recent trees: the controller's key of a full request (a digest of its
+# `blobs` and `tree` JSON) -> those two. A later prepare of the same tree then sends only the key,
+# sparing the manifest's transfer and parsing (~170 B a file). The newest few are kept.
+_TREES: dict[str, tuple[Any, Any]] = {}
+_KEEP_TREES = 8
+
+
+def _keeper_serves(command: str, request: dict[str, Any]) -> dict[str, Any]:
+    """What the keeper runs for a request: `prepare` only, as the command would. A request with a
+    tree key but no tree is completed from memory, or answered `{"need": "tree"}` (nothing done)."""
+    if command != "prepare":
+        raise ValueError(f"the keeper does not run {command!r}")
+    key = request.get("tree_key")
+    if "tree" not in request:
+        known = _TREES.get(key) if isinstance(key, str) else None
+        if known is None:
+            return {"need": "tree"}
+        request = {**request, "blobs": known[0], "tree": known[1]}
+    answer = prepare({**request, "keeper": False})
+    if isinstance(key, str) and not answer.get("exists"):
+        _TREES.pop(key, None)
+        _TREES[key] = (request.get("blobs", {}), request.get("tree"))
+        while len(_TREES) > _KEEP_TREES:
+            del _TREES[next(iter(_TREES))]
+    return answer
 
 
 def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = True) -> dict[str, Any]:

@@ -151,6 +151,15 @@ class NodeConnection:
             raise NodeError(self.name, f"cannot start a command: {exc}", command=_short(command)) from exc
         return channel
 
+    def open_loopback(self, port: int) -> paramiko.Channel:
+        """A `direct-tcpip` channel to 127.0.0.1:`port` on the node, through this (pinned) connection:
+        how the controller reaches the node's keeper. paramiko.ChannelException when the node's
+        sshd refuses (nothing listens there, or its forwarding is off)."""
+        with self.deadline(self.op_timeout, "opening a channel"):
+            return self._transport().open_channel(
+                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=self.op_timeout
+            )
+
     def _finish(self, channel: paramiko.Channel, command: str, stdout: bytes, check: bool) -> CommandResult:
         try:
             with self.deadline(self.op_timeout, "waiting for a command's exit status"):
