@@ -260,8 +260,11 @@ def collect(
         m.collect_error = None
         try:
             dest.mkdir(parents=True, exist_ok=True)
-            request = {"have": collecting.already_here(dest)}
-            request |= {"max_bytes": limits.max_bytes, "max_files": limits.max_files}
+            request: dict[str, Any] = {
+                "have": collecting.already_here(dest),
+                "max_bytes": limits.max_bytes,
+                "max_files": limits.max_files,
+            }
             unpack = collecting.Unpacker(m.name, run_id, dest, limits)
             _, _, count = m.conn.run_download(
                 agent_cmd(m.conn.inventory.python, run_id, "pack"),
