@@ -89,6 +89,16 @@ def test_a_drawing_that_fails_leaves_its_reason_in_the_error_file(tmp_path: Path
     assert state == "failed" and said.startswith("IsADirectoryError")
 
 
+def test_a_drawing_process_killed_before_its_result_is_reported_not_waited_for(tmp_path: Path) -> None:
+    run_dir = finished_run(tmp_path / "runs")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (run_dir / "metrics.png.pending").write_text(gone.stdout.strip())  # what a killed drawing leaves
+    with pytest.raises(report.PlotNotDrawn, match=rf"PID {gone.stdout.strip()}\) ended without a result"):
+        report.wait_for_plot(run_dir, timeout=60)
+
+
 def test_without_matplotlib_the_reason_is_given_at_once_and_no_process_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
