@@ -92,7 +92,7 @@ def test_a_drawing_that_fails_leaves_its_reason_in_the_error_file(tmp_path: Path
 def test_a_drawing_process_killed_before_its_result_is_reported_not_waited_for(tmp_path: Path) -> None:
     run_dir = finished_run(tmp_path / "runs")
     gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
     (run_dir / "metrics.png.pending").write_text(gone.stdout.strip())  # what a killed drawing leaves
     with pytest.raises(report.PlotNotDrawn, match=rf"PID {gone.stdout.strip()}\) ended without a result"):
