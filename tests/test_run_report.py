@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -97,6 +98,23 @@ def test_a_drawing_process_killed_before_its_result_is_reported_not_waited_for(t
     (run_dir / "metrics.png.pending").write_text(gone.stdout.strip())  # what a killed drawing leaves
     with pytest.raises(report.PlotNotDrawn, match=rf"PID {gone.stdout.strip()}\) ended without a result"):
         report.wait_for_plot(run_dir, timeout=60)
+
+
+def test_a_drawing_process_killed_under_a_running_caller_has_its_end_recorded(tmp_path: Path) -> None:
+    run_dir = finished_run(tmp_path / "runs")
+    report.start_plot(run_dir)
+    pending, deadline = run_dir / "metrics.png.pending", time.monotonic() + 60
+    while not (pid := pending.read_text().strip()).isdigit() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the process names itself once Python runs it, before importing matplotlib
+    os.kill(int(pid), signal.SIGKILL)
+    error = run_dir / "metrics.png.error"
+    while not error.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (
+        error.read_text().splitlines()[0]
+        == f"the drawing process (PID {pid}) was killed by signal 9 before drawing"
+    )
+    assert not pending.exists() and not (run_dir / "metrics.png").exists()
 
 
 def test_without_matplotlib_the_reason_is_given_at_once_and_no_process_starts(

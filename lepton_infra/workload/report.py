@@ -10,6 +10,7 @@ returning; `plot_state` and `wait_for_plot` tell a caller how that drawing went.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -148,9 +149,9 @@ _DRAW = "import os, runpy; os.nice(10); runpy.run_module('lepton_infra.workload.
 
 def start_plot(run_dir: Path) -> str:
     """Start the process that draws `run_dir/metrics.png` from the saved run.json and the collected
-    files (plots.py, at nice 10), detached in its own session so a
-    controller that exits (or is killed) right after still gets its plot. Returns the plot's path
-    (it may still be being drawn: `wait_for_plot`) or "not written: <why>"."""
+    files (plots.py, at nice 10), detached in its own session so a controller that exits (or is
+    killed) right after still gets its plot. Returns the plot's path (it may still be being
+    drawn: `wait_for_plot`) or "not written: <why>"."""
     (run_dir / PLOT_ERROR).unlink(missing_ok=True)
     if _matplotlib_missing():
         return plot_failed(run_dir, MATPLOTLIB_MISSING)
@@ -173,8 +174,24 @@ def start_plot(run_dir: Path) -> str:
         return plot_failed(run_dir, f"could not start the drawing process: {exc}")
     # Reaped by a daemon thread, so a long-lived caller collects no zombies (and an exiting one
     # does not wait for the drawing).
-    threading.Thread(target=child.wait, name=f"plot-{child.pid}", daemon=True).start()
+    threading.Thread(target=_reap, args=(child, run_dir), name=f"plot-{child.pid}", daemon=True).start()
     return str(run_dir / PLOT)
+
+
+def _reap(child: subprocess.Popen[bytes], run_dir: Path) -> None:
+    """Wait for the drawing process; one that ended without saying how (killed, or Python could
+    not even start it) while this caller still runs gets its end recorded as the reason."""
+    code = child.wait()
+    pending = run_dir / PLOT_PENDING
+    try:
+        unfinished = pending.read_text(encoding="utf-8").strip() in ("starting", str(child.pid))
+    except OSError:
+        return  # it finished: metrics.png or metrics.png.error says how
+    if unfinished and code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        with contextlib.suppress(OSError):  # the run's folder went: nobody is left to tell
+            plot_failed(run_dir, f"the drawing process (PID {child.pid}) {how} before drawing")
+            pending.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
