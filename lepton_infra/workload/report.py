@@ -152,11 +152,14 @@ def start_plot(run_dir: Path) -> str:
     files (plots.py, at nice 10), detached in its own session so a controller that exits (or is
     killed) right after still gets its plot. Returns the plot's path (it may still be being
     drawn: `wait_for_plot`) or "not written: <why>"."""
-    (run_dir / PLOT_ERROR).unlink(missing_ok=True)
-    if _matplotlib_missing():
-        return plot_failed(run_dir, MATPLOTLIB_MISSING)
     pending = run_dir / PLOT_PENDING
-    replace_file(pending, b"starting\n")
+    try:
+        (run_dir / PLOT_ERROR).unlink(missing_ok=True)
+        if _matplotlib_missing():
+            return plot_failed(run_dir, MATPLOTLIB_MISSING)
+        replace_file(pending, b"starting\n")
+    except OSError as exc:  # a full disk: the plot is the least of it, and never fails the run
+        return f"not written: {exc}"
     # The child imports this very copy of lepton_infra, whatever put it on the parent's sys.path.
     package_root = str(Path(lepton_infra.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
