@@ -15,6 +15,7 @@ The job's own epoch times (`epoch N/M ... time=Xs`, rank 0) say how much the tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -32,8 +33,10 @@ import _bench  # noqa: E402
 import launch  # noqa: E402
 from _bench import OpenSSH  # noqa: E402
 
+from lepton_infra.errors import LeptonError  # noqa: E402
 from lepton_infra.local import LocalPool  # noqa: E402
 from lepton_infra.workload import RunEvents, run_job  # noqa: E402
+from lepton_infra.workload.report import wait_for_plot  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = (
@@ -314,6 +317,8 @@ def main() -> int:
                         run_id=f"overhead-{i}", events=sink, **extra,
                     )  # fmt: skip
                     walls["lepton"].append(time.perf_counter() - t0)
+                with contextlib.suppress(LeptonError, TimeoutError):  # drawn in the background: let it
+                    wait_for_plot(result.run_dir, timeout=60)  # end before the next approach is timed
                 if not result.succeeded:
                     raise RuntimeError(f"run_job: {result.status}")
                 for node, seen in sink.done_at.items():

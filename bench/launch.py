@@ -20,6 +20,7 @@ day: edit, run, read the first line), so each ships one changed file instead of 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shlex
 import shutil
@@ -36,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 from _bench import OpenSSH, Row  # noqa: E402
 
+from lepton_infra.errors import LeptonError  # noqa: E402
 from lepton_infra.inventory import Inventory  # noqa: E402
 from lepton_infra.local import LocalPool  # noqa: E402
 from lepton_infra.workload import RunEvents, run_job  # noqa: E402
+from lepton_infra.workload.report import wait_for_plot  # noqa: E402
 
 MARK = "first line from"
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +89,8 @@ def lepton_once(
     events = _FirstLine(t0, mark)
     result = run_job(inv, workload, job, runs_dir=runs, run_id=run_id, events=events)
     total = time.perf_counter() - t0
+    with contextlib.suppress(LeptonError, TimeoutError):  # metrics.png is drawn in the background:
+        wait_for_plot(result.run_dir, timeout=60)  # not timed, and not left to slow the next approach
     if not result.succeeded or events.first is None:
         raise RuntimeError(f"run_job {run_id}: status {result.status}, first line seen: {events.first}")
     if events.lines != lines:

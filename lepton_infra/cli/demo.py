@@ -17,6 +17,7 @@ from lepton_infra.display import styled
 from lepton_infra.errors import ConfigError, JobFailed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PLOT_WAIT_S = 60.0  # metrics.png is drawn in about 2 s; a loaded machine gets this long
 
 
 def demo(
@@ -107,5 +108,10 @@ def render_metrics(run_dir: Path) -> None:
     for name in ("metrics.json", "model.pt", "loss_curve.png"):
         if (folder / name).exists():
             console.print(f"  {folder / name}")
-    if (run_dir / "metrics.png").exists():
-        console.print(f"  {run_dir / 'metrics.png'}  (GPU/CPU use and memory per node beside the loss)")
+    from lepton_infra.workload.report import PlotNotDrawn, wait_for_plot
+
+    try:  # drawn in the background from the end of the run on: the showcase waits for it
+        png = wait_for_plot(run_dir, timeout=PLOT_WAIT_S)
+        console.print(f"  {png}  (GPU/CPU use and memory per node beside the loss)")
+    except (PlotNotDrawn, TimeoutError) as exc:
+        console.print(styled(f"  {exc}", "yellow"))

@@ -67,7 +67,7 @@ def render_result(result: RunResult, as_json: bool) -> None:
         else:
             print(record.model_dump_json(indent=2))
         return
-    from lepton_infra.workload.report import PLOT, data_label
+    from lepton_infra.workload.report import data_label, plot_state
 
     summaries = {n.name: n.metrics for n in record.nodes} if record else {}
     title = f"run {result.run_id}: {result.status}"
@@ -93,10 +93,14 @@ def render_result(result: RunResult, as_json: bool) -> None:
         console.print(
             f"cost: {money(record.cost)}, {record.cost['nodes']} node(s) for {record.cost['hours'] * 60:.1f} min"
         )
-    if (Path(result.run_dir) / PLOT).exists():
-        console.print(
-            f"node metrics over time: {Path(result.run_dir) / PLOT}; tensorboard --logdir {result.run_dir}"
-        )
+    state, said = plot_state(Path(result.run_dir))
+    if state != "none":
+        plot = {
+            "drawing": f"{said} (being drawn in the background; ready in a few seconds)",
+            "drawn": said,
+            "failed": f"not drawn: {said}",
+        }[state]
+        console.print(f"node metrics over time: {plot}; tensorboard --logdir {result.run_dir}")
     console.print(
         f"results: {result.run_dir}/  (run.json has per-node status, metrics, cost, timings, bytes moved)"
     )

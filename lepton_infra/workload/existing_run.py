@@ -106,8 +106,7 @@ def _update_record(
     what a later process (`collect`, `attach`) does after talking to the nodes."""
     record = store.load(run_id) or RunRecord.start(run_id, inventory)
     record.observe(group, store.dir(run_id), {**timings, **steps.job_seconds(group)})
-    follow.write_report(record, store.dir(run_id), inventory, NullEvents())
-    store.save(record)
+    follow.write_report(record, store, inventory, NullEvents())  # saves the record
     return record
 
 

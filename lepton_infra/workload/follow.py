@@ -94,10 +94,16 @@ def collect_into(
             )
 
 
-def write_report(record: RunRecord, local_dir: Path, inventory: Inventory, events: RunEvents) -> None:
-    """Metrics summaries and cost into the record; metrics.png and TensorBoard files beside it."""
-    from lepton_infra.workload.report import finish
+def write_report(record: RunRecord, store: RunStore, inventory: Inventory, events: RunEvents) -> None:
+    """Metrics summaries and cost into the record, TensorBoard files beside it; then the record is
+    saved and metrics.png drawn from it by a background process (report.start_plot), so the
+    run returns without waiting for matplotlib (`report.wait_for_plot` waits for it)."""
+    from lepton_infra.workload.report import finish, start_plot
 
-    for what, where in finish(record, local_dir, inventory.price).items():
+    written = finish(record, store.dir(record.run_id), inventory.price)
+    store.save(record)  # the drawing process reads the record as saved here, never writes it
+    if written:  # finish writes nothing for a run without samples or progress: nothing to draw
+        written["plot"] = start_plot(store.dir(record.run_id))
+    for what, where in written.items():
         if where.startswith("not written"):  # written ones are listed with the results
             events.on_phase("collect", f"{what}: {where}")

@@ -1,14 +1,22 @@
 """`metrics.png`: a run's node utilisation and memory over time beside the job's loss curve, titled
-with the run, the job and the data it trained on. Needs matplotlib (ImportError without it)."""
+with the run, the job and the data it trained on. Needs matplotlib (ImportError without it).
+
+Run as `python -m lepton_infra.workload.plots RUN_DIR` (report.start_plot does, detached, once
+run.json is saved): it reads run.json and the collected files and writes metrics.png, or the
+reason it could not in metrics.png.error; it never writes run.json (the controller owns it)."""
 
 from __future__ import annotations
 
 import io
+import os
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
+from lepton_infra.workload import report
 from lepton_infra.workload.metrics import gpu_mem, gpu_util
-from lepton_infra.workload.record import RunRecord
+from lepton_infra.workload.record import RunRecord, RunStore
 
 GIB = 2**30
 
@@ -69,7 +77,44 @@ def metrics_png(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    report.replace_file(path, buf.getvalue())
     return path
+
+
+def draw(run_dir: Path) -> Path:
+    """metrics.png of the run in `run_dir` from its saved run.json and collected files."""
+    record = RunStore(run_dir.parent).load(run_dir.name)
+    if record is None:
+        raise ValueError(f"{run_dir / 'run.json'} is missing or unreadable")
+    samples, progress = report.figures(record, run_dir)
+    return metrics_png(run_dir / report.PLOT, record, report.data_label(record, run_dir), samples, progress)
+
+
+def main(argv: list[str]) -> int:
+    """Draw, and say how it went in files only (nobody reads this process's output): metrics.png,
+    or metrics.png.error with the reason; metrics.png.pending goes once either is there."""
+    if len(argv) != 1:
+        print("usage: python -m lepton_infra.workload.plots RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    pending, me = run_dir / report.PLOT_PENDING, str(os.getpid())
+    report.replace_file(pending, me.encode())
+    try:
+        draw(run_dir)
+        return 0
+    except ImportError as exc:
+        missing = (exc.name or "").partition(".")[0] == "matplotlib"
+        report.plot_failed(run_dir, report.MATPLOTLIB_MISSING if missing else f"ImportError: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every failure is reported in the error file
+        report.plot_failed(run_dir, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    finally:
+        try:  # only this process's marker: a later drawing (another `collect`) may own it now
+            if pending.read_text(encoding="utf-8") == me:
+                pending.unlink()
+        except OSError:
+            pass
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,16 +1,28 @@
 """What a finished (or collected) run leaves beside its results: per-node metrics summaries and the
-cost in run.json, `metrics.png` (node utilisation and memory over time beside the job's loss),
-and TensorBoard scalars under `tensorboard/` (`tensorboard --logdir runs/<id>`).
+cost in run.json, TensorBoard scalars under `tensorboard/` (`tensorboard --logdir runs/<id>`), and
+`metrics.png` (node utilisation and memory over time beside the job's loss).
 
 Everything here reads the collected files (`<node>/logs/metrics.jsonl`, `<node>/logs/node.log`);
-a plot or event file that cannot be written never fails the run: the reason is returned."""
+a plot or event file that cannot be written never fails the run: the reason is returned.
+The plot is drawn by a detached process (`start_plot`, plots.py) once run.json is saved, because
+importing matplotlib and drawing cost about a second of CPU between the job's end and the run
+returning; `plot_state` and `wait_for_plot` tell a caller how that drawing went."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import lepton_infra
+from lepton_infra.errors import LeptonError
 from lepton_infra.inventory import Price
 from lepton_infra.workload import cost, jobspec
 from lepton_infra.workload.metrics import METRICS_FILE, gpu_mem, gpu_util, read_samples, summarise
@@ -18,7 +30,11 @@ from lepton_infra.workload.record import RunRecord
 from lepton_infra.workload.tensorboard import EventWriter
 
 PLOT = "metrics.png"
+PLOT_ERROR = PLOT + ".error"  # why the last drawing failed: the reason's line, then any traceback
+PLOT_PENDING = PLOT + ".pending"  # there while a drawing process works (its PID once it started)
+MATPLOTLIB_MISSING = "matplotlib is not installed (pip install matplotlib)"
 TB_DIR = "tensorboard"
+Rows = dict[str, list[dict[str, Any]]]  # node name -> its samples or progress records, in order
 _PROGRESS_COUNTERS = {"epoch", "epochs", "step", "steps", "t"}
 
 
@@ -64,10 +80,19 @@ def data_label(record: RunRecord, local_dir: Path) -> str:
     return "SYNTHETIC data, not a real data set" if kind == "synthetic" else f"data: {kind}"
 
 
+def figures(record: RunRecord, run_dir: Path) -> tuple[Rows, Rows]:
+    """Each node's collected metrics samples and the job's progress records (what the summaries,
+    TensorBoard and the plot are made of)."""
+    samples = {n.name: read_samples(run_dir / n.name / "logs" / METRICS_FILE) for n in record.nodes}
+    progress = {n.name: progress_records(run_dir / n.name / "logs" / "node.log") for n in record.nodes}
+    return samples, progress
+
+
 def finish(record: RunRecord, local_dir: Path, price: Price | None) -> dict[str, str]:
-    """Fold metrics summaries and cost into `record` (the caller saves it); write metrics.png and
-    the TensorBoard files. Returns {what: path or why not} for the user."""
-    samples = {n.name: read_samples(local_dir / n.name / "logs" / METRICS_FILE) for n in record.nodes}
+    """Fold metrics summaries and cost into `record` (the caller saves it, then calls `start_plot`
+    when this returned anything: an empty answer means nothing to draw); write the TensorBoard
+    files. Returns {what: path or why not} for the user."""
+    samples, progress = figures(record, local_dir)
     for n in record.nodes:
         summary = summarise(samples[n.name])
         if summary is not None:
@@ -76,24 +101,151 @@ def finish(record: RunRecord, local_dir: Path, price: Price | None) -> dict[str,
     record.cost = cost.run_cost(
         price, len(record.nodes), record.created, [n.ended for n in record.nodes], running=running
     )
-    progress = {n.name: progress_records(local_dir / n.name / "logs" / "node.log") for n in record.nodes}
     written: dict[str, str] = {}
     if not any(samples.values()) and not any(progress.values()):
         return written
-    label = data_label(record, local_dir)
-    try:
-        from lepton_infra.workload.plots import metrics_png
-
-        written["plot"] = str(metrics_png(local_dir / PLOT, record, label, samples, progress))
-    except ImportError:
-        written["plot"] = "not written: matplotlib is not installed (pip install matplotlib)"
-    except (OSError, ValueError) as exc:
-        written["plot"] = f"not written: {exc}"
     try:
         written["tensorboard"] = str(write_tensorboard(local_dir / TB_DIR, samples, progress))
     except OSError as exc:
         written["tensorboard"] = f"not written: {exc}"
     return written
+
+
+# --------------------------------------------------------------------------- the background plot
+
+
+class PlotNotDrawn(LeptonError):
+    """metrics.png was not drawn: the message says why (and where the details are)."""
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`: a reader never
+    sees half a file, and two writers never share a temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def plot_failed(run_dir: Path, reason: str, details: str = "") -> str:
+    """Leave the reason a drawing failed in metrics.png.error; returns it as "not written: ..."."""
+    replace_file(run_dir / PLOT_ERROR, f"{reason}\n{details}".encode())
+    return f"not written: {reason} ({run_dir / PLOT_ERROR})"
+
+
+def _matplotlib_missing() -> bool:
+    try:
+        return importlib.util.find_spec("matplotlib") is None
+    except (ImportError, ValueError):  # ValueError: blocked with sys.modules["matplotlib"] = None
+        return True
+
+
+# `python -m lepton_infra.workload.plots RUN_DIR` at a lower priority: the drawing is not urgent,
+# and on a small machine it should not take CPU from what the user does next (the next run).
+_DRAW = "import os, runpy; os.nice(10); runpy.run_module('lepton_infra.workload.plots', run_name='__main__')"
+
+
+def start_plot(run_dir: Path) -> str:
+    """Start the process that draws `run_dir/metrics.png` from the saved run.json and the collected
+    files (plots.py, at nice 10), detached in its own session so a controller that exits (or is
+    killed) right after still gets its plot. Returns the plot's path (it may still be being
+    drawn: `wait_for_plot`) or "not written: <why>"."""
+    pending = run_dir / PLOT_PENDING
+    try:
+        (run_dir / PLOT_ERROR).unlink(missing_ok=True)
+        if _matplotlib_missing():
+            return plot_failed(run_dir, MATPLOTLIB_MISSING)
+        replace_file(pending, b"starting\n")
+    except OSError as exc:  # a full disk: the plot is the least of it, and never fails the run
+        return f"not written: {exc}"
+    # The child imports this very copy of lepton_infra, whatever put it on the parent's sys.path.
+    package_root = str(Path(lepton_infra.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _DRAW, str(run_dir.resolve())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": path, "MPLBACKEND": "Agg"},
+        )
+    except OSError as exc:
+        pending.unlink(missing_ok=True)
+        return plot_failed(run_dir, f"could not start the drawing process: {exc}")
+    # Reaped by a daemon thread, so a long-lived caller collects no zombies (and an exiting one
+    # does not wait for the drawing).
+    threading.Thread(target=_reap, args=(child, run_dir), name=f"plot-{child.pid}", daemon=True).start()
+    return str(run_dir / PLOT)
+
+
+def _reap(child: subprocess.Popen[bytes], run_dir: Path) -> None:
+    """Wait for the drawing process; one that ended without saying how (killed, or Python could
+    not even start it) while this caller still runs gets its end recorded as the reason."""
+    code = child.wait()
+    pending = run_dir / PLOT_PENDING
+    try:
+        unfinished = pending.read_text(encoding="utf-8").strip() in ("starting", str(child.pid))
+    except OSError:
+        return  # it finished: metrics.png or metrics.png.error says how
+    if unfinished and code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        with contextlib.suppress(OSError):  # the run's folder went: nobody is left to tell
+            plot_failed(run_dir, f"the drawing process (PID {child.pid}) {how} before drawing")
+            pending.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+PlotState = Literal["drawing", "drawn", "failed", "none"]
+
+
+def plot_state(run_dir: Path) -> tuple[PlotState, str]:
+    """Where `run_dir`'s metrics.png stands, with its path (drawing, drawn) or the reason (failed,
+    none). "drawing" while a drawing process works, even over an earlier plot (a later `collect`)."""
+    run_dir = Path(run_dir)
+    try:
+        pending = (run_dir / PLOT_PENDING).read_text(encoding="utf-8").strip()
+    except OSError:
+        pending = None
+    if pending is not None:
+        if pending.isdigit() and not _alive(int(pending)):
+            return "failed", f"the drawing process (PID {pending}) ended without a result"
+        return "drawing", str(run_dir / PLOT)
+    try:
+        reason = (run_dir / PLOT_ERROR).read_text(encoding="utf-8").partition("\n")[0]
+        return "failed", f"{reason} (details: {run_dir / PLOT_ERROR})"
+    except OSError:
+        pass
+    if (run_dir / PLOT).exists():
+        return "drawn", str(run_dir / PLOT)
+    return "none", "nothing to draw: the run has no collected metrics samples or progress lines"
+
+
+def wait_for_plot(run_dir: Path, timeout: float = 60.0) -> Path:
+    """metrics.png of a run (`RunResult.run_dir`) once its drawing process has finished, at most
+    `timeout` seconds from now. Raises PlotNotDrawn with the reason when it failed or there was
+    nothing to draw, TimeoutError when it is still being drawn."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, said = plot_state(Path(run_dir))
+        if state == "drawn":
+            return Path(said)
+        if state != "drawing":
+            raise PlotNotDrawn(f"{PLOT} was not drawn: {said}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{said} is still being drawn after {timeout:g} s ({PLOT_PENDING} is there)")
+        time.sleep(0.05)
 
 
 def write_tensorboard(

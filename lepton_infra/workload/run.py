@@ -274,5 +274,4 @@ class Run:
         self.laps.timings.update(steps.job_seconds(self.group))
         self.laps.timings["total"] = round(time.monotonic() - self.laps.start, 3)
         self.record.observe(self.group, self.local_dir, self.laps.timings)
-        follow.write_report(self.record, self.local_dir, self.inventory, self.events)
-        self.store.save(self.record)
+        follow.write_report(self.record, self.store, self.inventory, self.events)  # saves the record

@@ -79,7 +79,9 @@ def run_job(
     points to ships); links inside the folder ship as links.
     `nproc_per_node` defaults to the inventory's GPUs per node (1 without GPUs). Every node samples
     its CPU, memory and GPUs each `metrics_every` seconds (0: off) for the live view, run.json,
-    metrics.png and TensorBoard (workload/metrics.py, workload/report.py).
+    metrics.png and TensorBoard (workload/metrics.py, workload/report.py). metrics.png is drawn by a
+    background process right after the run, so it may not be there yet when this returns:
+    `lepton_infra.workload.report.wait_for_plot(result.run_dir)` waits for it (or says why not).
     `limits` bounds what the collect takes from each node (workload/collecting.py); what it
     leaves is listed in run.json (`nodes[].skipped`) and said to `events`.
 
