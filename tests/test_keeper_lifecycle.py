@@ -44,8 +44,8 @@ def test_one_keeper_per_version_private_address_and_it_ends_when_idle(
     served: list[str] = []
 
     first = keeper.ensure(lambda command, request: served.append(command) or {})
-    assert first is not None
-    assert keeper.ensure(lambda command, request: {}) == first  # the running one, not a second
+    assert first is not None and first.pop("fresh") is True  # started now
+    assert keeper.ensure(lambda command, request: {}) == {**first, "fresh": False}  # the running one
     info, lock = (tmp_path / ".lepton" / f"keeper-{keeper.version()}{ext}" for ext in (".json", ".lock"))
     assert info.stat().st_mode & 0o777 == 0o600 and json.loads(info.read_text())["token"] == first["token"]
     greeting = _greeting(first["port"])

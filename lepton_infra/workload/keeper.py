@@ -65,7 +65,7 @@ def remember(conn: NodeConnection, address: Any = None, *, tree: str | None = No
     """Keep the keeper address a `prepare` answered (a new keeper knows no tree yet), and/or that its
     keeper was given the tree `tree`. Best effort: without it, the next run runs the command."""
     entry = known(conn) if address is None else None
-    if isinstance(address, dict):
+    if isinstance(address, dict):  # a keeper just started knows no tree but the one given now
         entry = {k: address.get(k) for k in ("port", "token", "version")} | {"trees": []}
     if entry is None:
         return

@@ -131,7 +131,9 @@ def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Invent
         elif answer is None:
             result = m.conn.run(bootstrap_cmd(inventory.python, "prepare"), stdin=full)
             answer = json_answer(m.conn, result.stdout, "prepare")
-            keeper.remember(m.conn, answer.pop("keeper", None))
+            address = answer.pop("keeper", None)
+            fresh = isinstance(address, dict) and address.get("fresh") and not answer.get("exists")
+            keeper.remember(m.conn, address, tree=mine["tree_key"] if fresh else None)
         m.run_dir = answer["run_dir"]
         m.missing = list(answer.get("missing", []))
         m.tree_ready = bool(answer.get("shipped"))

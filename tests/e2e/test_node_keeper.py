@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lepton_infra.inventory import Inventory
-from lepton_infra.local import node_home
+from lepton_infra.local import LocalPool, node_home
 from lepton_infra.workload import keeper, steps
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import build_manifest
@@ -80,44 +80,55 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[list[dict[str, Any]]]:
     return seen
 
 
-def test_the_second_prepare_is_answered_by_the_keeper_without_a_command(
-    one_node: Inventory,
+def key_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the full request, offered in case the keeper asks for it, is unusable: a prepare
+    succeeds only if the tree's key was enough."""
+    real_call = keeper.call
+
+    def call(conn: NodeConnection, command: str, bodies: list[bytes]) -> Any:
+        assert ["tree" in json.loads(b) for b in bodies] == [False, True]
+        return real_call(conn, command, [bodies[0], b"{}"])
+
+    monkeypatch.setattr(keeper, "call", call)
+
+
+def test_after_the_first_prepare_the_keeper_answers_and_a_known_tree_is_named_by_its_key(
+    local_pool_factory: Callable[[int], LocalPool],
+    make_workload: Callable[..., Path],
     tree: Path,
     ledger: Path,
     commands: list[str],
     sent: list[list[dict[str, Any]]],
-    local_pool: tuple[Inventory, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    prepare_and_ship(one_node, tree, "keeper-a1")
+    pool = local_pool_factory(1)  # a node without a keeper yet
+    inv = pool.inventory
+    prepare_and_ship(inv, tree, "keeper-a1")
     assert prepares(commands) == 1
     (entry,) = ledger.iterdir()
     assert entry.stat().st_mode & 0o777 == 0o600  # it holds the token
     address = json.loads(entry.read_text())
     assert address["version"] == BOOTSTRAP_MODULE and len(address["token"]) == 64
 
+    # The keeper was forked from that prepare and knows its tree: the key alone is enough.
     commands.clear()
-    (run_dir,) = prepare_and_ship(one_node, tree, "keeper-a2")
+    with monkeypatch.context() as patch:
+        key_only(patch)
+        (run_dir,) = prepare_and_ship(inv, tree, "keeper-a2")
     assert prepares(commands) == 0, commands
-    # The run's tree is complete all the same.
-    home = node_home(local_pool[1], one_node.nodes[0].name)
-    assert Path(run_dir).is_relative_to(home)
+    assert Path(run_dir).is_relative_to(pool.home(inv.nodes[0].name))
     assert sorted(p.name for p in (Path(run_dir) / "workload" / "lib").iterdir()) == ["a.py", "b.py"]
     assert (Path(run_dir) / ".agent" / "agent.py").is_file()
 
-    # The keeper was given the whole tree once; now the tree's key is enough: the full request,
-    # offered in case it asks, is made unusable, and the prepare still succeeds.
+    # A tree it was never given goes whole, once; after that its key is enough too.
+    other = make_workload({"c.py": "C = 3\n"})
+    prepare_and_ship(inv, other, "keeper-a3")
     assert ["tree" in r for r in sent[-1]] == [True]
-    real_call = keeper.call
-
-    def key_only(conn: NodeConnection, command: str, bodies: list[bytes]) -> Any:
-        assert ["tree" in json.loads(b) for b in bodies] == [False, True]
-        return real_call(conn, command, [bodies[0], b"{}"])
-
-    monkeypatch.setattr(keeper, "call", key_only)
-    (run_dir,) = prepare_and_ship(one_node, tree, "keeper-a3")
+    with monkeypatch.context() as patch:
+        key_only(patch)
+        (run_dir,) = prepare_and_ship(inv, other, "keeper-a4")
     assert prepares(commands) == 0
-    assert (Path(run_dir) / "workload" / "lib" / "b.py").read_text() == "B = 2\n"
+    assert (Path(run_dir) / "workload" / "c.py").read_text() == "C = 3\n"
 
 
 class EveryTree(list[str]):

@@ -85,3 +85,18 @@ def test_unreachable_node_fails_within_the_connect_timeout_naming_it(
     assert elapsed < 2.0 + 8.0, elapsed
     with pytest.raises(ConfigError, match="no run 'unreachable-1'"):
         run_status(pool, "unreachable-1")
+
+
+def test_the_controllers_ssh_socket_sends_small_packets_at_once(pool: Inventory) -> None:
+    """Nagle off on the controller's SSH socket: with it on, a channel close followed by the next
+    command's open waited for the node's delayed ACK, ~40 ms per command (bench/RESULTS.md)."""
+    from lepton_infra.workload.ssh import NodeConnection
+
+    conn = NodeConnection(pool, pool.nodes[0], 10.0).connect()
+    try:
+        transport = conn.client.get_transport() if conn.client else None
+        assert transport is not None
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert conn.run("echo ok").stdout == b"ok\n"  # and commands work as before
+    finally:
+        conn.close()

@@ -92,7 +92,9 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
     }
     if request.get("keeper"):
         # The controller's next prepare on this node goes to the keeper (keeper.py) instead of a
-        # new interpreter; started after this run's work, so it never delays this answer's content.
+        # new interpreter. A keeper started now is forked from this process: it starts out knowing
+        # this tree (`fresh`), so even the next run names it by its key alone.
+        _remember_tree(request, answer)
         answer["keeper"] = keeper.ensure(_keeper_serves)
     return answer
 
@@ -116,12 +118,17 @@ def _keeper_serves(command: str, request: dict[str, Any]) -> dict[str, Any]:
             return {"need": "tree"}
         request = {**request, "blobs": known[0], "tree": known[1]}
     answer = prepare({**request, "keeper": False})
-    if isinstance(key, str) and not answer.get("exists"):
+    _remember_tree(request, answer)
+    return answer
+
+
+def _remember_tree(request: dict[str, Any], answer: dict[str, Any]) -> None:
+    key = request.get("tree_key")
+    if isinstance(key, str) and isinstance(request.get("tree"), dict) and not answer.get("exists"):
         _TREES.pop(key, None)
-        _TREES[key] = (request.get("blobs", {}), request.get("tree"))
+        _TREES[key] = (request.get("blobs", {}), request["tree"])
         while len(_TREES) > _KEEP_TREES:
             del _TREES[next(iter(_TREES))]
-    return answer
 
 
 def receive(run_dir: str, stream: IO[bytes], *, settle_in_background: bool = True) -> dict[str, Any]:

@@ -61,8 +61,9 @@ def proof(token: str, role: bytes, *nonces: str) -> str:
 
 
 def ensure(serve: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
-    """The address of this version's keeper (`{"port", "token", "version"}`), started detached when
-    none runs. None when one cannot be had (no loopback, no fork): the caller goes on without."""
+    """The address of this version's keeper (`{"port", "token", "version", "fresh"}`), started
+    detached when none runs (then `fresh`: it was forked from this process, and knows what it
+    knew). None when one cannot be had (no loopback, no fork): the caller goes on without."""
     ver = version()
     info_path, lock_path = _paths(ver)
     try:
@@ -76,7 +77,7 @@ def ensure(serve: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, 
         with contextlib.suppress(OSError, ValueError), open(info_path, encoding="utf-8") as f:
             info = json.load(f)
             if isinstance(info, dict) and info.get("version") == ver:
-                return {k: info[k] for k in ("port", "token", "version")}
+                return {**{k: info[k] for k in ("port", "token", "version")}, "fresh": False}
         return None
     try:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -97,7 +98,7 @@ def ensure(serve: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, 
     detach(lambda: _serve_forever(listener, info, serve, info_path))
     listener.close()
     os.close(fd)
-    return info
+    return {**info, "fresh": True}
 
 
 def _serve_forever(

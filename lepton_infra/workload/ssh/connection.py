@@ -19,7 +19,7 @@ import paramiko
 
 from lepton_infra.errors import NodeError
 from lepton_infra.inventory import Inventory, Node
-from lepton_infra.workload.ssh.dial import active, dial, through_jump
+from lepton_infra.workload.ssh.dial import ack_at_once, active, dial, through_jump
 from lepton_infra.workload.ssh.keys import load_client_key, parse_host_key
 from lepton_infra.workload.ssh.streams import ChannelWriter, CountingReader
 from lepton_infra.workload.ssh.watchdog import WATCHDOG
@@ -138,6 +138,7 @@ class NodeConnection:
         transport = self.client.get_transport() if self.client else None
         if transport is None or not transport.is_active():
             raise NodeError(self.name, "SSH connection is closed")
+        ack_at_once(transport)  # every use opens a channel: its answer must not wait ~40 ms
         return transport
 
     # ----------------------------------------------------------------- commands
@@ -254,6 +255,7 @@ class NodeConnection:
         if self._sftp is None:
             if self.client is None:
                 raise NodeError(self.name, "SSH connection is closed")
+            ack_at_once(self._transport())
             self._sftp = self.client.open_sftp()
             channel = self._sftp.get_channel()
             if channel is not None:

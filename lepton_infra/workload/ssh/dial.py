@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paramiko
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -28,6 +29,27 @@ class _Transport(paramiko.Transport):  # type: ignore[misc]
         "aes256-gcm@openssh.com",
         *(c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c),
     )
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        # No Nagle: SSH writes whole packets, and a small one (a channel close, then the next
+        # command's open) must not wait for the node's delayed ACK. With Nagle on, every command
+        # after the first on a connection waited ~40 ms (bench/RESULTS.md, issue 18).
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(sock, *args, **kwargs)
+
+
+def ack_at_once(transport: paramiko.Transport) -> None:
+    """Acknowledge what sshd sent last at once (Linux TCP_QUICKACK; the kernel leaves that mode by
+    itself, so it is asked again before each channel open). The last packet sshd sent after the
+    login was otherwise acknowledged only by the delayed-ACK timer, and sshd (Nagle on) held its
+    answer to our first channel open until then: ~40 ms on every connection's first command."""
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket) and hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass  # an optimisation only
 
 
 def _transient(exc: BaseException) -> bool:
