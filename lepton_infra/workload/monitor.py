@@ -26,6 +26,9 @@ from lepton_infra.workload.remote import agent, agent_cmd, json_answer
 
 POLL_INTERVAL_S = 0.5
 BUSY_POLL_INTERVAL_S = 0.1
+# Until a node's first output, for at most this long, it is polled as if busy: the first line is
+# what a user waits for after `run`, and at the idle interval it arrived up to 0.5 s late.
+FIRST_OUTPUT_FAST_S = 30.0
 # The heartbeat limit: a node that has not answered for this long (hung sshd, frozen machine, cut
 # network) is lost; a node that answers but whose supervisor's heartbeat has not moved for this
 # long gets its agent asked whether the supervisor still lives.
@@ -163,6 +166,8 @@ class _Watch:
         self.metrics = MetricsTail()
         self.metrics_at = 0.0
         self.more = False  # the last read was a full chunk: there is more log to read at once
+        self.started = time.monotonic()
+        self.heard_output = False
         # Sized to the link: a read must end well inside its deadline, or a slow but healthy
         # link (a backlog of log at 30 KB/s) would time out every read and the node look lost.
         self.chunk = FIRST_READ_CHUNK
@@ -170,6 +175,12 @@ class _Watch:
         conn = member.conn
         conn.op_timeout = min(conn.op_timeout, max(1.0, heartbeat_timeout / 2))
         conn.connect_timeout = min(conn.connect_timeout, max(1.0, heartbeat_timeout / 2))
+
+    @property
+    def eager(self) -> bool:
+        """Poll again soon: more log is waiting, or the job's first output may come any moment."""
+        waiting = not self.heard_output and time.monotonic() - self.started < FIRST_OUTPUT_FAST_S
+        return not self.done and (self.more or waiting)
 
     def _finish(self, status: NodeStatus) -> list[Iterable[Event]]:
         self.done = True
@@ -193,6 +204,7 @@ class _Watch:
             took = time.monotonic() - started
             self.offset += len(data)
             self.more = len(data) >= self.chunk
+            self.heard_output = self.heard_output or bool(data)
             if took > conn.op_timeout / 4:
                 self.chunk = max(MIN_READ_CHUNK, self.chunk // 2)
             elif self.more and took < conn.op_timeout / 8:
@@ -290,7 +302,7 @@ def monitor(
         wake.clear()  # before the poll: an end recorded during it wakes the next sleep
         # poll() never raises, so every pending node is in .succeeded.
         batches = pending.run(lambda m: by_name[m.name].poll()).values()
-        busy = any(w.more for w in watches)
+        busy = any(w.eager for w in watches)
         for batch in batches:
             for event in itertools.chain.from_iterable(batch):
                 busy = busy or isinstance(event, LogLine | Progress)

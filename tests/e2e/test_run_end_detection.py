@@ -44,3 +44,35 @@ def test_the_end_is_seen_without_waiting_for_the_next_poll(
     assert result.status == "succeeded", result
     for node in result.nodes:  # woken by the end, the last poll still read the whole log
         assert f"done on {node.name}" in events.lines(node.name)
+
+
+def test_a_node_is_polled_eagerly_until_its_first_output_then_at_the_idle_pace(
+    pool: Inventory, local_pool: tuple[Inventory, Path]
+) -> None:
+    """A job's first line is what a user waits for after `run`: until a node has printed, the
+    monitor polls it at the busy interval (not the idle one, which held the line up to 0.5 s)."""
+    from lepton_infra.local import node_home
+    from lepton_infra.workload.group import ConnectedNode
+    from lepton_infra.workload.ssh import NodeConnection
+
+    node = pool.nodes[0]
+    run_dir = node_home(local_pool[1], node.name) / ".lepton" / "runs" / "eager-poll"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "state.json").write_text('{"state": "running", "heartbeat": 1}')
+    log = run_dir / "logs" / "node.log"
+    log.write_bytes(b"")
+    conn = NodeConnection(pool, node, 10.0).connect()
+    try:
+        watch = monitor._Watch(ConnectedNode(conn, 0, run_dir=str(run_dir)), 0, 30.0, "eager-poll")
+        watch.poll()
+        assert watch.eager  # silent so far: its first line may come any moment
+        log.write_bytes(b"first line\n")
+        lines = [e for batch in watch.poll() for e in batch if isinstance(e, monitor.LogLine)]
+        assert [e.line for e in lines] == ["first line"]
+        assert not watch.eager  # heard from: the idle pace until more output flows
+        silent = monitor._Watch(ConnectedNode(conn, 0, run_dir=str(run_dir)), log.stat().st_size, 30.0, "x")
+        silent.started -= monitor.FIRST_OUTPUT_FAST_S
+        silent.poll()
+        assert not silent.eager  # a job silent for long is not polled at the busy pace for ever
+    finally:
+        conn.close()
