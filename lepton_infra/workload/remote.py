@@ -72,7 +72,9 @@ def agent_cmd(python: str, run_id: str, verb: str) -> str:
 
     A run exists on a node from `prepare` on (its folder), before the agent has arrived: then
     `status` says it is being shipped, and `cancel` leaves the marker that makes the controller
-    stop shipping and any later launch refuse, and records the run as cancelled."""
+    stop shipping and any later launch refuse, and records the run as cancelled. `-S`: the agent
+    is standard library only, and site-packages (.pth files, editable finders) cost ~25 ms a
+    start here; launch, wait and collect each start it."""
     missing = json.dumps({"state": "unknown", "detail": NO_SUCH_RUN})
     before_agent = f"echo {shlex.quote(missing)}"
     if verb == "status":
@@ -92,7 +94,7 @@ def agent_cmd(python: str, run_id: str, verb: str) -> str:
         )
     return (
         f'R={remote_run_dir(run_id)}; if [ -f "$R/.agent/agent.py" ]; then '
-        f'exec {shlex.quote(python)} "$R/.agent/agent.py" {verb} "$R"; '
+        f'exec {shlex.quote(python)} -S "$R/.agent/agent.py" {verb} "$R"; '
         f'elif [ -d "$R" ]; then {before_agent}; '
         f"else echo {shlex.quote(missing)}; fi"
     )
