@@ -135,15 +135,23 @@ def scp_all(ssh: OpenSSH, inv: Inventory, pool: LocalPool, tree: Path, dest: str
 
 
 def wait_settled(pool: LocalPool, nodes: int, timeout: float = 120.0) -> float:
-    """Wait for the nodes' background work after a ship (bootstrap's `.settling-<pid>` markers)."""
+    """Wait for the nodes' background work after a ship (bootstrap's `.settling-<pid>` markers).
+    A node's keeper starts that work just after its answer, so no marker is trusted as "done"
+    until none has been seen for 0.2 s."""
     t0 = time.perf_counter()
     deadline = t0 + timeout
     homes = [pool.home(n.name) for n in pool.inventory.nodes[:nodes]]
+    quiet_since = None
     while time.perf_counter() < deadline:
         markers = [m for h in homes for m in (h / ".lepton" / "trees").glob(".settling-*")]
         live = [m for m in markers if Path(f"/proc/{m.name.rsplit('-', 1)[-1]}").exists()]
-        if not live:
-            break
+        now = time.perf_counter()
+        if live:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= 0.2:
+            return quiet_since - t0
         time.sleep(0.05)
     return time.perf_counter() - t0
 

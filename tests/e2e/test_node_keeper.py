@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from lepton_infra.inventory import Inventory
 from lepton_infra.local import LocalPool, node_home
+from lepton_infra.node.bootstrap.tree import tree_id
 from lepton_infra.workload import keeper, steps
 from lepton_infra.workload.group import NodeGroup
 from lepton_infra.workload.manifest import build_manifest
@@ -120,15 +122,24 @@ def test_after_the_first_prepare_the_keeper_answers_and_a_known_tree_is_named_by
     assert sorted(p.name for p in (Path(run_dir) / "workload" / "lib").iterdir()) == ["a.py", "b.py"]
     assert (Path(run_dir) / ".agent" / "agent.py").is_file()
 
-    # A tree it was never given goes whole, once; after that its key is enough too.
-    other = make_workload({"c.py": "C = 3\n"})
+    # A tree it was never given goes whole, once; after that its key is enough too. Its contents
+    # are all in the node's cache (only a name changed), so the keeper writes it itself.
+    other = make_workload({"lib/a2.py": "A = 1\n", "lib/b.py": "B = 2\n"})
+    spare = pool.home(inv.nodes[0].name) / ".lepton" / "trees" / tree_id(build_manifest(other).node_view())
+    commands.clear()
     prepare_and_ship(inv, other, "keeper-a3")
+    assert commands == []  # no prepare, and no receive either: the keeper wrote it from the cache
     assert ["tree" in r for r in sent[-1]] == [True]
+    # The keeper ran the settle after its answer: the new tree's spare copy appears.
+    deadline = time.monotonic() + 30
+    while not (spare / "lib" / "a2.py").is_file():
+        assert time.monotonic() < deadline, "no spare tree was built after the keeper's prepare"
+        time.sleep(0.1)
     with monkeypatch.context() as patch:
         key_only(patch)
         (run_dir,) = prepare_and_ship(inv, other, "keeper-a4")
     assert prepares(commands) == 0
-    assert (Path(run_dir) / "workload" / "c.py").read_text() == "C = 3\n"
+    assert (Path(run_dir) / "workload" / "lib" / "a2.py").read_text() == "A = 1\n"
 
 
 class EveryTree(list[str]):

@@ -20,6 +20,7 @@ from .tree import check_manifest, tree_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO, Any
 
 PIPE_BYTES = 1 << 20  # stdin pipe capacity asked for: 64 KB pipes cost a wakeup per 64 KB
@@ -38,7 +39,9 @@ def _port_free(addr: str, port: int) -> bool:
     return True
 
 
-def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> dict[str, Any]:
+def prepare(
+    request: dict[str, Any], *, settle_in_background: bool = True, checked: bool = False
+) -> dict[str, Any]:
     """Reserve the run directory with one `mkdir` (atomic: a run id can never be taken twice on a
     node) and answer which blobs the cache lacks and, on node 0, a free rendezvous port. An
     unchanged tree whose blobs are all here is written now (from a spare tree when one is ready),
@@ -57,23 +60,25 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
     tree = request.get("tree")
     shipped = None
     missing: list[str] = []
+    tid = None
     if isinstance(tree, dict) and not tree.get("pending"):
-        check_manifest(tree)
+        if not checked:  # the keeper's remembered trees were checked when they came
+            check_manifest(tree)
         workload = os.path.join(run_dir, "workload")
         agent = str(tree.get("agent"))
+        tid = tree_id(tree)
         # An unchanged tree with a spare copy ready: that copy is checked file by file (size
         # and seal), so the cache need not be; write nothing, answer at once.
-        if cached(agent, blobs.get(agent, -1)) and spares.take_spare(
-            tree_id(tree), workload, tree["files"], blobs
-        ):
-            shipped = _finish(run_dir, tree, Receiver(workload, tree, blobs), 0, settle_in_background, True)
+        if cached(agent, blobs.get(agent, -1)) and spares.take_spare(tid, workload, tree["files"], blobs):
+            receiver = Receiver(workload, tree, blobs)
+            shipped = _finish(run_dir, tree, receiver, 0, settle_in_background, spare_taken=True, tid=tid)
     if shipped is None:
         missing = [d for d, size in sorted(blobs.items()) if not cached(d, size)]
     if isinstance(tree, dict) and not tree.get("pending") and shipped is None and not missing:
         # Nothing to send: write the run's tree now and spare the controller a `receive` (one
         # command and one interpreter start less per node for an unchanged tree).
         receiver = Receiver(os.path.join(run_dir, "workload"), tree, blobs)
-        shipped = _finish(run_dir, tree, receiver, 0, settle_in_background)
+        shipped = _finish(run_dir, tree, receiver, 0, settle_in_background, tid=tid)
     port = None
     probe = request.get("port_probe")
     if probe:
@@ -95,7 +100,7 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
         # new interpreter. A keeper started now is forked from this process: it starts out knowing
         # this tree (`fresh`), so even the next run names it by its key alone.
         _remember_tree(request, answer)
-        answer["keeper"] = keeper.ensure(_keeper_serves)
+        answer["keeper"] = keeper.ensure(_keeper_serves, _keeper_after_answer)
     return answer
 
 
@@ -104,6 +109,16 @@ def prepare(request: dict[str, Any], *, settle_in_background: bool = True) -> di
 # sparing the manifest's transfer and parsing (~170 B a file). The newest few are kept.
 _TREES: dict[str, tuple[Any, Any]] = {}
 _KEEP_TREES = 8
+# In the keeper, background work queued by a request (the settle's fork) runs after its answer is
+# sent: the fork and the wait for its first child (~15 ms) are off the controller's critical path.
+_AFTER_ANSWER: list[Callable[[], None]] | None = None
+
+
+def _keeper_after_answer() -> None:
+    global _AFTER_ANSWER  # noqa: PLW0603 - the keeper process's own queue
+    queued, _AFTER_ANSWER = _AFTER_ANSWER or [], []
+    for work in queued:
+        work()
 
 
 def _keeper_serves(command: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -112,12 +127,13 @@ def _keeper_serves(command: str, request: dict[str, Any]) -> dict[str, Any]:
     if command != "prepare":
         raise ValueError(f"the keeper does not run {command!r}")
     key = request.get("tree_key")
+    known = None
     if "tree" not in request:
         known = _TREES.get(key) if isinstance(key, str) else None
         if known is None:
             return {"need": "tree"}
         request = {**request, "blobs": known[0], "tree": known[1]}
-    answer = prepare({**request, "keeper": False})
+    answer = prepare({**request, "keeper": False}, checked=known is not None)
     _remember_tree(request, answer)
     return answer
 
@@ -172,7 +188,9 @@ def _finish(
     receiver: Receiver,
     relayed: int,
     settle_in_background: bool,
+    *,
     spare_taken: bool = False,
+    tid: str | None = None,
 ) -> dict[str, Any]:
     """Complete the run's tree (copies for what did not come in the stream, or the spare tree),
     its links and modes, the agent; then serve (node 0 of a relayed ship) and settle."""
@@ -184,7 +202,7 @@ def _finish(
         if digest not in sizes:
             with contextlib.suppress(OSError):
                 sizes[digest] = os.stat(os.path.join(cache, digest)).st_size
-    tid = tree_id(manifest)
+    tid = tid or tree_id(manifest)  # known to prepare: a JSON dump of the whole tree, not twice
     counts = {"written": len(placed), "copied": 0}
     # Nothing of the tree came in the stream: an unchanged tree, perhaps with a spare ready.
     reused = spare_taken or (
@@ -234,7 +252,9 @@ def _finish(
                 os.nice(19)
         spares.settle(workload, manifest, sizes)  # through the module: a benchmark swaps it
 
-    if settle_in_background:
+    if settle_in_background and _AFTER_ANSWER is not None:
+        _AFTER_ANSWER.append(lambda: spares.detach(after))  # the keeper forks once it has answered
+    elif settle_in_background:
         spares.detach(after)
     else:
         after()

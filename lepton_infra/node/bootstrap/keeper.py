@@ -60,10 +60,14 @@ def proof(token: str, role: bytes, *nonces: str) -> str:
     return hmac.new(bytes.fromhex(token), msg, hashlib.sha256).hexdigest()
 
 
-def ensure(serve: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
+def ensure(
+    serve: Callable[[str, dict[str, Any]], dict[str, Any]], after: Callable[[], None] | None = None
+) -> dict[str, Any] | None:
     """The address of this version's keeper (`{"port", "token", "version", "fresh"}`), started
     detached when none runs (then `fresh`: it was forked from this process, and knows what it
-    knew). None when one cannot be had (no loopback, no fork): the caller goes on without."""
+    knew). None when one cannot be had (no loopback, no fork): the caller goes on without.
+    `after` runs in the keeper once each answer is sent (its queued background work), and once
+    before the first request (it switches the keeper's queue on)."""
     ver = version()
     info_path, lock_path = _paths(ver)
     try:
@@ -95,7 +99,7 @@ def ensure(serve: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, 
 
     # The grandchild inherits the lock (flock belongs to the open file, shared across fork): the
     # keeper is "alive" from this moment until its last descriptor closes.
-    detach(lambda: _serve_forever(listener, info, serve, info_path))
+    detach(lambda: _serve_forever(listener, info, serve, info_path, after or (lambda: None)))
     listener.close()
     os.close(fd)
     return {**info, "fresh": True}
@@ -106,10 +110,12 @@ def _serve_forever(
     info: dict[str, Any],
     serve: Callable[[str, dict[str, Any]], dict[str, Any]],
     info_path: str,
+    after: Callable[[], None],
 ) -> None:
     # Off the run tree: the node's idle watchdog counts a process whose cwd is under ~/.lepton/runs
     # as a job, and a keeper must never keep an idle node (and its bill) alive.
     os.chdir("/")
+    after()
     listener.settimeout(IDLE_S)
     try:
         while True:
@@ -120,14 +126,20 @@ def _serve_forever(
             with conn:
                 conn.settimeout(CLIENT_TIMEOUT_S)
                 with contextlib.suppress(OSError, ValueError):
-                    _one(conn, info["token"], serve)
+                    _one(conn, info["token"], serve, after)
+            after()  # whatever became of the connection, its queued work runs
     finally:
         with contextlib.suppress(OSError, ValueError), open(info_path, encoding="utf-8") as f:
             if json.load(f).get("token") == info["token"]:
                 os.unlink(info_path)
 
 
-def _one(conn: socket.socket, token: str, serve: Callable[[str, dict[str, Any]], dict[str, Any]]) -> None:
+def _one(
+    conn: socket.socket,
+    token: str,
+    serve: Callable[[str, dict[str, Any]], dict[str, Any]],
+    after: Callable[[], None],
+) -> None:
     stream = conn.makefile("rwb")
     hello = json.loads(stream.readline(4096))
     if hello.get("version") != version():
@@ -151,6 +163,7 @@ def _one(conn: socket.socket, token: str, serve: Callable[[str, dict[str, Any]],
         except Exception as exc:  # noqa: BLE001 - the controller reports it as the node's error
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         _send(stream, answer)
+        after()
         line = stream.readline(4096)
         head = json.loads(line) if line else None
 
