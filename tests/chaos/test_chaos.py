@@ -27,6 +27,7 @@ def test_seeded_faults_never_break_the_run_invariants(
         tmp_path,
         seed=SEED,
         faults=["kill-train", "kill-sshd", "kill-controller", "late-sshd"],
+        job_s=2.0,  # a 2 s job still has a middle to hit (`make chaos`: 4 s)
         late_s=5.0,  # late enough that the first dials fail and are retried (`make chaos`: 15 s)
         log=print,
     )
