@@ -12,11 +12,16 @@
         # (from lepton_infra.local; test modules cannot import helpers from conftest: there are two)
 
 Tests that break nodes (kill processes, stop a node) should use `local_pool_factory`, not the
-session pool. All of these skip, with the reason, where OpenSSH's sshd is not installed."""
+session pool. Its nodes start warm: their preflight cache holds the answer the real preflight gave
+on a real node once per session (an `import torch` of ~3 s saved per fresh pool; a node whose key
+differs, another python or torch, imports as usual). The session pool starts cold, so the first
+run of a session still does the real import. All of these skip, with the reason, where OpenSSH's
+sshd is not installed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,15 +69,43 @@ def local_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
         stop_pool(pool)
 
 
+PREFLIGHT_CACHE = Path(".lepton") / "preflight"  # under a node's home (lepton_infra/node/preflight.py)
+
+
+@pytest.fixture(scope="session")
+def preflight_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The preflight cache a real node keeps after one real preflight (file name -> content), as
+    `run` asks it: every local node is this machine, so its answer holds for all of them."""
+    from lepton_infra.workload import steps
+    from lepton_infra.workload.group import NodeGroup
+
+    pool = make_pool(tmp_path_factory, 1, "preflight-seed")
+    try:
+        with NodeGroup.connect(pool.inventory, 30) as group:
+            steps.preflight(group, pool.inventory)
+        cache = pool.home(pool.inventory.nodes[0].name) / PREFLIGHT_CACHE
+        return {p.name: p.read_bytes() for p in cache.glob("*.json")}
+    finally:
+        stop_pool(pool)
+
+
 @pytest.fixture
-def local_pool_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], LocalPool]]:
-    """`factory(n) -> LocalPool`: fresh pools for one test, all stopped and checked when it ends."""
+def local_pool_factory(
+    tmp_path_factory: pytest.TempPathFactory, preflight_cache: dict[str, bytes]
+) -> Iterator[Callable[[int], LocalPool]]:
+    """`factory(n) -> LocalPool`: fresh pools for one test, all stopped and checked when it ends.
+    Their nodes start with a warm preflight cache (see the module docstring)."""
     _require_sshd()
     pools: list[LocalPool] = []
 
     def factory(n: int) -> LocalPool:
         pool = make_pool(tmp_path_factory, n)
         pools.append(pool)
+        for node in pool.inventory.nodes:
+            cache = pool.home(node.name) / PREFLIGHT_CACHE
+            cache.mkdir(parents=True, exist_ok=True)
+            for name, content in preflight_cache.items():
+                (cache / name).write_bytes(content)
         return pool
 
     yield factory

@@ -27,6 +27,8 @@ def test_seeded_faults_never_break_the_run_invariants(
         tmp_path,
         seed=SEED,
         faults=["kill-train", "kill-sshd", "kill-controller", "late-sshd"],
+        job_s=2.0,  # a 2 s job still has a middle to hit (`make chaos`: 4 s)
+        late_s=5.0,  # late enough that the first dials fail and are retried (`make chaos`: 15 s)
         log=print,
     )
     print(report.summary())
@@ -39,7 +41,8 @@ def test_a_hung_node_is_detected_and_the_run_fails_naming_it(
     local_pool_factory: Callable[[int], LocalPool], tmp_path: Path
 ) -> None:
     pool = local_pool_factory(2)
-    report = run_chaos(pool, tmp_path, seed=SEED, faults=["hang"], heartbeat_s=8.0, log=print)
+    # A 4 s heartbeat limit, as the e2e hung-node test uses: detection, not patience, is the point.
+    report = run_chaos(pool, tmp_path, seed=SEED, faults=["hang"], heartbeat_s=4.0, log=print)
     print(report.summary())
     assert report.violations == []
     hung = report.iterations[0]

@@ -566,16 +566,18 @@ out.flush()
 
 
 @pytest.mark.slow
-def test_a_log_flood_from_16_nodes_keeps_every_line(
+def test_a_log_flood_from_8_nodes_keeps_every_line(
     local_pool_factory, make_workload, recorder, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """Correctness only (bench/logs.py measures the time): every line of 16 x 50,000 reaches the
-    events in order and the collected files, and the live view (batched, summarising) keeps up."""
+    """Correctness only (bench/logs.py measures the time, 16 nodes by default): every line of
+    8 x 50,000 reaches the events in order and the collected files, and the live view (batched,
+    summarising) keeps up. 8 nodes are 4 streams per core of this 2-core machine, concurrent enough;
+    each further node mostly adds its torchrun start-up, not a new way to lose a line."""
     from lepton_infra.display import LiveView
     from lepton_infra.workload import run_job
 
-    lines = 50_000
-    pool: LocalPool = local_pool_factory(16)
+    nodes, lines = 8, 50_000
+    pool: LocalPool = local_pool_factory(nodes)
     events = recorder()
     runs = tmp_path / "runs"
     result = run_job(
@@ -602,14 +604,14 @@ def test_a_log_flood_from_16_nodes_keeps_every_line(
     out = StringIO()
     view = LiveView(Console(file=out, width=200, markup=False, color_system=None))
     flood = [(node, text) for node, text in events.logs if " flood " in text]
-    assert len(flood) == 16 * lines
+    assert len(flood) == nodes * lines
     for node, text in flood:
         view.on_log(node, text)
     view.close()
     shown = out.getvalue().splitlines()
     printed = sum(1 for x in shown if " flood " in x)
     hidden = sum(int(x.split("... ")[1].split(" line")[0]) for x in shown if "not shown" in x)
-    assert printed + hidden == 16 * lines
+    assert printed + hidden == nodes * lines
 
 
 # --------------------------------------------------------------------------- class 6: cancel at every phase
