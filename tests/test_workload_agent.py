@@ -4,6 +4,7 @@ sessions of their own, as torchrun's workers are), and a vanished supervisor rea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -311,3 +312,36 @@ def test_orphans_are_reaped_while_the_job_runs_and_its_own_exit_code_survives(tm
     assert zombies() == []
     final = _wait_terminal(run_dir)
     assert final["state"] == "failed" and final["exit_code"] == 7
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_metrics_sampler_runs_at_a_lower_priority_than_the_job(tmp_path: Path) -> None:
+    """The sampler starts while the job imports torch: it must not take CPU from it."""
+    run_dir = tmp_path / "run"
+    (run_dir / "workload").mkdir(parents=True)
+    (run_dir / ".agent").mkdir()  # where prepare puts the agent, and the supervisor the sampler
+    source = (Path(agent_files.__file__).parent / "metrics.py").read_text()
+    spec = {
+        "run_id": "t",
+        "node": "n0",
+        "argv": [sys.executable, "-c", "import time; time.sleep(3)"],
+        "env": {"LEPTON_OUTPUT_DIR": str(run_dir / "output"), "LEPTON_RUN_ID": "t"},
+        "cwd": str(run_dir / "workload"),
+        "metrics": {"source": source, "every": 0.5},
+    }
+    state = _agent("launch", run_dir, spec)
+    sampler = None
+    deadline = time.time() + 10
+    while sampler is None and time.time() < deadline:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if str(run_dir / ".agent" / "metrics.py") in (proc / "cmdline").read_bytes().decode():
+                        sampler = int(proc.name)
+        time.sleep(0.05)
+    assert sampler is not None, "no sampler process"
+    assert _nice(sampler) >= _nice(state["pid"]) + 10
+    assert _wait_terminal(run_dir)["state"] == "succeeded"

@@ -200,6 +200,9 @@ def supervise(run_dir: str) -> int:
     return 0
 
 
+SAMPLER_NICE = 10
+
+
 def start_sampler(run_dir: str, spec: dict[str, Any]) -> subprocess.Popen[bytes] | None:
     """The node metrics sampler (node/metrics.py, sent in the spec), as a process of its own: it
     cannot stop the job or the heartbeat. It gets the job's PYTHONPATH and LD_LIBRARY_PATH (where
@@ -216,7 +219,16 @@ def start_sampler(run_dir: str, spec: dict[str, Any]) -> subprocess.Popen[bytes]
             f.write(metrics["source"])
         with open(files.path(run_dir, "logs", "agent.log"), "ab") as log:
             argv = [sys.executable, path, run_dir, str(metrics["every"])]
-            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            return subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                # It starts while the job imports torch: its interpreter start must not take CPU
+                # from the job, and its samples only read counters the kernel keeps anyway.
+                preexec_fn=lambda: os.nice(SAMPLER_NICE),  # noqa: PLW1509 - the supervisor has one thread
+            )
     except OSError:
         return None  # no metrics is better than no run
 
