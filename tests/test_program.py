@@ -34,21 +34,26 @@ def cloud_module_missing(cloud: str) -> bool:
     return importlib.util.find_spec(f"lepton_infra.components.{cloud}") is None
 
 
-def run_program(config: dict[str, str], stack: str = "test") -> tuple[dict[str, Any], harness.Recorder]:
-    def program() -> dict[str, Any]:
-        namespace = runpy.run_path(str(PROGRAM), run_name="__main__")
-        cluster = namespace["cluster"]
-        outs: dict[str, Any] = {"inventory": cluster.inventory}
-        if cluster.store_url is not None:
-            outs["store_url"] = cluster.store_url
-        if cluster.queue_url is not None:
-            outs["queue_url"] = cluster.queue_url
-        if cluster.private_key is not None:
-            outs["private_key"] = cluster.private_key
-        outs["hourly_cost_usd"] = namespace["validated"].hourly_cost_usd
-        return outs
+def cluster_outputs(cluster: Any) -> dict[str, Any]:
+    """A TrainingCluster's outputs as __main__.py exports them (those it has)."""
+    outs: dict[str, Any] = {"inventory": cluster.inventory}
+    for key in ("store_url", "queue_url", "private_key"):
+        if getattr(cluster, key) is not None:
+            outs[key] = getattr(cluster, key)
+    return outs
 
-    return harness.build(program, stack=stack, config=config)
+
+def stack_program() -> dict[str, Any]:
+    """__main__.py run as the engine runs it; its stack outputs (the mocks' config is the stack's)."""
+    namespace = runpy.run_path(str(PROGRAM), run_name="__main__")
+    return {
+        **cluster_outputs(namespace["cluster"]),
+        "hourly_cost_usd": namespace["validated"].hourly_cost_usd,
+    }
+
+
+def run_program(config: dict[str, str], stack: str = "test") -> tuple[dict[str, Any], harness.Recorder]:
+    return harness.build(stack_program, stack=stack, config=config)
 
 
 @pytest.mark.parametrize("stack_file", STACKS, ids=[p.name.split(".")[1] for p in STACKS])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import runpy
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,22 +37,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _stack_program(stack_file: Path) -> Callable[[], dict[str, Any]]:
-    from test_program import stack_config_of  # the engine's view of a stack file
+    from test_program import stack_config_of, stack_program  # __main__.py as the engine runs it
 
     def program() -> dict[str, Any]:
-        namespace = runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        cluster = namespace["cluster"]
-        outs = {"inventory": cluster.inventory, "hourly_cost_usd": namespace["validated"].hourly_cost_usd}
-        for key in ("store_url", "queue_url", "private_key"):
-            if getattr(cluster, key) is not None:
-                outs[key] = getattr(cluster, key)
-        return outs
+        return stack_program()
 
     program.config = stack_config_of(stack_file)  # type: ignore[attr-defined]
     return program
 
 
 def _variant_program(cloud: str, overrides: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    from test_program import cluster_outputs
+
     base: dict[str, Any] = {
         "cloud": cloud,
         "accelerator": "T4",
@@ -65,12 +60,7 @@ def _variant_program(cloud: str, overrides: dict[str, Any]) -> Callable[[], dict
     }
 
     def program() -> dict[str, Any]:
-        cluster = TrainingCluster("demo", TrainingClusterArgs(**{**base, **overrides}))
-        outs: dict[str, Any] = {"inventory": cluster.inventory}
-        for key in ("store_url", "queue_url", "private_key"):
-            if getattr(cluster, key) is not None:
-                outs[key] = getattr(cluster, key)
-        return outs
+        return cluster_outputs(TrainingCluster("demo", TrainingClusterArgs(**{**base, **overrides})))
 
     return program
 
