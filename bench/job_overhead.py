@@ -199,7 +199,7 @@ class _Lines(RunEvents):
     def __init__(self, cpu: CpuByRole) -> None:
         self.cpu = cpu
         self.lines: list[str] = []
-        self.marks: dict[str, Any] = {}
+        self.marks: dict[str, Any] = {"start": cpu.mark()}  # made just before the approach starts
 
         self.done_at: dict[str, float] = {}
 
@@ -291,6 +291,7 @@ def main() -> int:
     work = _bench.scratch_dir("overhead")
     samples: dict[str, list[dict[str, float]]] = {"lepton": [], "hand": []}
     windows: dict[str, list[dict[str, float]]] = {"lepton": [], "hand": []}
+    startups: dict[str, list[dict[str, float]]] = {"lepton": [], "hand": []}
     epochs: dict[str, list[float]] = {"lepton": [], "hand": []}
     walls: dict[str, list[float]] = {"lepton": [], "hand": []}
     phases: list[dict[str, float]] = []
@@ -328,6 +329,7 @@ def main() -> int:
                     ends["end seen"].append(seen - state["ended"])
                 samples["lepton"].append(cpu.seconds())
                 windows["lepton"].append(cpu.window(sink.marks["first"], sink.marks["last"]))
+                startups["lepton"].append(cpu.window(sink.marks["start"], sink.marks["first"]))
                 for row in cpu.top(args.top):
                     print(f"  lepton {i}: {row[0]:6.2f} s {row[1]:<10} {row[2]}")
                 epochs["lepton"] += epoch_times(sink.lines)
@@ -337,6 +339,7 @@ def main() -> int:
                     walls["hand"].append(by_hand(ssh, pool, workload, sink, job))
                 samples["hand"].append(cpu.seconds())
                 windows["hand"].append(cpu.window(sink.marks["first"], sink.marks["last"]))
+                startups["hand"].append(cpu.window(sink.marks["start"], sink.marks["first"]))
                 for row in cpu.top(args.top):
                     print(f"  hand {i}: {row[0]:6.2f} s {row[1]:<10} {row[2]}")
                 epochs["hand"] += epoch_times(sink.lines)
@@ -355,6 +358,20 @@ def main() -> int:
     for name in ("lepton", "hand"):
         cpu = {r: statistics.median(s[r] for s in windows[name]) for r in (*ROLES, "wall")}
         print(f"{name:<12} {cpu['wall']:>8.2f}  " + "  ".join(f"{cpu[r]:>10.2f}" for r in ROLES))
+    cores = os.cpu_count() or 1
+    print(
+        "CPU s per role in the start-up window (the approach's start to rank 0's first line), median;"
+        f" busy = all CPU used on the machine / ({cores} cores x window):"
+    )
+    print(f"{'median':<12} {'window s':>8}  " + "  ".join(f"{r:>10}" for r in ROLES) + f"  {'busy':>6}")
+    for name in ("lepton", "hand"):
+        cpu = {r: statistics.median(s[r] for s in startups[name]) for r in (*ROLES, "wall")}
+        busy = statistics.median(sum(s[r] for r in ROLES) / (cores * s["wall"]) for s in startups[name])
+        print(
+            f"{name:<12} {cpu['wall']:>8.2f}  "
+            + "  ".join(f"{cpu[r]:>10.2f}" for r in ROLES)
+            + f"  {busy:>6.0%}"
+        )
     print(
         f"per node, median: job (supervisor's start to the job's end, node clock) {statistics.median(ends['job']):.3f} s; "
         f"end recorded -> controller saw it {statistics.median(ends['end seen']):.3f} s "
