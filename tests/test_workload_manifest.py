@@ -451,6 +451,21 @@ def test_on_real_nodes_the_controller_sends_each_blob_once_and_the_others_fetch_
         again = steps.ship(group, manifest, inventory)
     assert again.controller_bytes == 0 and again.relayed_to == ()
 
+    # One small file edited: each node is sent it directly (no hop through node 0 for a few KB).
+    # (weights.bin goes: without a hash cache this test's big file would be re-sent as pending.)
+    (workload / "weights.bin").unlink()
+    (workload / "lib" / "a.py").write_text("EDITED = 1\n")
+    edited = build_manifest(workload, hash_cache_dir=None)
+    with NodeGroup.connect(inventory, 10.0) as group:
+        steps.prepare(group, "relay-3", edited, inventory)
+        small = steps.ship(group, edited, inventory)
+        run_dirs = [Path(m.run_dir) for m in group]
+    assert small.relayed_to == () and small.relayed_bytes == 0
+    assert len(inventory.nodes) * len("EDITED = 1\n") <= small.controller_bytes < len(big)
+    for run_dir in run_dirs:
+        assert (run_dir / "workload" / "lib" / "a.py").read_text() == "EDITED = 1\n"
+        assert (run_dir / "workload" / "train.py").read_text() == "print(1)\n"
+
 
 def test_cli_run_refuses_an_outside_link_with_exit_2_and_follows_it_when_asked(
     local_pool: Any, tmp_path: Path
