@@ -48,7 +48,11 @@ def test_one_keeper_per_version_private_address_and_it_ends_when_idle(
     assert keeper.ensure(lambda command, request: {}) == {**first, "fresh": False}  # the running one
     info, lock = (tmp_path / ".lepton" / f"keeper-{keeper.version()}{ext}" for ext in (".json", ".lock"))
     assert info.stat().st_mode & 0o777 == 0o600 and json.loads(info.read_text())["token"] == first["token"]
-    greeting = _greeting(first["port"])
+    for junk in (b"[]\n", b"not json\n", b'{"hello": 1}\n'):  # anyone on the node may connect
+        with socket.create_connection(("127.0.0.1", first["port"]), timeout=5) as conn:
+            conn.sendall(junk)
+            conn.recv(4096)
+    greeting = _greeting(first["port"])  # it still serves
     expected = keeper.proof(first["token"], b"keeper", "00" * 16, greeting["nonce"])
     assert greeting["proof"] == expected
 

@@ -125,7 +125,8 @@ def _serve_forever(
                 return  # idle: a later prepare starts a fresh keeper
             with conn:
                 conn.settimeout(CLIENT_TIMEOUT_S)
-                with contextlib.suppress(OSError, ValueError):
+                # Whatever a client sends (anyone on the node can connect), the keeper serves on.
+                with contextlib.suppress(Exception):
                     _one(conn, info["token"], serve, after)
             after()  # whatever became of the connection, its queued work runs
     finally:
