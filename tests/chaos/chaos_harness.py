@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from lepton_infra.errors import LeptonError
-from lepton_infra.local import LocalPool, pool_processes
-from lepton_infra.local.records import read_records
+from lepton_infra.local import LocalPool, pool_processes, procs
+from lepton_infra.local.records import POOL_FILE, read_network, read_records, write_records
 from lepton_infra.workload import NodeStatus, RunEvents, RunResult, attach, run_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +183,7 @@ def start_sshd(pool: LocalPool, node: str) -> None:
         "LEPTON_LOCAL_NODE": r.node_dir,
     }
     with open(r.log, "ab") as log:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             r.cmdline,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -192,6 +192,12 @@ def start_sshd(pool: LocalPool, node: str) -> None:
             cwd=r.node_dir,
             env=env,
         )
+    # Recorded as the node's sshd, so `local down` stops it: OpenSSH's process title overwrites
+    # its environment, and it runs in /, so no sweep by HOME, marker or cwd can find it (before
+    # this, every chaos session left its restarted listeners running).
+    r.pid, r.start_time = proc.pid, procs.start_time(proc.pid)
+    sshd = Path(json.loads((pool.state_dir / POOL_FILE).read_text(encoding="utf-8"))["sshd"])
+    write_records(pool.state_dir, list(records.values()), sshd, read_network(pool.state_dir))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:
