@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
+
 import lepton_infra
 from lepton_infra.errors import LeptonError
 from lepton_infra.inventory import Price
@@ -197,16 +199,6 @@ def _reap(child: subprocess.Popen[bytes], run_dir: Path) -> None:
             pending.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 PlotState = Literal["drawing", "drawn", "failed", "none"]
 
 
@@ -219,7 +211,7 @@ def plot_state(run_dir: Path) -> tuple[PlotState, str]:
     except OSError:
         pending = None
     if pending is not None:
-        if pending.isdigit() and not _alive(int(pending)):
+        if pending.isdigit() and not psutil.pid_exists(int(pending)):
             return "failed", f"the drawing process (PID {pending}) ended without a result"
         return "drawing", str(run_dir / PLOT)
     try:

@@ -255,7 +255,7 @@ class NodeConnection:
         if self._sftp is None:
             if self.client is None:
                 raise NodeError(self.name, "SSH connection is closed")
-            ack_at_once(self._transport())
+            self._transport()  # closed: a NodeError; open: acknowledges at once before the channel opens
             self._sftp = self.client.open_sftp()
             channel = self._sftp.get_channel()
             if channel is not None:
