@@ -178,6 +178,12 @@ def test_a_public_parameter_missing_from_the_image_table_fails_as_on_aws() -> No
         ({"allowed_ssh_cidrs": ["2001:db8::/32"]}, "only IPv6 ranges"),
         ({"extra": {"monitorin": True}}, "monitorin"),
         ({"extra": {"root_block_device": {"volume_sise": 10}}}, "volume_sise"),
+        # Any depth, lists of blocks included (not only the blocks we set ourselves).
+        ({"extra": {"ebs_block_devices": [{"device_nam": "/dev/sdf"}]}}, "device_nam"),
+        (
+            {"extra": {"capacity_reservation_specification": {"capacity_reservation_target": {"id": "x"}}}},
+            "'id'",
+        ),
     ],
 )
 def test_bad_aws_pool_choices_fail_before_any_resource(overrides: dict[str, Any], expected: str) -> None:

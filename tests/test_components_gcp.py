@@ -491,6 +491,19 @@ def test_bad_gcp_pool_settings_are_config_errors(overrides: dict[str, Any], mess
     [
         ({"extra": {"machine_typ": "n1-standard-4"}}, "machine_typ.*allowed keys"),
         ({"extra": {"boot_disk": {"initialize_params": {"sise": 10}}}}, "sise"),
+        # Any depth, lists of blocks included (not only the blocks we set ourselves).
+        (
+            {
+                "extra": {
+                    "scheduling": {"node_affinities": [{"keyy": "k", "operator": "IN", "values": ["v"]}]}
+                }
+            },
+            "keyy",
+        ),
+        (
+            {"extra": {"network_interfaces": [{"alias_ip_ranges": [{"ip_cidr_rang": "10.0.0.0/24"}]}]}},
+            "ip_cidr_rang",
+        ),
         ({"allowed_ssh_cidrs": ["2001:db8::/32"]}, "only IPv6"),
         ({"zone": "europe-west4-a"}, "not in region"),
     ],
@@ -844,3 +857,17 @@ def test_on_a_fresh_project_the_image_look_up_waits_for_the_compute_api() -> Non
         harness.MOCKS.fresh_gcp_project = False
     (inst,) = rec.of(INSTANCE)
     assert inst.inputs["bootDisk"]["initializeParams"]["image"].endswith(harness.GCP_IMAGE_VERSION)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gcp.GcpObjectStore("s", ObjectStoreArgs(cloud="gcp", extra={"cors": [{"orign": ["*"]}]})),
+        lambda: gcp.GcpJobQueue(
+            "q", JobQueueArgs(cloud="gcp", extra={"retry_policy": {"minimum_backof": "5s"}})
+        ),
+    ],
+)
+def test_a_misspelled_nested_store_or_queue_extra_key_is_a_config_error(make: Callable[[], Any]) -> None:
+    with pytest.raises(ConfigError, match="(orign|minimum_backof).*allowed keys:"):
+        build(make)

@@ -9,6 +9,7 @@ import inspect
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,17 +83,40 @@ def merge_extra(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dic
 
 
 def typed_args(cls: type, value: Any) -> Any:
-    """`cls(**value)` for a dict, so a misspelled key (often in `extra`) fails here with the allowed
-    keys listed, not silently at deploy time (mocks accept any key); typed values and Outputs pass."""
-    if isinstance(value, Mapping):
-        try:
-            return cls(**value)
-        except TypeError as exc:
-            allowed = ", ".join(p for p in inspect.signature(cls).parameters if p not in ("self", "__self__"))
-            raise ConfigError(
-                f"extra: bad key for {cls.__name__} in {dict(value)!r} ({exc}); allowed keys: {allowed}"
-            ) from exc
-    return value
+    """`cls(**value)` for a dict, every nested dict (and list of dicts) turned into the provider's
+    own `*Args` class too (found by name in `cls`'s package, from its annotations), so a misspelled
+    key at any depth (ours or the user's in `extra`) is a ConfigError listing the allowed keys
+    instead of being silently ignored (mocks accept any key; so would a preview). Typed values and
+    Outputs pass through unchanged. (azure-native's arguments nest deepest: a VM's
+    `os_profile.linux_configuration.ssh.public_keys[0]`.)"""
+    if not isinstance(value, Mapping):
+        return value
+    # compute.InstanceArgs lives in pulumi_gcp.compute.instance; its nested *Args in pulumi_gcp.compute.
+    package = sys.modules.get(cls.__module__.rpartition(".")[0]) or sys.modules[cls.__module__]
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        param = params.get(key)
+        if param is not None and item is not None:
+            annotation = repr(param.annotation)
+            match = _FORWARD_ARGS.search(annotation)
+            nested = getattr(package, match.group(1), None) if match else None
+            if nested is not None and not annotation.startswith("typing.Union[typing.Mapping"):
+                if annotation.startswith("typing.Union[typing.Sequence") and isinstance(item, list | tuple):
+                    item = [typed_args(nested, x) for x in item]
+                else:
+                    item = typed_args(nested, item)
+        out[key] = item
+    try:
+        return cls(**out)
+    except TypeError as exc:
+        allowed = ", ".join(p for p in params if p not in ("self", "__self__"))
+        raise ConfigError(
+            f"extra: bad key for {cls.__name__} in {dict(value)!r} ({exc}); allowed keys: {allowed}"
+        ) from exc
+
+
+_FORWARD_ARGS = re.compile(r"ForwardRef\('(\w+Args)'\)")
 
 
 def short_hash(*parts: str, length: int = 6) -> str:
@@ -241,31 +265,3 @@ def new_node_image(
         return value
 
     return pulumi.Output.from_input(image).apply(say), [image_property] if moving else []
-
-
-_FORWARD_ARGS = re.compile(r"ForwardRef\('(\w+Args)'\)")
-
-
-def typed_args_tree(cls: type, value: Any, module: Any) -> Any:
-    """`typed_args` all the way down: `cls(**value)` with every nested dict (and list of dicts) turned
-    into the provider's own `*Args` class, found by name in `module` from `cls`'s annotations, so a
-    misspelled key at any depth (ours or the user's in `extra`) is a ConfigError naming it instead of
-    being silently ignored. Typed values and Outputs pass through unchanged. (azure-native's
-    arguments nest deepest: a VM's `os_profile.linux_configuration.ssh.public_keys[0]`.)"""
-    if not isinstance(value, Mapping):
-        return value
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        param = params.get(key)
-        if param is not None and item is not None:
-            annotation = repr(param.annotation)
-            match = _FORWARD_ARGS.search(annotation)
-            if match and not annotation.startswith("typing.Union[typing.Mapping"):
-                nested = getattr(module, match.group(1))
-                if annotation.startswith("typing.Union[typing.Sequence") and isinstance(item, (list, tuple)):
-                    item = [typed_args_tree(nested, x, module) for x in item]
-                else:
-                    item = typed_args_tree(nested, item, module)
-        out[key] = item
-    return typed_args(cls, out)

@@ -107,16 +107,4 @@ def instance_spec(args: GpuVmPoolArgs, entry: CatalogEntry, *, ami: Any, public:
 def instance_args(spec: Mapping[str, Any]) -> ec2.InstanceArgs:
     """`spec` (ours merged with `extra`) as typed provider args, nested blocks included, so a
     misspelled key raises ConfigError naming it instead of being sent to AWS."""
-    spec = dict(spec)
-    spec["metadata_options"] = typed_args(ec2.InstanceMetadataOptionsArgs, spec.get("metadata_options"))
-    spec["root_block_device"] = typed_args(ec2.InstanceRootBlockDeviceArgs, spec.get("root_block_device"))
-    if isinstance(spec.get("launch_template"), Mapping):
-        spec["launch_template"] = typed_args(ec2.InstanceLaunchTemplateArgs, spec["launch_template"])
-    market = spec.get("instance_market_options")
-    if isinstance(market, Mapping):
-        market = dict(market)
-        market["spot_options"] = typed_args(
-            ec2.InstanceInstanceMarketOptionsSpotOptionsArgs, market.get("spot_options")
-        )
-        spec["instance_market_options"] = typed_args(ec2.InstanceInstanceMarketOptionsArgs, market)
     return typed_args(ec2.InstanceArgs, spec)  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ from lepton_infra.components.azure.arm import (
     storage_account_name,
 )
 from lepton_infra.components.azure.plan import resolve_location
-from lepton_infra.components.common import child, cluster_env, merge_extra, tags_for, typed_args_tree
+from lepton_infra.components.common import child, cluster_env, merge_extra, tags_for, typed_args
 
 
 def storage_account_spec(
@@ -75,7 +75,7 @@ def storage_extra(extra: Mapping[str, Any], location: str) -> tuple[dict[str, An
     if existing_rg is not None:
         existing_rg = check_resource_group(existing_rg, "extra['resource_group_name']")
     probe = storage_account_spec(resource_group_name="rg", location=location, account_name="probe", tags={})
-    typed_args_tree(storage.StorageAccountArgs, merge_extra(probe, extra), storage)
+    typed_args(storage.StorageAccountArgs, merge_extra(probe, extra))
     return extra, existing_rg
 
 
@@ -96,7 +96,7 @@ def secure_storage_account(
     )
     kwargs = merge_extra(spec, extra)
     account = storage.StorageAccount(
-        f"{name}-account", typed_args_tree(storage.StorageAccountArgs, kwargs, storage), opts=child(parent)
+        f"{name}-account", typed_args(storage.StorageAccountArgs, kwargs), opts=child(parent)
     )
     resolved = pulumi.Output.all(account.id, kwargs["account_name"]).apply(lambda v: str(v[1]))
     return account, resolved

@@ -20,7 +20,7 @@ import pulumi_azure_native.compute as compute
 from lepton_infra.catalog import CatalogEntry
 from lepton_infra.components.args import GpuVmPoolArgs
 from lepton_infra.components.azure.arm import azure_slug
-from lepton_infra.components.common import child, merge_extra, typed_args_tree
+from lepton_infra.components.common import child, merge_extra, typed_args
 
 if TYPE_CHECKING:
     from lepton_infra.components.azure.plan import AzurePlan
@@ -159,7 +159,7 @@ def check_vm_extra(args: GpuVmPoolArgs, entry: CatalogEntry, cloud: AzurePlan) -
         tags={},
         encryption_at_host=False,
     )
-    typed_args_tree(compute.VirtualMachineArgs, merge_extra(probe, args.extra), compute)
+    typed_args(compute.VirtualMachineArgs, merge_extra(probe, args.extra))
 
 
 def node_vm(
@@ -194,7 +194,7 @@ def node_vm(
         base["proximity_placement_group"] = {"id": placement.proximity_group.id}
     return compute.VirtualMachine(
         f"{plan.name}-{i}",
-        typed_args_tree(compute.VirtualMachineArgs, merge_extra(base, plan.args.extra), compute),
+        typed_args(compute.VirtualMachineArgs, merge_extra(base, plan.args.extra)),
         # custom_data cannot change in place: a new cloud-init means a new VM, and the old one must
         # let go of the NIC first.
         opts=child(

@@ -18,7 +18,7 @@ from lepton_infra.components.azure.arm import (
     grant_role,
     role_definition_id,
 )
-from lepton_infra.components.common import child, compact_name, typed_args_tree
+from lepton_infra.components.common import child, compact_name, typed_args
 from lepton_infra.components.secret_fetch import fetch_command
 
 
@@ -62,7 +62,7 @@ class AzureHostKeySecrets(pulumi.ComponentResource):
         )
         self.vault = keyvault.Vault(
             f"{name}-kv",
-            typed_args_tree(
+            typed_args(
                 keyvault.VaultArgs,
                 {
                     "resource_group_name": resource_group_name,
@@ -79,7 +79,6 @@ class AzureHostKeySecrets(pulumi.ComponentResource):
                     },
                     "tags": dict(tags),
                 },
-                keyvault,
             ),
             opts=child(self),
         )

@@ -12,7 +12,7 @@ import pulumi_azure_native.storage as storage
 from lepton_infra.components.args import ObjectStoreArgs
 from lepton_infra.components.azure.account import account_home, account_inputs
 from lepton_infra.components.azure.arm import azure_slug
-from lepton_infra.components.common import child, typed_args_tree
+from lepton_infra.components.common import child, typed_args
 
 SOFT_DELETE_DAYS = 7
 
@@ -42,7 +42,7 @@ class AzureObjectStore(pulumi.ComponentResource):
         rg = home.resource_group_name
         self.blob_service = storage.BlobServiceProperties(
             f"{name}-blob-service",
-            typed_args_tree(
+            typed_args(
                 storage.BlobServicePropertiesArgs,
                 {
                     "account_name": self.account_name,
@@ -52,7 +52,6 @@ class AzureObjectStore(pulumi.ComponentResource):
                     "delete_retention_policy": {"enabled": True, "days": SOFT_DELETE_DAYS},
                     "container_delete_retention_policy": {"enabled": True, "days": SOFT_DELETE_DAYS},
                 },
-                storage,
             ),
             opts=child(self),
         )
@@ -97,7 +96,7 @@ class AzureObjectStore(pulumi.ComponentResource):
         }
         return storage.ManagementPolicy(
             f"{name}-lifecycle",
-            typed_args_tree(
+            typed_args(
                 storage.ManagementPolicyArgs,
                 {
                     "account_name": self.account_name,
@@ -105,7 +104,6 @@ class AzureObjectStore(pulumi.ComponentResource):
                     "management_policy_name": "default",  # the only name Azure accepts
                     "policy": policy,
                 },
-                storage,
             ),
             opts=child(self, depends_on=[self.container]),
         )

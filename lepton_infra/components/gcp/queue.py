@@ -112,15 +112,7 @@ class GcpJobQueue(pulumi.ComponentResource):
             # Back off between redeliveries so a poison message does not spin until it dead-letters.
             "retry_policy": {"minimum_backoff": "10s", "maximum_backoff": "600s"},
         }
-        spec = merge_extra(base, extra)
-        spec["expiration_policy"] = typed_args(
-            pubsub.SubscriptionExpirationPolicyArgs, spec.get("expiration_policy")
-        )
-        spec["dead_letter_policy"] = typed_args(
-            pubsub.SubscriptionDeadLetterPolicyArgs, spec.get("dead_letter_policy")
-        )
-        spec["retry_policy"] = typed_args(pubsub.SubscriptionRetryPolicyArgs, spec.get("retry_policy"))
-        spec = {k: v for k, v in spec.items() if v is not None}
+        spec = {k: v for k, v in merge_extra(base, extra).items() if v is not None}
         self.subscription = pubsub.Subscription(
             f"{stem}-jobs",
             typed_args(pubsub.SubscriptionArgs, spec),

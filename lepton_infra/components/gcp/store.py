@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -54,20 +53,7 @@ class GcpObjectStore(pulumi.ComponentResource):
             "labels": labels,
             "force_destroy": bool(args.force_destroy),
         }
-        spec = merge_extra(base, extra)
-        spec["versioning"] = typed_args(storage.BucketVersioningArgs, spec.get("versioning"))
-        spec["encryption"] = typed_args(storage.BucketEncryptionArgs, spec.get("encryption"))
-        if spec.get("lifecycle_rules") is not None:
-            spec["lifecycle_rules"] = [
-                storage.BucketLifecycleRuleArgs(
-                    action=typed_args(storage.BucketLifecycleRuleActionArgs, r["action"]),
-                    condition=typed_args(storage.BucketLifecycleRuleConditionArgs, r["condition"]),
-                )
-                if isinstance(r, Mapping)
-                else r
-                for r in spec["lifecycle_rules"]
-            ]
-        spec = {k: v for k, v in spec.items() if v is not None}
+        spec = {k: v for k, v in merge_extra(base, extra).items() if v is not None}
         self.bucket = storage.Bucket(
             f"{gcp_slug(name)}-bucket",
             typed_args(storage.BucketArgs, spec),
