@@ -40,7 +40,7 @@ def test_one_keeper_per_version_private_address_and_it_ends_when_idle(
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".lepton").mkdir()
-    monkeypatch.setattr(keeper, "IDLE_S", 1.0)  # the forked keeper inherits it
+    monkeypatch.setattr(keeper, "IDLE_S", 4.0)  # the forked keeper inherits it; the steps below fit in it
     served: list[str] = []
 
     first = keeper.ensure(lambda command, request: served.append(command) or {})

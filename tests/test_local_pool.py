@@ -261,12 +261,14 @@ def test_down_stops_exactly_its_processes_and_the_nodes_detached_jobs(local_pool
                 _run(client, "cd ~; setsid env -i sleep 302 </dev/null >/dev/null 2>&1 &")
             finally:
                 client.close()
-        deadline = time.monotonic() + 10
-        while (
-            time.monotonic() < deadline and sum(len(p) for p in pool_processes(pool.state_dir).values()) < 6
-        ):
+
+        def found_every_way() -> bool:  # `env -i` has exec'd: the last job is found by its cwd alone
+            return all({"sshd", "HOME", "cwd"} <= {p.reason for p in found} for found in before.values())
+
+        deadline, before = time.monotonic() + 10, pool_processes(pool.state_dir)
+        while time.monotonic() < deadline and not found_every_way():
             time.sleep(0.1)
-        before = pool_processes(pool.state_dir)
+            before = pool_processes(pool.state_dir)
         for found in before.values():  # found by: the recorded sshd, the job's HOME, its cwd
             assert {"sshd", "HOME", "cwd"} <= {p.reason for p in found}, before
         sshd_pids = {r.pid for r in status(pool.state_dir)}

@@ -108,7 +108,8 @@ def test_a_drawing_process_killed_under_a_running_caller_has_its_end_recorded(tm
         time.sleep(0.02)  # the process names itself once Python runs it, before importing matplotlib
     os.kill(int(pid), signal.SIGKILL)
     error = run_dir / "metrics.png.error"
-    while not error.exists() and time.monotonic() < deadline:
+    # The reaper writes the error, then removes the pending file: wait for both.
+    while (not error.exists() or pending.exists()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert (
         error.read_text().splitlines()[0]

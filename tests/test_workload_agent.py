@@ -96,9 +96,14 @@ def _wait_gone(run_dir: Path, timeout: float = 10) -> list[int]:
 
 
 def test_launched_job_runs_detached_and_its_exit_code_and_log_are_recorded(tmp_path: Path) -> None:
-    run_dir = _launch(tmp_path, "import sys, time; print('hello'); time.sleep(0.5); sys.exit(3)")
+    # The job waits for a file, not a clock: `status` (an interpreter start) sees it running however
+    # loaded the machine is.
+    release = tmp_path / "release"
+    job = f"import os, sys, time; print('hello')\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\nsys.exit(3)"
+    run_dir = _launch(tmp_path, job)
     state = _agent("status", run_dir)
     assert state["state"] == "running" and state["pid"] and state["pgid"] == state["pid"]
+    release.touch()
     final = _wait_terminal(run_dir)
     assert final["state"] == "failed" and final["exit_code"] == 3
     assert final["started"] <= final["ended"]
@@ -284,19 +289,19 @@ def test_job_wait_returns_the_exit_code_when_the_job_exits_and_none_while_it_run
 def test_orphans_are_reaped_while_the_job_runs_and_its_own_exit_code_survives(tmp_path: Path) -> None:
     """The supervisor is a subreaper: a grandchild orphaned by the job is reparented to it and
     must be reaped (no zombies pile up), without ever reaping the job itself (its exit code)."""
+    died, release = tmp_path / "orphan-died", tmp_path / "release"
     code = (
         "import os, sys, time\n"
         "if os.fork() == 0:\n"
-        "    if os.fork() == 0:\n"
-        "        time.sleep(0.3); os._exit(0)\n"  # the orphan: dies under the supervisor
+        "    if os.fork() == 0:\n"  # the orphan: dies under the supervisor
+        f"        time.sleep(0.3); open({str(died)!r}, 'w').close(); os._exit(0)\n"
         "    os._exit(0)\n"
         "os.wait()\n"
-        "time.sleep(4.5)\n"  # two heartbeats: the supervisor reaps in between
+        f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\n"  # runs until released
         "sys.exit(7)\n"
     )
     run_dir = _launch(tmp_path, code)
     supervisor = _agent("status", run_dir)["supervisor_pid"]
-    time.sleep(3.0)
 
     def zombies() -> list[int]:
         out = []
@@ -309,7 +314,18 @@ def test_orphans_are_reaped_while_the_job_runs_and_its_own_exit_code_survives(tm
                 out.append(int(entry))
         return out
 
+    # The supervisor reaps on its heartbeat (every 2 s): the dead orphan must be gone within a few,
+    # while the job still runs.
+    deadline = time.monotonic() + 30
+    while not died.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert died.exists(), "the orphan never ran"
+    deadline = time.monotonic() + 10
+    while zombies() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert zombies() == []
+    assert _agent("status", run_dir)["state"] == "running"
+    release.touch()
     final = _wait_terminal(run_dir)
     assert final["state"] == "failed" and final["exit_code"] == 7
 

@@ -56,6 +56,16 @@ start("daemon", ["sleep", "613"], detach=True)
 start("child", ["sleep", "614"], detach=False)
 while len(os.listdir(opts["pids"])) < 2 * int(os.environ["LEPTON_NUM_NODES"]):
     time.sleep(0.05)
+
+def is_sleep(kind):  # its pid written and its exec done: what the cleanup will name it
+    try:
+        pid = open(os.path.join(opts["pids"], f"{name}-{kind}")).read()
+        return open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sleep")
+    except (OSError, ValueError):
+        return False
+
+while not (is_sleep("daemon") and is_sleep("child")):
+    time.sleep(0.05)
 print(f"daemons started on {name}", flush=True)
 if opts.get("forever"):
     time.sleep(600)

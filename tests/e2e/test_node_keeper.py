@@ -126,6 +126,11 @@ def test_after_the_first_prepare_the_keeper_answers_and_a_known_tree_is_named_by
     # are all in the node's cache (only a name changed), so the keeper writes it itself.
     other = make_workload({"lib/a2.py": "A = 1\n", "lib/b.py": "B = 2\n"})
     spare = pool.home(inv.nodes[0].name) / ".lepton" / "trees" / tree_id(build_manifest(other).node_view())
+    # a1's blobs reach the cache in the settle its `receive` runs after answering: wait for it.
+    cache, deadline = pool.home(inv.nodes[0].name) / ".lepton" / "cache", time.monotonic() + 30
+    while not all((cache / digest).is_file() for digest in build_manifest(other).blobs()):
+        assert time.monotonic() < deadline, "a1's settle never filled the node's cache"
+        time.sleep(0.05)
     commands.clear()
     prepare_and_ship(inv, other, "keeper-a3")
     assert commands == []  # no prepare, and no receive either: the keeper wrote it from the cache

@@ -3,8 +3,10 @@ content-hashed; bad workloads are refused before anything is sent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,15 @@ def test_second_run_ships_zero_bytes_of_unchanged_files(
     for node in pool2.nodes:
         tree = node_home(local_pool[1], node.name) / ".lepton" / "runs" / "ship-1" / "workload"
         assert (tree / "weights.bin").read_bytes() == blob and (tree / "copy.bin").read_bytes() == blob
+    # The blobs reach each node's cache in the background settle after the ship: wait for it.
+    cached = [
+        node_home(local_pool[1], n.name) / ".lepton" / "cache" / hashlib.sha256(blob).hexdigest()
+        for n in pool2.nodes
+    ]
+    deadline = time.monotonic() + 60
+    while not all(p.is_file() for p in cached):
+        assert time.monotonic() < deadline, "the ship's settle never cached the blob"
+        time.sleep(0.05)
 
     second = run_job(pool2, workload, ["lines=1"], run_id="ship-2", runs_dir=runs)
     assert second.status == "succeeded"

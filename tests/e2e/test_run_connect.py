@@ -75,14 +75,15 @@ def test_unreachable_node_fails_within_the_connect_timeout_naming_it(
     start = time.monotonic()
     with pytest.raises(NodeError) as err:
         run_job(
-            broken, make_workload(), run_id="unreachable-1", connect_timeout=2.0, runs_dir=tmp_path / "runs"
+            broken, make_workload(), run_id="unreachable-1", connect_timeout=5.0, runs_dir=tmp_path / "runs"
         )
     elapsed = time.monotonic() - start
+    # 5 s, not less: the same limit holds the healthy nodes' handshakes on a loaded machine.
     assert err.value.node == "node-2"
-    assert f"127.0.0.1:{port} within 2 s" in str(err.value)
+    assert f"127.0.0.1:{port} within 5 s" in str(err.value)
     assert not isinstance(err.value, HostKeyMismatch)
-    # Generous bound: the point is that a 2 s timeout is not ignored (no default 10 s or retry storm).
-    assert elapsed < 2.0 + 8.0, elapsed
+    # Generous bound: the point is that the timeout is not ignored (no default 10 s or retry storm).
+    assert elapsed < 5.0 + 4.5, elapsed
     with pytest.raises(ConfigError, match="no run 'unreachable-1'"):
         run_status(pool, "unreachable-1")
 

@@ -215,7 +215,7 @@ def test_node_whose_supervisor_vanished_is_lost_and_the_others_are_stopped(
             ["lines=300", "delay=0.2"],
             run_id="crash-1",
             runs_dir=runs,
-            heartbeat_timeout=3.0,
+            heartbeat_timeout=6.0,  # not less: its half bounds node-0's reads on a loaded machine
         )
     )
     deadline = time.monotonic() + 120
