@@ -26,13 +26,13 @@ from typing import Any
 import paramiko
 
 from lepton_infra.errors import NodeError
+from lepton_infra.node.bootstrap.keeper import KEEP_TREES, proof  # the node's side of the same handshake
 from lepton_infra.workload.hash_cache import default_hash_cache_dir
 from lepton_infra.workload.remote import BOOTSTRAP_MODULE
 from lepton_infra.workload.ssh import NodeConnection
 
 HELLO_TIMEOUT_S = 5.0  # a keeper that does not greet within this is busy or gone: run the command instead
 ANSWER_TIMEOUT_S = 120.0  # as a control command's limit (ssh/connection.py CONTROL_TIMEOUT_S)
-KEEPER_TREES = 8  # as many as the node's keeper remembers (node/bootstrap/commands.py)
 
 
 def ledger_dir() -> Path:
@@ -70,7 +70,7 @@ def remember(conn: NodeConnection, address: Any = None, *, tree: str | None = No
     if entry is None:
         return
     if tree is not None:
-        entry["trees"] = [*(t for t in entry["trees"] if t != tree), tree][-KEEPER_TREES:]
+        entry["trees"] = [*(t for t in entry["trees"] if t != tree), tree][-KEEP_TREES:]
     path = _entry_path(conn)
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,11 +84,6 @@ def remember(conn: NodeConnection, address: Any = None, *, tree: str | None = No
 def forget(conn: NodeConnection) -> None:
     with contextlib.suppress(OSError):
         _entry_path(conn).unlink()
-
-
-def _proof(token: str, role: bytes, *nonces: str) -> str:
-    msg = role + b"|" + b"|".join(n.encode() for n in nonces)
-    return hmac.new(bytes.fromhex(token), msg, hashlib.sha256).hexdigest()
 
 
 def call(conn: NodeConnection, command: str, bodies: Sequence[bytes]) -> dict[str, Any] | None:
@@ -112,14 +107,14 @@ def call(conn: NodeConnection, command: str, bodies: Sequence[bytes]) -> dict[st
             stream.flush()
             greeting = json.loads(stream.readline(4096))
             theirs = str(greeting["nonce"])
-            mine = _proof(entry["token"], b"keeper", nonce, theirs)
+            mine = proof(entry["token"], b"keeper", nonce, theirs)
             trusted = hmac.compare_digest(str(greeting["proof"]), mine)
         except (OSError, EOFError, ValueError, KeyError, TypeError, paramiko.SSHException):
             trusted = False
         if not trusted:  # gone, refused, or not our keeper: it was told nothing
             forget(conn)
             return None
-        head: dict[str, Any] = {"proof": _proof(entry["token"], b"client", nonce, theirs)}
+        head: dict[str, Any] = {"proof": proof(entry["token"], b"client", nonce, theirs)}
         reply: Any = None
         try:
             with conn.deadline(ANSWER_TIMEOUT_S, f"the node's keeper running {command}"):

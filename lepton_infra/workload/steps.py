@@ -121,9 +121,10 @@ def prepare(group: NodeGroup, run_id: str, manifest: Manifest, inventory: Invent
             if m.rank != 0
             else {**extra, "port_probe": {"addr": inventory.master.private_ip, "port": preferred}}
         )
-        full = core[:-1] + b", " + json.dumps(mine).encode()[1:]  # one JSON object: core's keys and mine
+        own = json.dumps(mine).encode()
+        full = core[:-1] + b", " + own[1:]  # one JSON object: core's keys and mine
         entry = keeper.known(m.conn)
-        short = [json.dumps(mine).encode()] if entry and mine["tree_key"] in entry["trees"] else []
+        short = [own] if entry and mine["tree_key"] in entry["trees"] else []
         # A node's keeper answers without a new interpreter on the node (workload/keeper.py).
         answer = keeper.call(m.conn, "prepare", [*short, full])
         if answer is not None and not answer.get("exists"):

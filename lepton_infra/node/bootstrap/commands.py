@@ -108,7 +108,6 @@ def prepare(
 # `blobs` and `tree` JSON) -> those two. A later prepare of the same tree then sends only the key,
 # sparing the manifest's transfer and parsing (~170 B a file). The newest few are kept.
 _TREES: dict[str, tuple[Any, Any]] = {}
-_KEEP_TREES = 8
 # In the keeper, background work queued by a request (the settle's fork) runs after its answer is
 # sent: the fork and the wait for its first child (~15 ms) are off the controller's critical path.
 _AFTER_ANSWER: list[Callable[[], None]] | None = None
@@ -143,7 +142,7 @@ def _remember_tree(request: dict[str, Any], answer: dict[str, Any]) -> None:
     if isinstance(key, str) and isinstance(request.get("tree"), dict) and not answer.get("exists"):
         _TREES.pop(key, None)
         _TREES[key] = (request.get("blobs", {}), request["tree"])
-        while len(_TREES) > _KEEP_TREES:
+        while len(_TREES) > keeper.KEEP_TREES:
             del _TREES[next(iter(_TREES))]
 
 

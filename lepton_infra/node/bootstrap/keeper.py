@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 IDLE_S = 900.0
 CLIENT_TIMEOUT_S = 30.0
 MAX_REQUEST = 256 << 20
+KEEP_TREES = 8  # recent trees remembered (commands.py), so their next prepare sends only a key
 COMMANDS = ("prepare",)
 
 
